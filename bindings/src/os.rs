@@ -1,0 +1,61 @@
+//! Small system calls the standard library does not wrap.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Sets this thread's timer slack. Linux lets a sleeping thread's timer fire up to 50 µs late
+/// by default; a parked reactor with a due timer wants to wake on time.
+pub fn set_timer_slack_ns(ns: u64) -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Size in bytes of an open block device (ioctl BLKGETSIZE64).
+pub fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if rc == 0 {
+        Ok(size)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Logical block size of an open block device (ioctl BLKSSZGET).
+pub fn block_device_logical_block_size(file: &File) -> io::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points at `size`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut size as *mut libc::c_int) };
+    if rc == 0 {
+        Ok(size as u32)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `_IOR(0x12, 114, size_t)` from linux/fs.h.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// `_IO(0x12, 104)` from linux/fs.h.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+/// CPU time this process has used, user plus system, in nanoseconds.
+pub fn process_cpu_time_ns() -> io::Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the pointer, which points at `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
