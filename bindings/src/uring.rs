@@ -130,12 +130,12 @@ impl UringQueue {
     }
 
     /// Queues one operation. `len` is in bytes; for reads and writes it must equal the
-    /// buffer's length. Returns the buffer back when the queue is full.
+    /// buffer's length (and so fit in a u32). Returns the buffer back when the queue is full.
     pub fn push(
         &mut self,
         op: UringOp,
         offset: u64,
-        len: u32,
+        len: u64,
         buf: Option<DmaBuf>,
         user_data: u64,
     ) -> Result<(), Option<DmaBuf>> {
@@ -145,7 +145,8 @@ impl UringQueue {
         let fd = types::Fixed(0);
         let entry: squeue::Entry = match (op, &buf) {
             (UringOp::Read | UringOp::Write, Some(b)) => {
-                assert_eq!(b.len(), len as usize, "buffer length must match the I/O");
+                assert_eq!(b.len() as u64, len, "buffer length must match the I/O");
+                let len = len as u32;
                 let fixed = self.buffer_index(b);
                 match (op, fixed) {
                     (UringOp::Read, Some(i)) => opcode::ReadFixed::new(fd, b.ptr(), len, i)
@@ -160,11 +161,11 @@ impl UringQueue {
             }
             (UringOp::Read | UringOp::Write, None) => panic!("read and write need a buffer"),
             (UringOp::Fsync, _) => opcode::Fsync::new(fd).build(),
-            (UringOp::PunchHole, _) => opcode::Fallocate::new(fd, len as u64)
+            (UringOp::PunchHole, _) => opcode::Fallocate::new(fd, len)
                 .offset(offset)
                 .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
                 .build(),
-            (UringOp::ZeroRange, _) => opcode::Fallocate::new(fd, len as u64)
+            (UringOp::ZeroRange, _) => opcode::Fallocate::new(fd, len)
                 .offset(offset)
                 .mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
                 .build(),

@@ -1,1 +1,27 @@
+//! tidepool: a polled-mode block storage engine.
+//!
+//! The map of the crate:
+//! - [`reactor`]: the poll loop. One [`reactor::Reactor`] per core steps through its inbox,
+//!   its bdev channels and its timers; [`reactor::Engine`] runs one pinned thread per reactor.
+//! - [`ring`]: the bounded lock-free inbox reactors talk through, with wake-up of a parked peer.
+//! - [`bdev`]: the block-device contract and its backends (`null`, `malloc`, `uring`, `error`,
+//!   `delay`), and the registry of bdevs by name.
+//! - [`config`]: SPDK-style JSON configuration that creates bdevs.
+//! - [`cpuset`]: `-m 0x3` / `--cores 0,1` parsing.
+//! - [`time`]: the engine's nanosecond clock.
+//!
+//! Raw memory and FFI are in `tidepool-bindings`; this crate has no unsafe code.
+#![forbid(unsafe_code)]
 
+pub mod bdev;
+pub mod config;
+pub mod cpuset;
+pub mod reactor;
+pub mod rng;
+pub mod ring;
+pub mod time;
+
+#[cfg(test)]
+mod testkit;
+
+pub use tidepool_bindings::dma::{DmaBuf, DmaPool};

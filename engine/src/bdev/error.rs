@@ -1,0 +1,250 @@
+//! The `error` bdev (SPDK's `EE_<base>`): passes I/O to its base bdev and, on command, fails
+//! or holds the next N I/Os of a chosen type.
+//!
+//! - `failure`: the next N matching I/Os complete with an I/O error without reaching the base.
+//! - `pending`: the next N matching I/Os are held, neither done nor failed, until the injection
+//!   is cleared (`io_type: clear`); then they go to the base and complete normally. This models
+//!   a device that stalls and recovers.
+//!
+//! The injection state is shared by every reactor's channel and counted with atomics, so
+//! "the next N" is exact across reactors: each injected I/O is one successful decrement.
+
+use super::{
+    check_uuid, Bdev, BdevChannel, BdevError, BdevInfo, BdevRef, Completion, DoneQueue, IoRequest,
+    IoStatus, IoType,
+};
+use crate::time::Nanos;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+/// `bdev_error_create` parameters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorCreateParams {
+    pub base_name: String,
+    #[serde(default)]
+    pub uuid: Option<String>,
+}
+
+/// What an injection does to the I/Os it catches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Failure,
+    Pending,
+}
+
+/// Which I/Os an injection applies to (SPDK's `io_type` values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InjectTarget {
+    Read,
+    Write,
+    Unmap,
+    Flush,
+    WriteZeroes,
+    All,
+    Clear,
+}
+
+/// `bdev_error_inject_error` parameters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectParams {
+    pub name: String,
+    pub io_type: InjectTarget,
+    pub error_type: ErrorKind,
+    #[serde(default = "one")]
+    pub num: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+const KIND_FAILURE: u8 = 1;
+const KIND_PENDING: u8 = 2;
+
+#[derive(Default)]
+struct TypeInjection {
+    kind: AtomicU8,
+    remaining: AtomicU32,
+}
+
+/// The injection state of one error bdev, shared by its channels.
+#[derive(Default)]
+pub struct Injection {
+    per_type: [TypeInjection; 5],
+    /// Bumped by every clear; a channel that sees a new value releases its held I/Os.
+    clears: AtomicU64,
+}
+
+impl Injection {
+    /// Arms (or clears) an injection.
+    pub fn inject(&self, target: InjectTarget, kind: ErrorKind, num: u32) {
+        let types: &[IoType] = match target {
+            InjectTarget::Read => &[IoType::Read],
+            InjectTarget::Write => &[IoType::Write],
+            InjectTarget::Unmap => &[IoType::Unmap],
+            InjectTarget::Flush => &[IoType::Flush],
+            InjectTarget::WriteZeroes => &[IoType::WriteZeroes],
+            InjectTarget::All => &IoType::ALL,
+            InjectTarget::Clear => {
+                for t in &self.per_type {
+                    t.remaining.store(0, Ordering::Release);
+                }
+                self.clears.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+        };
+        let code = match kind {
+            ErrorKind::Failure => KIND_FAILURE,
+            ErrorKind::Pending => KIND_PENDING,
+        };
+        for &t in types {
+            let slot = &self.per_type[t as usize];
+            // Kind first: a channel only reads the kind after it won a decrement of a count
+            // stored after it (Release/Acquire on `remaining`).
+            slot.kind.store(code, Ordering::Relaxed);
+            slot.remaining.store(num, Ordering::Release);
+        }
+    }
+
+    /// If an injection covers this I/O, consumes one unit of it and says what to do.
+    #[inline]
+    fn take(&self, t: IoType) -> Option<ErrorKind> {
+        let slot = &self.per_type[t as usize];
+        if slot.remaining.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        slot.remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+            .ok()?;
+        Some(match slot.kind.load(Ordering::Relaxed) {
+            KIND_PENDING => ErrorKind::Pending,
+            _ => ErrorKind::Failure,
+        })
+    }
+
+    /// Injections still armed for this type.
+    pub fn remaining(&self, t: IoType) -> u32 {
+        self.per_type[t as usize].remaining.load(Ordering::Acquire)
+    }
+}
+
+pub struct ErrorBdev {
+    info: BdevInfo,
+    base: BdevRef,
+    injection: Arc<Injection>,
+}
+
+impl ErrorBdev {
+    /// Wraps `base`; the new bdev is `EE_<base name>`.
+    pub fn create(p: &ErrorCreateParams, base: BdevRef) -> Result<ErrorBdev, BdevError> {
+        if let Some(u) = &p.uuid {
+            check_uuid(u)?;
+        }
+        let b = base.info();
+        let info = BdevInfo {
+            name: format!("EE_{}", b.name),
+            product_name: "Error Injection Disk",
+            block_size: b.block_size,
+            num_blocks: b.num_blocks,
+            uuid: p.uuid.clone().unwrap_or_else(super::new_uuid),
+            supported: b.supported,
+        };
+        Ok(ErrorBdev {
+            info,
+            base,
+            injection: Arc::new(Injection::default()),
+        })
+    }
+
+    pub fn injection(&self) -> &Arc<Injection> {
+        &self.injection
+    }
+}
+
+impl Bdev for ErrorBdev {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn open_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
+        let base = self.base.open_channel()?;
+        Ok(Box::new(ErrorChannel {
+            base,
+            injection: Arc::clone(&self.injection),
+            done: DoneQueue::with_capacity(64),
+            held: VecDeque::new(),
+            clears_seen: self.injection.clears.load(Ordering::Acquire),
+        }))
+    }
+
+    fn base_bdevs(&self) -> Vec<String> {
+        vec![self.base.info().name.clone()]
+    }
+
+    fn driver_specific(&self) -> serde_json::Value {
+        json!({"error": {"base_bdev": self.base.info().name}})
+    }
+
+    fn config_entry(&self) -> serde_json::Value {
+        json!({"method": "bdev_error_create", "params": {
+            "base_name": self.base.info().name, "uuid": self.info.uuid}})
+    }
+
+    fn as_error_bdev(&self) -> Option<&ErrorBdev> {
+        Some(self)
+    }
+}
+
+struct ErrorChannel {
+    base: Box<dyn BdevChannel>,
+    injection: Arc<Injection>,
+    done: DoneQueue,
+    /// I/Os caught by a `pending` injection. Bounded by the I/Os its submitters have in flight.
+    held: VecDeque<IoRequest>,
+    clears_seen: u64,
+}
+
+impl BdevChannel for ErrorChannel {
+    fn submit(&mut self, io: IoRequest, now: Nanos) -> Result<(), IoRequest> {
+        match self.injection.take(io.io_type) {
+            Some(ErrorKind::Failure) => {
+                self.done.push(io, IoStatus::Failed { errno: libc::EIO });
+                Ok(())
+            }
+            Some(ErrorKind::Pending) => {
+                self.held.push_back(io);
+                Ok(())
+            }
+            None => self.base.submit(io, now),
+        }
+    }
+
+    fn poll(&mut self, now: Nanos, max: usize, out: &mut Vec<Completion>) -> usize {
+        let clears = self.injection.clears.load(Ordering::Acquire);
+        if clears != self.clears_seen {
+            // Release held I/O in order; what the base cannot take now waits for the next poll.
+            while let Some(io) = self.held.pop_front() {
+                if let Err(io) = self.base.submit(io, now) {
+                    self.held.push_front(io);
+                    break;
+                }
+            }
+            if self.held.is_empty() {
+                self.clears_seen = clears;
+            }
+        }
+        let n = self.done.drain_into(max, out);
+        n + self.base.poll(now, max - n, out)
+    }
+
+    fn inflight(&self) -> usize {
+        self.base.inflight() + self.done.len() + self.held.len()
+    }
+}

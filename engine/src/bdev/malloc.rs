@@ -1,0 +1,131 @@
+//! The `malloc` bdev: a RAM disk. Its bytes live in one [`DeviceMemory`] region (huge pages
+//! when the host has them) shared by every reactor's channel; each channel copies at submit
+//! time and queues the completion. A new malloc bdev reads as zeroes.
+
+use super::{
+    check_block_size, check_num_blocks, check_uuid, new_uuid, Bdev, BdevChannel, BdevError,
+    BdevInfo, Completion, DoneQueue, IoRequest, IoStatus, IoType, IoTypeSet,
+};
+use crate::time::Nanos;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use tidepool_bindings::device_memory::DeviceMemory;
+
+/// `bdev_malloc_create` parameters (SPDK's names; `name` defaults to `MallocN`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MallocCreateParams {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub num_blocks: u64,
+    pub block_size: u32,
+    #[serde(default)]
+    pub uuid: Option<String>,
+}
+
+/// Counter for default names; only uniqueness matters, so relaxed.
+static NEXT_DEFAULT_NAME: AtomicU32 = AtomicU32::new(0);
+
+/// The largest RAM disk tidepool makes: a typo in `num_blocks` should not eat the host.
+pub const MAX_MALLOC_BYTES: u64 = 1 << 40;
+
+pub struct MallocBdev {
+    info: BdevInfo,
+    memory: Arc<DeviceMemory>,
+}
+
+impl MallocBdev {
+    pub fn create(p: &MallocCreateParams) -> Result<MallocBdev, BdevError> {
+        check_block_size(p.block_size)?;
+        check_num_blocks(p.num_blocks)?;
+        if let Some(u) = &p.uuid {
+            check_uuid(u)?;
+        }
+        let bytes = p
+            .num_blocks
+            .checked_mul(p.block_size as u64)
+            .filter(|&b| b <= MAX_MALLOC_BYTES)
+            .ok_or_else(|| {
+                BdevError::invalid("num_blocks", format!("size above {MAX_MALLOC_BYTES} bytes"))
+            })?;
+        let name = match &p.name {
+            Some(n) if n.is_empty() => return Err(BdevError::invalid("name", "must not be empty")),
+            Some(n) => n.clone(),
+            None => format!("Malloc{}", NEXT_DEFAULT_NAME.fetch_add(1, Ordering::Relaxed)),
+        };
+        let memory = DeviceMemory::new(bytes as usize)
+            .map_err(|e| BdevError::os(format!("mapping {bytes} bytes for '{name}'"), e))?;
+        Ok(MallocBdev {
+            info: BdevInfo {
+                name,
+                product_name: "Malloc disk",
+                block_size: p.block_size,
+                num_blocks: p.num_blocks,
+                uuid: p.uuid.clone().unwrap_or_else(new_uuid),
+                supported: IoTypeSet::all(),
+            },
+            memory: Arc::new(memory),
+        })
+    }
+}
+
+impl Bdev for MallocBdev {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn open_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
+        Ok(Box::new(MallocChannel {
+            memory: Arc::clone(&self.memory),
+            block_size: self.info.block_size as usize,
+            done: DoneQueue::with_capacity(256),
+        }))
+    }
+
+    fn driver_specific(&self) -> serde_json::Value {
+        json!({"malloc": {"huge_pages": self.memory.huge_pages()}})
+    }
+
+    fn config_entry(&self) -> serde_json::Value {
+        json!({"method": "bdev_malloc_create", "params": {
+            "name": self.info.name, "num_blocks": self.info.num_blocks,
+            "block_size": self.info.block_size, "uuid": self.info.uuid}})
+    }
+}
+
+struct MallocChannel {
+    memory: Arc<DeviceMemory>,
+    block_size: usize,
+    done: DoneQueue,
+}
+
+impl BdevChannel for MallocChannel {
+    fn submit(&mut self, mut io: IoRequest, _now: Nanos) -> Result<(), IoRequest> {
+        let offset = io.offset_blocks as usize * self.block_size;
+        let len = io.num_blocks as usize * self.block_size;
+        match io.io_type {
+            IoType::Read => {
+                let buf = io.buf.as_mut().expect("validated: reads carry a buffer");
+                self.memory.read(offset, buf.as_mut_slice());
+            }
+            IoType::Write => {
+                let buf = io.buf.as_ref().expect("validated: writes carry a buffer");
+                self.memory.write(offset, buf.as_slice());
+            }
+            IoType::Unmap | IoType::WriteZeroes => self.memory.zero(offset, len),
+            IoType::Flush => {}
+        }
+        self.done.push(io, IoStatus::Success);
+        Ok(())
+    }
+
+    fn poll(&mut self, _now: Nanos, max: usize, out: &mut Vec<Completion>) -> usize {
+        self.done.drain_into(max, out)
+    }
+
+    fn inflight(&self) -> usize {
+        self.done.len()
+    }
+}

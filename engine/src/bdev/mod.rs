@@ -1,0 +1,341 @@
+//! The block-device contract.
+//!
+//! A [`Bdev`] describes a device (name, block size, block count, which I/O types it supports)
+//! and opens one [`BdevChannel`] per reactor: the reactor's private queue pair, never shared.
+//! An I/O is an [`IoRequest`], an owned value carrying its buffer; it goes into
+//! [`BdevChannel::submit`] and comes back whole inside a [`Completion`] from
+//! [`BdevChannel::poll`], with a typed [`IoStatus`]. Channels never call back into their
+//! caller: completions are queued, then run by the reactor.
+//!
+//! A channel that is out of resources hands the request back from `submit`; the reactor keeps
+//! it and retries it (`reactor` is the one place that does so). Ranges, buffer sizes and I/O
+//! types are checked by the reactor before a channel sees a request, so backends can assume
+//! valid requests.
+//!
+//! Backends, one module each, with the parameters that create them: [`null`], [`malloc`],
+//! [`uring`], [`error`], [`delay`]. [`registry`] names bdevs and tracks claims.
+
+pub mod delay;
+pub mod error;
+pub mod malloc;
+pub mod null;
+pub mod registry;
+pub mod uring;
+
+
+
+use crate::time::Nanos;
+use serde::Serialize;
+use std::fmt;
+use std::sync::Arc;
+use tidepool_bindings::dma::DmaBuf;
+
+pub use registry::{BdevId, BdevRegistry};
+
+/// The kinds of I/O a bdev may support.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoType {
+    Read,
+    Write,
+    Flush,
+    Unmap,
+    WriteZeroes,
+}
+
+impl IoType {
+    pub const ALL: [IoType; 5] = [
+        IoType::Read,
+        IoType::Write,
+        IoType::Flush,
+        IoType::Unmap,
+        IoType::WriteZeroes,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IoType::Read => "read",
+            IoType::Write => "write",
+            IoType::Flush => "flush",
+            IoType::Unmap => "unmap",
+            IoType::WriteZeroes => "write_zeroes",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// Whether the I/O moves data through a buffer.
+    pub fn has_data(self) -> bool {
+        matches!(self, IoType::Read | IoType::Write)
+    }
+}
+
+/// A set of I/O types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IoTypeSet(u8);
+
+impl IoTypeSet {
+    pub fn all() -> IoTypeSet {
+        IoTypeSet::of(&IoType::ALL)
+    }
+
+    pub fn of(types: &[IoType]) -> IoTypeSet {
+        IoTypeSet(types.iter().fold(0, |acc, t| acc | t.bit()))
+    }
+
+    #[inline]
+    pub fn contains(self, t: IoType) -> bool {
+        self.0 & t.bit() != 0
+    }
+}
+
+/// How an I/O ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoStatus {
+    Success,
+    /// The device failed the I/O; `errno` when the OS gave one.
+    Failed { errno: i32 },
+    /// The request itself was wrong (range, buffer size); nothing was done.
+    Invalid,
+    /// The bdev does not support this I/O type; nothing was done.
+    Unsupported,
+    /// The bdev went away while the request waited; nothing was done.
+    Aborted,
+}
+
+impl IoStatus {
+    #[inline]
+    pub fn is_success(self) -> bool {
+        self == IoStatus::Success
+    }
+}
+
+impl fmt::Display for IoStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoStatus::Success => write!(f, "success"),
+            IoStatus::Failed { errno: 0 } => write!(f, "I/O error"),
+            IoStatus::Failed { errno } => {
+                write!(f, "I/O error ({})", std::io::Error::from_raw_os_error(*errno))
+            }
+            IoStatus::Invalid => write!(f, "invalid request"),
+            IoStatus::Unsupported => write!(f, "unsupported I/O type"),
+            IoStatus::Aborted => write!(f, "aborted"),
+        }
+    }
+}
+
+/// Where a completion goes: the reactor and task that issued the I/O, and the task's tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoOrigin {
+    pub reactor: u16,
+    pub task: u32,
+    pub tag: u64,
+}
+
+/// One I/O, owned: it moves into a channel and comes back in its completion.
+#[derive(Debug)]
+pub struct IoRequest {
+    pub io_type: IoType,
+    pub offset_blocks: u64,
+    pub num_blocks: u32,
+    /// The data buffer for reads and writes, `num_blocks * block_size` bytes long.
+    pub buf: Option<DmaBuf>,
+    pub origin: IoOrigin,
+}
+
+/// A finished I/O.
+#[derive(Debug)]
+pub struct Completion {
+    pub io: IoRequest,
+    pub status: IoStatus,
+}
+
+impl Completion {
+    pub fn new(io: IoRequest, status: IoStatus) -> Completion {
+        Completion { io, status }
+    }
+}
+
+/// What every bdev reports about itself.
+#[derive(Clone, Debug)]
+pub struct BdevInfo {
+    pub name: String,
+    /// SPDK's product name ("Null disk", "Malloc disk", ...).
+    pub product_name: &'static str,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub uuid: String,
+    pub supported: IoTypeSet,
+}
+
+/// A block device.
+pub trait Bdev: Send + Sync {
+    fn info(&self) -> &BdevInfo;
+
+    /// Opens this reactor's private channel. Called once per reactor, on that reactor.
+    fn open_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError>;
+
+    /// Backend details for `bdev_get_bdevs` (`driver_specific`).
+    fn driver_specific(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Names of the bdevs this one is stacked on (it claims them).
+    fn base_bdevs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The `{"method", "params"}` entry that recreates this bdev, for saved configs.
+    fn config_entry(&self) -> serde_json::Value;
+
+    /// The error-injection controls, when this is an error bdev.
+    fn as_error_bdev(&self) -> Option<&error::ErrorBdev> {
+        None
+    }
+
+    /// The latency controls, when this is a delay bdev.
+    fn as_delay_bdev(&self) -> Option<&delay::DelayBdev> {
+        None
+    }
+}
+
+/// One reactor's queue pair on a bdev.
+pub trait BdevChannel {
+    /// Takes a valid request. Hands it back when the channel is out of resources; the
+    /// caller keeps it and submits it again after the next completions.
+    fn submit(&mut self, io: IoRequest, now: Nanos) -> Result<(), IoRequest>;
+
+    /// Moves up to `max` finished I/Os into `out`; returns how many.
+    fn poll(&mut self, now: Nanos, max: usize, out: &mut Vec<Completion>) -> usize;
+
+    /// I/Os taken and not yet returned by `poll`.
+    fn inflight(&self) -> usize;
+}
+
+/// Errors of bdev creation and management.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BdevError {
+    #[error("bdev '{0}' already exists")]
+    Exists(String),
+    #[error("bdev '{0}' not found")]
+    NotFound(String),
+    #[error("bdev '{name}' is in use by {user}")]
+    InUse { name: String, user: String },
+    #[error("invalid parameter {param}: {reason}")]
+    InvalidParam { param: &'static str, reason: String },
+    #[error("{context}: {reason}")]
+    Os { context: String, reason: String },
+}
+
+impl BdevError {
+    pub fn invalid(param: &'static str, reason: impl Into<String>) -> BdevError {
+        BdevError::InvalidParam {
+            param,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn os(context: impl Into<String>, err: std::io::Error) -> BdevError {
+        BdevError::Os {
+            context: context.into(),
+            reason: err.to_string(),
+        }
+    }
+}
+
+/// Checks a block size the way every backend wants it: a power of two from 512 to 64 KiB.
+pub fn check_block_size(block_size: u32) -> Result<(), BdevError> {
+    if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {
+        return Err(BdevError::invalid(
+            "block_size",
+            format!("{block_size} is not a power of two from 512 to 65536"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a block count: at least one block.
+pub fn check_num_blocks(num_blocks: u64) -> Result<(), BdevError> {
+    if num_blocks == 0 {
+        return Err(BdevError::invalid("num_blocks", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// A random RFC 4122 version-4 UUID, for bdevs created without one.
+pub fn new_uuid() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Checks a caller-given UUID's shape (8-4-4-4-12 hex digits).
+pub fn check_uuid(uuid: &str) -> Result<(), BdevError> {
+    let groups: Vec<&str> = uuid.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    let ok = lens == [8, 4, 4, 4, 12]
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    if !ok {
+        return Err(BdevError::invalid(
+            "uuid",
+            format!("'{uuid}' is not of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"),
+        ));
+    }
+    Ok(())
+}
+
+/// A shared handle on a bdev.
+pub type BdevRef = Arc<dyn Bdev>;
+
+/// A FIFO of finished I/Os for channels that complete at submission time: completions are
+/// queued there and handed out by `poll`, never run from inside `submit`.
+#[derive(Default)]
+pub struct DoneQueue {
+    queue: std::collections::VecDeque<Completion>,
+}
+
+impl DoneQueue {
+    pub fn with_capacity(n: usize) -> DoneQueue {
+        DoneQueue {
+            queue: std::collections::VecDeque::with_capacity(n),
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, io: IoRequest, status: IoStatus) {
+        self.queue.push_back(Completion::new(io, status));
+    }
+
+    #[inline]
+    pub fn drain_into(&mut self, max: usize, out: &mut Vec<Completion>) -> usize {
+        let n = max.min(self.queue.len());
+        out.extend(self.queue.drain(..n));
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}

@@ -1,0 +1,243 @@
+//! SPDK-style JSON configuration: `{"subsystems":[{"subsystem":"bdev","config":[{"method":
+//! "bdev_null_create","params":{...}}]}]}`, the format `tidepool-perf -c` and
+//! `tidepoold --json` read and `save_config` writes.
+//!
+//! The `bdev` subsystem's entries run in order through [`create_bdev`], the same function the
+//! RPC methods use. Other subsystems are accepted only when their config is empty (an SPDK
+//! config lists many; tidepool has nothing to set in them). Loading is all or nothing: on the
+//! first error, every bdev the load created is removed again, and the error names the entry.
+
+use crate::bdev::delay::{DelayBdev, DelayCreateParams};
+use crate::bdev::error::{ErrorBdev, ErrorCreateParams};
+use crate::bdev::malloc::{MallocBdev, MallocCreateParams};
+use crate::bdev::null::{NullBdev, NullCreateParams};
+use crate::bdev::uring::{UringBdev, UringCreateParams};
+use crate::bdev::{BdevError, BdevId, BdevRef, BdevRegistry};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config '{path}': {reason}")]
+    Read { path: String, reason: String },
+    #[error("config is not valid JSON: {0}")]
+    Json(String),
+    #[error("config: {0}")]
+    Shape(String),
+    #[error("config entry {index} ({method}): {reason}")]
+    Entry {
+        index: usize,
+        method: String,
+        reason: String,
+    },
+}
+
+/// Errors of one create call, as the RPC layer reports them.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("unknown method '{0}'")]
+    UnknownMethod(String),
+    #[error("invalid parameters: {0}")]
+    Params(String),
+    #[error(transparent)]
+    Bdev(#[from] BdevError),
+}
+
+/// Methods [`create_bdev`] understands.
+pub const BDEV_CREATE_METHODS: [&str; 5] = [
+    "bdev_null_create",
+    "bdev_malloc_create",
+    "bdev_uring_create",
+    "bdev_error_create",
+    "bdev_delay_create",
+];
+
+fn params<T: DeserializeOwned>(value: Value) -> Result<T, CreateError> {
+    let value = if value.is_null() {
+        Value::Object(Default::default())
+    } else {
+        value
+    };
+    serde_json::from_value(value).map_err(|e| CreateError::Params(e.to_string()))
+}
+
+fn base(registry: &BdevRegistry, name: &str) -> Result<BdevRef, CreateError> {
+    registry
+        .lookup(name)
+        .map(|(_, b)| b)
+        .ok_or_else(|| CreateError::Bdev(BdevError::NotFound(name.to_string())))
+}
+
+/// Creates one bdev from a `bdev_*_create` method and its params, and registers it.
+pub fn create_bdev(
+    registry: &BdevRegistry,
+    method: &str,
+    value: Value,
+) -> Result<(BdevId, String), CreateError> {
+    let bdev: BdevRef = match method {
+        "bdev_null_create" => Arc::new(NullBdev::create(&params::<NullCreateParams>(value)?)?),
+        "bdev_malloc_create" => {
+            Arc::new(MallocBdev::create(&params::<MallocCreateParams>(value)?)?)
+        }
+        "bdev_uring_create" => Arc::new(UringBdev::create(&params::<UringCreateParams>(value)?)?),
+        "bdev_error_create" => {
+            let p: ErrorCreateParams = params(value)?;
+            let b = base(registry, &p.base_name)?;
+            Arc::new(ErrorBdev::create(&p, b)?)
+        }
+        "bdev_delay_create" => {
+            let p: DelayCreateParams = params(value)?;
+            let b = base(registry, &p.base_bdev_name)?;
+            Arc::new(DelayBdev::create(&p, b)?)
+        }
+        other => return Err(CreateError::UnknownMethod(other.to_string())),
+    };
+    let name = bdev.info().name.clone();
+    let id = registry.register(bdev)?;
+    Ok((id, name))
+}
+
+/// Reads and applies a config file; returns the names of the bdevs created, in order.
+pub fn load_file(path: &str, registry: &BdevRegistry) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| ConfigError::Json(e.to_string()))?;
+    apply(&value, registry)
+}
+
+/// Applies a parsed config, all or nothing.
+pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, ConfigError> {
+    let shape = |m: &str| ConfigError::Shape(m.to_string());
+    let subsystems = config
+        .get("subsystems")
+        .and_then(Value::as_array)
+        .ok_or_else(|| shape("top level needs a \"subsystems\" array"))?;
+    let mut entries = Vec::new();
+    for sub in subsystems {
+        let name = sub
+            .get("subsystem")
+            .and_then(Value::as_str)
+            .ok_or_else(|| shape("each subsystem needs a \"subsystem\" name"))?;
+        let config = sub.get("config").cloned().unwrap_or(Value::Null);
+        let list = match &config {
+            Value::Null => continue,
+            Value::Array(list) => list,
+            _ => return Err(shape(&format!("subsystem '{name}': \"config\" must be an array"))),
+        };
+        if name != "bdev" {
+            if list.is_empty() {
+                continue;
+            }
+            return Err(shape(&format!(
+                "subsystem '{name}' is not supported (only 'bdev' may have entries)"
+            )));
+        }
+        entries.extend(list.iter().cloned());
+    }
+    let mut created: Vec<String> = Vec::new();
+    for (index, entry) in entries.into_iter().enumerate() {
+        let method = entry
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let result = if method.is_empty() {
+            Err("needs a \"method\" string".to_string())
+        } else if !BDEV_CREATE_METHODS.contains(&method.as_str()) {
+            Err(format!(
+                "unknown method (supported: {})",
+                BDEV_CREATE_METHODS.join(", ")
+            ))
+        } else {
+            let params = entry.get("params").cloned().unwrap_or(Value::Null);
+            create_bdev(registry, &method, params).map_err(|e| e.to_string())
+        };
+        match result {
+            Ok((_, name)) => created.push(name),
+            Err(reason) => {
+                for name in created.iter().rev() {
+                    let _ = registry.unregister(name);
+                }
+                return Err(ConfigError::Entry {
+                    index,
+                    method,
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// The config that recreates every bdev in `registry`, bases before the bdevs stacked on them.
+pub fn save(registry: &BdevRegistry) -> Value {
+    let entries: Vec<Value> = registry
+        .list()
+        .iter()
+        .map(|l| l.bdev.config_entry())
+        .collect();
+    serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": entries}]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(entries: Value) -> Value {
+        json!({"subsystems": [{"subsystem": "bdev", "config": entries}]})
+    }
+
+    #[test]
+    fn creates_stacked_bdevs_and_saves_them_back() {
+        let reg = BdevRegistry::new();
+        let made = apply(
+            &cfg(json!([
+                {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 256, "block_size": 512}},
+                {"method": "bdev_error_create", "params": {"base_name": "M0"}},
+                {"method": "bdev_null_create", "params": {"name": "N0", "num_blocks": 10, "block_size": 4096}},
+                {"method": "bdev_delay_create", "params": {"base_bdev_name": "N0", "name": "D0",
+                    "avg_read_latency": 10, "p99_read_latency": 20, "avg_write_latency": 10, "p99_write_latency": 20}}
+            ])),
+            &reg,
+        )
+        .unwrap();
+        assert_eq!(made, ["M0", "EE_M0", "N0", "D0"]);
+        let saved = save(&reg);
+        let reg2 = BdevRegistry::new();
+        assert_eq!(apply(&saved, &reg2).unwrap(), made);
+        assert_eq!(reg2.lookup("EE_M0").unwrap().1.info().num_blocks, 256);
+        assert!(reg.unregister("M0").is_err(), "a claimed base must not be removable");
+    }
+
+    #[test]
+    fn a_bad_entry_names_itself_and_rolls_back() {
+        let reg = BdevRegistry::new();
+        let err = apply(
+            &cfg(json!([
+                {"method": "bdev_null_create", "params": {"name": "N0", "num_blocks": 10, "block_size": 4096}},
+                {"method": "bdev_null_create", "params": {"name": "N1", "num_blocks": 10, "block_size": 1000}}
+            ])),
+            &reg,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("entry 1") && err.contains("block_size"), "{err}");
+        assert!(reg.list().is_empty(), "a failed load must leave nothing behind");
+
+        for (bad, needle) in [
+            (json!({}), "subsystems"),
+            (cfg(json!([{"method": "bdev_nope"}])), "unknown method"),
+            (cfg(json!([{"method": "bdev_null_create", "params": {"name": "x"}}])), "num_blocks"),
+            (cfg(json!([{"method": "bdev_null_create", "params": {"name": "x", "num_blocks": 1, "block_size": 512, "bogus": 1}}])), "bogus"),
+            (cfg(json!([{"method": "bdev_error_create", "params": {"base_name": "missing"}}])), "missing"),
+            (json!({"subsystems": [{"subsystem": "nvmf", "config": [{"method": "x"}]}]}), "nvmf"),
+        ] {
+            let err = apply(&bad, &reg).unwrap_err().to_string();
+            assert!(err.contains(needle), "'{err}' should mention '{needle}'");
+        }
+    }
+}

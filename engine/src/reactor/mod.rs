@@ -1,0 +1,510 @@
+//! The reactor: one core's poll loop, as a step function.
+//!
+//! [`Reactor::poll`] runs one iteration, in this order, each step bounded by
+//! [`ReactorConfig`]: drain the inbox (at most `inbox_batch` messages), reap every open
+//! channel (at most `reap_batch` completions each) and retry what a channel refused for lack
+//! of resources, hand the reaped completions to their tasks (or to the reactor that issued
+//! them), run due timers (at most `timer_batch`), and push the backlog of messages for full
+//! peer inboxes. It returns [`PollResult::Busy`] if any step did work.
+//!
+//! Time comes in as an argument, so tests drive many reactors on one thread with a fake
+//! clock; [`engine`] runs each reactor on a pinned thread with the real clock and parks it
+//! when idle.
+//!
+//! Work on a reactor is done by [`Task`]s: objects that submit I/O through a [`Ctx`] and get
+//! its completions, timers and notifications back. Completions are queued and then run,
+//! never called from inside a submit. Channels are opened lazily, one per bdev per reactor.
+//!
+//! Cross-reactor I/O: [`Ctx::submit_on`] sends the request to the reactor that should execute
+//! it; its completion comes back to the origin reactor's inbox and is run there.
+
+pub mod engine;
+mod timers;
+
+use crate::bdev::{
+    BdevChannel, BdevId, BdevRegistry, Completion, IoRequest, IoStatus, IoTypeSet,
+};
+use crate::ring::Inbox;
+use crate::time::Nanos;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use timers::Timers;
+
+pub use engine::{Engine, EngineConfig, EngineError, ReactorStats};
+pub use timers::TimerId;
+
+/// Index of a reactor in its engine.
+pub type ReactorId = u16;
+/// Index of a task on its reactor; never reused, so a late completion cannot reach a newer task.
+pub type TaskId = u32;
+
+/// What one poll iteration did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollResult {
+    Busy,
+    Idle,
+}
+
+/// What reactors send each other. I/O messages carry the request by value (its buffer
+/// included): no allocation per I/O.
+pub enum Message {
+    /// Execute this I/O here; the completion goes back to `io.origin.reactor`.
+    Submit { bdev: BdevId, io: IoRequest },
+    /// An I/O this reactor issued has finished elsewhere.
+    Complete(Completion),
+    /// A small value for a task (wake-ups, ping-pong).
+    Notify { task: TaskId, value: u64 },
+    /// Run a closure on the reactor (control path: spawning tasks, queries).
+    Call(Box<dyn FnOnce(&mut Reactor) + Send>),
+}
+
+/// Work that lives on a reactor.
+pub trait Task {
+    /// Called once, when the task is placed on its reactor.
+    fn on_start(&mut self, _ctx: &mut Ctx, _id: TaskId) {}
+    /// An I/O this task issued has finished.
+    fn on_complete(&mut self, ctx: &mut Ctx, completion: Completion);
+    /// A timer this task set is due.
+    fn on_timer(&mut self, _ctx: &mut Ctx, _timer: TimerId) {}
+    /// A [`Message::Notify`] for this task arrived.
+    fn on_notify(&mut self, _ctx: &mut Ctx, _value: u64) {}
+}
+
+/// Bounds of one poll iteration and the inbox size.
+#[derive(Clone, Debug)]
+pub struct ReactorConfig {
+    pub inbox_capacity: usize,
+    pub inbox_batch: usize,
+    pub reap_batch: usize,
+    pub timer_batch: usize,
+}
+
+impl Default for ReactorConfig {
+    fn default() -> Self {
+        ReactorConfig {
+            inbox_capacity: 4096,
+            inbox_batch: 256,
+            reap_batch: 256,
+            timer_batch: 64,
+        }
+    }
+}
+
+struct ChannelSlot {
+    channel: Box<dyn BdevChannel>,
+    block_size: u32,
+    num_blocks: u64,
+    supported: IoTypeSet,
+    /// Requests the channel refused for lack of resources, retried after its completions.
+    /// Bounded by what the reactor's tasks and peers have in flight.
+    nomem: VecDeque<IoRequest>,
+}
+
+/// Per-reactor counters, updated by the reactor and read by its engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub polls: u64,
+    pub busy_polls: u64,
+    pub ios_submitted: u64,
+    pub ios_completed: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub nomem_retries: u64,
+}
+
+/// Everything a task may touch: the reactor without its task table.
+pub struct Ctx {
+    id: ReactorId,
+    now: Nanos,
+    config: ReactorConfig,
+    peers: Arc<[Arc<Inbox<Message>>]>,
+    registry: Arc<BdevRegistry>,
+    channels: Vec<Option<ChannelSlot>>,
+    /// Completions to run this iteration (reaped, returned from peers, or refused up front).
+    ready: Vec<Completion>,
+    /// Messages for peers whose inbox was full, in order. Bounded by the I/O in flight.
+    backlog: VecDeque<(ReactorId, Message)>,
+    timers: Timers,
+    spawned: Vec<Box<dyn Task>>,
+    next_task: TaskId,
+    finished: Vec<TaskId>,
+    counters: Counters,
+}
+
+impl Ctx {
+    pub fn reactor_id(&self) -> ReactorId {
+        self.id
+    }
+
+    /// The time the current iteration started.
+    pub fn now(&self) -> Nanos {
+        self.now
+    }
+
+    pub fn reactor_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn registry(&self) -> &Arc<BdevRegistry> {
+        &self.registry
+    }
+
+    /// Executes `io` on this reactor. An invalid request (range, buffer size, I/O type) or
+    /// a bdev that is gone completes with an error status, through the same queue as any
+    /// other completion.
+    pub fn submit(&mut self, bdev: BdevId, io: IoRequest) {
+        self.counters.ios_submitted += 1;
+        let now = self.now;
+        let Some(slot) = self.channel(bdev) else {
+            self.ready.push(Completion::new(io, IoStatus::Aborted));
+            return;
+        };
+        if let Err(status) = validate(slot, &io) {
+            self.ready.push(Completion::new(io, status));
+            return;
+        }
+        if !slot.nomem.is_empty() {
+            // Keep order behind requests already waiting for resources.
+            slot.nomem.push_back(io);
+            return;
+        }
+        if let Err(io) = slot.channel.submit(io, now) {
+            slot.nomem.push_back(io);
+        }
+    }
+
+    /// Executes `io` on reactor `target` (here when it is this one); the completion comes
+    /// back to this reactor.
+    #[inline]
+    pub fn submit_on(&mut self, target: ReactorId, bdev: BdevId, io: IoRequest) {
+        if target == self.id {
+            self.submit(bdev, io);
+        } else {
+            self.send(target, Message::Submit { bdev, io });
+        }
+    }
+
+    /// Sends a message to a reactor; it waits in the backlog while that inbox is full.
+    pub fn send(&mut self, to: ReactorId, msg: Message) {
+        self.counters.messages_out += 1;
+        if !self.backlog.is_empty() {
+            self.backlog.push_back((to, msg));
+            return;
+        }
+        if let Err(msg) = self.peers[to as usize].push(msg) {
+            self.backlog.push_back((to, msg));
+        }
+    }
+
+    /// Notifies a task on a reactor (this one included).
+    pub fn notify(&mut self, to: ReactorId, task: TaskId, value: u64) {
+        self.send(to, Message::Notify { task, value });
+    }
+
+    /// Places a new task on this reactor; it starts after the current callback returns.
+    pub fn spawn(&mut self, task: Box<dyn Task>) -> TaskId {
+        let id = self.next_task;
+        self.next_task += 1;
+        self.spawned.push(task);
+        id
+    }
+
+    /// Removes a task once the current callback returns; later events for it are dropped.
+    pub fn finish(&mut self, task: TaskId) {
+        self.finished.push(task);
+    }
+
+    /// Calls `task.on_timer` at `first_due`, then every `period` (0: once).
+    pub fn add_timer(&mut self, task: TaskId, first_due: Nanos, period: Nanos) -> TimerId {
+        self.timers.add(task, first_due, period)
+    }
+
+    pub fn cancel_timer(&mut self, timer: TimerId) {
+        self.timers.cancel(timer);
+    }
+
+    /// Block size and count of a bdev as this reactor sees it (opening its channel).
+    pub fn geometry(&mut self, bdev: BdevId) -> Option<(u32, u64)> {
+        self.channel(bdev).map(|s| (s.block_size, s.num_blocks))
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    fn channel(&mut self, bdev: BdevId) -> Option<&mut ChannelSlot> {
+        let i = bdev as usize;
+        if self.channels.get(i).is_none_or(|s| s.is_none()) {
+            let b = self.registry.get(bdev)?;
+            let channel = b.open_channel().ok()?;
+            if self.channels.len() <= i {
+                self.channels.resize_with(i + 1, || None);
+            }
+            let info = b.info();
+            self.channels[i] = Some(ChannelSlot {
+                channel,
+                block_size: info.block_size,
+                num_blocks: info.num_blocks,
+                supported: info.supported,
+                nomem: VecDeque::new(),
+            });
+        }
+        self.channels[i].as_mut()
+    }
+
+    /// Closes this reactor's channel on a bdev (before the bdev is deleted); requests still
+    /// waiting for resources complete as aborted.
+    pub fn close_channel(&mut self, bdev: BdevId) {
+        if let Some(slot) = self.channels.get_mut(bdev as usize).and_then(|s| s.take()) {
+            for io in slot.nomem {
+                self.ready.push(Completion::new(io, IoStatus::Aborted));
+            }
+        }
+    }
+
+    /// I/O taken by channels and not yet reaped, plus requests waiting for resources.
+    pub fn io_outstanding(&self) -> usize {
+        self.channels
+            .iter()
+            .flatten()
+            .map(|s| s.channel.inflight() + s.nomem.len())
+            .sum()
+    }
+}
+
+#[inline]
+fn validate(slot: &ChannelSlot, io: &IoRequest) -> Result<(), IoStatus> {
+    if !slot.supported.contains(io.io_type) {
+        return Err(IoStatus::Unsupported);
+    }
+    let end = io.offset_blocks.checked_add(io.num_blocks as u64);
+    if io.io_type != crate::bdev::IoType::Flush
+        && (io.num_blocks == 0 || end.is_none_or(|e| e > slot.num_blocks))
+    {
+        return Err(IoStatus::Invalid);
+    }
+    if io.io_type.has_data() {
+        let want = io.num_blocks as usize * slot.block_size as usize;
+        if io.buf.as_ref().is_none_or(|b| b.len() != want) {
+            return Err(IoStatus::Invalid);
+        }
+    }
+    Ok(())
+}
+
+/// One reactor: its context and its tasks.
+pub struct Reactor {
+    ctx: Ctx,
+    tasks: Vec<Option<Box<dyn Task>>>,
+    inbox: Arc<Inbox<Message>>,
+    /// Reused buffer for the completions run in one iteration.
+    running: Vec<Completion>,
+}
+
+impl Reactor {
+    /// A reactor that drains `peers[id]` and can message every other peer.
+    pub fn new(
+        id: ReactorId,
+        peers: Arc<[Arc<Inbox<Message>>]>,
+        registry: Arc<BdevRegistry>,
+        config: ReactorConfig,
+    ) -> Reactor {
+        let inbox = Arc::clone(&peers[id as usize]);
+        Reactor {
+            ctx: Ctx {
+                id,
+                now: 0,
+                peers,
+                registry,
+                channels: Vec::new(),
+                ready: Vec::with_capacity(config.reap_batch),
+                backlog: VecDeque::new(),
+                timers: Timers::default(),
+                spawned: Vec::new(),
+                next_task: 0,
+                finished: Vec::new(),
+                counters: Counters::default(),
+                config,
+            },
+            tasks: Vec::new(),
+            inbox,
+            running: Vec::new(),
+        }
+    }
+
+    /// Makes `n` inboxes for a set of reactors.
+    pub fn inboxes(n: usize, capacity: usize) -> Arc<[Arc<Inbox<Message>>]> {
+        (0..n)
+            .map(|_| Arc::new(Inbox::with_capacity(capacity)))
+            .collect()
+    }
+
+    pub fn ctx(&mut self) -> &mut Ctx {
+        &mut self.ctx
+    }
+
+    pub fn id(&self) -> ReactorId {
+        self.ctx.id
+    }
+
+    /// Places a task on this reactor and starts it.
+    pub fn spawn(&mut self, task: Box<dyn Task>) -> TaskId {
+        let id = self.ctx.spawn(task);
+        self.settle_tasks();
+        id
+    }
+
+    /// Tasks still on the reactor.
+    pub fn task_count(&self) -> usize {
+        self.tasks.iter().filter(|t| t.is_some()).count()
+    }
+
+    /// One iteration of the poll loop (see the module docs).
+    pub fn poll(&mut self, now: Nanos) -> PollResult {
+        self.ctx.now = now;
+        self.ctx.counters.polls += 1;
+        let mut work = self.drain_inbox();
+        work += self.reap_channels();
+        work += self.run_completions();
+        work += self.run_timers();
+        work += self.flush_backlog();
+        if work > 0 {
+            self.ctx.counters.busy_polls += 1;
+            PollResult::Busy
+        } else {
+            PollResult::Idle
+        }
+    }
+
+    /// Whether the reactor may sleep: nothing in flight, queued or due before `now`.
+    pub fn can_park(&self) -> bool {
+        self.ctx.ready.is_empty()
+            && self.ctx.backlog.is_empty()
+            && self.ctx.io_outstanding() == 0
+            && self.inbox.is_empty()
+    }
+
+    /// When the next timer is due, if any.
+    pub fn next_timer_due(&self) -> Option<Nanos> {
+        self.ctx.timers.next_due()
+    }
+
+    pub fn inbox(&self) -> &Arc<Inbox<Message>> {
+        &self.inbox
+    }
+
+    fn drain_inbox(&mut self) -> usize {
+        let mut n = 0;
+        while n < self.ctx.config.inbox_batch {
+            let Some(msg) = self.inbox.pop() else { break };
+            n += 1;
+            self.ctx.counters.messages_in += 1;
+            match msg {
+                Message::Submit { bdev, io } => self.ctx.submit(bdev, io),
+                Message::Complete(c) => self.ctx.ready.push(c),
+                Message::Notify { task, value } => {
+                    if let Some(Some(t)) = self.tasks.get_mut(task as usize) {
+                        t.on_notify(&mut self.ctx, value);
+                    }
+                    self.settle_tasks();
+                }
+                Message::Call(f) => {
+                    f(self);
+                    self.settle_tasks();
+                }
+            }
+        }
+        n
+    }
+
+    fn reap_channels(&mut self) -> usize {
+        let now = self.ctx.now;
+        let max = self.ctx.config.reap_batch;
+        let mut n = 0;
+        for slot in self.ctx.channels.iter_mut().flatten() {
+            let reaped = slot.channel.poll(now, max, &mut self.ctx.ready);
+            n += reaped;
+            // Retry refused requests now that completions freed resources.
+            while let Some(io) = slot.nomem.pop_front() {
+                self.ctx.counters.nomem_retries += 1;
+                if let Err(io) = slot.channel.submit(io, now) {
+                    slot.nomem.push_front(io);
+                    break;
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn run_completions(&mut self) -> usize {
+        std::mem::swap(&mut self.running, &mut self.ctx.ready);
+        let n = self.running.len();
+        let me = self.ctx.id;
+        for c in self.running.drain(..) {
+            let origin = c.io.origin;
+            if origin.reactor != me {
+                self.ctx.send(origin.reactor, Message::Complete(c));
+                continue;
+            }
+            self.ctx.counters.ios_completed += 1;
+            if let Some(Some(t)) = self.tasks.get_mut(origin.task as usize) {
+                t.on_complete(&mut self.ctx, c);
+            }
+        }
+        if n > 0 {
+            self.settle_tasks();
+        }
+        n
+    }
+
+    fn run_timers(&mut self) -> usize {
+        let mut n = 0;
+        while n < self.ctx.config.timer_batch {
+            let Some((timer, task)) = self.ctx.timers.pop_due(self.ctx.now) else {
+                break;
+            };
+            n += 1;
+            if let Some(Some(t)) = self.tasks.get_mut(task as usize) {
+                t.on_timer(&mut self.ctx, timer);
+            }
+            self.settle_tasks();
+        }
+        n
+    }
+
+    fn flush_backlog(&mut self) -> usize {
+        let mut n = 0;
+        while let Some((to, msg)) = self.ctx.backlog.pop_front() {
+            if let Err(msg) = self.ctx.peers[to as usize].push(msg) {
+                self.ctx.backlog.push_front((to, msg));
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Starts spawned tasks and removes finished ones.
+    fn settle_tasks(&mut self) {
+        while !self.ctx.spawned.is_empty() {
+            let spawned = std::mem::take(&mut self.ctx.spawned);
+            let first = self.tasks.len() as TaskId;
+            self.tasks.extend(spawned.into_iter().map(Some));
+            for id in first..self.tasks.len() as TaskId {
+                if let Some(t) = self.tasks[id as usize].as_mut() {
+                    t.on_start(&mut self.ctx, id);
+                }
+            }
+        }
+        for id in self.ctx.finished.drain(..) {
+            if let Some(slot) = self.tasks.get_mut(id as usize) {
+                *slot = None;
+            }
+            self.ctx.timers.cancel_task(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
