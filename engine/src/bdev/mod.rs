@@ -339,3 +339,6 @@ impl DoneQueue {
         self.queue.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;
