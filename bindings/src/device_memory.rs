@@ -16,7 +16,10 @@ pub struct DeviceMemory {
 
 impl DeviceMemory {
     /// Maps `len` bytes of zeroed anonymous memory, on 2 MiB huge pages when the host has
-    /// some reserved, otherwise on normal pages with transparent huge pages advised.
+    /// some reserved, otherwise on normal pages with transparent huge pages advised. The
+    /// pages are populated up front, as SPDK's pinned memory is: a RAM disk that cannot get
+    /// its memory fails at creation, not at some later write, and its first pass runs at the
+    /// speed of later ones.
     pub fn new(len: usize) -> io::Result<DeviceMemory> {
         if len == 0 {
             return Err(io::Error::new(
@@ -26,7 +29,7 @@ impl DeviceMemory {
         }
         const HUGE_2M: usize = 2 << 20;
         if len % HUGE_2M == 0 {
-            if let Ok(map) = MmapOptions::new().len(len).huge(Some(21)).map_anon() {
+            if let Ok(map) = MmapOptions::new().len(len).huge(Some(21)).populate().map_anon() {
                 return Ok(DeviceMemory {
                     map: MmapRaw::from(map),
                     huge_pages: true,
@@ -34,8 +37,18 @@ impl DeviceMemory {
             }
         }
         let map: MmapMut = MmapOptions::new().len(len).map_anon()?;
-        // Advice only; a kernel without THP refuses it and the region still works.
+        // Advice only; a kernel without THP refuses it and the region still works. It must
+        // come before the pages are populated, or they are faulted in as 4 KiB pages.
         let _ = map.advise(memmap2::Advice::HugePage);
+        if map.advise(memmap2::Advice::PopulateWrite).is_err() {
+            // Kernels before 5.14: fault every page in by hand.
+            let raw = MmapRaw::from(map);
+            let mem = DeviceMemory { map: raw, huge_pages: false };
+            for page in (0..len).step_by(4096) {
+                mem.zero(page, 1);
+            }
+            return Ok(mem);
+        }
         Ok(DeviceMemory {
             map: MmapRaw::from(map),
             huge_pages: false,

@@ -80,8 +80,12 @@ pub struct UringQueue {
     free_slots: Vec<u32>,
     buffers: Option<BufferTable>,
     unsubmitted: usize,
-    iopoll: bool,
+    /// Completions appear only after an enter with GETEVENTS (IOPOLL, DEFER_TASKRUN).
+    reap_needs_enter: bool,
 }
+
+/// `IORING_ENTER_GETEVENTS` from linux/io_uring.h.
+const ENTER_GETEVENTS: u32 = 1;
 
 impl UringQueue {
     pub fn new(file: Arc<File>, config: &UringConfig) -> io::Result<UringQueue> {
@@ -90,13 +94,28 @@ impl UringQueue {
         if config.iopoll {
             builder.setup_iopoll();
         }
+        let mut defer_taskrun = false;
         if let Some(idle) = config.sqpoll_idle_ms {
             builder.setup_sqpoll(idle);
         } else {
-            // Completions are noticed through the TASKRUN flag instead of an interrupt.
-            builder.setup_coop_taskrun().setup_taskrun_flag();
+            // Completion work waits until this (single) reactor thread asks for it in
+            // `flush`, instead of interrupting the busy-polling thread once per completion.
+            builder.setup_single_issuer().setup_defer_taskrun();
+            defer_taskrun = true;
         }
-        let ring = builder.build(entries)?;
+        let ring = match builder.build(entries) {
+            Ok(ring) => ring,
+            // Kernels before 6.1 lack DEFER_TASKRUN: fall back to default task work.
+            Err(_) if defer_taskrun => {
+                defer_taskrun = false;
+                let mut plain = IoUring::builder();
+                if config.iopoll {
+                    plain.setup_iopoll();
+                }
+                plain.build(entries)?
+            }
+            Err(e) => return Err(e),
+        };
         ring.submitter().register_files(&[file.as_raw_fd()])?;
         let buffers = if config.fixed_buffers {
             ring.submitter()
@@ -115,7 +134,7 @@ impl UringQueue {
             free_slots: (0..entries).rev().collect(),
             buffers,
             unsubmitted: 0,
-            iopoll: config.iopoll,
+            reap_needs_enter: config.iopoll || defer_taskrun,
         })
     }
 
@@ -220,11 +239,25 @@ impl UringQueue {
     /// Hands queued operations to the kernel (and, under IOPOLL or cooperative task running,
     /// lets it post completions). Never blocks.
     pub fn flush(&mut self) -> io::Result<()> {
-        let taskrun = self.ring.submission().taskrun();
-        if self.unsubmitted == 0 && !taskrun && !(self.iopoll && self.inflight() > 0) {
+        let reap = self.reap_needs_enter && self.inflight() > 0;
+        if self.unsubmitted == 0 && !reap {
             return Ok(());
         }
-        match self.ring.submit() {
+        let entered = if reap {
+            // SAFETY: a plain io_uring_enter on our own ring: `unsubmitted` entries were pushed
+            // and synced to the SQ tail, min_complete 0 never blocks, and no argument is passed.
+            unsafe {
+                self.ring.submitter().enter::<libc::sigset_t>(
+                    self.unsubmitted as u32,
+                    0,
+                    ENTER_GETEVENTS,
+                    None,
+                )
+            }
+        } else {
+            self.ring.submit()
+        };
+        match entered {
             Ok(n) => {
                 self.unsubmitted = self.unsubmitted.saturating_sub(n);
                 Ok(())

@@ -25,3 +25,4 @@ pub mod time;
 mod testkit;
 
 pub use tidepool_bindings::dma::{DmaBuf, DmaPool};
+pub use tidepool_bindings::os;

@@ -1,1 +1,400 @@
-fn main(){}
+//! tidepool-perf: a bdevperf-style benchmark for tidepool bdevs.
+//!
+//! It builds bdevs from an SPDK-style JSON config (`-c`), starts one reactor per selected core,
+//! places one job per bdev (round-robin over the reactors; every reactor with `-C`), prints a
+//! live line each second, then per-job and total IOPS, MiB/s and latency percentiles. `--bench
+//! ping` and `--bench idle` measure the reactors themselves (see `bench`).
+#![forbid(unsafe_code)]
+
+mod bench;
+mod job;
+mod report;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use job::{Job, JobLive, JobResult, JobSpec, Workload};
+use report::{LatencyUs, Report, Row};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidepool::bdev::{BdevId, BdevRegistry};
+use tidepool::reactor::{Engine, EngineConfig, ReactorId};
+use tidepool::{config, cpuset, DmaPool};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tidepool-perf",
+    version,
+    about = "Benchmark tidepool block devices, in the spirit of SPDK's bdevperf",
+    after_help = "Example: tidepool-perf -c perf/null.json -q 128 -o 4096 -w randread -t 10"
+)]
+struct Args {
+    /// SPDK-style JSON config that creates the bdevs
+    #[arg(short = 'c', long = "config")]
+    config: Option<String>,
+    /// Bdevs to run on, comma-separated (default: every bdev not claimed by another)
+    #[arg(short = 'b', long = "bdevs", value_delimiter = ',')]
+    bdevs: Vec<String>,
+    /// I/Os in flight per job
+    #[arg(short = 'q', long = "queue-depth", default_value_t = 128)]
+    queue_depth: usize,
+    /// I/O size in bytes (suffixes k and m accepted: 4k, 1m)
+    #[arg(short = 'o', long = "io-size", default_value = "4096")]
+    io_size: String,
+    /// Workload: read, write, randread, randwrite, rw, randrw or verify
+    #[arg(short = 'w', long = "workload", default_value = "randread")]
+    workload: String,
+    /// Read percentage for rw and randrw
+    #[arg(short = 'M', long = "rwmixread")]
+    read_percent: Option<u32>,
+    /// Run time in seconds
+    #[arg(short = 't', long = "time", default_value_t = 5.0)]
+    seconds: f64,
+    /// Reactor core mask, as SPDK: 0x3 or [0,1]
+    #[arg(short = 'm', long = "cpumask", conflicts_with = "cores")]
+    mask: Option<String>,
+    /// Reactor cores as a list: 0,1 or 0-3
+    #[arg(long = "cores")]
+    cores: Option<String>,
+    /// Run a job for every bdev on every reactor
+    #[arg(short = 'C')]
+    every_core: bool,
+    /// Execute each job's I/O on the next reactor (measures cross-core submission)
+    #[arg(long)]
+    remote: bool,
+    /// What to measure: io (jobs on bdevs), ping (reactor round trip), idle (CPU and wake-up)
+    #[arg(long, default_value = "io")]
+    bench: String,
+    /// Seed for random offsets
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Never park idle reactors (pure busy polling)
+    #[arg(long)]
+    no_park: bool,
+    /// Write results as JSON
+    #[arg(long = "json")]
+    json: Option<String>,
+    /// Write the total latency distribution in HdrHistogram's .hgrm text format
+    #[arg(long)]
+    hgrm: Option<String>,
+    /// Draw the latency percentile distribution of every job as SVG
+    #[arg(long)]
+    plot: Option<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("tidepool-perf: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn parse_size(s: &str) -> anyhow::Result<usize> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.strip_suffix('k') {
+        Some(n) => (n, 1024),
+        None => match t.strip_suffix('m') {
+            Some(n) => (n, 1 << 20),
+            None => (t.as_str(), 1),
+        },
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("-o '{s}' is not a size like 4096, 4k or 1m"))?;
+    if n == 0 {
+        bail!("-o must be above zero");
+    }
+    Ok(n * mult)
+}
+
+fn engine_config(args: &Args) -> anyhow::Result<EngineConfig> {
+    let cores = match (&args.mask, &args.cores) {
+        (Some(m), _) => cpuset::parse_mask(m)?,
+        (None, Some(l)) => cpuset::parse_list(l)?,
+        (None, None) if args.bench == "ping" || args.bench == "idle" => vec![0, 1],
+        (None, None) => vec![0],
+    };
+    cpuset::check_available(&cores)?;
+    let mut config = EngineConfig::new(cores);
+    if args.no_park {
+        config.park_after = None;
+    }
+    Ok(config)
+}
+
+fn write_json(path: &Option<String>, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_string_pretty(value)? + "\n")
+            .with_context(|| format!("writing --json {p}"))?;
+    }
+    Ok(())
+}
+
+fn run(args: &Args) -> anyhow::Result<i32> {
+    if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
+        bail!("-t must be above 0 and at most 86400 seconds");
+    }
+    let duration = Duration::from_secs_f64(args.seconds);
+    let registry = Arc::new(BdevRegistry::new());
+    if let Some(path) = &args.config {
+        config::load_file(path, &registry)?;
+    }
+    match args.bench.as_str() {
+        "io" => run_io(args, registry, duration),
+        "ping" => {
+            let engine = Engine::start(engine_config(args)?, registry)?;
+            let value = bench::ping(&engine, duration)?;
+            write_json(&args.json, &value)?;
+            engine.stop();
+            Ok(0)
+        }
+        "idle" => {
+            let bdev = match registry.list().first() {
+                Some(l) => l.id,
+                None => {
+                    let params = serde_json::json!({"name": "Null0", "num_blocks": 1024, "block_size": 4096});
+                    config::create_bdev(&registry, "bdev_null_create", params)?.0
+                }
+            };
+            let engine = Engine::start(engine_config(args)?, registry)?;
+            let value = bench::idle(&engine, bdev, duration, 5)?;
+            write_json(&args.json, &value)?;
+            engine.stop();
+            Ok(0)
+        }
+        other => bail!("--bench '{other}' is not one of io, ping, idle"),
+    }
+}
+
+struct Placed {
+    spec: JobSpec,
+    name: String,
+    core: usize,
+    reactor: usize,
+}
+
+fn plan_jobs(
+    args: &Args,
+    registry: &BdevRegistry,
+    cores: &[usize],
+    duration: Duration,
+) -> anyhow::Result<Vec<Placed>> {
+    let workload = Workload::parse(&args.workload).ok_or_else(|| {
+        anyhow::anyhow!(
+            "-w '{}' is not one of read, write, randread, randwrite, rw, randrw, verify",
+            args.workload
+        )
+    })?;
+    let read_percent = match (workload.mixed(), args.read_percent) {
+        (true, Some(m)) if m <= 100 => m,
+        (true, Some(m)) => bail!("-M {m} is not a percentage from 0 to 100"),
+        (true, None) => 50,
+        (false, Some(_)) => bail!("-M only applies to -w rw and randrw"),
+        (false, None) => 0,
+    };
+    if !(1..=4096).contains(&args.queue_depth) {
+        bail!("-q {} is not from 1 to 4096", args.queue_depth);
+    }
+    let io_bytes = parse_size(&args.io_size)?;
+    let bdevs: Vec<(BdevId, String, u32, u64)> = if args.bdevs.is_empty() {
+        registry
+            .list()
+            .into_iter()
+            .filter(|l| l.claimed_by.is_none())
+            .map(|l| {
+                let i = l.bdev.info();
+                (l.id, i.name.clone(), i.block_size, i.num_blocks)
+            })
+            .collect()
+    } else {
+        args.bdevs
+            .iter()
+            .map(|name| {
+                let (id, b) = registry
+                    .lookup(name)
+                    .ok_or_else(|| anyhow::anyhow!("-b: bdev '{name}' is not in the config"))?;
+                let i = b.info();
+                Ok((id, name.clone(), i.block_size, i.num_blocks))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if bdevs.is_empty() {
+        bail!("no bdevs to run on: give -c with a config that creates some");
+    }
+    if args.remote && cores.len() < 2 {
+        bail!("--remote needs at least two reactors");
+    }
+    let mut placed = Vec::new();
+    for (b_index, (id, name, block_size, num_blocks)) in bdevs.iter().enumerate() {
+        if io_bytes % *block_size as usize != 0 {
+            bail!("-o {io_bytes} is not a multiple of bdev '{name}' block size {block_size}");
+        }
+        let io_blocks = (io_bytes / *block_size as usize) as u32;
+        let reactors: Vec<usize> = if args.every_core {
+            (0..cores.len()).collect()
+        } else {
+            vec![b_index % cores.len()]
+        };
+        let slice = num_blocks / reactors.len() as u64 / io_blocks as u64 * io_blocks as u64;
+        if slice < io_blocks as u64 {
+            bail!("bdev '{name}' ({num_blocks} blocks) is too small for -o {io_bytes} per job");
+        }
+        if workload == Workload::Verify && slice / (io_blocks as u64) < args.queue_depth as u64 {
+            bail!(
+                "verify on '{name}' needs at least -q x -o bytes per job so that in-flight I/Os never overlap"
+            );
+        }
+        for (k, &r) in reactors.iter().enumerate() {
+            let exec = if args.remote { (r + 1) % cores.len() } else { r };
+            placed.push(Placed {
+                spec: JobSpec {
+                    index: placed.len(),
+                    bdev: *id,
+                    exec_reactor: exec as ReactorId,
+                    workload,
+                    read_percent,
+                    depth: args.queue_depth,
+                    io_blocks,
+                    block_size: *block_size,
+                    first_block: slice * k as u64,
+                    range_blocks: slice,
+                    duration_ns: duration.as_nanos() as u64,
+                    seed: args.seed,
+                },
+                name: name.clone(),
+                core: cores[r],
+                reactor: r,
+            });
+        }
+    }
+    Ok(placed)
+}
+
+fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyhow::Result<i32> {
+    let engine_cfg = engine_config(args)?;
+    let cores = engine_cfg.cores.clone();
+    let jobs = plan_jobs(args, &registry, &cores, duration)?;
+    let io_bytes = parse_size(&args.io_size)?;
+    println!(
+        "Running {} job(s) for {:.1} s: -w {} -q {} -o {} on cores {:?}{}",
+        jobs.len(),
+        args.seconds,
+        args.workload,
+        args.queue_depth,
+        io_bytes,
+        cores,
+        if args.remote { " (I/O executed on the next reactor)" } else { "" }
+    );
+    let engine = Engine::start(engine_cfg, Arc::clone(&registry))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<JobResult>(jobs.len());
+    let mut lives = Vec::new();
+    let mut meta = Vec::new();
+    for p in jobs {
+        let live = Arc::new(JobLive::default());
+        let pool = DmaPool::new(io_bytes, p.spec.depth)?;
+        let job = Job::new(p.spec, &pool, Arc::clone(&live), tx.clone());
+        engine.call(p.reactor, move |r| {
+            r.spawn(Box::new(job));
+        })?;
+        lives.push(live);
+        meta.push((p.name, p.core));
+    }
+    drop(tx);
+
+    // One live line a second.
+    let start = Instant::now();
+    let mut last_ios = 0u64;
+    let mut tick = 1u32;
+    while start.elapsed() < duration {
+        let next = Duration::from_secs(tick as u64).min(duration);
+        std::thread::sleep(next.saturating_sub(start.elapsed()));
+        let ios: u64 = lives.iter().map(|l| l.ios.load(Ordering::Relaxed)).sum();
+        let errors: u64 = lives.iter().map(|l| l.errors.load(Ordering::Relaxed)).sum();
+        let interval = next.as_secs_f64() - (tick - 1) as f64;
+        let iops = (ios - last_ios) as f64 / interval.max(1e-3);
+        println!(
+            "[{:>6.1} s] {:>12.0} IOPS {:>10.2} MiB/s  errors {}",
+            next.as_secs_f64(),
+            iops,
+            iops * io_bytes as f64 / (1 << 20) as f64,
+            errors
+        );
+        last_ios = ios;
+        tick += 1;
+    }
+
+    let mut results: Vec<JobResult> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while results.len() < meta.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(r) => results.push(r),
+            Err(_) => bail!(
+                "{} job(s) did not finish within 30 s of the end (I/O stuck in a device?)",
+                meta.len() - results.len()
+            ),
+        }
+    }
+    engine.stop();
+    results.sort_by_key(|r| r.index);
+
+    let mut total_hist: Histogram<u64> = Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?;
+    let mut rows = Vec::new();
+    let (mut total_iops, mut total_errors) = (0.0, 0u64);
+    for r in &results {
+        let (name, core) = &meta[r.index];
+        let iops = r.ios as f64 / (r.elapsed_ns as f64 / 1e9);
+        total_iops += iops;
+        total_errors += r.errors;
+        total_hist.add(&r.latency_ns)?;
+        rows.push(Row {
+            bdev: Some(name.clone()),
+            core: Some(*core),
+            iops,
+            mib_per_s: iops * io_bytes as f64 / (1 << 20) as f64,
+            errors: r.errors,
+            latency_us: LatencyUs::from_ns(&r.latency_ns),
+        });
+        if let Some(e) = &r.first_verify_error {
+            eprintln!("tidepool-perf: {name}: {e}");
+        }
+    }
+    let report = Report {
+        jobs: rows,
+        total: Row {
+            bdev: None,
+            core: None,
+            iops: total_iops,
+            mib_per_s: total_iops * io_bytes as f64 / (1 << 20) as f64,
+            errors: total_errors,
+            latency_us: LatencyUs::from_ns(&total_hist),
+        },
+    };
+    report::print_table(&report);
+    write_json(&args.json, &serde_json::to_value(&report)?)?;
+    if let Some(p) = &args.hgrm {
+        std::fs::write(p, report::hgrm(&total_hist)).with_context(|| format!("writing --hgrm {p}"))?;
+    }
+    if let Some(p) = &args.plot {
+        let series: Vec<(String, &Histogram<u64>)> = results
+            .iter()
+            .map(|r| {
+                let (name, core) = &meta[r.index];
+                (format!("{name} on core {core}"), &r.latency_ns)
+            })
+            .collect();
+        let title = format!("{} -q {} -o {}", args.workload, args.queue_depth, io_bytes);
+        std::fs::write(p, report::plot_svg(&title, &series))
+            .with_context(|| format!("writing --plot {p}"))?;
+    }
+    if total_errors > 0 {
+        eprintln!("tidepool-perf: {total_errors} I/O error(s)");
+        return Ok(1);
+    }
+    Ok(0)
+}

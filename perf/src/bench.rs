@@ -1,0 +1,214 @@
+//! The two measurements that are not I/O jobs:
+//!
+//! - `ping`: the round-trip time of a message between two reactors (a `Notify` there and back,
+//!   each leg through a lock-free inbox), recorded in an HdrHistogram.
+//! - `idle`: the CPU an engine with idle reactors burns over a spell, and the completion time of
+//!   the first I/O submitted from outside after a second of idleness (the reactor is parked
+//!   then, so the time includes its wake-up).
+
+use crate::report::LatencyUs;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidepool::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoType};
+use tidepool::reactor::{Ctx, Engine, Message, ReactorId, Task, TaskId};
+use tidepool::time::{self, Nanos};
+use tidepool::DmaPool;
+
+/// Answers every ping with the same value.
+struct Ponger {
+    peer: (ReactorId, TaskId),
+}
+
+impl Task for Ponger {
+    fn on_complete(&mut self, _: &mut Ctx, _: Completion) {}
+    fn on_notify(&mut self, ctx: &mut Ctx, value: u64) {
+        ctx.notify(self.peer.0, self.peer.1, value);
+    }
+}
+
+/// Waits for a first notification naming the ponger's task, then sends a timestamp, waits for
+/// it to come back, records the round trip, repeats.
+struct Pinger {
+    id: TaskId,
+    peer: Option<(ReactorId, TaskId)>,
+    end_ns: Nanos,
+    rtt_ns: Histogram<u64>,
+    tx: Option<SyncSender<Histogram<u64>>>,
+}
+
+impl Task for Pinger {
+    fn on_start(&mut self, _: &mut Ctx, id: TaskId) {
+        self.id = id;
+    }
+    fn on_complete(&mut self, _: &mut Ctx, _: Completion) {}
+    fn on_notify(&mut self, ctx: &mut Ctx, value: u64) {
+        let Some(peer) = self.peer else {
+            let peer = (1, value as TaskId);
+            self.peer = Some(peer);
+            ctx.notify(peer.0, peer.1, time::now());
+            return;
+        };
+        let sent = value;
+        let now = time::now();
+        self.rtt_ns.saturating_record(now.saturating_sub(sent).max(1));
+        if now < self.end_ns {
+            ctx.notify(peer.0, peer.1, now);
+        } else if let Some(tx) = self.tx.take() {
+            let _ = tx.send(std::mem::replace(
+                &mut self.rtt_ns,
+                Histogram::new(1).expect("valid"),
+            ));
+            ctx.finish(self.id);
+        }
+    }
+}
+
+/// Round trips between reactor 0 and reactor 1 for `duration`.
+pub fn ping(engine: &Engine, duration: Duration) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        engine.reactor_count() >= 2,
+        "ping needs two reactors: give -m 0x3 or --cores 0,1"
+    );
+    let wait = Duration::from_secs(5);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let end_ns = time::now() + duration.as_nanos() as Nanos;
+    let pinger_id = engine.call_wait(0, wait, move |r| {
+        r.spawn(Box::new(Pinger {
+            id: 0,
+            peer: None,
+            end_ns,
+            rtt_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            tx: Some(tx),
+        }))
+    })?;
+    let ponger_id = engine.call_wait(1, wait, move |r| {
+        r.spawn(Box::new(Ponger {
+            peer: (0, pinger_id),
+        }))
+    })?;
+    // Tell the pinger who the ponger is; that starts the exchange.
+    let start = Message::Notify {
+        task: pinger_id,
+        value: ponger_id as u64,
+    };
+    if engine.push(0, start).is_err() {
+        anyhow::bail!("reactor 0's inbox refused the start message");
+    }
+    let rtt = rx.recv_timeout(duration + Duration::from_secs(10))?;
+    let lat = LatencyUs::from_ns(&rtt);
+    println!(
+        "reactor 0 <-> reactor 1 message round trip: {} samples, avg {:.3} us, p50 {:.3} us, p99 {:.3} us, p99.9 {:.3} us",
+        rtt.len(),
+        lat.avg,
+        lat.p50,
+        lat.p99,
+        lat.p99_9
+    );
+    Ok(json!({"ping": {"round_trips": rtt.len(), "round_trips_per_s": rtt.len() as f64 / duration.as_secs_f64(), "latency_us": lat}}))
+}
+
+/// Stores the time of each completion, for a thread outside the engine to see.
+struct Signal {
+    done_at: Arc<AtomicU64>,
+}
+
+impl Task for Signal {
+    fn on_complete(&mut self, _: &mut Ctx, c: Completion) {
+        let now = if c.status.is_success() { time::now() } else { u64::MAX };
+        // Release: the waiting thread reads the time after it sees it.
+        self.done_at.store(now, Ordering::Release);
+    }
+}
+
+/// CPU use of idle reactors over `duration`, then first-I/O latency after 1 s idle, `trials`
+/// times, against `bdev` on reactor 0.
+pub fn idle(engine: &Engine, bdev: BdevId, duration: Duration, trials: u32) -> anyhow::Result<Value> {
+    std::thread::sleep(Duration::from_millis(500)); // let start-up settle
+    let cpu0 = tidepool_cpu_ns()?;
+    let t0 = Instant::now();
+    std::thread::sleep(duration);
+    let cpu_ns = tidepool_cpu_ns()? - cpu0;
+    let wall_ns = t0.elapsed().as_nanos() as f64;
+    let cpu_percent = cpu_ns as f64 / wall_ns * 100.0;
+    println!(
+        "{} idle reactors over {:.1} s: {:.3}% of one core",
+        engine.reactor_count(),
+        wall_ns / 1e9,
+        cpu_percent
+    );
+
+    let done_at = Arc::new(AtomicU64::new(0));
+    let signal = {
+        let done_at = Arc::clone(&done_at);
+        engine.call_wait(0, Duration::from_secs(5), move |r| {
+            r.spawn(Box::new(Signal { done_at }))
+        })?
+    };
+    let (block_size, _) = engine.call_wait(0, Duration::from_secs(5), move |r| {
+        r.ctx().geometry(bdev)
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the idle bench's bdev is gone"))?;
+    let pool = DmaPool::new(block_size as usize, 1)?;
+    let mut first_io_us = Vec::new();
+    for _ in 0..trials {
+        std::thread::sleep(Duration::from_secs(1));
+        done_at.store(0, Ordering::Relaxed);
+        let mut buf = pool.take().expect("the buffer came back");
+        buf.set_len(block_size as usize);
+        let io = IoRequest {
+            io_type: IoType::Read,
+            offset_blocks: 0,
+            num_blocks: 1,
+            buf: Some(buf),
+            origin: IoOrigin {
+                reactor: 0,
+                task: signal,
+                tag: 0,
+            },
+        };
+        let start = time::now();
+        if engine.push(0, Message::Submit { bdev, io }).is_err() {
+            anyhow::bail!("reactor 0's inbox refused the I/O");
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let done = loop {
+            let d = done_at.load(Ordering::Acquire);
+            if d != 0 {
+                break d;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the first I/O did not complete within 1 s");
+            std::hint::spin_loop();
+        };
+        anyhow::ensure!(done != u64::MAX, "the first I/O failed");
+        first_io_us.push(done.saturating_sub(start) as f64 / 1e3);
+        // Let the buffer travel home before the next trial.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let max = first_io_us.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "first I/O after 1 s idle (submitted from outside, reactor parked): {} us (max {:.1} us)",
+        first_io_us
+            .iter()
+            .map(|v| format!("{v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        max
+    );
+    let stats = engine.stats();
+    Ok(json!({"idle": {
+        "reactors": engine.reactor_count(),
+        "seconds": wall_ns / 1e9,
+        "cpu_percent_of_one_core": cpu_percent,
+        "first_io_us": first_io_us,
+        "first_io_us_max": max,
+        "parks": stats.iter().map(|s| s.parks).sum::<u64>(),
+    }}))
+}
+
+fn tidepool_cpu_ns() -> anyhow::Result<u64> {
+    Ok(tidepool::os::process_cpu_time_ns()?)
+}
