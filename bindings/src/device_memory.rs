@@ -28,8 +28,13 @@ impl DeviceMemory {
             ));
         }
         const HUGE_2M: usize = 2 << 20;
-        if len % HUGE_2M == 0 {
-            if let Ok(map) = MmapOptions::new().len(len).huge(Some(21)).populate().map_anon() {
+        if len.is_multiple_of(HUGE_2M) {
+            if let Ok(map) = MmapOptions::new()
+                .len(len)
+                .huge(Some(21))
+                .populate()
+                .map_anon()
+            {
                 return Ok(DeviceMemory {
                     map: MmapRaw::from(map),
                     huge_pages: true,
@@ -43,7 +48,10 @@ impl DeviceMemory {
         if map.advise(memmap2::Advice::PopulateWrite).is_err() {
             // Kernels before 5.14: fault every page in by hand.
             let raw = MmapRaw::from(map);
-            let mem = DeviceMemory { map: raw, huge_pages: false };
+            let mem = DeviceMemory {
+                map: raw,
+                huge_pages: false,
+            };
             for page in (0..len).step_by(4096) {
                 mem.zero(page, 1);
             }
@@ -83,7 +91,11 @@ impl DeviceMemory {
         // Rust buffer, so the two do not overlap. Concurrent writers are covered by the module
         // contract (device-memory semantics, no Rust reference into the region is held).
         unsafe {
-            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), dst.as_mut_ptr(), dst.len())
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
         }
     }
 
@@ -92,7 +104,11 @@ impl DeviceMemory {
         self.check(offset, src.len());
         // SAFETY: as in `read`, with the roles of the two ranges swapped.
         unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr().add(offset), src.len())
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.map.as_mut_ptr().add(offset),
+                src.len(),
+            )
         }
     }
 

@@ -146,7 +146,11 @@ impl DmaBuf {
     /// Start of the buffer, for handing to a device.
     pub fn ptr(&self) -> *mut u8 {
         // SAFETY: index < count, so the offset stays inside the mapping.
-        unsafe { self.shared.base.add(self.index as usize * self.shared.buf_size) }
+        unsafe {
+            self.shared
+                .base
+                .add(self.index as usize * self.shared.buf_size)
+        }
     }
 
     /// Id of the pool this buffer belongs to, unique in the process.

@@ -33,7 +33,7 @@ impl TscClock {
             std::hint::spin_loop();
         }
         let t1 = read_tsc();
-        let elapsed_ns = start.elapsed().as_nanos() as u128;
+        let elapsed_ns = start.elapsed().as_nanos();
         let ticks = (t1 - t0).max(1) as u128;
         let ns_per_tick_q32 = ((elapsed_ns << 32) / ticks) as u64;
         TscClock {

@@ -171,7 +171,9 @@ impl UringQueue {
                     (UringOp::Read, Some(i)) => opcode::ReadFixed::new(fd, b.ptr(), len, i)
                         .offset(offset)
                         .build(),
-                    (UringOp::Read, None) => opcode::Read::new(fd, b.ptr(), len).offset(offset).build(),
+                    (UringOp::Read, None) => {
+                        opcode::Read::new(fd, b.ptr(), len).offset(offset).build()
+                    }
                     (_, Some(i)) => opcode::WriteFixed::new(fd, b.ptr(), len, i)
                         .offset(offset)
                         .build(),
@@ -195,7 +197,10 @@ impl UringQueue {
         // reaped; `Drop` waits for every in-flight entry. The fixed file is `self.file`, which
         // the queue keeps open. At most `entries` slots exist, so the SQ has room.
         let pushed = unsafe { self.ring.submission().push(&entry) };
-        assert!(pushed.is_ok(), "submission queue overflow despite slot accounting");
+        assert!(
+            pushed.is_ok(),
+            "submission queue overflow despite slot accounting"
+        );
         self.inflight[slot as usize] = Some(InFlight { user_data, buf });
         self.unsubmitted += 1;
         Ok(())
@@ -262,7 +267,12 @@ impl UringQueue {
                 self.unsubmitted = self.unsubmitted.saturating_sub(n);
                 Ok(())
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
+                ) =>
+            {
                 Ok(())
             }
             Err(e) => Err(e),
@@ -320,7 +330,10 @@ mod tests {
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while q.inflight() > 0 {
-            assert!(Instant::now() < deadline, "io_uring did not complete in time");
+            assert!(
+                Instant::now() < deadline,
+                "io_uring did not complete in time"
+            );
             q.flush().unwrap();
             q.reap(64, |c| out.push(c));
         }
@@ -353,7 +366,13 @@ mod tests {
         q.push(UringOp::Read, 8192, 4096, Some(r), 2).unwrap();
         let done = run_to_completion(&mut q);
         assert_eq!(done[0].result, 4096);
-        assert!(done[0].buf.as_ref().unwrap().as_slice().iter().all(|&b| b == 0x5a));
+        assert!(done[0]
+            .buf
+            .as_ref()
+            .unwrap()
+            .as_slice()
+            .iter()
+            .all(|&b| b == 0x5a));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -125,7 +125,11 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
         let list = match &config {
             Value::Null => continue,
             Value::Array(list) => list,
-            _ => return Err(shape(&format!("subsystem '{name}': \"config\" must be an array"))),
+            _ => {
+                return Err(shape(&format!(
+                    "subsystem '{name}': \"config\" must be an array"
+                )))
+            }
         };
         if name != "bdev" {
             if list.is_empty() {
@@ -210,7 +214,10 @@ mod tests {
         let reg2 = BdevRegistry::new();
         assert_eq!(apply(&saved, &reg2).unwrap(), made);
         assert_eq!(reg2.lookup("EE_M0").unwrap().1.info().num_blocks, 256);
-        assert!(reg.unregister("M0").is_err(), "a claimed base must not be removable");
+        assert!(
+            reg.unregister("M0").is_err(),
+            "a claimed base must not be removable"
+        );
     }
 
     #[test]
@@ -225,16 +232,36 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("entry 1") && err.contains("block_size"), "{err}");
-        assert!(reg.list().is_empty(), "a failed load must leave nothing behind");
+        assert!(
+            err.contains("entry 1") && err.contains("block_size"),
+            "{err}"
+        );
+        assert!(
+            reg.list().is_empty(),
+            "a failed load must leave nothing behind"
+        );
 
         for (bad, needle) in [
             (json!({}), "subsystems"),
             (cfg(json!([{"method": "bdev_nope"}])), "unknown method"),
-            (cfg(json!([{"method": "bdev_null_create", "params": {"name": "x"}}])), "num_blocks"),
-            (cfg(json!([{"method": "bdev_null_create", "params": {"name": "x", "num_blocks": 1, "block_size": 512, "bogus": 1}}])), "bogus"),
-            (cfg(json!([{"method": "bdev_error_create", "params": {"base_name": "missing"}}])), "missing"),
-            (json!({"subsystems": [{"subsystem": "nvmf", "config": [{"method": "x"}]}]}), "nvmf"),
+            (
+                cfg(json!([{"method": "bdev_null_create", "params": {"name": "x"}}])),
+                "num_blocks",
+            ),
+            (
+                cfg(
+                    json!([{"method": "bdev_null_create", "params": {"name": "x", "num_blocks": 1, "block_size": 512, "bogus": 1}}]),
+                ),
+                "bogus",
+            ),
+            (
+                cfg(json!([{"method": "bdev_error_create", "params": {"base_name": "missing"}}])),
+                "missing",
+            ),
+            (
+                json!({"subsystems": [{"subsystem": "nvmf", "config": [{"method": "x"}]}]}),
+                "nvmf",
+            ),
         ] {
             let err = apply(&bad, &reg).unwrap_err().to_string();
             assert!(err.contains(needle), "'{err}' should mention '{needle}'");

@@ -17,8 +17,8 @@ pub mod bdev;
 pub mod config;
 pub mod cpuset;
 pub mod reactor;
-pub mod rng;
 pub mod ring;
+pub mod rng;
 pub mod time;
 
 #[cfg(test)]

@@ -113,7 +113,10 @@ mod tests {
         assert_eq!(inbox.push(3), Err(3));
         assert_eq!(inbox.pop(), Some(1));
         inbox.push(3).unwrap();
-        assert_eq!((inbox.pop(), inbox.pop(), inbox.pop()), (Some(2), Some(3), None));
+        assert_eq!(
+            (inbox.pop(), inbox.pop(), inbox.pop()),
+            (Some(2), Some(3), None)
+        );
     }
 
     /// Several producers push tagged sequences through a small ring while one consumer drains
@@ -197,6 +200,9 @@ mod tests {
         }
         // 2000 messages with a 5 s park timeout: a single lost wake-up would take 5 s.
         let took = consumer.join().unwrap();
-        assert!(took < Duration::from_secs(4), "a wake-up was lost: {took:?}");
+        assert!(
+            took < Duration::from_secs(4),
+            "a wake-up was lost: {took:?}"
+        );
     }
 }

@@ -76,7 +76,10 @@ pub fn reactors(n: usize, registry: &Arc<BdevRegistry>, config: ReactorConfig) -
 pub fn run_until(reactors: &mut [Reactor], mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
-        assert!(Instant::now() < deadline, "condition not reached within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within 10 s"
+        );
         for r in reactors.iter_mut() {
             r.poll(crate::time::now());
         }

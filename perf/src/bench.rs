@@ -54,7 +54,8 @@ impl Task for Pinger {
         };
         let sent = value;
         let now = time::now();
-        self.rtt_ns.saturating_record(now.saturating_sub(sent).max(1));
+        self.rtt_ns
+            .saturating_record(now.saturating_sub(sent).max(1));
         if now < self.end_ns {
             ctx.notify(peer.0, peer.1, now);
         } else if let Some(tx) = self.tx.take() {
@@ -108,7 +109,9 @@ pub fn ping(engine: &Engine, duration: Duration) -> anyhow::Result<Value> {
         lat.p99,
         lat.p99_9
     );
-    Ok(json!({"ping": {"round_trips": rtt.len(), "round_trips_per_s": rtt.len() as f64 / duration.as_secs_f64(), "latency_us": lat}}))
+    Ok(
+        json!({"ping": {"round_trips": rtt.len(), "round_trips_per_s": rtt.len() as f64 / duration.as_secs_f64(), "latency_us": lat}}),
+    )
 }
 
 /// Stores the time of each completion, for a thread outside the engine to see.
@@ -118,7 +121,11 @@ struct Signal {
 
 impl Task for Signal {
     fn on_complete(&mut self, _: &mut Ctx, c: Completion) {
-        let now = if c.status.is_success() { time::now() } else { u64::MAX };
+        let now = if c.status.is_success() {
+            time::now()
+        } else {
+            u64::MAX
+        };
         // Release: the waiting thread reads the time after it sees it.
         self.done_at.store(now, Ordering::Release);
     }
@@ -126,7 +133,12 @@ impl Task for Signal {
 
 /// CPU use of idle reactors over `duration`, then first-I/O latency after 1 s idle, `trials`
 /// times, against `bdev` on reactor 0.
-pub fn idle(engine: &Engine, bdev: BdevId, duration: Duration, trials: u32) -> anyhow::Result<Value> {
+pub fn idle(
+    engine: &Engine,
+    bdev: BdevId,
+    duration: Duration,
+    trials: u32,
+) -> anyhow::Result<Value> {
     std::thread::sleep(Duration::from_millis(500)); // let start-up settle
     let cpu0 = tidepool_cpu_ns()?;
     let t0 = Instant::now();
@@ -148,10 +160,9 @@ pub fn idle(engine: &Engine, bdev: BdevId, duration: Duration, trials: u32) -> a
             r.spawn(Box::new(Signal { done_at }))
         })?
     };
-    let (block_size, _) = engine.call_wait(0, Duration::from_secs(5), move |r| {
-        r.ctx().geometry(bdev)
-    })?
-    .ok_or_else(|| anyhow::anyhow!("the idle bench's bdev is gone"))?;
+    let (block_size, _) = engine
+        .call_wait(0, Duration::from_secs(5), move |r| r.ctx().geometry(bdev))?
+        .ok_or_else(|| anyhow::anyhow!("the idle bench's bdev is gone"))?;
     let pool = DmaPool::new(block_size as usize, 1)?;
     let mut first_io_us = Vec::new();
     for _ in 0..trials {
@@ -180,7 +191,10 @@ pub fn idle(engine: &Engine, bdev: BdevId, duration: Duration, trials: u32) -> a
             if d != 0 {
                 break d;
             }
-            anyhow::ensure!(Instant::now() < deadline, "the first I/O did not complete within 1 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the first I/O did not complete within 1 s"
+            );
             std::hint::spin_loop();
         };
         anyhow::ensure!(done != u64::MAX, "the first I/O failed");

@@ -250,7 +250,11 @@ fn plan_jobs(
             );
         }
         for (k, &r) in reactors.iter().enumerate() {
-            let exec = if args.remote { (r + 1) % cores.len() } else { r };
+            let exec = if args.remote {
+                (r + 1) % cores.len()
+            } else {
+                r
+            };
             placed.push(Placed {
                 spec: JobSpec {
                     index: placed.len(),
@@ -288,7 +292,11 @@ fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyho
         args.queue_depth,
         io_bytes,
         cores,
-        if args.remote { " (I/O executed on the next reactor)" } else { "" }
+        if args.remote {
+            " (I/O executed on the next reactor)"
+        } else {
+            ""
+        }
     );
     let engine = Engine::start(engine_cfg, Arc::clone(&registry))?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<JobResult>(jobs.len());
@@ -378,7 +386,8 @@ fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyho
     report::print_table(&report);
     write_json(&args.json, &serde_json::to_value(&report)?)?;
     if let Some(p) = &args.hgrm {
-        std::fs::write(p, report::hgrm(&total_hist)).with_context(|| format!("writing --hgrm {p}"))?;
+        std::fs::write(p, report::hgrm(&total_hist))
+            .with_context(|| format!("writing --hgrm {p}"))?;
     }
     if let Some(p) = &args.plot {
         let series: Vec<(String, &Histogram<u64>)> = results

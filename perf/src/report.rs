@@ -69,8 +69,19 @@ pub struct Report {
 pub fn print_table(report: &Report) {
     println!(
         "\n{:<24} {:>5} {:>12} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
-        "Device", "core", "IOPS", "MiB/s", "errors", "avg_us", "min_us", "p50_us", "p90_us",
-        "p99_us", "p99.9_us", "p99.99_us", "max_us"
+        "Device",
+        "core",
+        "IOPS",
+        "MiB/s",
+        "errors",
+        "avg_us",
+        "min_us",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p99.9_us",
+        "p99.99_us",
+        "max_us"
     );
     let line = |name: &str, core: String, r: &Row| {
         let l = &r.latency_us;
@@ -145,7 +156,9 @@ pub fn plot_svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
     const TOP: f64 = 50.0;
     const BOTTOM: f64 = 60.0;
     const MAX_NINES: f64 = 5.0; // x axis ends at 99.999%
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
     let (mut lo, mut hi) = (f64::MAX, 0f64);
     for (_, h) in series {
         if !h.is_empty() {
@@ -156,7 +169,10 @@ pub fn plot_svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
     if lo > hi {
         (lo, hi) = (1.0, 10.0);
     }
-    let (log_lo, log_hi) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
+    let (log_lo, log_hi) = (
+        lo.log10().floor(),
+        hi.log10().ceil().max(lo.log10().floor() + 1.0),
+    );
     let x_of = |q: f64| LEFT + (W - LEFT - RIGHT) * ((-(1.0 - q).max(1e-5).log10()) / MAX_NINES);
     let y_of = |us: f64| {
         TOP + (H - TOP - BOTTOM) * (1.0 - (us.max(1e-3).log10() - log_lo) / (log_hi - log_lo))
@@ -241,7 +257,9 @@ fn fmt_us(v: f64) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 //! The added latency starts when the base completes, as in SPDK's delay bdev.
 
 use super::{
-    check_uuid, new_uuid, Bdev, BdevChannel, BdevError, BdevInfo, BdevRef, Completion,
-    IoRequest, IoType,
+    check_uuid, new_uuid, Bdev, BdevChannel, BdevError, BdevInfo, BdevRef, Completion, IoRequest,
+    IoType,
 };
 use crate::rng::Rng;
 use crate::time::Nanos;
@@ -50,7 +50,10 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 
 fn check_pair(avg_param: &'static str, avg: u64, p99: u64) -> Result<(), BdevError> {
     if avg > MAX_LATENCY_US || p99 > MAX_LATENCY_US {
-        return Err(BdevError::invalid(avg_param, "latencies are limited to 60 s"));
+        return Err(BdevError::invalid(
+            avg_param,
+            "latencies are limited to 60 s",
+        ));
     }
     if p99 < avg {
         return Err(BdevError::invalid(
@@ -142,7 +145,11 @@ impl DelayBdev {
             check_uuid(u)?;
         }
         check_pair("avg_read_latency", p.avg_read_latency, p.p99_read_latency)?;
-        check_pair("avg_write_latency", p.avg_write_latency, p.p99_write_latency)?;
+        check_pair(
+            "avg_write_latency",
+            p.avg_write_latency,
+            p.p99_write_latency,
+        )?;
         let b = base.info();
         Ok(DelayBdev {
             info: BdevInfo {
@@ -253,9 +260,7 @@ impl BdevChannel for DelayChannel {
     fn poll(&mut self, now: Nanos, max: usize, out: &mut Vec<Completion>) -> usize {
         self.base.poll(now, max, &mut self.scratch);
         for completion in self.scratch.drain(..) {
-            let (avg, p99) = self
-                .latencies
-                .pair(completion.io.io_type == IoType::Read);
+            let (avg, p99) = self.latencies.pair(completion.io.io_type == IoType::Read);
             let due = now + sample_latency_ns(&mut self.rng, avg, p99);
             self.seq += 1;
             self.held.push(Held {

@@ -53,7 +53,10 @@ impl MallocBdev {
         let name = match &p.name {
             Some(n) if n.is_empty() => return Err(BdevError::invalid("name", "must not be empty")),
             Some(n) => n.clone(),
-            None => format!("Malloc{}", NEXT_DEFAULT_NAME.fetch_add(1, Ordering::Relaxed)),
+            None => format!(
+                "Malloc{}",
+                NEXT_DEFAULT_NAME.fetch_add(1, Ordering::Relaxed)
+            ),
         };
         let memory = DeviceMemory::new(bytes as usize)
             .map_err(|e| BdevError::os(format!("mapping {bytes} bytes for '{name}'"), e))?;

@@ -22,8 +22,6 @@ pub mod null;
 pub mod registry;
 pub mod uring;
 
-
-
 use crate::time::Nanos;
 use serde::Serialize;
 use std::fmt;
@@ -96,7 +94,9 @@ impl IoTypeSet {
 pub enum IoStatus {
     Success,
     /// The device failed the I/O; `errno` when the OS gave one.
-    Failed { errno: i32 },
+    Failed {
+        errno: i32,
+    },
     /// The request itself was wrong (range, buffer size); nothing was done.
     Invalid,
     /// The bdev does not support this I/O type; nothing was done.
@@ -118,7 +118,11 @@ impl fmt::Display for IoStatus {
             IoStatus::Success => write!(f, "success"),
             IoStatus::Failed { errno: 0 } => write!(f, "I/O error"),
             IoStatus::Failed { errno } => {
-                write!(f, "I/O error ({})", std::io::Error::from_raw_os_error(*errno))
+                write!(
+                    f,
+                    "I/O error ({})",
+                    std::io::Error::from_raw_os_error(*errno)
+                )
             }
             IoStatus::Invalid => write!(f, "invalid request"),
             IoStatus::Unsupported => write!(f, "unsupported I/O type"),

@@ -91,7 +91,9 @@ impl BdevRegistry {
             .names
             .get(name)
             .ok_or_else(|| BdevError::NotFound(name.to_string()))?;
-        let entry = inner.slots[id as usize].as_ref().expect("named slot is live");
+        let entry = inner.slots[id as usize]
+            .as_ref()
+            .expect("named slot is live");
         if let Some(user) = &entry.claimed_by {
             return Err(BdevError::InUse {
                 name: name.to_string(),
@@ -117,7 +119,9 @@ impl BdevRegistry {
             .names
             .get(name)
             .ok_or_else(|| BdevError::NotFound(name.to_string()))?;
-        let entry = inner.slots[id as usize].as_mut().expect("named slot is live");
+        let entry = inner.slots[id as usize]
+            .as_mut()
+            .expect("named slot is live");
         match &entry.claimed_by {
             Some(holder) if holder != user => Err(BdevError::InUse {
                 name: name.to_string(),

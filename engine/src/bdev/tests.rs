@@ -42,13 +42,28 @@ impl Rig {
         b
     }
 
-    fn submit(&mut self, bdev: BdevId, t: IoType, offset: u64, n: u32, buf: Option<DmaBuf>, tag: u64) {
+    fn submit(
+        &mut self,
+        bdev: BdevId,
+        t: IoType,
+        offset: u64,
+        n: u32,
+        buf: Option<DmaBuf>,
+        tag: u64,
+    ) {
         let io = request(t, offset, n, buf, 0, self.task, tag);
         self.reactor[0].ctx().submit(bdev, io);
     }
 
     /// Submits one I/O and waits for it; returns its status and buffer.
-    fn run(&mut self, bdev: BdevId, t: IoType, offset: u64, n: u32, buf: Option<DmaBuf>) -> (IoStatus, Option<DmaBuf>) {
+    fn run(
+        &mut self,
+        bdev: BdevId,
+        t: IoType,
+        offset: u64,
+        n: u32,
+        buf: Option<DmaBuf>,
+    ) -> (IoStatus, Option<DmaBuf>) {
         let before = self.rec.count();
         self.submit(bdev, t, offset, n, buf, 0);
         let rec = self.rec.clone();
@@ -64,35 +79,56 @@ fn check_read_back(rig: &mut Rig, bdev: BdevId, bs: usize, keeps_data: bool) {
     assert_eq!(s, IoStatus::Success);
     let (s, _) = rig.run(bdev, IoType::Write, 3, 2, Some(rig.buf(2 * bs, 0xb2)));
     assert_eq!(s, IoStatus::Success);
-    assert_eq!(rig.run(bdev, IoType::Flush, 0, 0, None).0, IoStatus::Success);
+    assert_eq!(
+        rig.run(bdev, IoType::Flush, 0, 0, None).0,
+        IoStatus::Success
+    );
     let (s, buf) = rig.run(bdev, IoType::Read, 2, 3, Some(rig.buf(3 * bs, 0)));
     assert_eq!(s, IoStatus::Success);
     let data = buf.unwrap();
     if !keeps_data {
-        assert!(data.as_slice().iter().all(|&b| b == 0), "null must not touch the buffer");
+        assert!(
+            data.as_slice().iter().all(|&b| b == 0),
+            "null must not touch the buffer"
+        );
         return;
     }
     assert!(data.as_slice()[..bs].iter().all(|&b| b == 0xa1));
     assert!(data.as_slice()[bs..].iter().all(|&b| b == 0xb2));
-    assert_eq!(rig.run(bdev, IoType::WriteZeroes, 3, 1, None).0, IoStatus::Success);
-    assert_eq!(rig.run(bdev, IoType::Unmap, 2, 1, None).0, IoStatus::Success);
+    assert_eq!(
+        rig.run(bdev, IoType::WriteZeroes, 3, 1, None).0,
+        IoStatus::Success
+    );
+    assert_eq!(
+        rig.run(bdev, IoType::Unmap, 2, 1, None).0,
+        IoStatus::Success
+    );
     let (_, buf) = rig.run(bdev, IoType::Read, 2, 3, Some(rig.buf(3 * bs, 0xff)));
     let data = buf.unwrap();
-    assert!(data.as_slice()[..2 * bs].iter().all(|&b| b == 0), "zeroed and unmapped read 0");
+    assert!(
+        data.as_slice()[..2 * bs].iter().all(|&b| b == 0),
+        "zeroed and unmapped read 0"
+    );
     assert!(data.as_slice()[2 * bs..].iter().all(|&b| b == 0xb2));
 }
 
 #[test]
 fn null_completes_everything_and_moves_no_data() {
     let mut rig = Rig::new();
-    let b = rig.create("bdev_null_create", json!({"name": "N", "num_blocks": 64, "block_size": 512}));
+    let b = rig.create(
+        "bdev_null_create",
+        json!({"name": "N", "num_blocks": 64, "block_size": 512}),
+    );
     check_read_back(&mut rig, b, 512, false);
 }
 
 #[test]
 fn malloc_reads_back_what_was_written() {
     let mut rig = Rig::new();
-    let b = rig.create("bdev_malloc_create", json!({"name": "M", "num_blocks": 64, "block_size": 512}));
+    let b = rig.create(
+        "bdev_malloc_create",
+        json!({"name": "M", "num_blocks": 64, "block_size": 512}),
+    );
     check_read_back(&mut rig, b, 512, true);
 }
 
@@ -137,40 +173,62 @@ fn uring_out_of_resources_is_queued_and_retried() {
     let rec = rig.rec.clone();
     run_until(&mut rig.reactor, || rec.count() == 32);
     assert!(rig.rec.statuses().iter().all(|s| s.is_success()));
-    assert!(rig.reactor[0].ctx().counters().nomem_retries > 0, "the ring of 2 must have refused some");
+    assert!(
+        rig.reactor[0].ctx().counters().nomem_retries > 0,
+        "the ring of 2 must have refused some"
+    );
     let raw = std::fs::read(&path).unwrap();
     for tag in 0..32usize {
-        assert!(raw[tag * 4096..(tag + 1) * 4096].iter().all(|&x| x == tag as u8), "block {tag}");
+        assert!(
+            raw[tag * 4096..(tag + 1) * 4096]
+                .iter()
+                .all(|&x| x == tag as u8),
+            "block {tag}"
+        );
     }
     std::fs::remove_file(path).unwrap();
 }
 
 fn error_rig() -> (Rig, BdevId) {
     let rig = Rig::new();
-    rig.create("bdev_malloc_create", json!({"name": "M", "num_blocks": 64, "block_size": 512}));
+    rig.create(
+        "bdev_malloc_create",
+        json!({"name": "M", "num_blocks": 64, "block_size": 512}),
+    );
     let ee = rig.create("bdev_error_create", json!({"base_name": "M"}));
     (rig, ee)
 }
 
 fn inject(rig: &Rig, target: InjectTarget, kind: ErrorKind, num: u32) {
     let (_, b) = rig.reg.lookup("EE_M").unwrap();
-    b.as_error_bdev().unwrap().injection().inject(target, kind, num);
+    b.as_error_bdev()
+        .unwrap()
+        .injection()
+        .inject(target, kind, num);
 }
 
 #[test]
 fn error_bdev_fails_exactly_n_of_the_chosen_type() {
     let (mut rig, ee) = error_rig();
-    assert_eq!(rig.run(ee, IoType::Write, 0, 1, Some(rig.buf(512, 1))).0, IoStatus::Success);
+    assert_eq!(
+        rig.run(ee, IoType::Write, 0, 1, Some(rig.buf(512, 1))).0,
+        IoStatus::Success
+    );
     inject(&rig, InjectTarget::Write, ErrorKind::Failure, 3);
     let mut write_statuses = Vec::new();
     for i in 0..6 {
         // Reads between the writes are not of the chosen type and must pass.
-        assert_eq!(rig.run(ee, IoType::Read, 0, 1, Some(rig.buf(512, 0))).0, IoStatus::Success);
+        assert_eq!(
+            rig.run(ee, IoType::Read, 0, 1, Some(rig.buf(512, 0))).0,
+            IoStatus::Success
+        );
         write_statuses.push(rig.run(ee, IoType::Write, i, 1, Some(rig.buf(512, 9))).0);
     }
     let failed = write_statuses.iter().filter(|s| !s.is_success()).count();
     assert_eq!(failed, 3, "{write_statuses:?}");
-    assert!(write_statuses[..3].iter().all(|s| *s == IoStatus::Failed { errno: libc::EIO }));
+    assert!(write_statuses[..3]
+        .iter()
+        .all(|s| *s == IoStatus::Failed { errno: libc::EIO }));
     // A failed write did not reach the base: block 0 still holds the first write.
     let (_, buf) = rig.run(ee, IoType::Read, 0, 1, Some(rig.buf(512, 0)));
     assert!(buf.unwrap().as_slice().iter().all(|&b| b == 1));
@@ -213,7 +271,10 @@ fn error_bdev_pending_holds_io_until_cleared() {
 #[test]
 fn delay_bdev_latency_matches_its_configuration() {
     let mut rig = Rig::new();
-    rig.create("bdev_malloc_create", json!({"name": "M", "num_blocks": 64, "block_size": 512}));
+    rig.create(
+        "bdev_malloc_create",
+        json!({"name": "M", "num_blocks": 64, "block_size": 512}),
+    );
     let d = rig.create(
         "bdev_delay_create",
         json!({"base_bdev_name": "M", "name": "D", "avg_read_latency": 400, "p99_read_latency": 2000,
@@ -242,6 +303,12 @@ fn delay_bdev_latency_matches_its_configuration() {
     latencies_ns.sort_unstable();
     let mean_us = latencies_ns.iter().sum::<u64>() as f64 / TOTAL as f64 / 1e3;
     let p99_us = latencies_ns[(TOTAL * 99 / 100) as usize] as f64 / 1e3;
-    assert!((mean_us / 400.0 - 1.0).abs() < 0.10, "mean {mean_us:.1} us, configured 400");
-    assert!((p99_us / 2000.0 - 1.0).abs() < 0.15, "p99 {p99_us:.1} us, configured 2000");
+    assert!(
+        (mean_us / 400.0 - 1.0).abs() < 0.10,
+        "mean {mean_us:.1} us, configured 400"
+    );
+    assert!(
+        (p99_us / 2000.0 - 1.0).abs() < 0.15,
+        "p99 {p99_us:.1} us, configured 2000"
+    );
 }

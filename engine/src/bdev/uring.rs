@@ -98,7 +98,10 @@ impl UringBdev {
         } else {
             return Err(BdevError::invalid(
                 "filename",
-                format!("'{}' is neither a regular file nor a block device", p.filename),
+                format!(
+                    "'{}' is neither a regular file nor a block device",
+                    p.filename
+                ),
             ));
         };
         let block_size = p.block_size.unwrap_or(device_block.max(4096));
@@ -113,7 +116,10 @@ impl UringBdev {
         if num_blocks == 0 {
             return Err(BdevError::invalid(
                 "filename",
-                format!("'{}' is smaller than one {block_size}-byte block", p.filename),
+                format!(
+                    "'{}' is smaller than one {block_size}-byte block",
+                    p.filename
+                ),
             ));
         }
         let ring = UringConfig {
@@ -124,8 +130,11 @@ impl UringBdev {
         };
         // Probe once here, so a kernel or file that refuses the ring fails the create call
         // rather than the first I/O.
-        UringQueue::new(Arc::new(file.try_clone().map_err(|e| BdevError::os("dup", e))?), &ring)
-            .map_err(|e| BdevError::os(format!("io_uring on '{}'", p.filename), e))?;
+        UringQueue::new(
+            Arc::new(file.try_clone().map_err(|e| BdevError::os("dup", e))?),
+            &ring,
+        )
+        .map_err(|e| BdevError::os(format!("io_uring on '{}'", p.filename), e))?;
         Ok(UringBdev {
             info: BdevInfo {
                 name: p.name.clone(),

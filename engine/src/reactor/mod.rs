@@ -21,9 +21,7 @@
 pub mod engine;
 mod timers;
 
-use crate::bdev::{
-    BdevChannel, BdevId, BdevRegistry, Completion, IoRequest, IoStatus, IoTypeSet,
-};
+use crate::bdev::{BdevChannel, BdevId, BdevRegistry, Completion, IoRequest, IoStatus, IoTypeSet};
 use crate::ring::Inbox;
 use crate::time::Nanos;
 use std::collections::VecDeque;

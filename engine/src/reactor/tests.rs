@@ -31,7 +31,9 @@ fn completions_run_after_the_submit_returns_not_inside_it() {
     let pool = DmaPool::new(512, 4).unwrap();
     let mut buf = pool.take().unwrap();
     buf.set_len(512);
-    rs[0].ctx().submit(bdev, request(IoType::Read, 3, 1, Some(buf), 0, task, 7));
+    rs[0]
+        .ctx()
+        .submit(bdev, request(IoType::Read, 3, 1, Some(buf), 0, task, 7));
     assert_eq!(rec.count(), 0, "nothing runs until the reactor polls");
     assert_eq!(rs[0].poll(10), PollResult::Busy);
     assert_eq!(rec.statuses(), [IoStatus::Success]);
@@ -70,7 +72,11 @@ fn invalid_requests_complete_with_a_status_and_reach_no_device() {
             IoStatus::Aborted
         ]
     );
-    assert_eq!(pool.available(), 2, "buffers of refused requests still come back");
+    assert_eq!(
+        pool.available(),
+        2,
+        "buffers of refused requests still come back"
+    );
 }
 
 /// A task on reactor 0 issues I/O that reactor 1 executes; the completion comes back through
@@ -81,12 +87,22 @@ fn cross_reactor_io_returns_to_its_origin() {
     let mut rs = reactors(2, &reg, ReactorConfig::default());
     let rec = Recorder::default();
     let task = rs[0].spawn(Box::new(rec.clone()));
-    rs[0].ctx().submit_on(1, bdev, request(IoType::Flush, 0, 0, None, 0, task, 42));
+    rs[0]
+        .ctx()
+        .submit_on(1, bdev, request(IoType::Flush, 0, 0, None, 0, task, 42));
     rs[0].poll(1);
     assert_eq!(rec.count(), 0);
-    assert_eq!(rs[1].poll(2), PollResult::Busy, "reactor 1 executes the flush");
+    assert_eq!(
+        rs[1].poll(2),
+        PollResult::Busy,
+        "reactor 1 executes the flush"
+    );
     assert_eq!(rs[1].ctx().counters().ios_submitted, 1);
-    assert_eq!(rec.count(), 0, "the completion is still in reactor 0's inbox");
+    assert_eq!(
+        rec.count(),
+        0,
+        "the completion is still in reactor 0's inbox"
+    );
     rs[0].poll(3);
     assert_eq!(rec.statuses(), [IoStatus::Success]);
     assert_eq!(rec.done.borrow()[0].at, 3);
@@ -104,7 +120,9 @@ fn full_peer_inbox_backs_up_in_order_without_loss() {
     let rec = Recorder::default();
     let task = rs[0].spawn(Box::new(rec.clone()));
     for tag in 0..50 {
-        rs[0].ctx().submit_on(1, bdev, request(IoType::Flush, 0, 0, None, 0, task, tag));
+        rs[0]
+            .ctx()
+            .submit_on(1, bdev, request(IoType::Flush, 0, 0, None, 0, task, tag));
     }
     assert!(!rs[0].can_park(), "a reactor with a backlog must not park");
     let mut now = 0;
@@ -205,7 +223,9 @@ fn finished_tasks_drop_late_completions_and_their_timers() {
     let mut rs = reactors(1, &reg, ReactorConfig::default());
     let rec = Recorder::default();
     let task = rs[0].spawn(Box::new(rec.clone()));
-    rs[0].ctx().submit(bdev, request(IoType::Flush, 0, 0, None, 0, task, 1));
+    rs[0]
+        .ctx()
+        .submit(bdev, request(IoType::Flush, 0, 0, None, 0, task, 1));
     rs[0].ctx().add_timer(task, 5, 5);
     rs[0].ctx().finish(task);
     rs[0].spawn(Box::new(Recorder::default())); // settles the finish

@@ -1,0 +1,217 @@
+//! tidepool-perf as a user runs it: real processes, real files.
+
+use serde_json::Value;
+use tidepool_tests::{run, text, Scratch};
+
+const NULL: &str = r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_null_create","params":{"name":"Null0","num_blocks":65536,"block_size":4096}}]}]}"#;
+const MALLOC: &str = r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":8192,"block_size":4096}}]}]}"#;
+
+#[test]
+fn json_hgrm_and_plot_are_written_and_parse() {
+    let s = Scratch::new("perf-out");
+    let cfg = s.file("null.json", NULL);
+    let (json, hgrm, svg) = (s.join("r.json"), s.join("r.hgrm"), s.join("r.svg"));
+    let out = run(
+        "tidepool-perf",
+        &[
+            "-c", &cfg, "-q", "16", "-o", "4k", "-w", "randread", "-t", "1", "--json", &json,
+            "--hgrm", &hgrm, "--plot", &svg,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("IOPS") && stdout.contains("Total"),
+        "{stdout}"
+    );
+
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let job = &v["jobs"][0];
+    assert_eq!(job["bdev"], "Null0");
+    assert_eq!(job["core"], 0);
+    assert!(job["iops"].as_f64().unwrap() > 0.0);
+    for key in ["avg", "min", "max", "p50", "p90", "p99", "p99_9", "p99_99"] {
+        assert!(
+            v["total"]["latency_us"][key].as_f64().is_some(),
+            "total.latency_us.{key}"
+        );
+    }
+    let l = &v["total"]["latency_us"];
+    assert!(l["min"].as_f64() <= l["p50"].as_f64() && l["p50"].as_f64() <= l["p99"].as_f64());
+    assert!(l["p99"].as_f64() <= l["max"].as_f64());
+
+    // .hgrm: a header, rows of four numbers with non-decreasing value/percentile/count, and
+    // the footer whose total count matches the last row.
+    let h = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(h.lines().next().unwrap().contains("Percentile"));
+    let rows: Vec<Vec<f64>> = h
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|x| x.parse::<f64>().expect(l))
+                .collect()
+        })
+        .collect();
+    assert!(rows.len() > 10, "{h}");
+    for w in rows.windows(2) {
+        assert!(
+            w[1][0] >= w[0][0] && w[1][1] >= w[0][1] && w[1][2] >= w[0][2],
+            "{w:?}"
+        );
+    }
+    let total_line = h.lines().find(|l| l.contains("Total count")).unwrap();
+    let total: f64 = total_line
+        .split('=')
+        .next_back()
+        .unwrap()
+        .trim()
+        .trim_end_matches(']')
+        .parse()
+        .unwrap();
+    assert_eq!(total, rows.last().unwrap()[2]);
+
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("<polyline"));
+}
+
+#[test]
+fn verify_passes_on_malloc_with_two_reactors() {
+    let s = Scratch::new("perf-verify");
+    let cfg = s.file("m.json", MALLOC);
+    let json = s.join("v.json");
+    let out = run(
+        "tidepool-perf",
+        &[
+            "-c", &cfg, "-q", "8", "-o", "8192", "-w", "verify", "-t", "1", "--cores", "0,1", "-C",
+            "--json", &json,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        v["jobs"].as_array().unwrap().len(),
+        2,
+        "-C puts a job on each reactor"
+    );
+    assert_eq!(v["total"]["errors"], 0);
+    assert!(v["total"]["iops"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn cross_core_and_ping_and_idle_benches_report() {
+    let s = Scratch::new("perf-bench");
+    let cfg = s.file("null.json", NULL);
+    let json = s.join("x.json");
+    let out = run(
+        "tidepool-perf",
+        &[
+            "-c", &cfg, "-q", "32", "-w", "randread", "-t", "1", "-m", "0x3", "--remote", "--json",
+            &json,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["total"]["iops"].as_f64().unwrap() > 0.0);
+
+    let out = run(
+        "tidepool-perf",
+        &["--bench", "ping", "-m", "0x3", "-t", "1", "--json", &json],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["ping"]["round_trips"].as_u64().unwrap() > 100);
+    assert!(v["ping"]["latency_us"]["p50"].as_f64().unwrap() > 0.0);
+
+    let out = run(
+        "tidepool-perf",
+        &["--bench", "idle", "-m", "0x3", "-t", "1", "--json", &json],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["idle"]["first_io_us"].as_array().unwrap().len(), 5);
+    assert!(
+        v["idle"]["parks"].as_u64().unwrap() > 0,
+        "idle reactors must park"
+    );
+}
+
+/// Each bad flag or config exits non-zero with a message that names the problem.
+#[test]
+fn bad_flags_and_configs_are_refused_with_a_named_reason() {
+    let s = Scratch::new("perf-bad");
+    let good = s.file("good.json", NULL);
+    let not_json = s.file("bad1.json", "{\"subsystems\": [");
+    let bad_bs = s.file(
+        "bad2.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_null_create","params":{"name":"N","num_blocks":8,"block_size":1000}}]}]}"#,
+    );
+    let unknown = s.file(
+        "bad3.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_frobnicate_create","params":{}}]}]}"#,
+    );
+    let missing = s.join("nope.json");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["-c", &good, "-q", "0", "-t", "1"], "-q 0"),
+        (vec!["-c", &good, "-w", "sideways", "-t", "1"], "sideways"),
+        (vec!["-c", &good, "-o", "1000", "-t", "1"], "multiple"),
+        (vec!["-c", &good, "-o", "lots", "-t", "1"], "lots"),
+        (vec!["-c", &good, "-t", "0"], "-t"),
+        (
+            vec!["-c", &good, "-w", "randread", "-M", "50", "-t", "1"],
+            "-M",
+        ),
+        (
+            vec!["-c", &good, "-w", "randrw", "-M", "150", "-t", "1"],
+            "150",
+        ),
+        (vec!["-c", &good, "-b", "Nope0", "-t", "1"], "Nope0"),
+        (vec!["-c", &good, "-m", "0xzz", "-t", "1"], "0xzz"),
+        (vec!["-c", &good, "--cores", "4096", "-t", "1"], "core 4096"),
+        (vec!["-c", &good, "--bench", "teleport"], "teleport"),
+        (vec!["-c", &good, "--frobnicate"], "--frobnicate"),
+        (vec!["-t", "1"], "no bdevs"),
+        (vec!["-c", &missing, "-t", "1"], "nope.json"),
+        (vec!["-c", &not_json, "-t", "1"], "JSON"),
+        (vec!["-c", &bad_bs, "-t", "1"], "block_size"),
+        (vec!["-c", &unknown, "-t", "1"], "bdev_frobnicate_create"),
+    ];
+    for (args, needle) in cases {
+        let out = run("tidepool-perf", &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} should fail\n{}",
+            text(&out)
+        );
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: stderr should name '{needle}'\n{}",
+            text(&out)
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "{args:?} panicked\n{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn uring_backend_runs_on_a_real_file_with_o_direct() {
+    let s = Scratch::new("perf-uring");
+    let path = s.join("disk.img");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(64 << 20).unwrap();
+    let cfg = s.file(
+        "u.json",
+        &format!(r#"{{"subsystems":[{{"subsystem":"bdev","config":[{{"method":"bdev_uring_create","params":{{"name":"Uring0","filename":"{path}","block_size":4096}}}}]}}]}}"#),
+    );
+    let out = run(
+        "tidepool-perf",
+        &["-c", &cfg, "-q", "8", "-w", "verify", "-t", "1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Uring0"));
+}
