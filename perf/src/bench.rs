@@ -164,6 +164,12 @@ pub fn idle(
         .call_wait(0, Duration::from_secs(5), move |r| r.ctx().geometry(bdev))?
         .ok_or_else(|| anyhow::anyhow!("the idle bench's bdev is gone"))?;
     let pool = DmaPool::new(block_size as usize, 1)?;
+    // This thread spins while it waits. On reactor 0's core it would hold the core the woken
+    // reactor needs (the scheduler lets a running thread finish its slice), so it moves to
+    // the core of another reactor, which stays parked throughout.
+    if let Some(&core) = engine.cores().get(1) {
+        tidepool::reactor::engine::pin_current_thread(core);
+    }
     let mut first_io_us = Vec::new();
     for _ in 0..trials {
         std::thread::sleep(Duration::from_secs(1));

@@ -237,6 +237,12 @@ impl Drop for Engine {
     }
 }
 
+/// Pins the calling thread to `core` (for client threads that must not share a reactor's
+/// core). Returns false when the host refuses.
+pub fn pin_current_thread(core: usize) -> bool {
+    core_affinity::set_for_current(core_affinity::CoreId { id: core })
+}
+
 fn run_reactor(
     mut reactor: Reactor,
     core: usize,
