@@ -215,3 +215,38 @@ fn uring_backend_runs_on_a_real_file_with_o_direct() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Uring0"));
 }
+
+/// The delay bdev on the real clock, through tidepool-perf: the measured average read latency
+/// is at least the configured 500 us less 10%, and at most 50% above it. The bound above is
+/// loose because a 2-core test machine running other tests only ever adds latency.
+#[test]
+fn delay_bdev_latency_under_tidepool_perf() {
+    let s = Scratch::new("perf-delay");
+    let cfg = s.file(
+        "d.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[
+            {"method":"bdev_malloc_create","params":{"name":"M0","num_blocks":4096,"block_size":4096}},
+            {"method":"bdev_delay_create","params":{"base_bdev_name":"M0","name":"Delay0",
+              "avg_read_latency":500,"p99_read_latency":2000,"avg_write_latency":100,"p99_write_latency":200}}]}]}"#,
+    );
+    let json = s.join("d.out.json");
+    let out = run(
+        "tidepool-perf",
+        &[
+            "-c", &cfg, "-q", "16", "-w", "randread", "-t", "2", "--json", &json,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        v["jobs"].as_array().unwrap().len(),
+        1,
+        "only Delay0: M0 is claimed by it"
+    );
+    assert_eq!(v["jobs"][0]["bdev"], "Delay0");
+    let avg = v["total"]["latency_us"]["avg"].as_f64().unwrap();
+    assert!(
+        (450.0..750.0).contains(&avg),
+        "average {avg} us against a configured 500 us"
+    );
+}
