@@ -23,6 +23,20 @@ struct Inner {
     names: HashMap<String, BdevId>,
 }
 
+impl Inner {
+    /// The live entry named `name`.
+    fn entry_mut(&mut self, name: &str) -> Result<(BdevId, &mut Entry), BdevError> {
+        let id = *self
+            .names
+            .get(name)
+            .ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+        let entry = self.slots[id as usize]
+            .as_mut()
+            .expect("a named slot is live");
+        Ok((id, entry))
+    }
+}
+
 /// One row of [`BdevRegistry::list`].
 pub struct Listed {
     pub id: BdevId,
@@ -87,13 +101,7 @@ impl BdevRegistry {
     /// Removes an unclaimed bdev and releases its claims on the bdevs below it.
     pub fn unregister(&self, name: &str) -> Result<BdevRef, BdevError> {
         let mut inner = self.write();
-        let id = *inner
-            .names
-            .get(name)
-            .ok_or_else(|| BdevError::NotFound(name.to_string()))?;
-        let entry = inner.slots[id as usize]
-            .as_ref()
-            .expect("named slot is live");
+        let (id, entry) = inner.entry_mut(name)?;
         if let Some(user) = &entry.claimed_by {
             return Err(BdevError::InUse {
                 name: name.to_string(),
@@ -115,13 +123,7 @@ impl BdevRegistry {
     /// Claims a bdev for `user` (a pool, an export); fails if someone else holds it.
     pub fn claim(&self, name: &str, user: &str) -> Result<(), BdevError> {
         let mut inner = self.write();
-        let id = *inner
-            .names
-            .get(name)
-            .ok_or_else(|| BdevError::NotFound(name.to_string()))?;
-        let entry = inner.slots[id as usize]
-            .as_mut()
-            .expect("named slot is live");
+        let (_, entry) = inner.entry_mut(name)?;
         match &entry.claimed_by {
             Some(holder) if holder != user => Err(BdevError::InUse {
                 name: name.to_string(),
