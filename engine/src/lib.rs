@@ -10,7 +10,7 @@
 //! - [`cpuset`]: `-m 0x3` / `--cores 0,1` parsing.
 //! - [`time`]: the engine's nanosecond clock.
 //!
-//! Raw memory and FFI are in `tidepool-bindings`; this crate has no unsafe code.
+//! Raw memory and FFI are in `tidepool-bindings`; this crate forbids them (see below).
 #![forbid(unsafe_code)]
 
 pub mod bdev;

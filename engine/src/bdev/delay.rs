@@ -9,8 +9,7 @@
 //! The added latency starts when the base completes, as in SPDK's delay bdev.
 
 use super::{
-    check_uuid, new_uuid, Bdev, BdevChannel, BdevError, BdevInfo, BdevRef, Completion, IoRequest,
-    IoType,
+    check_uuid, Bdev, BdevChannel, BdevError, BdevInfo, BdevRef, Completion, IoRequest, IoType,
 };
 use crate::rng::Rng;
 use crate::time::Nanos;
@@ -152,14 +151,7 @@ impl DelayBdev {
         )?;
         let b = base.info();
         Ok(DelayBdev {
-            info: BdevInfo {
-                name: p.name.clone(),
-                product_name: "delay",
-                block_size: b.block_size,
-                num_blocks: b.num_blocks,
-                uuid: p.uuid.clone().unwrap_or_else(new_uuid),
-                supported: b.supported,
-            },
+            info: BdevInfo::stacked_on(b, p.name.clone(), "delay", p.uuid.as_ref()),
             base,
             latencies: Arc::new(Latencies {
                 avg_read_us: AtomicU64::new(p.avg_read_latency),

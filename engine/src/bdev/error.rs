@@ -148,14 +148,12 @@ impl ErrorBdev {
             check_uuid(u)?;
         }
         let b = base.info();
-        let info = BdevInfo {
-            name: format!("EE_{}", b.name),
-            product_name: "Error Injection Disk",
-            block_size: b.block_size,
-            num_blocks: b.num_blocks,
-            uuid: p.uuid.clone().unwrap_or_else(super::new_uuid),
-            supported: b.supported,
-        };
+        let info = BdevInfo::stacked_on(
+            b,
+            format!("EE_{}", b.name),
+            "Error Injection Disk",
+            p.uuid.as_ref(),
+        );
         Ok(ErrorBdev {
             info,
             base,

@@ -175,6 +175,25 @@ pub struct BdevInfo {
     pub supported: IoTypeSet,
 }
 
+impl BdevInfo {
+    /// The info of a bdev stacked on `base` (error, delay): same geometry and I/O types.
+    pub fn stacked_on(
+        base: &BdevInfo,
+        name: String,
+        product_name: &'static str,
+        uuid: Option<&String>,
+    ) -> BdevInfo {
+        BdevInfo {
+            name,
+            product_name,
+            block_size: base.block_size,
+            num_blocks: base.num_blocks,
+            uuid: uuid.cloned().unwrap_or_else(new_uuid),
+            supported: base.supported,
+        }
+    }
+}
+
 /// A block device.
 pub trait Bdev: Send + Sync {
     fn info(&self) -> &BdevInfo;

@@ -141,14 +141,22 @@ fn temp_file(name: &str, len: u64) -> std::path::PathBuf {
     path
 }
 
+/// A rig with a uring bdev of 4 KiB blocks on a fresh 1 MiB file; `extra` adds parameters.
+fn uring_rig(file: &str, extra: serde_json::Value) -> (Rig, BdevId, std::path::PathBuf) {
+    let path = temp_file(file, 1 << 20);
+    let rig = Rig::new();
+    let mut params = json!({"name": "U", "filename": path, "block_size": 4096});
+    params
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let b = rig.create("bdev_uring_create", params);
+    (rig, b, path)
+}
+
 #[test]
 fn uring_with_o_direct_reads_back_what_was_written() {
-    let path = temp_file("uring-rb", 1 << 20);
-    let mut rig = Rig::new();
-    let b = rig.create(
-        "bdev_uring_create",
-        json!({"name": "U", "filename": path, "block_size": 4096}),
-    );
+    let (mut rig, b, path) = uring_rig("uring-rb", json!({}));
     let info = rig.reg.get(b).unwrap().driver_specific();
     assert_eq!(info["uring"]["direct"], true);
     check_read_back(&mut rig, b, 4096, true);
@@ -160,12 +168,7 @@ fn uring_with_o_direct_reads_back_what_was_written() {
 
 #[test]
 fn uring_out_of_resources_is_queued_and_retried() {
-    let path = temp_file("uring-nomem", 1 << 20);
-    let mut rig = Rig::new();
-    let b = rig.create(
-        "bdev_uring_create",
-        json!({"name": "U", "filename": path, "block_size": 4096, "queue_depth": 2}),
-    );
+    let (mut rig, b, path) = uring_rig("uring-nomem", json!({"queue_depth": 2}));
     for tag in 0..32u64 {
         let buf = rig.buf(4096, tag as u8);
         rig.submit(b, IoType::Write, tag, 1, Some(buf), tag);

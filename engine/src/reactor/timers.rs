@@ -40,11 +40,10 @@ impl Timers {
     }
 
     pub fn cancel(&mut self, id: TimerId) {
+        // The heap entry stays and is skipped when it surfaces; the id is reusable only after
+        // that, so a stale entry cannot fire a new timer.
         if let Some(spec) = self.specs.get_mut(id as usize) {
-            if spec.take().is_some() {
-                // The heap entry stays and is skipped when it surfaces; the id is reusable
-                // only after that, so a stale entry cannot fire a new timer.
-            }
+            *spec = None;
         }
     }
 
