@@ -241,19 +241,35 @@ impl UringQueue {
         Some(free as u16)
     }
 
-    /// Hands queued operations to the kernel (and, under IOPOLL or cooperative task running,
+    /// Operations pushed but not yet handed to the kernel.
+    pub fn queued(&self) -> usize {
+        self.unsubmitted
+    }
+
+    /// Hands queued operations to the kernel (and, under IOPOLL or deferred task running,
     /// lets it post completions). Never blocks.
     pub fn flush(&mut self) -> io::Result<()> {
-        let reap = self.reap_needs_enter && self.inflight() > 0;
-        if self.unsubmitted == 0 && !reap {
+        self.enter(true)
+    }
+
+    /// Lets the kernel post completions (needed under IOPOLL and deferred task running)
+    /// without handing it the queued operations. Never blocks.
+    pub fn poll_completions(&mut self) -> io::Result<()> {
+        self.enter(false)
+    }
+
+    fn enter(&mut self, submit: bool) -> io::Result<()> {
+        let to_submit = if submit { self.unsubmitted } else { 0 };
+        let reap = self.reap_needs_enter && self.inflight() > to_submit;
+        if to_submit == 0 && !reap {
             return Ok(());
         }
         let entered = if reap {
-            // SAFETY: a plain io_uring_enter on our own ring: `unsubmitted` entries were pushed
+            // SAFETY: a plain io_uring_enter on our own ring: `to_submit` entries were pushed
             // and synced to the SQ tail, min_complete 0 never blocks, and no argument is passed.
             unsafe {
                 self.ring.submitter().enter::<libc::sigset_t>(
-                    self.unsubmitted as u32,
+                    to_submit as u32,
                     0,
                     ENTER_GETEVENTS,
                     None,

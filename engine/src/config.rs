@@ -259,6 +259,18 @@ mod tests {
                 "missing",
             ),
             (
+                cfg(
+                    json!([{"method": "bdev_uring_create", "params": {"name": "u", "filename": "/dev/null", "queue_depth": 8, "submit_batch": 9}}]),
+                ),
+                "submit_batch",
+            ),
+            (
+                cfg(
+                    json!([{"method": "bdev_uring_create", "params": {"name": "u", "filename": "/dev/null", "submit_hold_us": 10001}}]),
+                ),
+                "submit_hold_us",
+            ),
+            (
                 json!({"subsystems": [{"subsystem": "nvmf", "config": [{"method": "x"}]}]}),
                 "nvmf",
             ),

@@ -4,12 +4,14 @@
 //!   each leg through a lock-free inbox), recorded in an HdrHistogram.
 //! - `idle`: the CPU an engine with idle reactors burns over a spell, and the completion time of
 //!   the first I/O submitted from outside after a second of idleness (the reactor is parked
-//!   then, so the time includes its wake-up).
+//!   then, so the time includes its wake-up). Alternating with those trials it measures the
+//!   floor under them: how long a plain thread parked as long on the same core takes to run
+//!   after an unpark, which is what the host charges for waking an idle core.
 
 use crate::report::LatencyUs;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,8 +172,12 @@ pub fn idle(
     if let Some(&core) = engine.cores().get(1) {
         tidepool::reactor::engine::pin_current_thread(core);
     }
+    let floor = WakeFloor::start(engine.cores()[0]);
     let mut first_io_us = Vec::new();
+    let mut floor_us = Vec::new();
     for _ in 0..trials {
+        std::thread::sleep(Duration::from_secs(1));
+        floor_us.push(floor.measure()?);
         std::thread::sleep(Duration::from_secs(1));
         done_at.store(0, Ordering::Relaxed);
         let mut buf = pool.take().expect("the buffer came back");
@@ -208,15 +214,16 @@ pub fn idle(
         // Let the buffer travel home before the next trial.
         std::thread::sleep(Duration::from_millis(5));
     }
+    floor.stop();
     let max = first_io_us.iter().cloned().fold(0.0, f64::max);
+    let floor_max = floor_us.iter().cloned().fold(0.0, f64::max);
     println!(
-        "first I/O after 1 s idle (submitted from outside, reactor parked): {} us (max {:.1} us)",
-        first_io_us
-            .iter()
-            .map(|v| format!("{v:.1}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        max
+        "first I/O after 1 s idle (submitted from outside, reactor parked): {} us (max {max:.1} us)",
+        list_us(&first_io_us)
+    );
+    println!(
+        "floor: a plain thread parked 1 s on the same core runs after an unpark in {} us (max {floor_max:.1} us)",
+        list_us(&floor_us)
     );
     let stats = engine.stats();
     Ok(json!({"idle": {
@@ -225,8 +232,79 @@ pub fn idle(
         "cpu_percent_of_one_core": cpu_percent,
         "first_io_us": first_io_us,
         "first_io_us_max": max,
+        "thread_wake_floor_us": floor_us,
+        "thread_wake_floor_us_max": floor_max,
         "parks": stats.iter().map(|s| s.parks).sum::<u64>(),
     }}))
+}
+
+fn list_us(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A bare thread on a reactor's core that parks until told to stamp the time: the cheapest
+/// wake-up there is, so its latency is the floor under a parked reactor's.
+struct WakeFloor {
+    thread: std::thread::JoinHandle<()>,
+    go: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    woke_at: Arc<AtomicU64>,
+}
+
+impl WakeFloor {
+    fn start(core: usize) -> WakeFloor {
+        let go = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let woke_at = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (go, stop, woke_at) = (Arc::clone(&go), Arc::clone(&stop), Arc::clone(&woke_at));
+            std::thread::spawn(move || {
+                tidepool::reactor::engine::pin_current_thread(core);
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::park();
+                    if go.swap(false, Ordering::AcqRel) {
+                        woke_at.store(time::now(), Ordering::Release);
+                    }
+                }
+            })
+        };
+        WakeFloor {
+            thread,
+            go,
+            stop,
+            woke_at,
+        }
+    }
+
+    /// Wakes the thread and spins until it has run; microseconds.
+    fn measure(&self) -> anyhow::Result<f64> {
+        self.woke_at.store(0, Ordering::Relaxed);
+        let start = time::now();
+        self.go.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let woke = self.woke_at.load(Ordering::Acquire);
+            if woke != 0 {
+                return Ok(woke.saturating_sub(start) as f64 / 1e3);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the parked thread did not run within 1 s"
+            );
+            std::hint::spin_loop();
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        let _ = self.thread.join();
+    }
 }
 
 fn tidepool_cpu_ns() -> anyhow::Result<u64> {

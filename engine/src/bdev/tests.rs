@@ -192,6 +192,41 @@ fn uring_out_of_resources_is_queued_and_retried() {
     std::fs::remove_file(path).unwrap();
 }
 
+#[test]
+fn uring_coalesced_submissions_all_complete_and_land() {
+    // A batch of 8 on a ring of 64: the first 10 writes go out at once (the device was
+    // empty); the next 3 find 10 in the device and wait for their batch, which they never fill,
+    // so the device draining or the hold time must release them.
+    let (mut rig, b, path) = uring_rig(
+        "uring-batch",
+        json!({"queue_depth": 64, "submit_batch": 8, "submit_hold_us": 200}),
+    );
+    let info = rig.reg.get(b).unwrap().driver_specific();
+    assert_eq!(info["uring"]["submit_batch"], 8);
+    for tag in 0..10u64 {
+        let buf = rig.buf(4096, tag as u8 + 1);
+        rig.submit(b, IoType::Write, tag, 1, Some(buf), tag);
+    }
+    rig.reactor[0].poll(crate::time::now());
+    for tag in 10..13u64 {
+        let buf = rig.buf(4096, tag as u8 + 1);
+        rig.submit(b, IoType::Write, tag, 1, Some(buf), tag);
+    }
+    let rec = rig.rec.clone();
+    run_until(&mut rig.reactor, || rec.count() == 13);
+    assert!(rig.rec.statuses().iter().all(|s| s.is_success()));
+    let raw = std::fs::read(&path).unwrap();
+    for tag in 0..13usize {
+        assert!(
+            raw[tag * 4096..(tag + 1) * 4096]
+                .iter()
+                .all(|&x| x == tag as u8 + 1),
+            "block {tag}"
+        );
+    }
+    std::fs::remove_file(path).unwrap();
+}
+
 fn error_rig() -> (Rig, BdevId) {
     let rig = Rig::new();
     rig.create(
