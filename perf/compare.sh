@@ -54,7 +54,7 @@ for r in $(seq 1 "$ROUNDS"); do
   tp "$RES/tp_malloc_rw_$r.json" -c etc/perf-malloc.json -q 128 -o 4096 -w randwrite -m 0x1
   fio_uring "$RES/fio_uring_$r.json"
   tp "$RES/tp_uring_$r.json" -c "$RES/uring.json" -q 32 -o 4096 -w randread -m 0x1
-  tp "$RES/tp_uring_nobatch_$r.json" -c "$RES/uring-nobatch.json" -q 32 -o 4096 -w randread -m 0x1
+  tp "$RES/tp_uringnb_$r.json" -c "$RES/uring-nobatch.json" -q 32 -o 4096 -w randread -m 0x1
 done
 echo "== cross-core and idle"
 tp "$RES/tp_local2_1.json" -c "$RES/null.json" -q 128 -o 4096 -w randread -m 0x1
@@ -89,7 +89,7 @@ tu, tuv = med("tp_uring_*.json", tp_iops)
 urows = []
 urows.append(f"| fio io_uring, O_DIRECT (baseline) | `fio --ioengine=io_uring --direct=1 --rw=randread --bs=4k --iodepth=32 --runtime={T}` | {fu/1e3:.1f} K | {', '.join(f'{v/1e3:.1f}' for v in fuv)} | 1.00x | |")
 urows.append(f"| tidepool uring bdev, O_DIRECT | `tidepool-perf -c uring.json -q 32 -o 4096 -w randread -m 0x1 -t {T}` | {tu/1e3:.1f} K | {', '.join(f'{v/1e3:.1f}' for v in tuv)} | {tu/fu:.2f}x | >= 1.0x {'met' if tu/fu >= 1.0 else 'NOT met'} |")
-tn, tnv = med("tp_uring_nobatch_*.json", tp_iops)
+tn, tnv = med("tp_uringnb_*.json", tp_iops)
 urows.append(f"| tidepool uring bdev, coalescing off (`submit_batch: 1`) | `tidepool-perf -c uring-nobatch.json -q 32 -o 4096 -w randread -m 0x1 -t {T}` | {tn/1e3:.1f} K | {', '.join(f'{v/1e3:.1f}' for v in tnv)} | {tn/fu:.2f}x | |")
 local = tp_iops(load(os.path.join(res, "tp_local2_1.json")))
 remote = tp_iops(load(os.path.join(res, "tp_remote_1.json")))
