@@ -59,3 +59,22 @@ pub fn process_cpu_time_ns() -> io::Result<u64> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Restricts the calling thread to `cores` (sched_setaffinity on the thread itself).
+pub fn set_current_thread_affinity(cores: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array for which all-zero is the valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &core in cores {
+        if core >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: `core` is below CPU_SETSIZE, so the bit lies inside `set`.
+        unsafe { libc::CPU_SET(core, &mut set) };
+    }
+    // SAFETY: `set` is a valid, initialised cpu_set_t of the size passed; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -53,13 +53,27 @@ pub const BDEV_CREATE_METHODS: [&str; 5] = [
     "bdev_delay_create",
 ];
 
-fn params<T: DeserializeOwned>(value: Value) -> Result<T, CreateError> {
-    let value = if value.is_null() {
-        Value::Object(Default::default())
-    } else {
-        value
+/// Deserializes a method's params (null means none); the error names the parameter that is
+/// wrong, and how.
+pub fn parse_params<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    let value = match value {
+        Value::Null => Value::Object(Default::default()),
+        Value::Object(o) => Value::Object(o),
+        _ => return Err("params must be a JSON object of named parameters".to_string()),
     };
-    serde_json::from_value(value).map_err(|e| CreateError::Params(e.to_string()))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("parameter '{path}': {inner}")
+        }
+    })
+}
+
+fn params<T: DeserializeOwned>(value: Value) -> Result<T, CreateError> {
+    parse_params(value).map_err(CreateError::Params)
 }
 
 fn base(registry: &BdevRegistry, name: &str) -> Result<BdevRef, CreateError> {

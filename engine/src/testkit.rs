@@ -61,6 +61,7 @@ pub fn request(
         num_blocks,
         buf,
         origin: IoOrigin { reactor, task, tag },
+        submit_time_ns: 0,
     }
 }
 

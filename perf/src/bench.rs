@@ -192,6 +192,7 @@ pub fn idle(
                 task: signal,
                 tag: 0,
             },
+            submit_time_ns: 0,
         };
         let start = time::now();
         if engine.push(0, Message::Submit { bdev, io }).is_err() {

@@ -223,6 +223,7 @@ impl Job {
                 task: self.id,
                 tag: slot as u64,
             },
+            submit_time_ns: 0,
         };
         ctx.submit_on(self.spec.exec_reactor, self.spec.bdev, io);
     }

@@ -17,6 +17,7 @@
 
 pub mod delay;
 pub mod error;
+pub mod iostat;
 pub mod malloc;
 pub mod null;
 pub mod registry;
@@ -148,6 +149,8 @@ pub struct IoRequest {
     /// The data buffer for reads and writes, `num_blocks * block_size` bytes long.
     pub buf: Option<DmaBuf>,
     pub origin: IoOrigin,
+    /// When the executing reactor took the request (it sets this; callers leave 0).
+    pub submit_time_ns: Nanos,
 }
 
 /// A finished I/O.

@@ -21,6 +21,7 @@
 pub mod engine;
 mod timers;
 
+use crate::bdev::iostat::IoStat;
 use crate::bdev::{BdevChannel, BdevId, BdevRegistry, Completion, IoRequest, IoStatus, IoTypeSet};
 use crate::ring::Inbox;
 use crate::time::Nanos;
@@ -96,6 +97,11 @@ struct ChannelSlot {
     /// Requests the channel refused for lack of resources, retried after its completions.
     /// Bounded by what the reactor's tasks and peers have in flight.
     nomem: VecDeque<IoRequest>,
+    /// What this channel returned (see `bdev::iostat`).
+    stats: IoStat,
+    /// The bdev is being deleted: new requests are aborted, and the channel is dropped once
+    /// the I/O it holds has come back.
+    closing: bool,
 }
 
 /// Per-reactor counters, updated by the reactor and read by its engine.
@@ -150,12 +156,16 @@ impl Ctx {
     /// Executes `io` on this reactor. An invalid request (range, buffer size, I/O type) or
     /// a bdev that is gone completes with an error status, through the same queue as any
     /// other completion.
-    pub fn submit(&mut self, bdev: BdevId, io: IoRequest) {
+    pub fn submit(&mut self, bdev: BdevId, mut io: IoRequest) {
         self.counters.ios_submitted += 1;
         let now = self.now;
-        let Some(slot) = self.channel(bdev) else {
-            self.ready.push(Completion::new(io, IoStatus::Aborted));
-            return;
+        io.submit_time_ns = now;
+        let slot = match self.channel(bdev) {
+            Some(slot) if !slot.closing => slot,
+            _ => {
+                self.ready.push(Completion::new(io, IoStatus::Aborted));
+                return;
+            }
         };
         if let Err(status) = validate(slot, &io) {
             self.ready.push(Completion::new(io, status));
@@ -245,19 +255,42 @@ impl Ctx {
                 num_blocks: info.num_blocks,
                 supported: info.supported,
                 nomem: VecDeque::new(),
+                stats: IoStat::default(),
+                closing: false,
             });
         }
         self.channels[i].as_mut()
     }
 
-    /// Closes this reactor's channel on a bdev (before the bdev is deleted); requests still
-    /// waiting for resources complete as aborted.
-    pub fn close_channel(&mut self, bdev: BdevId) {
-        if let Some(slot) = self.channels.get_mut(bdev as usize).and_then(|s| s.take()) {
-            for io in slot.nomem {
-                self.ready.push(Completion::new(io, IoStatus::Aborted));
-            }
+    /// Closes this reactor's channel on a bdev that is being deleted: requests waiting for
+    /// resources and any submitted from now on complete as aborted; the channel itself is
+    /// dropped at once if it holds no I/O, otherwise when its last I/O comes back (a
+    /// channel's drop must not strand requests it still holds). Returns whether it is gone.
+    pub fn close_channel(&mut self, bdev: BdevId) -> bool {
+        let Some(Some(slot)) = self.channels.get_mut(bdev as usize) else {
+            return true;
+        };
+        slot.closing = true;
+        for io in slot.nomem.drain(..) {
+            self.ready.push(Completion::new(io, IoStatus::Aborted));
         }
+        if slot.channel.inflight() == 0 {
+            self.channels[bdev as usize] = None;
+            return true;
+        }
+        false
+    }
+
+    /// Whether this reactor has a channel (open or closing) on the bdev.
+    pub fn has_channel(&self, bdev: BdevId) -> bool {
+        self.channels
+            .get(bdev as usize)
+            .is_some_and(|s| s.is_some())
+    }
+
+    /// What this reactor's channel on the bdev has returned so far.
+    pub fn iostat(&self, bdev: BdevId) -> Option<IoStat> {
+        self.channels.get(bdev as usize)?.as_ref().map(|s| s.stats)
     }
 
     /// I/O taken by channels and not yet reaped, plus requests waiting for resources.
@@ -419,9 +452,20 @@ impl Reactor {
         let now = self.ctx.now;
         let max = self.ctx.config.reap_batch;
         let mut n = 0;
-        for slot in self.ctx.channels.iter_mut().flatten() {
+        for entry in self.ctx.channels.iter_mut() {
+            let Some(slot) = entry else { continue };
+            let before = self.ctx.ready.len();
             let reaped = slot.channel.poll(now, max, &mut self.ctx.ready);
+            for c in &self.ctx.ready[before..] {
+                slot.stats.record(c, slot.block_size, now);
+            }
             n += reaped;
+            if slot.closing {
+                if slot.channel.inflight() == 0 {
+                    *entry = None;
+                }
+                continue;
+            }
             // Retry refused requests now that completions freed resources.
             while let Some(io) = slot.nomem.pop_front() {
                 self.ctx.counters.nomem_retries += 1;

@@ -1,0 +1,27 @@
+//! The method table: every JSON-RPC method the control plane serves, with a one-line help.
+//!
+//! A handler gets the [`Services`], the table itself (for `rpc_get_methods`) and the raw
+//! params; it parses them with [`super::parse_params`] so that a bad parameter is named in
+//! the -32602 error, and it changes nothing unless it succeeds.
+
+pub mod bdev;
+pub mod framework;
+
+use super::{RpcError, Services};
+use serde_json::Value;
+
+pub type Handler = fn(&Services, &[Method], Option<Value>) -> Result<Value, RpcError>;
+
+/// One method: SPDK's name where SPDK has the concept.
+pub struct Method {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub handler: Handler,
+}
+
+/// Every method tidepool serves.
+pub fn all() -> Vec<Method> {
+    let mut methods = framework::methods();
+    methods.extend(bdev::methods());
+    methods
+}

@@ -1,0 +1,308 @@
+//! The JSON-RPC server on a Unix socket.
+//!
+//! Contract:
+//! - The socket is created with mode 0600 and appears at its path already restricted: it is
+//!   bound inside a private 0700 directory, chmodded, then renamed into place.
+//! - A live server on the path (one that accepts a connection) makes `start` fail; a stale
+//!   socket file (nobody listening) is replaced; a path that is not a socket is left alone and
+//!   refused.
+//! - One thread per client, at most `max_clients`; the next one gets a -32603 error and is
+//!   closed. A client's garbage, oversized request or silence affects only its own connection:
+//!   a framing error is answered (-32700 or -32600) and that connection closed.
+//! - Control threads run on `cpus` (the cores without reactors, when there are any), so a
+//!   flood of calls competes with the reactors only when the host has no other core.
+//! - `stop` stops accepting, closes every connection, joins every thread and removes the
+//!   socket. Every wait in here has a timeout, so `stop` returns within about 100 ms plus the
+//!   call a connection is running.
+
+use super::dispatch;
+use super::framing::{FramingError, Splitter};
+use super::methods::Method;
+use super::{RpcError, Services, INTERNAL_ERROR, INVALID_REQUEST, MAX_REQUEST_BYTES, PARSE_ERROR};
+use serde_json::json;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often a blocked read or accept looks at the stop flag.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// A client that does not read its responses for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("another tidepool is serving '{0}' (it accepted a connection); stop it or pick another path with -r")]
+    InUse(PathBuf),
+    #[error("'{0}' exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("socket '{path}': {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> ServerError {
+    ServerError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub max_clients: usize,
+    /// Cores for the server's threads; empty means no restriction.
+    pub cpus: Vec<usize>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_clients: 64,
+            cpus: Vec::new(),
+        }
+    }
+}
+
+struct Shared {
+    services: Arc<Services>,
+    methods: Vec<Method>,
+    stop: AtomicBool,
+    clients: AtomicUsize,
+    options: ServerOptions,
+    connections: Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub struct RpcServer {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl RpcServer {
+    pub fn start(
+        path: &Path,
+        services: Arc<Services>,
+        methods: Vec<Method>,
+        options: ServerOptions,
+    ) -> Result<RpcServer, ServerError> {
+        let listener = bind_private(path)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io_error(path, e))?;
+        let shared = Arc::new(Shared {
+            services,
+            methods,
+            stop: AtomicBool::new(false),
+            clients: AtomicUsize::new(0),
+            options,
+            connections: Mutex::new(Vec::new()),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("rpc-accept".into())
+                .spawn(move || accept_loop(listener, shared))
+                .map_err(|e| io_error(path, e))?
+        };
+        log::info!("JSON-RPC server listening on {}", path.display());
+        Ok(RpcServer {
+            path: path.to_path_buf(),
+            shared,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Clients connected now.
+    pub fn clients(&self) -> usize {
+        self.shared.clients.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, closes every connection, removes the socket.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        let connections = std::mem::take(
+            &mut *self
+                .shared
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for c in connections {
+            let _ = c.join();
+        }
+        // Only remove the socket if it is still ours (a newer server may have replaced it).
+        let _ = std::fs::remove_file(&self.path);
+        log::info!("JSON-RPC server on {} stopped", self.path.display());
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        if self.acceptor.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+/// Binds the socket so that it is never reachable with looser permissions than 0600.
+fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ServerError::NotASocket(path.to_path_buf()))
+        }
+        Ok(_) => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse(path.to_path_buf()));
+            }
+            log::warn!("replacing stale socket {}", path.display());
+            std::fs::remove_file(path).map_err(|e| io_error(path, e))?;
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(path, e)),
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let private = parent.join(format!(".tidepool-rpc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::create_dir(&private).map_err(|e| io_error(&private, e))?;
+    let result = (|| {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let staged = private.join("sock");
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result.map_err(|e| io_error(path, e))
+}
+
+fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    restrict_to(&shared.options.cpus);
+    while !shared.stop.load(Ordering::Acquire) {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                std::thread::sleep(POLL_INTERVAL);
+                continue;
+            }
+        };
+        if shared.clients.load(Ordering::Acquire) >= shared.options.max_clients {
+            refuse(stream, shared.options.max_clients);
+            continue;
+        }
+        shared.clients.fetch_add(1, Ordering::AcqRel);
+        let conn_shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("rpc-conn".into())
+            .spawn(move || {
+                restrict_to(&conn_shared.options.cpus);
+                serve(stream, &conn_shared);
+                conn_shared.clients.fetch_sub(1, Ordering::AcqRel);
+            });
+        let mut connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.retain(|h| !h.is_finished());
+        match spawned {
+            Ok(handle) => connections.push(handle),
+            Err(e) => {
+                shared.clients.fetch_sub(1, Ordering::AcqRel);
+                log::warn!("cannot start a connection thread: {e}");
+            }
+        }
+    }
+}
+
+fn restrict_to(cpus: &[usize]) {
+    if !cpus.is_empty() {
+        if let Err(e) = tidepool_bindings::os::set_current_thread_affinity(cpus) {
+            log::warn!("cannot keep the RPC thread on cores {cpus:?}: {e}");
+        }
+    }
+}
+
+fn refuse(mut stream: UnixStream, max: usize) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let e = RpcError::new(
+        INTERNAL_ERROR,
+        format!("too many clients (at most {max}); try again later"),
+    );
+    let _ = stream.write_all(&error_bytes(&e));
+}
+
+fn error_bytes(e: &RpcError) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"jsonrpc": "2.0", "error": {"code": e.code, "message": e.message}, "id": null}),
+    )
+    .expect("a JSON value always serializes")
+}
+
+/// Serves one client until it hangs up, breaks the framing, or the server stops.
+fn serve(mut stream: UnixStream, shared: &Shared) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(POLL_INTERVAL));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut splitter = Splitter::new(MAX_REQUEST_BYTES);
+    let mut buf = vec![0u8; 64 * 1024];
+    while !shared.stop.load(Ordering::Acquire) {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        splitter.push(&buf[..n]);
+        loop {
+            match splitter.next_value() {
+                Ok(Some(value)) => {
+                    let response = dispatch::handle(&shared.services, &shared.methods, &value);
+                    if let Some(bytes) = response {
+                        if stream.write_all(&bytes).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let e = match e {
+                        FramingError::TooLarge { limit } => RpcError::new(
+                            INVALID_REQUEST,
+                            format!("request larger than {limit} bytes; closing the connection"),
+                        ),
+                        FramingError::NotAnObject { byte } => RpcError::new(
+                            PARSE_ERROR,
+                            format!(
+                                "parse error: expected a JSON object or array, got byte 0x{byte:02x}; closing the connection"
+                            ),
+                        ),
+                    };
+                    log::warn!("RPC client dropped: {}", e.message);
+                    let _ = stream.write_all(&error_bytes(&e));
+                    return;
+                }
+            }
+        }
+    }
+}
