@@ -5,6 +5,8 @@
 //! flight, park until the next timer or a push to its inbox (see `ring` for the handshake).
 //! A busy reactor never parks, so it pays nothing for the feature; an idle one costs no CPU.
 //!
+//! Stopping lets each reactor drain the I/O its channels hold (up to 10 s) before it exits.
+//!
 //! Other threads reach a reactor only through its inbox: [`Engine::call`] runs a closure on
 //! it, [`Engine::call_wait`] also waits for the closure's result, with a deadline.
 
@@ -298,8 +300,16 @@ fn run_reactor(
             last_publish = after;
         }
     }
+    // Drain: I/O already taken completes before the reactor (and its channels) goes away.
+    let deadline = time::now() + DRAIN_DEADLINE_NS;
+    while reactor.ctx().io_outstanding() > 0 && time::now() < deadline {
+        reactor.poll(time::now());
+    }
     published.busy_ns.store(busy_ns, Ordering::Relaxed);
     published.idle_ns.store(idle_ns, Ordering::Relaxed);
     published.parks.store(parks, Ordering::Relaxed);
     published.polls.store(polls, Ordering::Relaxed);
 }
+
+/// Longest a stopping reactor waits for its in-flight I/O.
+const DRAIN_DEADLINE_NS: Nanos = 10_000_000_000;

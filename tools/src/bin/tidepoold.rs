@@ -1,0 +1,180 @@
+//! tidepoold: the tidepool daemon.
+//!
+//! Starts one reactor per selected core, creates the bdevs of an optional SPDK-style JSON
+//! config (`--json`, all or nothing), and serves JSON-RPC 2.0 on a Unix socket (`-r`). On
+//! SIGINT or SIGTERM it shuts down in order: stop accepting RPC clients (finishing the calls
+//! they are in), flush every bdev that supports flush, let each reactor drain its in-flight
+//! I/O, remove the socket, exit 0. Logs go to stderr (`-L` or RUST_LOG sets the level).
+#![forbid(unsafe_code)]
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tidepool::bdev::{BdevRegistry, Completion, IoOrigin, IoRequest, IoType};
+use tidepool::reactor::{Ctx, Engine, EngineConfig, Task};
+use tidepool::rpc::server::{RpcServer, ServerOptions};
+use tidepool::rpc::{methods, Services};
+use tidepool::{config, cpuset};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tidepoold",
+    version,
+    about = "The tidepool storage engine daemon, controlled over JSON-RPC 2.0 (see tpctl)"
+)]
+struct Args {
+    /// Reactor core mask, as SPDK: 0x3 or [0,1]
+    #[arg(short = 'm', long = "cpumask", conflicts_with = "cores")]
+    mask: Option<String>,
+    /// Reactor cores as a list: 0,1 or 0-3
+    #[arg(long = "cores")]
+    cores: Option<String>,
+    /// SPDK-style JSON config to load at start-up (what save_config writes)
+    #[arg(long = "json")]
+    json: Option<String>,
+    /// JSON-RPC Unix socket
+    #[arg(
+        short = 'r',
+        long = "rpc-socket",
+        default_value = "/var/tmp/tidepool.sock"
+    )]
+    socket: PathBuf,
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides)
+    #[arg(short = 'L', long = "log-level", default_value = "info")]
+    log_level: String,
+    /// Never park idle reactors (pure busy polling, as SPDK)
+    #[arg(long = "no-park")]
+    no_park: bool,
+    /// Most RPC clients connected at once
+    #[arg(long = "max-rpc-clients", default_value_t = 64)]
+    max_rpc_clients: usize,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        log::error!("{e:#}");
+        eprintln!("tidepoold: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let level: log::LevelFilter = args.log_level.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "-L '{}' is not a log level (error, warn, info, debug, trace)",
+            args.log_level
+        )
+    })?;
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .target(env_logger::Target::Stderr)
+        .init();
+    if args.max_rpc_clients == 0 {
+        bail!("--max-rpc-clients must be at least 1");
+    }
+    let cores = match (&args.mask, &args.cores) {
+        (Some(m), _) => cpuset::parse_mask(m)?,
+        (None, Some(l)) => cpuset::parse_list(l)?,
+        (None, None) => vec![0],
+    };
+    cpuset::check_available(&cores)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+
+    let registry = Arc::new(BdevRegistry::new());
+    if let Some(path) = &args.json {
+        let made = config::load_file(path, &registry)?;
+        log::info!("loaded {path}: {} bdev(s): {}", made.len(), made.join(", "));
+    }
+    let mut engine_config = EngineConfig::new(cores.clone());
+    if args.no_park {
+        engine_config.park_after = None;
+    }
+    let engine = Arc::new(Engine::start(engine_config, Arc::clone(&registry))?);
+    log::info!("{} reactor(s) on cores {cores:?}", engine.reactor_count());
+    let services = Arc::new(Services {
+        engine: Arc::clone(&engine),
+        registry: Arc::clone(&registry),
+    });
+    let spare: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .filter(|c| !cores.contains(c))
+        .collect();
+    let server = RpcServer::start(
+        &args.socket,
+        services,
+        methods::all(),
+        ServerOptions {
+            max_clients: args.max_rpc_clients,
+            cpus: spare,
+        },
+    )?;
+
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log::info!("signal received: shutting down");
+    server.stop();
+    flush_all(&engine, &registry);
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.stop(),
+        Err(_) => log::warn!("the engine is still referenced; reactors stop at exit"),
+    }
+    log::info!("tidepoold stopped");
+    Ok(())
+}
+
+/// Reports a flush's status to the waiting thread.
+struct FlushWaiter {
+    done: std::sync::mpsc::Sender<bool>,
+}
+
+impl Task for FlushWaiter {
+    fn on_complete(&mut self, ctx: &mut Ctx, c: Completion) {
+        let _ = self.done.send(c.status.is_success());
+        let me = c.io.origin.task;
+        ctx.finish(me);
+    }
+}
+
+/// Flushes every bdev that supports it, from reactor 0, so acknowledged writes are durable.
+fn flush_all(engine: &Engine, registry: &BdevRegistry) {
+    for listed in registry.list() {
+        if !listed.bdev.info().supported.contains(IoType::Flush) {
+            continue;
+        }
+        let name = listed.bdev.info().name.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let id = listed.id;
+        let started = engine.call(0, move |reactor| {
+            let task = reactor.spawn(Box::new(FlushWaiter { done: tx }));
+            let io = IoRequest {
+                io_type: IoType::Flush,
+                offset_blocks: 0,
+                num_blocks: 0,
+                buf: None,
+                origin: IoOrigin {
+                    reactor: reactor.id(),
+                    task,
+                    tag: 0,
+                },
+                submit_time_ns: 0,
+            };
+            reactor.ctx().submit(id, io);
+        });
+        let flushed = started.is_ok() && rx.recv_timeout(Duration::from_secs(10)) == Ok(true);
+        if flushed {
+            log::info!("flushed bdev '{name}'");
+        } else {
+            log::warn!("flushing bdev '{name}' failed or timed out");
+        }
+    }
+}
