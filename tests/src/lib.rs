@@ -86,3 +86,99 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A `tidepoold` started on a scratch socket, killed when dropped. It holds the one-at-a-time
+/// turn for its whole life (its reactor shares core 0 with any other tidepool binary).
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub socket: String,
+    /// Where its stderr (the log) goes.
+    pub log: String,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Daemon {
+    /// Starts `tidepoold -r <scratch>/<name>.sock` plus `args`, and waits until it answers.
+    pub fn start(scratch: &Scratch, name: &str, args: &[&str]) -> Daemon {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let socket = scratch.join(&format!("{name}.sock"));
+        let log = scratch.join(&format!("{name}.log"));
+        let child = Command::new(bin("tidepoold"))
+            .arg("-r")
+            .arg(&socket)
+            .args(args)
+            .stderr(std::fs::File::create(&log).expect("daemon log file"))
+            .spawn()
+            .expect("starting tidepoold");
+        let mut d = Daemon {
+            child,
+            socket,
+            log,
+            _turn: turn,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&d.socket).is_err() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("tidepoold exited at start-up ({status}): {}", d.log_text());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tidepoold did not open {} within 10 s",
+                d.socket
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// Runs `tpctl -s <socket> args...`.
+    pub fn tpctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("tpctl"))
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running tpctl")
+    }
+
+    /// Runs tpctl, requires success, and parses its output as JSON.
+    pub fn tpctl_ok(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.tpctl(args);
+        assert!(out.status.success(), "tpctl {args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("tpctl {args:?} printed no JSON ({e}): {}", text(&out)))
+    }
+
+    /// Sends a signal and waits (up to 20 s) for the exit; returns the status and stderr.
+    pub fn signal_and_wait(mut self, signal: &str) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal} {pid}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tidepoold did not exit within 20 s of SIG{signal}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        (status, self.log_text())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

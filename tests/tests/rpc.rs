@@ -1,0 +1,310 @@
+//! tidepoold and tpctl as an operator runs them: a real daemon on a scratch socket, driven by
+//! tpctl and by a raw JSON-RPC client written in Python (standard library only).
+
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use tidepool_tests::{bin, run, text, Daemon, Scratch};
+
+fn python_scenario(d: &Daemon, s: &Scratch, scenario: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/rpc_raw.py");
+    let out = Command::new("python3")
+        .args([script, &d.socket, scenario, &s.join("")])
+        .output()
+        .expect("python3 runs (it is on every machine)");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("PASS"),
+        "raw client scenario '{scenario}': {}\n--- daemon log\n{}",
+        text(&out),
+        d.log_text()
+    );
+}
+
+#[test]
+fn raw_client_every_method_every_error_framing_and_concurrency() {
+    let s = Scratch::new("rpc-raw");
+    let d = Daemon::start(&s, "raw", &[]);
+    for scenario in ["methods", "errors", "framing", "concurrent"] {
+        python_scenario(&d, &s, scenario);
+    }
+    // After all that garbage, a fresh client is served.
+    let methods = d.tpctl_ok(&["rpc_get_methods"]);
+    assert!(methods
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("bdev_get_bdevs")));
+}
+
+fn names(bdevs: &Value) -> Vec<String> {
+    bdevs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn tpctl_drives_every_method_in_rpc_py_forms() {
+    let s = Scratch::new("rpc-tpctl");
+    let img = s.join("u.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let d = Daemon::start(&s, "tpctl", &[]);
+
+    assert_eq!(
+        d.tpctl_ok(&["bdev_malloc_create", "-b", "Malloc0", "64", "4096"]),
+        "Malloc0"
+    );
+    let m = &d.tpctl_ok(&["bdev_get_bdevs", "-b", "Malloc0"])[0];
+    assert_eq!(m["num_blocks"], 16384, "64 MiB of 4 KiB blocks");
+    assert_eq!(m["block_size"], 4096);
+    assert_eq!(
+        d.tpctl_ok(&["bdev_null_create", "Null0", "1", "512"]),
+        "Null0"
+    );
+    assert_eq!(d.tpctl_ok(&["bdev_uring_create", &img, "Uring0"]), "Uring0");
+    assert_eq!(
+        d.tpctl_ok(&["bdev_get_bdevs", "-b", "Uring0"])[0]["num_blocks"],
+        2048
+    );
+    assert_eq!(d.tpctl_ok(&["bdev_error_create", "Malloc0"]), "EE_Malloc0");
+    assert_eq!(
+        d.tpctl_ok(&[
+            "bdev_delay_create",
+            "-b",
+            "Null0",
+            "-d",
+            "Delay0",
+            "-r",
+            "10",
+            "-t",
+            "20",
+            "-w",
+            "30",
+            "-n",
+            "60"
+        ]),
+        "Delay0"
+    );
+    assert_eq!(
+        d.tpctl_ok(&[
+            "bdev_error_inject_error",
+            "EE_Malloc0",
+            "write",
+            "failure",
+            "-n",
+            "2"
+        ]),
+        true
+    );
+    assert_eq!(
+        d.tpctl_ok(&["bdev_delay_update_latency", "Delay0", "p99_write", "90"]),
+        true
+    );
+    let listed = names(&d.tpctl_ok(&["bdev_get_bdevs"]));
+    for n in ["Malloc0", "Null0", "Uring0", "EE_Malloc0", "Delay0"] {
+        assert!(listed.contains(&n.to_string()), "{n} in {listed:?}");
+    }
+    let reactors = d.tpctl_ok(&["framework_get_reactors"]);
+    assert_eq!(reactors["reactors"][0]["lcore"], 0);
+    let stat = d.tpctl_ok(&["bdev_get_iostat", "-b", "Uring0"]);
+    assert_eq!(stat["bdevs"][0]["name"], "Uring0");
+    let saved = d.tpctl_ok(&["save_config"]);
+    assert_eq!(
+        saved["subsystems"][0]["config"].as_array().unwrap().len(),
+        5
+    );
+    let called = d.tpctl_ok(&["call", "bdev_get_bdevs", r#"{"name":"Null0"}"#]);
+    assert_eq!(called[0]["claimed"], true, "Delay0 claims Null0");
+
+    // Errors: the server's message on stderr, exit 1, nothing changed.
+    let out = d.tpctl(&["bdev_null_delete", "Null0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use") && err.contains("Delay0") && err.contains("-16"),
+        "{err}"
+    );
+    let out = d.tpctl(&["bdev_malloc_create", "-b", "Malloc0", "1", "4096"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = d.tpctl(&["call", "bdev_malloc_create", r#"{"num_blocks": -1}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("num_blocks"));
+    let out = d.tpctl(&["call", "bdev_get_bdevs", "{not json"]);
+    assert_eq!(out.status.code(), Some(2), "bad JSON never leaves tpctl");
+    let out = d.tpctl(&["bdev_malloc_create", "lots", "4096"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap refuses a non-number: {}",
+        text(&out)
+    );
+    assert_eq!(names(&d.tpctl_ok(&["bdev_get_bdevs"])).len(), 5);
+
+    // Deletes, top of each stack first.
+    for (method, name) in [
+        ("bdev_delay_delete", "Delay0"),
+        ("bdev_error_delete", "EE_Malloc0"),
+        ("bdev_malloc_delete", "Malloc0"),
+        ("bdev_null_delete", "Null0"),
+        ("bdev_uring_delete", "Uring0"),
+    ] {
+        assert_eq!(d.tpctl_ok(&[method, name]), true, "{method}");
+    }
+    assert!(names(&d.tpctl_ok(&["bdev_get_bdevs"])).is_empty());
+
+    // Every method has --help.
+    for method in ["bdev_malloc_create", "bdev_delay_create", "call"] {
+        let out = Command::new(bin("tpctl"))
+            .args([method, "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{method} --help"
+        );
+    }
+}
+
+#[test]
+fn save_config_loaded_with_json_gives_the_same_bdevs() {
+    let s = Scratch::new("rpc-save");
+    let img = s.join("u.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let saved_path = s.join("saved.json");
+    let before = {
+        let d = Daemon::start(&s, "first", &[]);
+        d.tpctl_ok(&["bdev_malloc_create", "-b", "M", "4", "512"]);
+        d.tpctl_ok(&["bdev_error_create", "M"]);
+        d.tpctl_ok(&["bdev_null_create", "N", "2", "4096"]);
+        d.tpctl_ok(&[
+            "bdev_delay_create",
+            "-b",
+            "N",
+            "-d",
+            "D",
+            "-r",
+            "5",
+            "-t",
+            "50",
+            "-w",
+            "7",
+            "-n",
+            "70",
+        ]);
+        d.tpctl_ok(&["bdev_delay_update_latency", "D", "avg_read", "9"]);
+        d.tpctl_ok(&["bdev_uring_create", &img, "U", "4096"]);
+        let saved = d.tpctl_ok(&["save_config"]);
+        std::fs::write(&saved_path, serde_json::to_string_pretty(&saved).unwrap()).unwrap();
+        d.tpctl_ok(&["bdev_get_bdevs"])
+    };
+    let d = Daemon::start(&s, "second", &["--json", &saved_path]);
+    let after = d.tpctl_ok(&["bdev_get_bdevs"]);
+    assert_eq!(after, before, "same bdevs, uuids, claims and settings");
+}
+
+#[test]
+fn socket_is_private_exclusive_and_stale_ones_are_replaced() {
+    let s = Scratch::new("rpc-sock");
+    let d = Daemon::start(&s, "main", &[]);
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
+    // A second daemon on a live socket refuses and leaves the first one alone.
+    let out = Command::new(bin("tidepoold"))
+        .args(["-r", &d.socket])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another tidepool"),
+        "{}",
+        text(&out)
+    );
+    d.tpctl_ok(&["rpc_get_methods"]);
+    drop(d);
+
+    // A stale socket (nobody listening) is replaced.
+    let stale = s.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(std::path::Path::new(&stale).exists());
+    let d = Daemon::start(&s, "stale", &[]);
+    d.tpctl_ok(&["rpc_get_methods"]);
+    drop(d);
+
+    // A path that is not a socket is never replaced.
+    let file = s.file("not-a-socket", "precious");
+    let out = run("tidepoold", &["-r", &file]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+}
+
+#[test]
+fn sigterm_and_sigint_shut_down_cleanly_and_remove_the_socket() {
+    for signal in ["TERM", "INT"] {
+        let s = Scratch::new("rpc-sig");
+        let d = Daemon::start(&s, "sig", &["--json", &s.file("m.json", MALLOC)]);
+        d.tpctl_ok(&["bdev_get_bdevs", "-b", "Malloc0"]);
+        let socket = d.socket.clone();
+        let (status, log) = d.signal_and_wait(signal);
+        assert!(status.success(), "SIG{signal}: {status}\n{log}");
+        assert!(
+            !std::path::Path::new(&socket).exists(),
+            "socket removed after SIG{signal}"
+        );
+        assert!(
+            log.contains("flushed bdev 'Malloc0'") && log.contains("tidepoold stopped"),
+            "{log}"
+        );
+    }
+}
+
+const MALLOC: &str = r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":1024,"block_size":4096}}]}]}"#;
+
+#[test]
+fn bad_command_lines_and_configs_exit_non_zero_and_say_why() {
+    let s = Scratch::new("rpc-bad");
+    let sock = s.join("bad.sock");
+    for (args, needle) in [
+        (vec!["-m", "0xZZ"], "0xZZ"),
+        (vec!["--cores", "0,99"], "99"),
+        (
+            vec!["--json", "/nonexistent/cfg.json"],
+            "/nonexistent/cfg.json",
+        ),
+        (vec!["-L", "loud"], "loud"),
+        (vec!["--bogus"], "--bogus"),
+    ] {
+        let mut full = vec!["-r", sock.as_str()];
+        full.extend(args.iter());
+        let out = run("tidepoold", &full);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?} should mention '{needle}': {}",
+            text(&out)
+        );
+        assert!(
+            !std::path::Path::new(&sock).exists(),
+            "no socket left behind"
+        );
+    }
+    let bad_cfg = s.file(
+        "bad.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"M","num_blocks":8,"block_size":100}}]}]}"#,
+    );
+    let out = run("tidepoold", &["-r", &sock, "--json", &bad_cfg]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("block_size"));
+    let out = run("tpctl", &["-s", &sock, "rpc_get_methods"]);
+    assert_eq!(out.status.code(), Some(2), "no daemon: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
