@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The main job on the embedded RAM default: tidepool-perf for 5 s on a null bdev and on a
-# 128 MiB malloc bdev, one reactor, 4 KiB random reads at queue depth 128.
-# Extra arguments go to both runs (for example: scripts/demo.sh -t 10 -w randwrite).
+# The main job on the embedded RAM default: tidepoold with etc/tidepool.json (two 128 MiB
+# malloc bdevs, a null bdev, an error bdev on Malloc1), serving JSON-RPC on
+# $TIDEPOOL_SOCK (default /var/tmp/tidepool.sock), in the foreground until Ctrl-C.
+# Extra arguments go to tidepoold (for example: scripts/demo.sh -m 0x3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p tidepool-perf
-for cfg in etc/perf-null.json etc/perf-malloc.json; do
-  echo "== tidepool-perf -c $cfg -q 128 -o 4096 -w randread -t 5 $*"
-  ./target/release/tidepool-perf -c "$cfg" -q 128 -o 4096 -w randread -t 5 "$@"
-done
+cargo build --release -p tidepool-tools -p tidepool-perf
+SOCK=${TIDEPOOL_SOCK:-/var/tmp/tidepool.sock}
+cat <<MSG
+== tidepoold --json etc/tidepool.json -r $SOCK $*
+   In another shell:   ./target/release/tpctl -s $SOCK bdev_get_bdevs
+                       ./target/release/tpctl -s $SOCK bdev_malloc_create -b Malloc2 64 4096
+                       ./target/release/tpctl -s $SOCK save_config
+   Ctrl-C stops the daemon cleanly.
+MSG
+exec ./target/release/tidepoold --json etc/tidepool.json -r "$SOCK" "$@"

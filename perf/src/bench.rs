@@ -7,16 +7,22 @@
 //!   then, so the time includes its wake-up). Alternating with those trials it measures the
 //!   floor under them: how long a plain thread parked as long on the same core takes to run
 //!   after an unpark, which is what the host charges for waking an idle core.
+//! - `rpc`: JSON-RPC calls per second and round-trip latency against a running server, from
+//!   one or more concurrent clients.
 
 use crate::report::LatencyUs;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidepool::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoType};
 use tidepool::reactor::{Ctx, Engine, Message, ReactorId, Task, TaskId};
+use tidepool::rpc::framing::Splitter;
+use tidepool::rpc::MAX_REQUEST_BYTES;
 use tidepool::time::{self, Nanos};
 use tidepool::DmaPool;
 
@@ -310,4 +316,76 @@ impl WakeFloor {
 
 fn tidepool_cpu_ns() -> anyhow::Result<u64> {
     Ok(tidepool::os::process_cpu_time_ns()?)
+}
+
+/// JSON-RPC round trips against the server at `socket`: `clients` threads, each a connection
+/// sending `rpc_get_methods` one call at a time for `duration`. Reports calls per second and
+/// the round-trip latency distribution over all clients.
+pub fn rpc(
+    socket: &str,
+    clients: usize,
+    cores: &[usize],
+    duration: Duration,
+) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        (1..=256).contains(&clients),
+        "--clients must be from 1 to 256"
+    );
+    let request = br#"{"jsonrpc":"2.0","method":"rpc_get_methods","id":1}"#;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let socket = socket.to_string();
+            let cores = cores.to_vec();
+            std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
+                if !cores.is_empty() {
+                    tidepool::os::set_current_thread_affinity(&cores)?;
+                }
+                let mut stream = UnixStream::connect(&socket)
+                    .map_err(|e| anyhow::anyhow!("connecting to {socket}: {e}"))?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                let mut splitter = Splitter::new(MAX_REQUEST_BYTES);
+                let mut buf = vec![0u8; 64 * 1024];
+                let end = Instant::now() + duration;
+                while Instant::now() < end {
+                    let start = time::now();
+                    stream.write_all(request)?;
+                    let response = loop {
+                        if let Some(v) = splitter
+                            .next_value()
+                            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                        {
+                            break v;
+                        }
+                        let n = stream.read(&mut buf)?;
+                        anyhow::ensure!(n > 0, "the server closed the connection");
+                        splitter.push(&buf[..n]);
+                    };
+                    hist.record((time::now() - start).max(1))?;
+                    anyhow::ensure!(
+                        !response.windows(7).any(|w| w == b"\"error\""),
+                        "the server answered with an error: {}",
+                        String::from_utf8_lossy(&response)
+                    );
+                }
+                Ok(hist)
+            })
+        })
+        .collect();
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for t in threads {
+        let hist = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("an RPC client thread panicked"))??;
+        total.add(&hist)?;
+    }
+    let lat = LatencyUs::from_ns(&total);
+    let calls_per_s = total.len() as f64 / duration.as_secs_f64();
+    println!(
+        "rpc_get_methods with {clients} client(s): {calls_per_s:.0} calls/s, round trip avg {:.1} us, p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
+        lat.avg, lat.p50, lat.p99, lat.p99_9
+    );
+    Ok(
+        json!({"rpc": {"clients": clients, "calls": total.len(), "calls_per_s": calls_per_s, "latency_us": lat}}),
+    )
 }

@@ -3,7 +3,9 @@
 //! It builds bdevs from an SPDK-style JSON config (`-c`), starts one reactor per selected core,
 //! places one job per bdev (round-robin over the reactors; every reactor with `-C`), prints a
 //! live line each second, then per-job and total IOPS, MiB/s and latency percentiles. `--bench
-//! ping` and `--bench idle` measure the reactors themselves (see `bench`).
+//! ping` and `--bench idle` measure the reactors themselves, `--bench rpc` a JSON-RPC server
+//! (see `bench`). `-r SOCKET` serves JSON-RPC during the jobs, as bdevperf does, so a control
+//! flood can be measured against the I/O it must not disturb.
 #![forbid(unsafe_code)]
 
 mod bench;
@@ -63,9 +65,22 @@ struct Args {
     /// Execute each job's I/O on the next reactor (measures cross-core submission)
     #[arg(long)]
     remote: bool,
-    /// What to measure: io (jobs on bdevs), ping (reactor round trip), idle (CPU and wake-up)
+    /// What to measure: io (jobs on bdevs), ping (reactor round trip), idle (CPU and wake-up),
+    /// rpc (JSON-RPC round trips against the server at --rpc-target)
     #[arg(long, default_value = "io")]
     bench: String,
+    /// Serve JSON-RPC on this socket while the jobs run (as bdevperf does)
+    #[arg(short = 'r', long = "rpc-socket")]
+    rpc_socket: Option<std::path::PathBuf>,
+    /// --bench rpc: the server's socket
+    #[arg(long = "rpc-target")]
+    rpc_target: Option<String>,
+    /// --bench rpc: concurrent clients, each one call at a time
+    #[arg(long = "clients", default_value_t = 1)]
+    clients: usize,
+    /// --bench rpc: cores for the client threads (default: no restriction)
+    #[arg(long = "client-cores")]
+    client_cores: Option<String>,
     /// Seed for random offsets
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -167,7 +182,20 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             engine.stop();
             Ok(0)
         }
-        other => bail!("--bench '{other}' is not one of io, ping, idle"),
+        "rpc" => {
+            let target = args
+                .rpc_target
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("--bench rpc needs --rpc-target SOCKET"))?;
+            let cores = match &args.client_cores {
+                Some(list) => cpuset::parse_list(list)?,
+                None => Vec::new(),
+            };
+            let value = bench::rpc(target, args.clients, &cores, duration)?;
+            write_json(&args.json, &value)?;
+            Ok(0)
+        }
+        other => bail!("--bench '{other}' is not one of io, ping, idle, rpc"),
     }
 }
 
@@ -298,7 +326,29 @@ fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyho
             ""
         }
     );
-    let engine = Engine::start(engine_cfg, Arc::clone(&registry))?;
+    let engine = Arc::new(Engine::start(engine_cfg, Arc::clone(&registry))?);
+    let rpc_server = match &args.rpc_socket {
+        Some(path) => {
+            let services = Arc::new(tidepool::rpc::Services {
+                engine: Arc::clone(&engine),
+                registry: Arc::clone(&registry),
+            });
+            let spare = (0..std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .filter(|c| !cores.contains(c))
+                .collect();
+            let options = tidepool::rpc::server::ServerOptions {
+                cpus: spare,
+                ..Default::default()
+            };
+            Some(tidepool::rpc::server::RpcServer::start(
+                path,
+                services,
+                tidepool::rpc::methods::all(),
+                options,
+            )?)
+        }
+        None => None,
+    };
     let (tx, rx) = std::sync::mpsc::sync_channel::<JobResult>(jobs.len());
     let mut lives = Vec::new();
     let mut meta = Vec::new();
@@ -348,7 +398,13 @@ fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyho
             ),
         }
     }
-    engine.stop();
+    if let Some(server) = rpc_server {
+        server.stop();
+    }
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.stop(),
+        Err(_) => bail!("the engine is still shared after the RPC server stopped"),
+    }
     results.sort_by_key(|r| r.index);
 
     let mut total_hist: Histogram<u64> = Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?;

@@ -251,7 +251,7 @@ fn socket_is_private_exclusive_and_stale_ones_are_replaced() {
 fn sigterm_and_sigint_shut_down_cleanly_and_remove_the_socket() {
     for signal in ["TERM", "INT"] {
         let s = Scratch::new("rpc-sig");
-        let d = Daemon::start(&s, "sig", &["--json", &s.file("m.json", MALLOC)]);
+        let d = Daemon::start(&s, "sig", &["--json", DEMO_CONFIG]);
         d.tpctl_ok(&["bdev_get_bdevs", "-b", "Malloc0"]);
         let socket = d.socket.clone();
         let (status, log) = d.signal_and_wait(signal);
@@ -267,7 +267,8 @@ fn sigterm_and_sigint_shut_down_cleanly_and_remove_the_socket() {
     }
 }
 
-const MALLOC: &str = r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":1024,"block_size":4096}}]}]}"#;
+/// The README's main job runs on this config.
+const DEMO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/tidepool.json");
 
 #[test]
 fn bad_command_lines_and_configs_exit_non_zero_and_say_why() {
