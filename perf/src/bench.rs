@@ -13,16 +13,13 @@
 use crate::report::LatencyUs;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidepool::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoType};
 use tidepool::reactor::{Ctx, Engine, Message, ReactorId, Task, TaskId};
-use tidepool::rpc::framing::Splitter;
-use tidepool::rpc::MAX_REQUEST_BYTES;
+use tidepool::rpc::client::RpcClient;
 use tidepool::time::{self, Nanos};
 use tidepool::DmaPool;
 
@@ -340,27 +337,12 @@ pub fn rpc(
                 if !cores.is_empty() {
                     tidepool::os::set_current_thread_affinity(&cores)?;
                 }
-                let mut stream = UnixStream::connect(&socket)
-                    .map_err(|e| anyhow::anyhow!("connecting to {socket}: {e}"))?;
-                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut client = RpcClient::connect(&socket, Duration::from_secs(10))?;
                 let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-                let mut splitter = Splitter::new(MAX_REQUEST_BYTES);
-                let mut buf = vec![0u8; 64 * 1024];
                 let end = Instant::now() + duration;
                 while Instant::now() < end {
                     let start = time::now();
-                    stream.write_all(request)?;
-                    let response = loop {
-                        if let Some(v) = splitter
-                            .next_value()
-                            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                        {
-                            break v;
-                        }
-                        let n = stream.read(&mut buf)?;
-                        anyhow::ensure!(n > 0, "the server closed the connection");
-                        splitter.push(&buf[..n]);
-                    };
+                    let response = client.call_bytes(request)?;
                     hist.record((time::now() - start).max(1))?;
                     anyhow::ensure!(
                         !response.windows(7).any(|w| w == b"\"error\""),

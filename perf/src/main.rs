@@ -329,23 +329,14 @@ fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyho
     let engine = Arc::new(Engine::start(engine_cfg, Arc::clone(&registry))?);
     let rpc_server = match &args.rpc_socket {
         Some(path) => {
-            let services = Arc::new(tidepool::rpc::Services {
-                engine: Arc::clone(&engine),
-                registry: Arc::clone(&registry),
-            });
-            let spare = (0..std::thread::available_parallelism().map_or(1, |n| n.get()))
-                .filter(|c| !cores.contains(c))
-                .collect();
-            let options = tidepool::rpc::server::ServerOptions {
-                cpus: spare,
-                ..Default::default()
-            };
-            Some(tidepool::rpc::server::RpcServer::start(
+            let max_clients = tidepool::rpc::server::ServerOptions::default().max_clients;
+            let server = tidepool::rpc::server::RpcServer::for_engine(
                 path,
-                services,
-                tidepool::rpc::methods::all(),
-                options,
-            )?)
+                &engine,
+                &registry,
+                max_clients,
+            )?;
+            Some(server)
         }
         None => None,
     };

@@ -20,6 +20,9 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// SPDK's product name for this backend; `bdev_get_bdevs` shows it and delete methods check it.
+pub const PRODUCT_NAME: &str = "delay";
+
 /// `bdev_delay_create` parameters (SPDK's names; microseconds).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,7 +154,7 @@ impl DelayBdev {
         )?;
         let b = base.info();
         Ok(DelayBdev {
-            info: BdevInfo::stacked_on(b, p.name.clone(), "delay", p.uuid.as_ref()),
+            info: BdevInfo::stacked_on(b, p.name.clone(), PRODUCT_NAME, p.uuid.as_ref()),
             base,
             latencies: Arc::new(Latencies {
                 avg_read_us: AtomicU64::new(p.avg_read_latency),

@@ -20,6 +20,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
+/// SPDK's product name for this backend; `bdev_get_bdevs` shows it and delete methods check it.
+pub const PRODUCT_NAME: &str = "Error Injection Disk";
+
 /// `bdev_error_create` parameters.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,12 +151,7 @@ impl ErrorBdev {
             check_uuid(u)?;
         }
         let b = base.info();
-        let info = BdevInfo::stacked_on(
-            b,
-            format!("EE_{}", b.name),
-            "Error Injection Disk",
-            p.uuid.as_ref(),
-        );
+        let info = BdevInfo::stacked_on(b, format!("EE_{}", b.name), PRODUCT_NAME, p.uuid.as_ref());
         Ok(ErrorBdev {
             info,
             base,

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use tidepool_bindings::device_memory::DeviceMemory;
 
+/// SPDK's product name for this backend; `bdev_get_bdevs` shows it and delete methods check it.
+pub const PRODUCT_NAME: &str = "Malloc disk";
+
 /// `bdev_malloc_create` parameters (SPDK's names; `name` defaults to `MallocN`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +66,7 @@ impl MallocBdev {
         Ok(MallocBdev {
             info: BdevInfo {
                 name,
-                product_name: "Malloc disk",
+                product_name: PRODUCT_NAME,
                 block_size: p.block_size,
                 num_blocks: p.num_blocks,
                 uuid: p.uuid.clone().unwrap_or_else(new_uuid),

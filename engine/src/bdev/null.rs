@@ -9,6 +9,9 @@ use crate::time::Nanos;
 use serde::Deserialize;
 use serde_json::json;
 
+/// SPDK's product name for this backend; `bdev_get_bdevs` shows it and delete methods check it.
+pub const PRODUCT_NAME: &str = "Null disk";
+
 /// `bdev_null_create` parameters (SPDK's names).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +40,7 @@ impl NullBdev {
         Ok(NullBdev {
             info: BdevInfo {
                 name: p.name.clone(),
-                product_name: "Null disk",
+                product_name: PRODUCT_NAME,
                 block_size: p.block_size,
                 num_blocks: p.num_blocks,
                 uuid: p.uuid.clone().unwrap_or_else(new_uuid),

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use tidepool_bindings::os;
 use tidepool_bindings::uring::{UringConfig, UringOp, UringQueue};
 
+/// SPDK's product name for this backend; `bdev_get_bdevs` shows it and delete methods check it.
+pub const PRODUCT_NAME: &str = "URING bdev";
+
 fn yes() -> bool {
     true
 }
@@ -168,7 +171,7 @@ impl UringBdev {
         Ok(UringBdev {
             info: BdevInfo {
                 name: p.name.clone(),
-                product_name: "URING bdev",
+                product_name: PRODUCT_NAME,
                 block_size,
                 num_blocks,
                 uuid: p.uuid.clone().unwrap_or_else(new_uuid),

@@ -281,13 +281,6 @@ impl Ctx {
         false
     }
 
-    /// Whether this reactor has a channel (open or closing) on the bdev.
-    pub fn has_channel(&self, bdev: BdevId) -> bool {
-        self.channels
-            .get(bdev as usize)
-            .is_some_and(|s| s.is_some())
-    }
-
     /// What this reactor's channel on the bdev has returned so far.
     pub fn iostat(&self, bdev: BdevId) -> Option<IoStat> {
         self.channels.get(bdev as usize)?.as_ref().map(|s| s.stats)

@@ -48,11 +48,12 @@ pub fn handle(services: &Services, methods: &[Method], raw: &[u8]) -> Option<Vec
     response.map(|r| encode(&r))
 }
 
-fn encode(v: &Value) -> Vec<u8> {
+pub fn encode(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("a JSON value always serializes")
 }
 
-fn error_response(id: Value, e: &RpcError) -> Value {
+/// The error response for request `id` (null when the request's id is unknown).
+pub fn error_response(id: Value, e: &RpcError) -> Value {
     json!({"jsonrpc": "2.0", "error": {"code": e.code, "message": e.message}, "id": id})
 }
 

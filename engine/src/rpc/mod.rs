@@ -10,12 +10,14 @@
 //! - [`server`] serves a Unix socket: one thread per client (bounded), so one client's garbage
 //!   or slowness affects only its own connection. Control threads stay off reactor cores when
 //!   the host has cores without reactors.
+//! - [`client`] is the small client `tpctl` and the RPC benchmark share.
 //! - [`methods`] is the method table; each method is a plain function of [`Services`] and its
 //!   params. Bdev backends' own methods sit in [`methods::bdev`] next to the generic ones.
 //!
 //! The control plane reaches reactors only through [`Engine::call_wait`] (a closure run on the
 //! reactor, with a deadline), never by touching their state.
 
+pub mod client;
 pub mod dispatch;
 pub mod framing;
 pub mod methods;

@@ -19,7 +19,8 @@ use super::dispatch;
 use super::framing::{FramingError, Splitter};
 use super::methods::Method;
 use super::{RpcError, Services, INTERNAL_ERROR, INVALID_REQUEST, MAX_REQUEST_BYTES, PARSE_ERROR};
-use serde_json::json;
+use crate::bdev::BdevRegistry;
+use crate::reactor::Engine;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -83,6 +84,29 @@ pub struct RpcServer {
 }
 
 impl RpcServer {
+    /// Serves every method on `engine` and `registry`, with the control threads on the cores
+    /// that have no reactor (none when every core has one).
+    pub fn for_engine(
+        path: &Path,
+        engine: &Arc<Engine>,
+        registry: &Arc<BdevRegistry>,
+        max_clients: usize,
+    ) -> Result<RpcServer, ServerError> {
+        let services = Arc::new(Services {
+            engine: Arc::clone(engine),
+            registry: Arc::clone(registry),
+        });
+        let all_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let reactor_cores = engine.cores();
+        let options = ServerOptions {
+            max_clients,
+            cpus: (0..all_cores)
+                .filter(|c| !reactor_cores.contains(c))
+                .collect(),
+        };
+        RpcServer::start(path, services, super::methods::all(), options)
+    }
+
     pub fn start(
         path: &Path,
         services: Arc<Services>,
@@ -114,15 +138,6 @@ impl RpcServer {
             shared,
             acceptor: Some(acceptor),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Clients connected now.
-    pub fn clients(&self) -> usize {
-        self.shared.clients.load(Ordering::Relaxed)
     }
 
     /// Stops accepting, closes every connection, removes the socket.
@@ -252,10 +267,7 @@ fn refuse(mut stream: UnixStream, max: usize) {
 }
 
 fn error_bytes(e: &RpcError) -> Vec<u8> {
-    serde_json::to_vec(
-        &json!({"jsonrpc": "2.0", "error": {"code": e.code, "message": e.message}, "id": null}),
-    )
-    .expect("a JSON value always serializes")
+    dispatch::encode(&dispatch::error_response(serde_json::Value::Null, e))
 }
 
 /// Serves one client until it hangs up, breaks the framing, or the server stops.

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidepool::bdev::{BdevRegistry, Completion, IoOrigin, IoRequest, IoType};
 use tidepool::reactor::{Ctx, Engine, EngineConfig, Task};
-use tidepool::rpc::server::{RpcServer, ServerOptions};
-use tidepool::rpc::{methods, Services};
+use tidepool::rpc::server::RpcServer;
 use tidepool::{config, cpuset};
 
 #[derive(Parser, Debug)]
@@ -101,22 +100,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let engine = Arc::new(Engine::start(engine_config, Arc::clone(&registry))?);
     log::info!("{} reactor(s) on cores {cores:?}", engine.reactor_count());
-    let services = Arc::new(Services {
-        engine: Arc::clone(&engine),
-        registry: Arc::clone(&registry),
-    });
-    let spare: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .filter(|c| !cores.contains(c))
-        .collect();
-    let server = RpcServer::start(
-        &args.socket,
-        services,
-        methods::all(),
-        ServerOptions {
-            max_clients: args.max_rpc_clients,
-            cpus: spare,
-        },
-    )?;
+    let server = RpcServer::for_engine(&args.socket, &engine, &registry, args.max_rpc_clients)?;
 
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(20));

@@ -8,12 +8,9 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use serde_json::{json, Map, Value};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
-use tidepool::rpc::framing::Splitter;
-use tidepool::rpc::MAX_REQUEST_BYTES;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tidepool::rpc::client::RpcClient;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -164,17 +161,19 @@ fn num_blocks(total_size_mib: f64, block_size: u32) -> Result<u64, String> {
     Ok((total_size_mib * MIB / block_size as f64) as u64)
 }
 
-/// Adds `key: value` to `params` when the value is present.
-fn opt(params: &mut Map<String, Value>, key: &str, value: Option<impl Into<Value>>) {
-    if let Some(v) = value {
-        params.insert(key.into(), v.into());
-    }
+/// Params as an object without its null members (absent options are not sent); none when
+/// nothing is left.
+fn present(params: Value) -> Option<Value> {
+    let Value::Object(mut map) = params else {
+        return None;
+    };
+    map.retain(|_, v| !v.is_null());
+    (!map.is_empty()).then_some(Value::Object(map))
 }
 
 /// The method name and params a command line stands for.
 fn request(method: Method) -> Result<(String, Option<Value>), String> {
-    let mut p = Map::new();
-    let name = match method {
+    let (name, params) = match method {
         Method::Call { method, params } => {
             let params = match params {
                 None => None,
@@ -185,77 +184,55 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             };
             return Ok((method, params));
         }
-        Method::RpcGetMethods => "rpc_get_methods",
-        Method::FrameworkGetReactors => "framework_get_reactors",
-        Method::SaveConfig => "save_config",
+        Method::RpcGetMethods => ("rpc_get_methods", Value::Null),
+        Method::FrameworkGetReactors => ("framework_get_reactors", Value::Null),
+        Method::SaveConfig => ("save_config", Value::Null),
         Method::BdevGetBdevs { name, timeout } => {
-            opt(&mut p, "name", name);
-            opt(&mut p, "timeout", timeout);
-            "bdev_get_bdevs"
+            ("bdev_get_bdevs", json!({"name": name, "timeout": timeout}))
         }
-        Method::BdevGetIostat { name } => {
-            opt(&mut p, "name", name);
-            "bdev_get_iostat"
-        }
+        Method::BdevGetIostat { name } => ("bdev_get_iostat", json!({"name": name})),
         Method::BdevMallocCreate {
             total_size,
             block_size,
             name,
             uuid,
-        } => {
-            p.insert(
-                "num_blocks".into(),
-                json!(num_blocks(total_size, block_size)?),
-            );
-            p.insert("block_size".into(), json!(block_size));
-            opt(&mut p, "name", name);
-            opt(&mut p, "uuid", uuid);
-            "bdev_malloc_create"
-        }
+        } => (
+            "bdev_malloc_create",
+            json!({"num_blocks": num_blocks(total_size, block_size)?,
+                "block_size": block_size, "name": name, "uuid": uuid}),
+        ),
         Method::BdevNullCreate {
             name,
             total_size,
             block_size,
             uuid,
-        } => {
-            p.insert("name".into(), json!(name));
-            p.insert(
-                "num_blocks".into(),
-                json!(num_blocks(total_size, block_size)?),
-            );
-            p.insert("block_size".into(), json!(block_size));
-            opt(&mut p, "uuid", uuid);
-            "bdev_null_create"
-        }
+        } => (
+            "bdev_null_create",
+            json!({"name": name, "num_blocks": num_blocks(total_size, block_size)?,
+                "block_size": block_size, "uuid": uuid}),
+        ),
         Method::BdevUringCreate {
             filename,
             name,
             block_size,
             uuid,
-        } => {
-            p.insert("filename".into(), json!(filename));
-            p.insert("name".into(), json!(name));
-            opt(&mut p, "block_size", block_size);
-            opt(&mut p, "uuid", uuid);
-            "bdev_uring_create"
-        }
-        Method::BdevErrorCreate { base_name, uuid } => {
-            p.insert("base_name".into(), json!(base_name));
-            opt(&mut p, "uuid", uuid);
-            "bdev_error_create"
-        }
+        } => (
+            "bdev_uring_create",
+            json!({"filename": filename, "name": name, "block_size": block_size, "uuid": uuid}),
+        ),
+        Method::BdevErrorCreate { base_name, uuid } => (
+            "bdev_error_create",
+            json!({"base_name": base_name, "uuid": uuid}),
+        ),
         Method::BdevErrorInjectError {
             name,
             io_type,
             error_type,
             num,
-        } => {
-            p.insert("name".into(), json!(name));
-            p.insert("io_type".into(), json!(io_type));
-            p.insert("error_type".into(), json!(error_type));
-            p.insert("num".into(), json!(num));
-            "bdev_error_inject_error"
-        }
+        } => (
+            "bdev_error_inject_error",
+            json!({"name": name, "io_type": io_type, "error_type": error_type, "num": num}),
+        ),
         Method::BdevDelayCreate {
             base_bdev_name,
             name,
@@ -263,83 +240,28 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             p99_read_latency,
             avg_write_latency,
             p99_write_latency,
-        } => {
-            p.insert("base_bdev_name".into(), json!(base_bdev_name));
-            p.insert("name".into(), json!(name));
-            p.insert("avg_read_latency".into(), json!(avg_read_latency));
-            p.insert("p99_read_latency".into(), json!(p99_read_latency));
-            p.insert("avg_write_latency".into(), json!(avg_write_latency));
-            p.insert("p99_write_latency".into(), json!(p99_write_latency));
-            "bdev_delay_create"
-        }
+        } => (
+            "bdev_delay_create",
+            json!({"base_bdev_name": base_bdev_name, "name": name,
+                "avg_read_latency": avg_read_latency, "p99_read_latency": p99_read_latency,
+                "avg_write_latency": avg_write_latency, "p99_write_latency": p99_write_latency}),
+        ),
         Method::BdevDelayUpdateLatency {
             delay_bdev_name,
             latency_type,
             latency_us,
-        } => {
-            p.insert("delay_bdev_name".into(), json!(delay_bdev_name));
-            p.insert("latency_type".into(), json!(latency_type));
-            p.insert("latency_us".into(), json!(latency_us));
-            "bdev_delay_update_latency"
-        }
-        Method::BdevMallocDelete { name } => delete(&mut p, name, "bdev_malloc_delete"),
-        Method::BdevNullDelete { name } => delete(&mut p, name, "bdev_null_delete"),
-        Method::BdevUringDelete { name } => delete(&mut p, name, "bdev_uring_delete"),
-        Method::BdevErrorDelete { name } => delete(&mut p, name, "bdev_error_delete"),
-        Method::BdevDelayDelete { name } => delete(&mut p, name, "bdev_delay_delete"),
+        } => (
+            "bdev_delay_update_latency",
+            json!({"delay_bdev_name": delay_bdev_name, "latency_type": latency_type,
+                "latency_us": latency_us}),
+        ),
+        Method::BdevMallocDelete { name } => ("bdev_malloc_delete", json!({"name": name})),
+        Method::BdevNullDelete { name } => ("bdev_null_delete", json!({"name": name})),
+        Method::BdevUringDelete { name } => ("bdev_uring_delete", json!({"name": name})),
+        Method::BdevErrorDelete { name } => ("bdev_error_delete", json!({"name": name})),
+        Method::BdevDelayDelete { name } => ("bdev_delay_delete", json!({"name": name})),
     };
-    let params = (!p.is_empty()).then_some(Value::Object(p));
-    Ok((name.to_string(), params))
-}
-
-fn delete(p: &mut Map<String, Value>, name: String, method: &'static str) -> &'static str {
-    p.insert("name".into(), json!(name));
-    method
-}
-
-/// Sends one request and waits for its response.
-fn call(
-    socket: &str,
-    timeout: Duration,
-    method: &str,
-    params: Option<Value>,
-) -> Result<Value, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot connect to tidepoold at '{socket}': {e} (is it running? -s picks the socket)"
-        )
-    })?;
-    let mut req = json!({"jsonrpc": "2.0", "method": method, "id": 1});
-    if let Some(p) = params {
-        req["params"] = p;
-    }
-    stream
-        .write_all(&serde_json::to_vec(&req).expect("a JSON value serializes"))
-        .map_err(|e| format!("sending the request: {e}"))?;
-    let deadline = Instant::now() + timeout;
-    let mut splitter = Splitter::new(MAX_REQUEST_BYTES * 64);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if let Some(value) = splitter
-            .next_value()
-            .map_err(|e| format!("bad response: {e:?}"))?
-        {
-            return serde_json::from_slice(&value).map_err(|e| format!("bad response: {e}"));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("no response within {} s", timeout.as_secs_f64()));
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| format!("socket: {e}"))?;
-        match stream.read(&mut buf) {
-            Ok(0) => return Err("tidepoold closed the connection without answering".into()),
-            Ok(n) => splitter.push(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading the response: {e}")),
-        }
-    }
+    Ok((name.to_string(), present(params)))
 }
 
 fn main() {
@@ -355,12 +277,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let response = match call(
-        &args.socket,
-        Duration::from_secs_f64(args.timeout),
-        &method,
-        params,
-    ) {
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let response = match RpcClient::connect(&args.socket, timeout)
+        .and_then(|mut client| client.call(&method, params))
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tpctl: {e}");

@@ -12,7 +12,7 @@ use super::Method;
 use crate::bdev::delay::LatencyType;
 use crate::bdev::error::{ErrorKind, InjectParams, InjectTarget};
 use crate::bdev::iostat::IoStat;
-use crate::bdev::{BdevError, BdevId, BdevRef, IoType};
+use crate::bdev::{delay, error, malloc, null, uring, BdevError, BdevId, BdevRef, IoType};
 use crate::rpc::{parse_params, RpcError, Services};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -37,7 +37,7 @@ macro_rules! create_method {
 }
 
 macro_rules! delete_method {
-    ($fn_name:ident, $method:literal, $product:literal, $kind:literal) => {
+    ($fn_name:ident, $method:literal, $product:expr, $kind:literal) => {
         fn $fn_name(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
             let p: NameParam = parse_params(params)?;
             delete_bdev(s, &p.name, $product, $kind)?;
@@ -52,16 +52,31 @@ create_method!(null_create, "bdev_null_create");
 create_method!(uring_create, "bdev_uring_create");
 create_method!(error_create, "bdev_error_create");
 create_method!(delay_create, "bdev_delay_create");
-delete_method!(malloc_delete, "bdev_malloc_delete", "Malloc disk", "malloc");
-delete_method!(null_delete, "bdev_null_delete", "Null disk", "null");
-delete_method!(uring_delete, "bdev_uring_delete", "URING bdev", "uring");
+delete_method!(
+    malloc_delete,
+    "bdev_malloc_delete",
+    malloc::PRODUCT_NAME,
+    "malloc"
+);
+delete_method!(null_delete, "bdev_null_delete", null::PRODUCT_NAME, "null");
+delete_method!(
+    uring_delete,
+    "bdev_uring_delete",
+    uring::PRODUCT_NAME,
+    "uring"
+);
 delete_method!(
     error_delete,
     "bdev_error_delete",
-    "Error Injection Disk",
+    error::PRODUCT_NAME,
     "error"
 );
-delete_method!(delay_delete, "bdev_delay_delete", "delay", "delay");
+delete_method!(
+    delay_delete,
+    "bdev_delay_delete",
+    delay::PRODUCT_NAME,
+    "delay"
+);
 
 pub fn methods() -> Vec<Method> {
     let m = |name, help, handler| Method {

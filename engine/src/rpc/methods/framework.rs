@@ -29,12 +29,10 @@ pub fn methods() -> Vec<Method> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GetMethodsParams {
-    #[serde(default)]
-    #[allow(dead_code)]
-    current: bool,
-    #[serde(default)]
-    #[allow(dead_code)]
-    include_aliases: bool,
+    #[serde(default, rename = "current")]
+    _current: bool,
+    #[serde(default, rename = "include_aliases")]
+    _include_aliases: bool,
 }
 
 fn rpc_get_methods(
