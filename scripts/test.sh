@@ -9,6 +9,18 @@ echo "== toolchain: $(cargo --version)"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
+# The NBD tests drive tidepoold with clients nobody here wrote: qemu-img/qemu-io (qemu-utils)
+# and nbdinfo/nbdcopy (libnbd-bin).
+need=()
+command -v qemu-io >/dev/null || need+=(qemu-utils)
+command -v nbdcopy >/dev/null || need+=(libnbd-bin)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "== installing ${need[*]}"
+    SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

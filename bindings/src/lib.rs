@@ -8,11 +8,13 @@
 //!   while the kernel may touch it.
 //! - [`tsc`]: a cheap monotonic clock in nanoseconds (the CPU's invariant TSC where there is one).
 //! - [`os`]: small system calls the standard library lacks (timer slack, block-device size).
+//! - [`epoll`]: one-shot socket readiness, so a parked reactor wakes when a client writes.
 //!
 //! Every `unsafe` block carries a `// SAFETY:` line that says why it is sound.
 
 pub mod device_memory;
 pub mod dma;
+pub mod epoll;
 pub mod os;
 pub mod tsc;
 pub mod uring;

@@ -112,14 +112,55 @@ pub fn create_bdev(
     Ok((id, name))
 }
 
-/// Reads and applies a config file; returns the names of the bdevs created, in order.
-pub fn load_file(path: &str, registry: &BdevRegistry) -> Result<Vec<String>, ConfigError> {
+/// Subsystems whose entries need the running engine: [`apply`] leaves them to the caller,
+/// which runs them through the RPC methods of the same name once the reactors are up.
+pub const DEFERRED_SUBSYSTEMS: &[&str] = &["nbd"];
+
+/// What a config file made, and what it left for after start-up.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Bdevs created, in order.
+    pub bdevs: Vec<String>,
+    /// `(method, params)` of the deferred subsystems' entries, in order.
+    pub deferred: Vec<(String, Value)>,
+}
+
+/// Reads and applies a config file.
+pub fn load_file(path: &str, registry: &BdevRegistry) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         path: path.to_string(),
         reason: e.to_string(),
     })?;
     let value: Value = serde_json::from_str(&text).map_err(|e| ConfigError::Json(e.to_string()))?;
-    apply(&value, registry)
+    let deferred = deferred_entries(&value)?;
+    let bdevs = apply(&value, registry)?;
+    Ok(Loaded { bdevs, deferred })
+}
+
+/// The entries of the [`DEFERRED_SUBSYSTEMS`], checked for shape only.
+pub fn deferred_entries(config: &Value) -> Result<Vec<(String, Value)>, ConfigError> {
+    let mut out = Vec::new();
+    let subsystems = config.get("subsystems").and_then(Value::as_array);
+    for sub in subsystems.into_iter().flatten() {
+        let name = sub.get("subsystem").and_then(Value::as_str).unwrap_or("");
+        if !DEFERRED_SUBSYSTEMS.contains(&name) {
+            continue;
+        }
+        let list = sub.get("config").and_then(Value::as_array);
+        for (index, entry) in list.into_iter().flatten().enumerate() {
+            let method = entry.get("method").and_then(Value::as_str);
+            let Some(method) = method.filter(|m| m.starts_with(&format!("{name}_"))) else {
+                return Err(ConfigError::Entry {
+                    index,
+                    method: method.unwrap_or("").to_string(),
+                    reason: format!("subsystem '{name}' needs \"method\" names starting '{name}_'"),
+                });
+            };
+            let params = entry.get("params").cloned().unwrap_or(Value::Null);
+            out.push((method.to_string(), params));
+        }
+    }
+    Ok(out)
 }
 
 /// Applies a parsed config, all or nothing.
@@ -146,11 +187,11 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
             }
         };
         if name != "bdev" {
-            if list.is_empty() {
+            if list.is_empty() || DEFERRED_SUBSYSTEMS.contains(&name) {
                 continue;
             }
             return Err(shape(&format!(
-                "subsystem '{name}' is not supported (only 'bdev' may have entries)"
+                "subsystem '{name}' is not supported (only 'bdev' and 'nbd' may have entries)"
             )));
         }
         entries.extend(list.iter().cloned());
@@ -190,14 +231,18 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
     Ok(created)
 }
 
-/// The config that recreates every bdev in `registry`, bases before the bdevs stacked on them.
-pub fn save(registry: &BdevRegistry) -> Value {
+/// The config that recreates every bdev in `registry` (bases before the bdevs stacked on
+/// them), then the `nbd` entries given.
+pub fn save(registry: &BdevRegistry, nbd: Vec<Value>) -> Value {
     let entries: Vec<Value> = registry
         .list()
         .iter()
         .map(|l| l.bdev.config_entry())
         .collect();
-    serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": entries}]})
+    serde_json::json!({"subsystems": [
+        {"subsystem": "bdev", "config": entries},
+        {"subsystem": "nbd", "config": nbd},
+    ]})
 }
 
 #[cfg(test)]
@@ -224,7 +269,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(made, ["M0", "EE_M0", "N0", "D0"]);
-        let saved = save(&reg);
+        let saved = save(&reg, Vec::new());
         let reg2 = BdevRegistry::new();
         assert_eq!(apply(&saved, &reg2).unwrap(), made);
         assert_eq!(reg2.lookup("EE_M0").unwrap().1.info().num_blocks, 256);

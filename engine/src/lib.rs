@@ -7,6 +7,7 @@
 //! - [`bdev`]: the block-device contract and its backends (`null`, `malloc`, `uring`, `error`,
 //!   `delay`), and the registry of bdevs by name.
 //! - [`config`]: SPDK-style JSON configuration that creates bdevs.
+//! - [`nbd`]: the NBD server; its connections are served by the reactors.
 //! - [`rpc`]: the JSON-RPC 2.0 control plane (framing, dispatch, methods, Unix socket server).
 //! - [`cpuset`]: `-m 0x3` / `--cores 0,1` parsing.
 //! - [`time`]: the engine's nanosecond clock.
@@ -17,6 +18,7 @@
 pub mod bdev;
 pub mod config;
 pub mod cpuset;
+pub mod nbd;
 pub mod reactor;
 pub mod ring;
 pub mod rng;

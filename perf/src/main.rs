@@ -157,7 +157,10 @@ fn run(args: &Args) -> anyhow::Result<i32> {
     let duration = Duration::from_secs_f64(args.seconds);
     let registry = Arc::new(BdevRegistry::new());
     if let Some(path) = &args.config {
-        config::load_file(path, &registry)?;
+        let loaded = config::load_file(path, &registry)?;
+        for (method, _) in &loaded.deferred {
+            eprintln!("tidepool-perf: skipping '{method}' from {path}: only tidepoold runs it");
+        }
     }
     match args.bench.as_str() {
         "io" => run_io(args, registry, duration),

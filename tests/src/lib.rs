@@ -182,3 +182,21 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Runs an external program (qemu-io, nbdinfo, ...) that `scripts/test.sh` installs; a missing
+/// one fails the test and says which package provides it.
+pub fn external(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running {program}: {e} (scripts/test.sh installs qemu-utils and libnbd-bin)")
+        })
+}
+
+/// Like [`external`], and requires exit status 0.
+pub fn external_ok(program: &str, args: &[&str]) -> String {
+    let out = external(program, args);
+    assert!(out.status.success(), "{program} {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

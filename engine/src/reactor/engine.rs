@@ -279,7 +279,7 @@ fn run_reactor(
                     let until = reactor
                         .next_timer_due()
                         .map_or(now + max_park, |due| due.min(now + max_park));
-                    if until > now && reactor.inbox().prepare_park() {
+                    if until > now && reactor.prepare_park() && reactor.inbox().prepare_park() {
                         parks += 1;
                         std::thread::park_timeout(Duration::from_nanos(until - now));
                         reactor.inbox().finish_park();

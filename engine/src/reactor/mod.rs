@@ -4,8 +4,13 @@
 //! [`ReactorConfig`]: drain the inbox (at most `inbox_batch` messages), reap every open
 //! channel (at most `reap_batch` completions each) and retry what a channel refused for lack
 //! of resources, hand the reaped completions to their tasks (or to the reactor that issued
-//! them), run due timers (at most `timer_batch`), and push the backlog of messages for full
-//! peer inboxes. It returns [`PollResult::Busy`] if any step did work.
+//! them), run due timers (at most `timer_batch`), run the pollers (tasks that serve sockets,
+//! each bounding its own work), and push the backlog of messages for full peer inboxes. It
+//! returns [`PollResult::Busy`] if any step did work.
+//!
+//! A poller that waits on something outside the reactor (a socket) must get the reactor woken
+//! when it parks: [`Reactor::prepare_park`] asks every poller (`Task::on_park`) to arrange
+//! that, for example by arming its socket in an epoll set whose thread wakes the inbox.
 //!
 //! Time comes in as an argument, so tests drive many reactors on one thread with a fake
 //! clock; [`engine`] runs each reactor on a pinned thread with the real clock and parks it
@@ -67,6 +72,16 @@ pub trait Task {
     fn on_timer(&mut self, _ctx: &mut Ctx, _timer: TimerId) {}
     /// A [`Message::Notify`] for this task arrived.
     fn on_notify(&mut self, _ctx: &mut Ctx, _value: u64) {}
+    /// Called every iteration while the task is a poller ([`Ctx::add_poller`]); returns how
+    /// much work it did (0: none), and bounds that work itself.
+    fn on_poll(&mut self, _ctx: &mut Ctx) -> usize {
+        0
+    }
+    /// The reactor is about to park: a poller arranges to be woken when its source has
+    /// work. Returning false keeps the reactor awake.
+    fn on_park(&mut self, _ctx: &mut Ctx) -> bool {
+        true
+    }
 }
 
 /// Bounds of one poll iteration and the inbox size.
@@ -132,6 +147,8 @@ pub struct Ctx {
     spawned: Vec<Box<dyn Task>>,
     next_task: TaskId,
     finished: Vec<TaskId>,
+    /// Tasks polled every iteration, in the order they were added.
+    pollers: Vec<TaskId>,
     counters: Counters,
 }
 
@@ -220,6 +237,18 @@ impl Ctx {
     /// Removes a task once the current callback returns; later events for it are dropped.
     pub fn finish(&mut self, task: TaskId) {
         self.finished.push(task);
+    }
+
+    /// Makes `task` a poller: its `on_poll` runs every iteration until it finishes.
+    pub fn add_poller(&mut self, task: TaskId) {
+        if !self.pollers.contains(&task) {
+            self.pollers.push(task);
+        }
+    }
+
+    /// This reactor's inbox; `wake()` on it unparks the reactor (for wake-up sources).
+    pub fn own_inbox(&self) -> &Arc<Inbox<Message>> {
+        &self.peers[self.id as usize]
     }
 
     /// Calls `task.on_timer` at `first_due`, then every `period` (0: once).
@@ -347,6 +376,7 @@ impl Reactor {
                 spawned: Vec::new(),
                 next_task: 0,
                 finished: Vec::new(),
+                pollers: Vec::new(),
                 counters: Counters::default(),
                 config,
             },
@@ -391,6 +421,7 @@ impl Reactor {
         work += self.reap_channels();
         work += self.run_completions();
         work += self.run_timers();
+        work += self.run_pollers();
         work += self.flush_backlog();
         if work > 0 {
             self.ctx.counters.busy_polls += 1;
@@ -406,6 +437,20 @@ impl Reactor {
             && self.ctx.backlog.is_empty()
             && self.ctx.io_outstanding() == 0
             && self.inbox.is_empty()
+    }
+
+    /// Asks every poller to arrange its wake-up before the reactor parks; false when one
+    /// of them wants the reactor to stay awake.
+    pub fn prepare_park(&mut self) -> bool {
+        let mut ok = true;
+        for i in 0..self.ctx.pollers.len() {
+            let id = self.ctx.pollers[i];
+            if let Some(Some(t)) = self.tasks.get_mut(id as usize) {
+                ok &= t.on_park(&mut self.ctx);
+            }
+        }
+        self.settle_tasks();
+        ok
     }
 
     /// When the next timer is due, if any.
@@ -508,6 +553,20 @@ impl Reactor {
         n
     }
 
+    fn run_pollers(&mut self) -> usize {
+        let mut n = 0;
+        for i in 0..self.ctx.pollers.len() {
+            let id = self.ctx.pollers[i];
+            if let Some(Some(t)) = self.tasks.get_mut(id as usize) {
+                n += t.on_poll(&mut self.ctx);
+            }
+        }
+        if n > 0 || !self.ctx.finished.is_empty() || !self.ctx.spawned.is_empty() {
+            self.settle_tasks();
+        }
+        n
+    }
+
     fn flush_backlog(&mut self) -> usize {
         let mut n = 0;
         while let Some((to, msg)) = self.ctx.backlog.pop_front() {
@@ -537,6 +596,7 @@ impl Reactor {
                 *slot = None;
             }
             self.ctx.timers.cancel_task(id);
+            self.ctx.pollers.retain(|&p| p != id);
         }
     }
 }

@@ -110,19 +110,29 @@ fn parse_request(value: Value) -> Result<Request, (Value, RpcError)> {
     Ok(Request { method, params, id })
 }
 
+/// Runs method `name` with `params` (for requests, and for config entries run at start-up).
+pub fn call(
+    services: &Services,
+    methods: &[Method],
+    name: &str,
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    match methods.iter().find(|m| m.name == name) {
+        None => Err(RpcError::new(
+            METHOD_NOT_FOUND,
+            format!("method '{name}' not found"),
+        )),
+        Some(m) => (m.handler)(services, methods, params),
+    }
+}
+
 /// Runs one request; the response, unless it was a notification.
 fn one(services: &Services, methods: &[Method], value: Value) -> Option<Value> {
     let request = match parse_request(value) {
         Ok(r) => r,
         Err((id, e)) => return Some(error_response(id, &e)),
     };
-    let result = match methods.iter().find(|m| m.name == request.method) {
-        None => Err(RpcError::new(
-            METHOD_NOT_FOUND,
-            format!("method '{}' not found", request.method),
-        )),
-        Some(m) => (m.handler)(services, methods, request.params),
-    };
+    let result = call(services, methods, &request.method, request.params);
     let id = request.id?;
     Some(match result {
         Ok(result) => {

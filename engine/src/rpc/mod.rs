@@ -25,6 +25,7 @@ pub mod server;
 
 use crate::bdev::{BdevError, BdevRegistry};
 use crate::config::CreateError;
+use crate::nbd::{NbdError, NbdService};
 use crate::reactor::{Engine, EngineError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -99,6 +100,34 @@ impl From<EngineError> for RpcError {
 pub struct Services {
     pub engine: Arc<Engine>,
     pub registry: Arc<BdevRegistry>,
+    pub nbd: NbdService,
+}
+
+impl Services {
+    pub fn new(engine: &Arc<Engine>, registry: &Arc<BdevRegistry>) -> Services {
+        Services {
+            engine: Arc::clone(engine),
+            registry: Arc::clone(registry),
+            nbd: NbdService::new(Arc::clone(engine), Arc::clone(registry)),
+        }
+    }
+}
+
+impl From<NbdError> for RpcError {
+    fn from(e: NbdError) -> RpcError {
+        let e = match e {
+            NbdError::Bdev(b) => return b.into(),
+            other => other,
+        };
+        let code = match &e {
+            NbdError::Exists(_) | NbdError::Running(_) => -libc::EEXIST,
+            NbdError::NotFound(_) | NbdError::NotRunning => -libc::ENODEV,
+            NbdError::InvalidParam { .. } => INVALID_PARAMS,
+            NbdError::Bdev(_) => unreachable!("converted above"),
+            NbdError::Listen { .. } => -libc::EADDRINUSE,
+        };
+        RpcError::new(code, e.to_string())
+    }
 }
 
 /// Deserializes a method's params (absent params are an empty object); the error names the

@@ -92,12 +92,19 @@ impl RpcServer {
         registry: &Arc<BdevRegistry>,
         max_clients: usize,
     ) -> Result<RpcServer, ServerError> {
-        let services = Arc::new(Services {
-            engine: Arc::clone(engine),
-            registry: Arc::clone(registry),
-        });
+        let services = Arc::new(Services::new(engine, registry));
+        RpcServer::for_services(path, services, max_clients)
+    }
+
+    /// As [`RpcServer::for_engine`], on services the caller keeps too (the daemon stops
+    /// their NBD server at shutdown).
+    pub fn for_services(
+        path: &Path,
+        services: Arc<Services>,
+        max_clients: usize,
+    ) -> Result<RpcServer, ServerError> {
         let all_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let reactor_cores = engine.cores();
+        let reactor_cores = services.engine.cores();
         let options = ServerOptions {
             max_clients,
             cpus: (0..all_cores)

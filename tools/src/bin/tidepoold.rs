@@ -3,8 +3,9 @@
 //! Starts one reactor per selected core, creates the bdevs of an optional SPDK-style JSON
 //! config (`--json`, all or nothing), and serves JSON-RPC 2.0 on a Unix socket (`-r`). On
 //! SIGINT or SIGTERM it shuts down in order: stop accepting RPC clients (finishing the calls
-//! they are in), flush every bdev that supports flush, let each reactor drain its in-flight
-//! I/O, remove the socket, exit 0. Logs go to stderr (`-L` or RUST_LOG sets the level).
+//! they are in), stop the NBD server (each client's started I/O completes and is answered),
+//! flush every bdev that supports flush, let each reactor drain its in-flight I/O, remove the
+//! socket, exit 0. The config's `nbd` entries run after the reactors start. Logs go to stderr (`-L` or RUST_LOG sets the level).
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tidepool::bdev::{BdevRegistry, Completion, IoOrigin, IoRequest, IoType};
 use tidepool::reactor::{Ctx, Engine, EngineConfig, Task};
 use tidepool::rpc::server::RpcServer;
+use tidepool::rpc::{dispatch, methods, Services};
 use tidepool::{config, cpuset};
 
 #[derive(Parser, Debug)]
@@ -90,9 +92,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let registry = Arc::new(BdevRegistry::new());
+    let mut deferred = Vec::new();
     if let Some(path) = &args.json {
-        let made = config::load_file(path, &registry)?;
-        log::info!("loaded {path}: {} bdev(s): {}", made.len(), made.join(", "));
+        let loaded = config::load_file(path, &registry)?;
+        log::info!(
+            "loaded {path}: {} bdev(s): {}",
+            loaded.bdevs.len(),
+            loaded.bdevs.join(", ")
+        );
+        deferred = loaded.deferred;
     }
     let mut engine_config = EngineConfig::new(cores.clone());
     if args.no_park {
@@ -100,13 +108,26 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let engine = Arc::new(Engine::start(engine_config, Arc::clone(&registry))?);
     log::info!("{} reactor(s) on cores {cores:?}", engine.reactor_count());
-    let server = RpcServer::for_engine(&args.socket, &engine, &registry, args.max_rpc_clients)?;
+    let services = Arc::new(Services::new(&engine, &registry));
+    let methods = methods::all();
+    for (method, params) in deferred {
+        let shown = params.to_string();
+        dispatch::call(&services, &methods, &method, Some(params))
+            .with_context(|| format!("config entry {method} {shown}"))?;
+    }
+    let server =
+        RpcServer::for_services(&args.socket, Arc::clone(&services), args.max_rpc_clients)?;
 
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(20));
     }
     log::info!("signal received: shutting down");
     server.stop();
+    // NBD clients stop being read; each connection finishes its I/O and sends its replies.
+    if services.nbd.listen_address().is_some() {
+        let _ = services.nbd.stop_server();
+    }
+    drop(services);
     flush_all(&engine, &registry);
     match Arc::try_unwrap(engine) {
         Ok(engine) => engine.stop(),

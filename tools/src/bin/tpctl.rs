@@ -144,6 +144,28 @@ enum Method {
         latency_type: String,
         latency_us: u64,
     },
+    /// Listen for NBD clients (host:port, default 127.0.0.1:10809, or unix:PATH)
+    NbdServerStart {
+        #[arg(short = 'a', long = "listen-address")]
+        listen_address: Option<String>,
+    },
+    /// Stop the NBD server; clients are disconnected after their I/O
+    NbdServerStop,
+    /// Export BDEV_NAME to NBD clients as NAME
+    NbdExportCreate {
+        name: String,
+        bdev_name: String,
+        /// Refuse writes
+        #[arg(short = 'r', long = "read-only")]
+        read_only: bool,
+    },
+    /// Remove an NBD export
+    NbdExportDelete { name: String },
+    /// List NBD exports, or one
+    NbdGetExports {
+        #[arg(short = 'n', long = "name")]
+        name: Option<String>,
+    },
 }
 
 /// Bytes in a MiB, for rpc.py's sizes.
@@ -255,6 +277,21 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             json!({"delay_bdev_name": delay_bdev_name, "latency_type": latency_type,
                 "latency_us": latency_us}),
         ),
+        Method::NbdServerStart { listen_address } => (
+            "nbd_server_start",
+            json!({"listen_address": listen_address}),
+        ),
+        Method::NbdServerStop => ("nbd_server_stop", Value::Null),
+        Method::NbdExportCreate {
+            name,
+            bdev_name,
+            read_only,
+        } => (
+            "nbd_export_create",
+            json!({"name": name, "bdev_name": bdev_name, "read_only": read_only}),
+        ),
+        Method::NbdExportDelete { name } => ("nbd_export_delete", json!({"name": name})),
+        Method::NbdGetExports { name } => ("nbd_get_exports", json!({"name": name})),
         Method::BdevMallocDelete { name } => ("bdev_malloc_delete", json!({"name": name})),
         Method::BdevNullDelete { name } => ("bdev_null_delete", json!({"name": name})),
         Method::BdevUringDelete { name } => ("bdev_uring_delete", json!({"name": name})),

@@ -72,5 +72,8 @@ fn save_config(
     params: Option<Value>,
 ) -> Result<Value, RpcError> {
     parse_params::<NoParams>(params)?;
-    Ok(crate::config::save(&services.registry))
+    Ok(crate::config::save(
+        &services.registry,
+        services.nbd.config_entries(),
+    ))
 }

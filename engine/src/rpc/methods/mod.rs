@@ -6,6 +6,7 @@
 
 pub mod bdev;
 pub mod framework;
+pub mod nbd;
 
 use super::{RpcError, Services};
 use serde_json::Value;
@@ -23,5 +24,6 @@ pub struct Method {
 pub fn all() -> Vec<Method> {
     let mut methods = framework::methods();
     methods.extend(bdev::methods());
+    methods.extend(nbd::methods());
     methods
 }

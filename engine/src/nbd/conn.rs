@@ -1,0 +1,607 @@
+//! One NBD connection in transmission phase, served by a reactor as a poller task.
+//!
+//! Each poll: write pending replies, read what the socket has (one non-blocking read into
+//! `inbuf`), and turn complete requests into bdev I/O on this reactor. A request's data moves
+//! in chunks of [`CHUNK_BYTES`] (a large request becomes several bdev I/Os answered by one
+//! reply, in order). Replies go out in completion order, as the protocol allows.
+//!
+//! Bounds: at most [`MAX_REQUESTS`] requests in flight, chunk buffers from a fixed pool, and
+//! no reading while more than [`OUT_HIGH_WATER`] bytes of replies wait for the socket. Each
+//! bound stops the reading, never drops a request, so a fast client is slowed down, not failed.
+//!
+//! Durability: a write is answered only after the bdev completed it, and with FUA only after a
+//! flush that followed it completed. A client that goes away (DISC, EOF, a socket error, a
+//! protocol violation) stops the reading; the connection still waits for every I/O it started
+//! before it closes, so what was acknowledged stays acknowledged.
+//!
+//! Protocol violations (a bad request magic) close this connection only; a bad request
+//! (range, alignment, flags, read-only) gets an error reply and the connection goes on.
+
+use super::proto::{self, Command, Geometry, Request};
+use super::waker::SocketWaker;
+use super::{Export, Tally};
+use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
+use crate::reactor::{Ctx, Task, TaskId};
+use crate::time::Nanos;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tidepool_bindings::dma::{DmaBuf, DmaPool};
+
+/// Bytes of one data chunk (one bdev I/O).
+pub const CHUNK_BYTES: usize = 128 << 10;
+/// Chunk buffers per connection: enough for one maximum-size request.
+const CHUNK_COUNT: usize = proto::MAX_PAYLOAD as usize / CHUNK_BYTES;
+/// Requests a connection may have in flight.
+pub const MAX_REQUESTS: usize = 256;
+/// Reply bytes waiting for the socket above which the connection stops reading.
+const OUT_HIGH_WATER: usize = 8 << 20;
+/// Bytes read from the socket per poll.
+const IN_BYTES: usize = 256 << 10;
+/// Requests parsed per poll, so one connection cannot hold the reactor.
+const REQUESTS_PER_POLL: usize = 64;
+/// How long a closing connection waits for its client to take the last replies.
+const CLOSE_GRACE_NS: Nanos = 5_000_000_000;
+
+/// A connected client socket.
+pub enum Stream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    pub fn set_timeouts(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t).and_then(|_| s.set_write_timeout(t)),
+            Stream::Unix(s) => s.set_read_timeout(t).and_then(|_| s.set_write_timeout(t)),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// A request whose bdev I/O is under way.
+struct Pending {
+    cookie: u64,
+    command: Command,
+    length: u32,
+    /// Read data, in order; a chunk is `None` while its I/O is out.
+    chunks: Vec<Option<DmaBuf>>,
+    /// Bdev I/Os not yet back.
+    remaining: u32,
+    /// The first error, as an NBD error value.
+    error: u32,
+    /// A write with FUA whose data is on the bdev: the flush comes next.
+    fua: bool,
+}
+
+/// The payload of a write being read from the socket.
+enum Receiving {
+    /// Into the chunks of request `slot`.
+    Payload {
+        slot: usize,
+        offset_blocks: u64,
+        received: usize,
+    },
+    /// A refused write's payload, read and dropped to stay in step; then the error reply.
+    Discard {
+        remaining: u64,
+        cookie: u64,
+        error: u32,
+    },
+}
+
+pub struct Connection {
+    stream: Stream,
+    peer: String,
+    export: Arc<Export>,
+    tally: Arc<Tally>,
+    waker: Arc<SocketWaker>,
+    bdev: BdevId,
+    geometry: Geometry,
+    pool: DmaPool,
+    id: TaskId,
+    inbuf: Vec<u8>,
+    in_start: usize,
+    in_end: usize,
+    receiving: Option<Receiving>,
+    slots: Vec<Option<Pending>>,
+    free_slots: Vec<usize>,
+    out: Vec<u8>,
+    out_pos: usize,
+    bdev_inflight: usize,
+    /// Why the connection stopped reading; `None` while it serves.
+    closing: Option<String>,
+    /// When it stopped reading: replies a client does not take within [`CLOSE_GRACE_NS`]
+    /// are dropped with the connection.
+    closing_since: Nanos,
+    /// The socket failed: replies can no longer be sent.
+    broken: bool,
+}
+
+impl Connection {
+    pub(super) fn new(
+        stream: Stream,
+        peer: String,
+        export: Arc<Export>,
+        tally: Arc<Tally>,
+        waker: Arc<SocketWaker>,
+    ) -> io::Result<Connection> {
+        let pool = DmaPool::new(CHUNK_BYTES, CHUNK_COUNT)?;
+        Ok(Connection {
+            stream,
+            peer,
+            bdev: export.bdev,
+            geometry: export.geometry,
+            export,
+            tally,
+            waker,
+            pool,
+            id: 0,
+            inbuf: vec![0; IN_BYTES + proto::REQUEST_BYTES],
+            in_start: 0,
+            in_end: 0,
+            receiving: None,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            bdev_inflight: 0,
+            closing: None,
+            closing_since: 0,
+            broken: false,
+        })
+    }
+
+    fn stop_reading(&mut self, why: impl Into<String>) {
+        if self.closing.is_none() {
+            self.closing = Some(why.into());
+            self.closing_since = crate::time::now();
+        }
+    }
+
+    /// Writes pending replies; returns the bytes sent.
+    fn send(&mut self) -> usize {
+        let mut sent = 0;
+        while self.out_pos < self.out.len() && !self.broken {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => self.broken = true,
+                Ok(n) => {
+                    self.out_pos += n;
+                    sent += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.broken = true;
+                    self.stop_reading(format!("send failed: {e}"));
+                }
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        sent
+    }
+
+    /// One non-blocking read into `inbuf`; returns the bytes read.
+    fn receive(&mut self) -> usize {
+        if self.in_start == self.in_end {
+            self.in_start = 0;
+            self.in_end = 0;
+        } else if self.in_start > IN_BYTES / 2 {
+            self.inbuf.copy_within(self.in_start..self.in_end, 0);
+            self.in_end -= self.in_start;
+            self.in_start = 0;
+        }
+        if self.in_end == self.inbuf.len() {
+            return 0;
+        }
+        match self.stream.read(&mut self.inbuf[self.in_end..]) {
+            Ok(0) => {
+                self.stop_reading("client closed the connection");
+                0
+            }
+            Ok(n) => {
+                self.in_end += n;
+                n
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(e) => {
+                self.broken = true;
+                self.stop_reading(format!("receive failed: {e}"));
+                0
+            }
+        }
+    }
+
+    /// Turns buffered bytes into requests; returns how many requests it started.
+    fn process(&mut self, ctx: &mut Ctx) -> usize {
+        let mut started = 0;
+        while self.closing.is_none() && started < REQUESTS_PER_POLL {
+            if let Some(receiving) = self.receiving.take() {
+                if !self.continue_payload(ctx, receiving) {
+                    break;
+                }
+                continue;
+            }
+            if self.in_end - self.in_start < proto::REQUEST_BYTES {
+                break;
+            }
+            let header: &[u8; proto::REQUEST_BYTES] = self.inbuf
+                [self.in_start..self.in_start + proto::REQUEST_BYTES]
+                .try_into()
+                .expect("28 bytes");
+            let request = match proto::parse_request(header) {
+                Ok(r) => r,
+                Err(bad) => {
+                    self.stop_reading(format!("protocol violation: request magic {:#x}", bad.0));
+                    break;
+                }
+            };
+            if !self.has_room_for(&request) {
+                break;
+            }
+            self.in_start += proto::REQUEST_BYTES;
+            started += 1;
+            self.start(ctx, request);
+        }
+        started
+    }
+
+    /// Whether the request's slot and buffers are available now.
+    fn has_room_for(&self, r: &Request) -> bool {
+        if self.slots.len() - self.free_slots.len() >= MAX_REQUESTS {
+            return false;
+        }
+        if matches!(r.command, Command::Read | Command::Write)
+            && proto::check_request(r, &self.geometry).is_ok()
+        {
+            return self.pool.available() >= (r.length as usize).div_ceil(CHUNK_BYTES);
+        }
+        true
+    }
+
+    fn start(&mut self, ctx: &mut Ctx, r: Request) {
+        if let Err(error) = proto::check_request(&r, &self.geometry) {
+            if r.command == Command::Write {
+                self.receiving = Some(Receiving::Discard {
+                    remaining: r.length as u64,
+                    cookie: r.cookie,
+                    error,
+                });
+            } else {
+                proto::push_simple_reply(&mut self.out, error, r.cookie);
+            }
+            return;
+        }
+        let bs = self.geometry.block_size as u64;
+        let offset_blocks = r.offset / bs;
+        match r.command {
+            Command::Disc => self.stop_reading("client disconnected (NBD_CMD_DISC)"),
+            Command::Read => {
+                let n = (r.length as usize).div_ceil(CHUNK_BYTES);
+                let slot = self.new_slot(&r, n);
+                for i in 0..n {
+                    let buf = self.chunk(r.length, i);
+                    let blocks = (buf.len() as u64 / bs) as u32;
+                    let chunk_offset = offset_blocks + (i * CHUNK_BYTES) as u64 / bs;
+                    self.submit(ctx, slot, i, IoType::Read, chunk_offset, blocks, Some(buf));
+                }
+            }
+            Command::Write => {
+                let n = (r.length as usize).div_ceil(CHUNK_BYTES);
+                let slot = self.new_slot(&r, n);
+                for i in 0..n {
+                    let buf = self.chunk(r.length, i);
+                    self.pending(slot).chunks[i] = Some(buf);
+                }
+                self.receiving = Some(Receiving::Payload {
+                    slot,
+                    offset_blocks,
+                    received: 0,
+                });
+            }
+            Command::Flush => {
+                let slot = self.new_slot(&r, 0);
+                self.submit(ctx, slot, 0, IoType::Flush, 0, 0, None);
+            }
+            Command::Trim | Command::WriteZeroes => {
+                let slot = self.new_slot(&r, 0);
+                let kind = if r.command == Command::Trim {
+                    IoType::Unmap
+                } else {
+                    IoType::WriteZeroes
+                };
+                let blocks = (r.length as u64 / bs) as u32;
+                self.submit(ctx, slot, 0, kind, offset_blocks, blocks, None);
+            }
+            Command::Other(_) => unreachable!("refused by check_request"),
+        }
+    }
+
+    /// Moves payload bytes from `inbuf`; returns false when it needs more bytes.
+    fn continue_payload(&mut self, ctx: &mut Ctx, receiving: Receiving) -> bool {
+        let available = self.in_end - self.in_start;
+        match receiving {
+            Receiving::Discard {
+                remaining,
+                cookie,
+                error,
+            } => {
+                let take = remaining.min(available as u64) as usize;
+                self.in_start += take;
+                let remaining = remaining - take as u64;
+                if remaining == 0 {
+                    proto::push_simple_reply(&mut self.out, error, cookie);
+                    true
+                } else {
+                    self.receiving = Some(Receiving::Discard {
+                        remaining,
+                        cookie,
+                        error,
+                    });
+                    false
+                }
+            }
+            Receiving::Payload {
+                slot,
+                offset_blocks,
+                mut received,
+            } => {
+                let length = self.pending(slot).length as usize;
+                let mut left = available;
+                while left > 0 && received < length {
+                    let i = received / CHUNK_BYTES;
+                    let within = received % CHUNK_BYTES;
+                    let buf = self.slots[slot].as_mut().expect("live slot").chunks[i]
+                        .as_mut()
+                        .expect("write chunk held until submitted");
+                    let n = (buf.len() - within).min(left);
+                    buf.as_mut_slice()[within..within + n]
+                        .copy_from_slice(&self.inbuf[self.in_start..self.in_start + n]);
+                    self.in_start += n;
+                    left -= n;
+                    received += n;
+                }
+                if received < length {
+                    self.receiving = Some(Receiving::Payload {
+                        slot,
+                        offset_blocks,
+                        received,
+                    });
+                    return false;
+                }
+                self.tally
+                    .bytes_written
+                    .fetch_add(length as u64, Ordering::Relaxed);
+                self.export
+                    .bytes_written
+                    .fetch_add(length as u64, Ordering::Relaxed);
+                let bs = self.geometry.block_size as u64;
+                let chunks = self.pending(slot).chunks.len();
+                for i in 0..chunks {
+                    let buf = self.pending(slot).chunks[i].take().expect("write chunk");
+                    let blocks = (buf.len() as u64 / bs) as u32;
+                    let at = offset_blocks + (i * CHUNK_BYTES) as u64 / bs;
+                    self.submit(ctx, slot, i, IoType::Write, at, blocks, Some(buf));
+                }
+                true
+            }
+        }
+    }
+
+    fn chunk(&self, length: u32, i: usize) -> DmaBuf {
+        let mut buf = self.pool.take().expect("has_room_for checked the pool");
+        let len = (length as usize - i * CHUNK_BYTES).min(CHUNK_BYTES);
+        buf.set_len(len);
+        buf
+    }
+
+    fn new_slot(&mut self, r: &Request, chunks: usize) -> usize {
+        let pending = Pending {
+            cookie: r.cookie,
+            command: r.command,
+            length: r.length,
+            chunks: (0..chunks).map(|_| None).collect(),
+            remaining: 0,
+            error: 0,
+            fua: r.command == Command::Write && r.flags & proto::CMD_FLAG_FUA != 0,
+        };
+        match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i] = Some(pending);
+                i
+            }
+            None => {
+                self.slots.push(Some(pending));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn pending(&mut self, slot: usize) -> &mut Pending {
+        self.slots[slot].as_mut().expect("live slot")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: usize,
+        chunk: usize,
+        io_type: IoType,
+        offset_blocks: u64,
+        num_blocks: u32,
+        buf: Option<DmaBuf>,
+    ) {
+        self.pending(slot).remaining += 1;
+        self.bdev_inflight += 1;
+        let io = IoRequest {
+            io_type,
+            offset_blocks,
+            num_blocks,
+            buf,
+            origin: IoOrigin {
+                reactor: ctx.reactor_id(),
+                task: self.id,
+                tag: ((slot as u64) << 32) | chunk as u64,
+            },
+            submit_time_ns: 0,
+        };
+        ctx.submit(self.bdev, io);
+    }
+
+    /// Every I/O of the request is back: flush for FUA, or reply and free the slot.
+    fn finish_request(&mut self, ctx: &mut Ctx, slot: usize) {
+        let p = self.pending(slot);
+        if p.fua && p.error == 0 {
+            p.fua = false;
+            self.submit(ctx, slot, 0, IoType::Flush, 0, 0, None);
+            return;
+        }
+        let p = self.slots[slot].take().expect("live slot");
+        self.free_slots.push(slot);
+        proto::push_simple_reply(&mut self.out, p.error, p.cookie);
+        if p.command == Command::Read && p.error == 0 {
+            for buf in p.chunks.iter().flatten() {
+                self.out.extend_from_slice(buf.as_slice());
+            }
+            self.tally
+                .bytes_read
+                .fetch_add(p.length as u64, Ordering::Relaxed);
+            self.export
+                .bytes_read
+                .fetch_add(p.length as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Ctx) {
+        let why = self.closing.as_deref().unwrap_or("closed");
+        log::info!(
+            "nbd: {} left export '{}': {why}",
+            self.peer,
+            self.export.name
+        );
+        let _ = self.waker.deregister(self.stream.as_raw_fd());
+        self.export.connections.fetch_sub(1, Ordering::AcqRel);
+        self.tally.leave(ctx.reactor_id());
+        ctx.finish(self.id);
+    }
+}
+
+fn nbd_error(status: IoStatus) -> u32 {
+    match status {
+        IoStatus::Success => 0,
+        IoStatus::Failed { .. } => proto::EIO,
+        IoStatus::Invalid => proto::EINVAL,
+        IoStatus::Unsupported => proto::ENOTSUP,
+        IoStatus::Aborted => proto::ESHUTDOWN,
+    }
+}
+
+impl Task for Connection {
+    fn on_start(&mut self, ctx: &mut Ctx, id: TaskId) {
+        self.id = id;
+        ctx.add_poller(id);
+        if let Err(e) =
+            self.waker
+                .register(self.stream.as_raw_fd(), ctx.reactor_id(), ctx.own_inbox())
+        {
+            log::warn!("nbd: {}: cannot watch the socket: {e}", self.peer);
+        }
+    }
+
+    fn on_complete(&mut self, ctx: &mut Ctx, c: Completion) {
+        self.bdev_inflight -= 1;
+        let slot = (c.io.origin.tag >> 32) as usize;
+        let chunk = (c.io.origin.tag & 0xffff_ffff) as usize;
+        let status = c.status;
+        let Some(p) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        if !status.is_success() && p.error == 0 {
+            p.error = nbd_error(status);
+        }
+        if c.io.io_type == IoType::Read {
+            p.chunks[chunk] = c.io.buf;
+        }
+        p.remaining -= 1;
+        if p.remaining == 0 {
+            self.finish_request(ctx, slot);
+        }
+    }
+
+    fn on_poll(&mut self, ctx: &mut Ctx) -> usize {
+        if self.closing.is_none() && self.export.is_closing() {
+            self.stop_reading("the export or the server is shutting down");
+        }
+        let mut work = self.send();
+        if self.closing.is_none() && self.out.len() - self.out_pos < OUT_HIGH_WATER {
+            work += self.receive();
+            work += self.process(ctx);
+            work += self.send();
+        }
+        if self.closing.is_some() && self.bdev_inflight == 0 {
+            // Every started I/O is back; send what can still be sent, then go.
+            self.send();
+            let stuck = ctx.now().saturating_sub(self.closing_since) > CLOSE_GRACE_NS;
+            if self.broken || self.out_pos == self.out.len() || stuck {
+                self.close(ctx);
+                return work + 1;
+            }
+        }
+        work
+    }
+
+    fn on_park(&mut self, ctx: &mut Ctx) -> bool {
+        let writable = self.out_pos < self.out.len();
+        self.waker
+            .arm(self.stream.as_raw_fd(), ctx.reactor_id(), writable)
+            .is_ok()
+    }
+}

@@ -1,0 +1,588 @@
+//! The NBD server: bdevs exported to Linux, QEMU and libnbd clients.
+//!
+//! - [`proto`]: the wire format and the request checker.
+//! - [`handshake`]: fixed newstyle negotiation, run on a short-lived thread per client with
+//!   timeouts (it is rare and not on the data path).
+//! - [`conn`]: a client in transmission phase, served by a reactor as a poller task; the
+//!   connection is placed on the reactor with the fewest connections.
+//! - [`waker`]: unparks a reactor when one of its sockets has work.
+//!
+//! [`NbdService`] holds the export table and, while it runs, the [`NbdServer`] listener. An
+//! export claims its bdev in the registry, so an exported bdev cannot be deleted or claimed by
+//! anyone else. Deleting an export, or stopping the server, stops its connections from
+//! reading; each then finishes the I/O it started, sends its replies and closes, and the call
+//! waits for that (with a deadline) before it returns.
+//!
+//! Limits: [`MAX_CONNECTIONS`] clients, [`MAX_HANDSHAKES`] of them negotiating at once, each
+//! handshake at most [`HANDSHAKE_TIMEOUT`] per read or write.
+
+pub mod conn;
+pub mod handshake;
+pub mod proto;
+pub mod waker;
+
+use crate::bdev::{BdevError, BdevId, BdevRegistry, IoType};
+use crate::reactor::{Engine, ReactorId};
+use conn::{Connection, Stream};
+use handshake::{ExportDirectory, ExportView};
+use proto::Geometry;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::{TcpListener, ToSocketAddrs};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use waker::SocketWaker;
+
+pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:10809";
+pub const MAX_CONNECTIONS: usize = 128;
+pub const MAX_HANDSHAKES: usize = 16;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long deleting an export or stopping the server waits for connections to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NbdError {
+    #[error("export '{0}' already exists")]
+    Exists(String),
+    #[error("export '{0}' not found")]
+    NotFound(String),
+    #[error("the NBD server is already listening on {0}")]
+    Running(String),
+    #[error("the NBD server is not running")]
+    NotRunning,
+    #[error("invalid parameter {param}: {reason}")]
+    InvalidParam { param: &'static str, reason: String },
+    #[error("{0}")]
+    Bdev(#[from] BdevError),
+    #[error("listening on {address}: {reason}")]
+    Listen { address: String, reason: String },
+}
+
+/// One exported bdev.
+pub struct Export {
+    pub name: String,
+    pub bdev_name: String,
+    pub read_only: bool,
+    bdev: BdevId,
+    geometry: Geometry,
+    flags: u16,
+    /// Deleted, or the server is stopping: connections stop reading and close.
+    closing: AtomicBool,
+    server_stopping: Arc<AtomicBool>,
+    pub connections: AtomicUsize,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+impl Export {
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed) || self.server_stopping.load(Ordering::Relaxed)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "bdev_name": self.bdev_name,
+            "read_only": self.read_only,
+            "size": self.geometry.size,
+            "block_size": self.geometry.block_size,
+            "connections": self.connections.load(Ordering::Relaxed),
+            "bytes_read": self.bytes_read.load(Ordering::Relaxed),
+            "bytes_written": self.bytes_written.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Connections per reactor and the network bytes they moved (the load monitor's figures).
+#[derive(Default)]
+pub struct Tally {
+    per_reactor: Mutex<Vec<usize>>,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+impl Tally {
+    /// Picks the reactor with the fewest connections and counts one more there.
+    fn join_least_loaded(&self, reactors: usize) -> ReactorId {
+        let mut per = self.per_reactor.lock().expect("tally lock");
+        let len = reactors.max(per.len());
+        per.resize(len, 0);
+        let (r, _) = per[..reactors]
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, &n)| n)
+            .expect("at least one reactor");
+        per[r] += 1;
+        r as ReactorId
+    }
+
+    fn leave(&self, reactor: ReactorId) {
+        let mut per = self.per_reactor.lock().expect("tally lock");
+        if let Some(n) = per.get_mut(reactor as usize) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.per_reactor.lock().expect("tally lock").iter().sum()
+    }
+}
+
+type ExportTable = RwLock<BTreeMap<String, Arc<Export>>>;
+
+struct Directory<'a>(&'a ExportTable);
+
+impl ExportDirectory for Directory<'_> {
+    fn find(&self, name: &str) -> Option<ExportView> {
+        let table = self.0.read().expect("export table");
+        let e = table.get(name).filter(|e| !e.is_closing())?;
+        Some(ExportView {
+            size: e.geometry.size,
+            block_size: e.geometry.block_size,
+            flags: e.flags,
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0
+            .read()
+            .expect("export table")
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+/// The NBD side of the control plane: exports, and the server while it runs.
+pub struct NbdService {
+    engine: Arc<Engine>,
+    registry: Arc<BdevRegistry>,
+    exports: Arc<ExportTable>,
+    tally: Arc<Tally>,
+    server: Mutex<Option<NbdServer>>,
+    server_stopping: Arc<AtomicBool>,
+}
+
+impl NbdService {
+    pub fn new(engine: Arc<Engine>, registry: Arc<BdevRegistry>) -> NbdService {
+        NbdService {
+            engine,
+            registry,
+            exports: Arc::new(RwLock::new(BTreeMap::new())),
+            tally: Arc::new(Tally::default()),
+            server: Mutex::new(None),
+            server_stopping: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn tally(&self) -> &Arc<Tally> {
+        &self.tally
+    }
+
+    /// Exports `bdev_name` as `name` (claiming the bdev).
+    pub fn create_export(
+        &self,
+        name: &str,
+        bdev_name: &str,
+        read_only: bool,
+    ) -> Result<(), NbdError> {
+        if name.is_empty() || name.len() > 256 || name.contains('\0') {
+            return Err(NbdError::InvalidParam {
+                param: "name",
+                reason: "an export name is 1 to 256 bytes without NUL".into(),
+            });
+        }
+        let mut table = self.exports.write().expect("export table");
+        if table.contains_key(name) {
+            return Err(NbdError::Exists(name.to_string()));
+        }
+        let (bdev, b) = self
+            .registry
+            .lookup(bdev_name)
+            .ok_or_else(|| BdevError::NotFound(bdev_name.to_string()))?;
+        self.registry
+            .claim(bdev_name, &format!("NBD export '{name}'"))?;
+        let info = b.info();
+        let supported = info.supported;
+        let geometry = Geometry {
+            size: info.num_blocks * info.block_size as u64,
+            block_size: info.block_size,
+            read_only,
+            can_trim: supported.contains(IoType::Unmap),
+            can_write_zeroes: supported.contains(IoType::WriteZeroes),
+        };
+        let mut flags = proto::TFLAG_HAS_FLAGS | proto::TFLAG_CAN_MULTI_CONN;
+        if read_only {
+            flags |= proto::TFLAG_READ_ONLY;
+        } else {
+            if supported.contains(IoType::Flush) {
+                flags |= proto::TFLAG_SEND_FLUSH | proto::TFLAG_SEND_FUA;
+            }
+            if geometry.can_trim {
+                flags |= proto::TFLAG_SEND_TRIM;
+            }
+            if geometry.can_write_zeroes {
+                flags |= proto::TFLAG_SEND_WRITE_ZEROES;
+            }
+        }
+        table.insert(
+            name.to_string(),
+            Arc::new(Export {
+                name: name.to_string(),
+                bdev_name: bdev_name.to_string(),
+                read_only,
+                bdev,
+                geometry,
+                flags,
+                closing: AtomicBool::new(false),
+                server_stopping: Arc::clone(&self.server_stopping),
+                connections: AtomicUsize::new(0),
+                bytes_read: AtomicU64::new(0),
+                bytes_written: AtomicU64::new(0),
+            }),
+        );
+        log::info!("nbd: exporting bdev '{bdev_name}' as '{name}'");
+        Ok(())
+    }
+
+    /// Removes an export: its clients are disconnected once their I/O is done; then the bdev
+    /// is released.
+    pub fn delete_export(&self, name: &str) -> Result<(), NbdError> {
+        let export = self
+            .exports
+            .write()
+            .expect("export table")
+            .remove(name)
+            .ok_or_else(|| NbdError::NotFound(name.to_string()))?;
+        export.closing.store(true, Ordering::Release);
+        self.wait_for_connections(|| export.connections.load(Ordering::Acquire));
+        let left = export.connections.load(Ordering::Acquire);
+        if left > 0 {
+            log::warn!("nbd: export '{name}' deleted with {left} connection(s) still closing");
+        }
+        self.registry
+            .release(&export.bdev_name, &format!("NBD export '{name}'"));
+        log::info!("nbd: export '{name}' deleted");
+        Ok(())
+    }
+
+    pub fn exports_json(&self, name: Option<&str>) -> Result<Value, NbdError> {
+        let table = self.exports.read().expect("export table");
+        match name {
+            Some(n) => {
+                let e = table
+                    .get(n)
+                    .ok_or_else(|| NbdError::NotFound(n.to_string()))?;
+                Ok(json!([e.to_json()]))
+            }
+            None => Ok(Value::Array(table.values().map(|e| e.to_json()).collect())),
+        }
+    }
+
+    /// Starts listening on `host:port` or `unix:PATH`.
+    pub fn start_server(&self, address: &str) -> Result<(), NbdError> {
+        let mut server = self.server.lock().expect("server lock");
+        if let Some(s) = server.as_ref() {
+            return Err(NbdError::Running(s.address.clone()));
+        }
+        self.server_stopping.store(false, Ordering::Release);
+        let listener = Listener::bind(address)?;
+        let shared = Arc::new(Shared {
+            engine: Arc::clone(&self.engine),
+            exports: Arc::clone(&self.exports),
+            tally: Arc::clone(&self.tally),
+            waker: SocketWaker::start().map_err(|e| NbdError::Listen {
+                address: address.into(),
+                reason: e.to_string(),
+            })?,
+            stop: AtomicBool::new(false),
+            handshakes: AtomicUsize::new(0),
+        });
+        let accept = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("nbd_accept".into())
+                .spawn(move || accept_loop(listener, shared))
+                .map_err(|e| NbdError::Listen {
+                    address: address.into(),
+                    reason: e.to_string(),
+                })?
+        };
+        log::info!("nbd: listening on {address}");
+        *server = Some(NbdServer {
+            address: address.to_string(),
+            shared,
+            accept: Some(accept),
+        });
+        Ok(())
+    }
+
+    /// Stops listening and disconnects every client once its I/O is done.
+    pub fn stop_server(&self) -> Result<(), NbdError> {
+        let server = self
+            .server
+            .lock()
+            .expect("server lock")
+            .take()
+            .ok_or(NbdError::NotRunning)?;
+        self.server_stopping.store(true, Ordering::Release);
+        let waker = server.stop_accepting();
+        self.wait_for_connections(|| self.tally.total());
+        if self.tally.total() > 0 {
+            log::warn!(
+                "nbd: {} connection(s) did not close in time",
+                self.tally.total()
+            );
+        }
+        waker.stop();
+        log::info!("nbd: server stopped");
+        Ok(())
+    }
+
+    pub fn listen_address(&self) -> Option<String> {
+        self.server
+            .lock()
+            .expect("server lock")
+            .as_ref()
+            .map(|s| s.address.clone())
+    }
+
+    /// The config entries that recreate the server and the exports.
+    pub fn config_entries(&self) -> Vec<Value> {
+        let mut entries = Vec::new();
+        if let Some(address) = self.listen_address() {
+            entries.push(json!({"method": "nbd_server_start",
+                "params": {"listen_address": address}}));
+        }
+        for e in self.exports.read().expect("export table").values() {
+            entries.push(json!({"method": "nbd_export_create",
+                "params": {"name": e.name, "bdev_name": e.bdev_name, "read_only": e.read_only}}));
+        }
+        entries
+    }
+
+    /// Waits until `count()` is 0 or the deadline passes, waking every reactor so that a
+    /// parked one sees its connections' closing flags.
+    fn wait_for_connections(&self, count: impl Fn() -> usize) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while count() > 0 && Instant::now() < deadline {
+            for r in 0..self.engine.reactor_count() {
+                let _ = self.engine.call(r, |_| {});
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for NbdService {
+    fn drop(&mut self) {
+        let _ = self.stop_server();
+    }
+}
+
+/// What the accept thread and the handshake threads share.
+struct Shared {
+    engine: Arc<Engine>,
+    exports: Arc<ExportTable>,
+    tally: Arc<Tally>,
+    waker: Arc<SocketWaker>,
+    stop: AtomicBool,
+    handshakes: AtomicUsize,
+}
+
+/// The listener and its thread.
+pub struct NbdServer {
+    address: String,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl NbdServer {
+    /// Stops the accept thread (handshakes under way find the stop flag and give up);
+    /// returns the waker, which the remaining connections still use.
+    fn stop_accepting(mut self) -> Arc<SocketWaker> {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        Arc::clone(&self.shared.waker)
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    fn bind(address: &str) -> Result<Listener, NbdError> {
+        let fail = |reason: String| NbdError::Listen {
+            address: address.to_string(),
+            reason,
+        };
+        let listener = if let Some(path) = address.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(NbdError::InvalidParam {
+                    param: "listen_address",
+                    reason: "'unix:' needs a path".into(),
+                });
+            }
+            let path = PathBuf::from(path);
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                if !meta.file_type().is_socket() {
+                    return Err(fail("the path exists and is not a socket".into()));
+                }
+                if UnixStream::connect(&path).is_ok() {
+                    return Err(fail("another server is listening there".into()));
+                }
+                std::fs::remove_file(&path).map_err(|e| fail(e.to_string()))?;
+            }
+            let l = UnixListener::bind(&path).map_err(|e| fail(e.to_string()))?;
+            Listener::Unix(l, path)
+        } else {
+            let addrs: Vec<_> = address
+                .to_socket_addrs()
+                .map_err(|e| NbdError::InvalidParam {
+                    param: "listen_address",
+                    reason: format!("'{address}' is not host:port or unix:PATH ({e})"),
+                })?
+                .collect();
+            Listener::Tcp(TcpListener::bind(&addrs[..]).map_err(|e| fail(e.to_string()))?)
+        };
+        let nb = match &listener {
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(l, _) => l.set_nonblocking(true),
+        };
+        nb.map_err(|e| fail(e.to_string()))?;
+        Ok(listener)
+    }
+
+    fn accept(&self) -> std::io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept()?;
+                s.set_nodelay(true)?;
+                Ok((Stream::Tcp(s), peer.to_string()))
+            }
+            Listener::Unix(l, path) => {
+                let (s, _) = l.accept()?;
+                Ok((Stream::Unix(s), format!("unix:{}", path.display())))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+    while !shared.stop.load(Ordering::Acquire) {
+        let (stream, peer) = match listener.accept() {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            Err(e) => {
+                log::warn!("nbd: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let busy = shared.handshakes.load(Ordering::Acquire) >= MAX_HANDSHAKES
+            || shared.tally.total() >= MAX_CONNECTIONS;
+        if busy {
+            log::warn!("nbd: refusing {peer}: connection or handshake limit reached");
+            continue;
+        }
+        shared.handshakes.fetch_add(1, Ordering::AcqRel);
+        let for_thread = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("nbd_handshake".into())
+            .spawn(move || {
+                serve_handshake(stream, peer, &for_thread);
+                for_thread.handshakes.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+            log::warn!("nbd: cannot start a handshake thread: {e}");
+        }
+    }
+}
+
+/// Negotiates with one client and hands the connection to a reactor.
+fn serve_handshake(mut stream: Stream, peer: String, shared: &Shared) {
+    let prepared = stream
+        .set_nonblocking(false)
+        .and_then(|_| stream.set_timeouts(Some(HANDSHAKE_TIMEOUT)));
+    if let Err(e) = prepared {
+        log::warn!("nbd: {peer}: {e}");
+        return;
+    }
+    let name = match handshake::negotiate(&mut stream, &Directory(&shared.exports)) {
+        Ok(Some(name)) => name,
+        Ok(None) => return,
+        Err(e) => {
+            log::info!("nbd: {peer}: handshake ended: {e}");
+            return;
+        }
+    };
+    let Some(export) = shared
+        .exports
+        .read()
+        .expect("export table")
+        .get(&name)
+        .cloned()
+    else {
+        return;
+    };
+    if shared.stop.load(Ordering::Acquire) {
+        return;
+    }
+    let ready = stream
+        .set_timeouts(None)
+        .and_then(|_| stream.set_nonblocking(true));
+    if let Err(e) = ready {
+        log::warn!("nbd: {peer}: {e}");
+        return;
+    }
+    let reactor = shared
+        .tally
+        .join_least_loaded(shared.engine.reactor_count());
+    export.connections.fetch_add(1, Ordering::AcqRel);
+    let conn = match Connection::new(
+        stream,
+        peer.clone(),
+        Arc::clone(&export),
+        Arc::clone(&shared.tally),
+        Arc::clone(&shared.waker),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("nbd: {peer}: no buffers for the connection: {e}");
+            export.connections.fetch_sub(1, Ordering::AcqRel);
+            shared.tally.leave(reactor);
+            return;
+        }
+    };
+    log::info!("nbd: {peer} on export '{name}', reactor {reactor}");
+    let placed = shared.engine.call(reactor as usize, move |r| {
+        r.spawn(Box::new(conn));
+    });
+    if placed.is_err() {
+        // The closure (and the connection in it) was dropped with the message.
+        log::warn!("nbd: {peer}: reactor {reactor} did not take the connection");
+        export.connections.fetch_sub(1, Ordering::AcqRel);
+        shared.tally.leave(reactor);
+    }
+}
