@@ -18,6 +18,7 @@
 //! (range, alignment, flags, read-only) gets an error reply and the connection goes on.
 
 use super::proto::{self, Command, Geometry, Request};
+use super::replies::Replies;
 use super::waker::SocketWaker;
 use super::{Export, Tally};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
@@ -35,7 +36,8 @@ pub const CHUNK_BYTES: usize = 128 << 10;
 const CHUNK_COUNT: usize = proto::MAX_PAYLOAD as usize / CHUNK_BYTES;
 /// Requests a connection may have in flight.
 pub const MAX_REQUESTS: usize = 256;
-/// Reply bytes waiting for the socket above which the connection stops reading.
+/// Reply bytes waiting for the socket above which the connection stops reading (read data
+/// waiting here holds its chunk buffers, which bounds it too).
 const OUT_HIGH_WATER: usize = 8 << 20;
 /// Bytes read from the socket per poll.
 const IN_BYTES: usize = 256 << 10;
@@ -80,6 +82,12 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -143,8 +151,7 @@ pub struct Connection {
     receiving: Option<Receiving>,
     slots: Vec<Option<Pending>>,
     free_slots: Vec<usize>,
-    out: Vec<u8>,
-    out_pos: usize,
+    replies: Replies,
     bdev_inflight: usize,
     /// Why the connection stopped reading; `None` while it serves.
     closing: Option<String>,
@@ -180,8 +187,7 @@ impl Connection {
             receiving: None,
             slots: Vec::new(),
             free_slots: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
+            replies: Replies::default(),
             bdev_inflight: 0,
             closing: None,
             closing_since: 0,
@@ -198,27 +204,17 @@ impl Connection {
 
     /// Writes pending replies; returns the bytes sent.
     fn send(&mut self) -> usize {
-        let mut sent = 0;
-        while self.out_pos < self.out.len() && !self.broken {
-            match self.stream.write(&self.out[self.out_pos..]) {
-                Ok(0) => self.broken = true,
-                Ok(n) => {
-                    self.out_pos += n;
-                    sent += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.broken = true;
-                    self.stop_reading(format!("send failed: {e}"));
-                }
+        if self.broken || self.replies.is_empty() {
+            return 0;
+        }
+        match self.replies.send(&mut self.stream) {
+            Ok(n) => n,
+            Err(e) => {
+                self.broken = true;
+                self.stop_reading(format!("send failed: {e}"));
+                0
             }
         }
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        }
-        sent
     }
 
     /// One non-blocking read into `inbuf`; returns the bytes read.
@@ -315,7 +311,7 @@ impl Connection {
                     error,
                 });
             } else {
-                proto::push_simple_reply(&mut self.out, error, r.cookie);
+                self.replies.push(error, r.cookie, Vec::new());
             }
             return;
         }
@@ -377,7 +373,7 @@ impl Connection {
                 self.in_start += take;
                 let remaining = remaining - take as u64;
                 if remaining == 0 {
-                    proto::push_simple_reply(&mut self.out, error, cookie);
+                    self.replies.push(error, cookie, Vec::new());
                     true
                 } else {
                     self.receiving = Some(Receiving::Discard {
@@ -506,11 +502,11 @@ impl Connection {
         }
         let p = self.slots[slot].take().expect("live slot");
         self.free_slots.push(slot);
-        proto::push_simple_reply(&mut self.out, p.error, p.cookie);
-        if p.command == Command::Read && p.error == 0 {
-            for buf in p.chunks.iter().flatten() {
-                self.out.extend_from_slice(buf.as_slice());
-            }
+        if p.command != Command::Read || p.error != 0 {
+            self.replies.push(p.error, p.cookie, Vec::new());
+        } else {
+            let data = p.chunks.into_iter().flatten().collect();
+            self.replies.push(0, p.cookie, data);
             self.tally
                 .bytes_read
                 .fetch_add(p.length as u64, Ordering::Relaxed);
@@ -581,7 +577,7 @@ impl Task for Connection {
             self.stop_reading("the export or the server is shutting down");
         }
         let mut work = self.send();
-        if self.closing.is_none() && self.out.len() - self.out_pos < OUT_HIGH_WATER {
+        if self.closing.is_none() && self.replies.pending() < OUT_HIGH_WATER {
             work += self.receive();
             work += self.process(ctx);
             work += self.send();
@@ -590,7 +586,7 @@ impl Task for Connection {
             // Every started I/O is back; send what can still be sent, then go.
             self.send();
             let stuck = ctx.now().saturating_sub(self.closing_since) > CLOSE_GRACE_NS;
-            if self.broken || self.out_pos == self.out.len() || stuck {
+            if self.broken || self.replies.is_empty() || stuck {
                 self.close(ctx);
                 return work + 1;
             }
@@ -599,7 +595,7 @@ impl Task for Connection {
     }
 
     fn on_park(&mut self, ctx: &mut Ctx) -> bool {
-        let writable = self.out_pos < self.out.len();
+        let writable = !self.replies.is_empty();
         self.waker
             .arm(self.stream.as_raw_fd(), ctx.reactor_id(), writable)
             .is_ok()

@@ -5,6 +5,7 @@
 //!   timeouts (it is rare and not on the data path).
 //! - [`conn`]: a client in transmission phase, served by a reactor as a poller task; the
 //!   connection is placed on the reactor with the fewest connections.
+//! - [`replies`]: a connection's unsent replies, written from the DMA buffers with `writev`.
 //! - [`waker`]: unparks a reactor when one of its sockets has work.
 //!
 //! [`NbdService`] holds the export table and, while it runs, the [`NbdServer`] listener. An
@@ -19,6 +20,7 @@
 pub mod conn;
 pub mod handshake;
 pub mod proto;
+pub mod replies;
 pub mod waker;
 
 use crate::bdev::{BdevError, BdevId, BdevRegistry, IoType};

@@ -147,11 +147,13 @@ pub fn encode_request(r: &Request) -> [u8; REQUEST_BYTES] {
     b
 }
 
-/// Appends a simple reply header.
-pub fn push_simple_reply(out: &mut Vec<u8>, error: u32, cookie: u64) {
-    out.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-    out.extend_from_slice(&error.to_be_bytes());
-    out.extend_from_slice(&cookie.to_be_bytes());
+/// A simple reply header.
+pub fn simple_reply(error: u32, cookie: u64) -> [u8; SIMPLE_REPLY_BYTES] {
+    let mut h = [0u8; SIMPLE_REPLY_BYTES];
+    h[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    h[4..8].copy_from_slice(&error.to_be_bytes());
+    h[8..16].copy_from_slice(&cookie.to_be_bytes());
+    h
 }
 
 /// What an export looks like to the request checker.

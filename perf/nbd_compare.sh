@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# NBD figures for BENCHMARKS.md (between the "nbd" markers): one client for all servers, fio's
+# nbd ioengine (libnbd), against
+#   - tidepoold serving a 1 GiB malloc bdev (one reactor),
+#   - nbdkit memory 1G,
+#   - qemu-nbd serving a 1 GiB file in /dev/shm,
+# with every server pinned to core 0 and fio to core 1, so each server gets the same CPU; and
+# nbdkit once more unpinned (its threads free to use both cores, as a user would run it). The
+# ratio is against the better nbdkit.
+# Rows: 4 KiB randread q16, 4 KiB randwrite q16, 1 MiB sequential read q4. Rounds go through
+# every server before the next round starts, so machine noise hits them alike; the table gives
+# medians and every round.
+#
+#   perf/nbd_compare.sh [SECONDS] [ROUNDS]      defaults: 10 s, 3 rounds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${1:-10}
+ROUNDS=${2:-3}
+OUT=${OUT:-BENCHMARKS.md}
+
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v nbdkit >/dev/null || need+=(nbdkit)
+command -v qemu-nbd >/dev/null || need+=(qemu-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd ioengine" >&2; exit 1; }
+cargo build --release -p tidepool-tools
+
+RES=$(mktemp -d)
+SHM=/dev/shm/tidepool-nbd-compare.img
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RES" "$SHM"; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 500); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.02; done; echo "nothing on port $1" >&2; exit 1; }
+
+TP=./target/release
+taskset -c 0 "$TP/tidepoold" -m 0x1 -r "$RES/d.sock" -L warn &
+PIDS+=($!)
+for _ in $(seq 1 500); do [ -S "$RES/d.sock" ] && break; sleep 0.02; done
+"$TP/tpctl" -s "$RES/d.sock" bdev_malloc_create -b Malloc0 1024 4096 >/dev/null
+"$TP/tpctl" -s "$RES/d.sock" nbd_server_start -a 127.0.0.1:10820 >/dev/null
+"$TP/tpctl" -s "$RES/d.sock" nbd_export_create m0 Malloc0 >/dev/null
+taskset -c 0 nbdkit --foreground --exit-with-parent -p 10821 memory 1G &
+PIDS+=($!)
+nbdkit --foreground --exit-with-parent -p 10823 memory 1G &
+PIDS+=($!)
+truncate -s 1G "$SHM"
+taskset -c 0 qemu-nbd -f raw -p 10822 -x q -t "$SHM" &
+PIDS+=($!)
+for port in 10820 10821 10822 10823; do wait_port $port; done
+
+declare -A URI=([tidepool]=nbd://127.0.0.1:10820/m0 [nbdkit]=nbd://127.0.0.1:10821/
+  [qemu-nbd]=nbd://127.0.0.1:10822/q [nbdkit-unpinned]=nbd://127.0.0.1:10823/)
+ROWS=("randread 4k 16" "randwrite 4k 16" "read 1m 4")
+for r in $(seq 1 "$ROUNDS"); do
+  for row in "${ROWS[@]}"; do
+    set -- $row
+    for server in tidepool nbdkit nbdkit-unpinned qemu-nbd; do
+      echo "== round $r/$ROUNDS: $server $1 bs=$2 q$3"
+      taskset -c 1 fio --name=nbd --ioengine=nbd --uri="${URI[$server]}" --rw="$1" --bs="$2" \
+        --iodepth="$3" --size=1g --time_based --runtime="$T" --output-format=json \
+        --output="$RES/${server}_$1_r$r.json" >/dev/null
+    done
+  done
+done
+
+python3 - "$RES" "$OUT" "$T" "$ROUNDS" <<'PY'
+import json, os, statistics, sys
+res, out, T, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+servers = ["tidepool", "nbdkit", "nbdkit-unpinned", "qemu-nbd"]
+rows = [("randread", "4 KiB random read, q16", "read"), ("randwrite", "4 KiB random write, q16", "write"),
+        ("read", "1 MiB sequential read, q4", "read")]
+def run(server, rw, r):
+    job = json.load(open(f"{res}/{server}_{rw}_r{r}.json"))["jobs"][0][ "read" if rw != "randwrite" else "write"]
+    return job["iops"], job["bw_bytes"], job["clat_ns"]["percentile"]["99.000000"] / 1000
+med = statistics.median
+lines = []
+for rw, label, _ in rows:
+    figs = {s: [run(s, rw, r) for r in range(1, rounds + 1)] for s in servers}
+    big = rw == "read"
+    def val(x):
+        return f"{x[1]/1e9:.2f} GB/s" if big else f"{x[0]/1e3:.1f} K"
+    cells = []
+    for s in servers:
+        key = 1 if big else 0
+        m = med([x[key] for x in figs[s]])
+        p99 = med([x[2] for x in figs[s]])
+        every = ", ".join(val(x) for x in figs[s])
+        cells.append(f"{(m/1e9):.2f} GB/s" if big else f"{m/1e3:.1f} K")
+        cells[-1] += f" (p99 {p99:.0f} us; {every})"
+    key = 1 if big else 0
+    tp, kit, kit_free, qn = (med([x[key] for x in figs[s]]) for s in servers)
+    lines.append(f"| {label} | {' | '.join(cells)} | {tp/max(kit, kit_free):.2f}x | {tp/qn:.2f}x |")
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+section = f"""<!-- nbd:begin -->
+## NBD: tidepool against nbdkit and qemu-nbd (issue 6)
+
+Produced by `perf/nbd_compare.sh {T} {rounds}` on one machine ({os.cpu_count()} cores, {cpu}).
+One client for every server: `taskset -c 1 fio --ioengine=nbd --uri=URI --size=1g --time_based --runtime={T}`
+with the row's `--rw --bs --iodepth`, over TCP on 127.0.0.1. Servers, each pinned to core 0 and
+of 1 GiB: `tidepoold -m 0x1` exporting a malloc bdev, `nbdkit memory 1G`, `qemu-nbd -f raw -t`
+on a file in /dev/shm; nbdkit also runs unpinned (free to use both cores, fio's included).
+{rounds} rounds, each running every server in turn; medians, with the p99 completion latency and
+every round in brackets. "tidepool / nbdkit" is against the better of the two nbdkit runs.
+
+| row | tidepool | nbdkit memory | nbdkit memory, unpinned | qemu-nbd (/dev/shm) | tidepool / nbdkit | tidepool / qemu-nbd |
+| --- | --- | --- | --- | --- | --- | --- |
+""" + "\n".join(lines) + """
+<!-- nbd:end -->"""
+text = open(out).read() if os.path.exists(out) else "# tidepool benchmarks\n"
+if "<!-- nbd:begin -->" in text:
+    a, b = text.index("<!-- nbd:begin -->"), text.index("<!-- nbd:end -->") + len("<!-- nbd:end -->")
+    text = text[:a] + section + text[b:]
+else:
+    text = text.rstrip("\n") + "\n\n" + section + "\n"
+open(out, "w").write(text)
+print(section)
+PY
