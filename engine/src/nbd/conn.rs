@@ -144,6 +144,9 @@ pub struct Connection {
     bdev: BdevId,
     geometry: Geometry,
     pool: DmaPool,
+    /// Chunks back from the bdev or the socket, reused last-in first-out so the next request
+    /// gets a buffer that is still in the CPU's cache (the pool hands them out in rotation).
+    spare: Vec<DmaBuf>,
     id: TaskId,
     inbuf: Vec<u8>,
     in_start: usize,
@@ -180,6 +183,7 @@ impl Connection {
             tally,
             waker,
             pool,
+            spare: Vec::with_capacity(CHUNK_COUNT),
             id: 0,
             inbuf: vec![0; IN_BYTES + proto::REQUEST_BYTES],
             in_start: 0,
@@ -207,7 +211,8 @@ impl Connection {
         if self.broken || self.replies.is_empty() {
             return 0;
         }
-        match self.replies.send(&mut self.stream) {
+        let sent = self.replies.send(&mut self.stream, &mut self.spare);
+        match sent {
             Ok(n) => n,
             Err(e) => {
                 self.broken = true;
@@ -297,7 +302,8 @@ impl Connection {
         if matches!(r.command, Command::Read | Command::Write)
             && proto::check_request(r, &self.geometry).is_ok()
         {
-            return self.pool.available() >= (r.length as usize).div_ceil(CHUNK_BYTES);
+            let free = self.pool.available() + self.spare.len();
+            return free >= (r.length as usize).div_ceil(CHUNK_BYTES);
         }
         true
     }
@@ -431,8 +437,12 @@ impl Connection {
         }
     }
 
-    fn chunk(&self, length: u32, i: usize) -> DmaBuf {
-        let mut buf = self.pool.take().expect("has_room_for checked the pool");
+    fn chunk(&mut self, length: u32, i: usize) -> DmaBuf {
+        let mut buf = self
+            .spare
+            .pop()
+            .or_else(|| self.pool.take())
+            .expect("has_room_for checked the pool");
         let len = (length as usize - i * CHUNK_BYTES).min(CHUNK_BYTES);
         buf.set_len(len);
         buf
@@ -563,8 +573,9 @@ impl Task for Connection {
         if !status.is_success() && p.error == 0 {
             p.error = nbd_error(status);
         }
-        if c.io.io_type == IoType::Read {
-            p.chunks[chunk] = c.io.buf;
+        match c.io.io_type {
+            IoType::Read => p.chunks[chunk] = c.io.buf,
+            _ => self.spare.extend(c.io.buf),
         }
         p.remaining -= 1;
         if p.remaining == 0 {

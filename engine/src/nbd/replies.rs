@@ -58,8 +58,9 @@ impl Replies {
     }
 
     /// Writes until the socket would block or everything is sent; returns the bytes sent.
-    /// `WouldBlock` and `Interrupted` are not errors.
-    pub fn send<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
+    /// `WouldBlock` and `Interrupted` are not errors. The buffers of fully sent replies go to
+    /// `spent`.
+    pub fn send<W: Write>(&mut self, w: &mut W, spent: &mut Vec<DmaBuf>) -> io::Result<usize> {
         let mut total = 0;
         while !self.queue.is_empty() {
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_SLICES);
@@ -85,12 +86,12 @@ impl Replies {
                 Err(e) => return Err(e),
             };
             total += n;
-            self.advance(n);
+            self.advance(n, spent);
         }
         Ok(total)
     }
 
-    fn advance(&mut self, mut n: usize) {
+    fn advance(&mut self, mut n: usize, spent: &mut Vec<DmaBuf>) {
         self.pending -= n;
         while n > 0 {
             let front_left = self.queue.front().expect("sent bytes were queued").len()
@@ -100,7 +101,8 @@ impl Replies {
                 return;
             }
             n -= front_left;
-            self.queue.pop_front();
+            let done = self.queue.pop_front().expect("front exists");
+            spent.extend(done.data);
             self.sent_of_front = 0;
         }
     }
@@ -159,11 +161,14 @@ mod tests {
             chunk: 333,
             calls: 0,
         };
+        let mut spent = Vec::new();
         while !r.is_empty() {
-            r.send(&mut w).unwrap();
+            r.send(&mut w, &mut spent).unwrap();
         }
         assert_eq!(w.got, expected);
         assert_eq!(r.pending(), 0);
-        assert_eq!(pool.available(), 8, "every buffer went back to its pool");
+        assert_eq!(spent.len(), 6, "every sent buffer is handed back");
+        drop(spent);
+        assert_eq!(pool.available(), 8);
     }
 }
