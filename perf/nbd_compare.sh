@@ -55,6 +55,13 @@ for port in 10820 10821 10822 10823; do wait_port $port; done
 
 declare -A URI=([tidepool]=nbd://127.0.0.1:10820/m0 [nbdkit]=nbd://127.0.0.1:10821/
   [qemu-nbd]=nbd://127.0.0.1:10822/q [nbdkit-unpinned]=nbd://127.0.0.1:10823/)
+# Precondition: write every byte of every export once, so no server pays first-touch page
+# faults (malloc, nbdkit's sparse array, tmpfs) inside a measured row.
+for server in tidepool nbdkit nbdkit-unpinned qemu-nbd; do
+  echo "== preconditioning $server"
+  taskset -c 1 fio --name=fill --ioengine=nbd --uri="${URI[$server]}" --rw=write --bs=1m \
+    --iodepth=4 --size=1g --output="$RES/fill_$server.txt" >/dev/null
+done
 ROWS=("randread 4k 16" "randwrite 4k 16" "read 1m 4")
 for r in $(seq 1 "$ROUNDS"); do
   for row in "${ROWS[@]}"; do
@@ -104,6 +111,8 @@ One client for every server: `taskset -c 1 fio --ioengine=nbd --uri=URI --size=1
 with the row's `--rw --bs --iodepth`, over TCP on 127.0.0.1. Servers, each pinned to core 0 and
 of 1 GiB: `tidepoold -m 0x1` exporting a malloc bdev, `nbdkit memory 1G`, `qemu-nbd -f raw -t`
 on a file in /dev/shm; nbdkit also runs unpinned (free to use both cores, fio's included).
+Every export is first written once end to end (1 MiB sequential writes), so no row pays
+first-touch page faults.
 {rounds} rounds, each running every server in turn; medians, with the p99 completion latency and
 every round in brackets. "tidepool / nbdkit" is against the better of the two nbdkit runs.
 
