@@ -94,8 +94,8 @@ impl Replies {
     fn advance(&mut self, mut n: usize, spent: &mut Vec<DmaBuf>) {
         self.pending -= n;
         while n > 0 {
-            let front_left = self.queue.front().expect("sent bytes were queued").len()
-                - self.sent_of_front;
+            let front_left =
+                self.queue.front().expect("sent bytes were queued").len() - self.sent_of_front;
             if n < front_left {
                 self.sent_of_front += n;
                 return;
@@ -123,7 +123,7 @@ mod tests {
     impl Write for Trickle {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % 2 == 0 {
+            if self.calls.is_multiple_of(2) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let n = buf.len().min(self.chunk);
