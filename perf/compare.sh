@@ -151,12 +151,7 @@ Published comparison (SPDK v24.01 bdevperf on this machine class, from the issue
 = 3.96x fio null (4.1 M); malloc 1.54 M; uring on ext4 O_DIRECT randread q32 72 K against fio
 io_uring's 82 K.
 <!-- foundation:end -->"""
-text = open(out).read() if os.path.exists(out) else "# tidepool benchmarks\n\nEvery section is written by the script it names; rerun the script to refresh it.\n"
-b, e = "<!-- foundation:begin -->", "<!-- foundation:end -->"
-if b in text and e in text:
-    text = text[:text.index(b)] + section + text[text.index(e) + len(e):]
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(out, "w").write(text)
-print(section)
+sys.path.insert(0, "perf")
+from bench_section import put_section
+put_section(out, "foundation", section)
 PY

@@ -79,29 +79,23 @@ python3 - "$RES" "$OUT" "$T" "$ROUNDS" <<'PY'
 import json, os, statistics, sys
 res, out, T, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 servers = ["tidepool", "nbdkit", "nbdkit-unpinned", "qemu-nbd"]
-rows = [("randread", "4 KiB random read, q16", "read"), ("randwrite", "4 KiB random write, q16", "write"),
-        ("read", "1 MiB sequential read, q4", "read")]
+# (fio --rw, label, the figure that row is judged on: IOPS or bytes/s)
+rows = [("randread", "4 KiB random read, q16", "iops"), ("randwrite", "4 KiB random write, q16", "iops"),
+        ("read", "1 MiB sequential read, q4", "bw_bytes")]
 def run(server, rw, r):
-    job = json.load(open(f"{res}/{server}_{rw}_r{r}.json"))["jobs"][0][ "read" if rw != "randwrite" else "write"]
-    return job["iops"], job["bw_bytes"], job["clat_ns"]["percentile"]["99.000000"] / 1000
+    job = json.load(open(f"{res}/{server}_{rw}_r{r}.json"))["jobs"][0]["write" if rw == "randwrite" else "read"]
+    return {"iops": job["iops"], "bw_bytes": job["bw_bytes"], "p99": job["clat_ns"]["percentile"]["99.000000"] / 1000}
 med = statistics.median
 lines = []
-for rw, label, _ in rows:
+for rw, label, key in rows:
+    show = (lambda v: f"{v/1e9:.2f} GB/s") if key == "bw_bytes" else (lambda v: f"{v/1e3:.1f} K")
     figs = {s: [run(s, rw, r) for r in range(1, rounds + 1)] for s in servers}
-    big = rw == "read"
-    def val(x):
-        return f"{x[1]/1e9:.2f} GB/s" if big else f"{x[0]/1e3:.1f} K"
-    cells = []
-    for s in servers:
-        key = 1 if big else 0
-        m = med([x[key] for x in figs[s]])
-        p99 = med([x[2] for x in figs[s]])
-        every = ", ".join(val(x) for x in figs[s])
-        cells.append(f"{(m/1e9):.2f} GB/s" if big else f"{m/1e3:.1f} K")
-        cells[-1] += f" (p99 {p99:.0f} us; {every})"
-    key = 1 if big else 0
-    tp, kit, kit_free, qn = (med([x[key] for x in figs[s]]) for s in servers)
-    lines.append(f"| {label} | {' | '.join(cells)} | {tp/max(kit, kit_free):.2f}x | {tp/qn:.2f}x |")
+    median = {s: med([x[key] for x in figs[s]]) for s in servers}
+    cells = [f"{show(median[s])} (p99 {med([x['p99'] for x in figs[s]]):.0f} us; "
+             + ", ".join(show(x[key]) for x in figs[s]) + ")" for s in servers]
+    best_kit = max(median["nbdkit"], median["nbdkit-unpinned"])
+    lines.append(f"| {label} | {' | '.join(cells)} | {median['tidepool']/best_kit:.2f}x "
+                 f"| {median['tidepool']/median['qemu-nbd']:.2f}x |")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 section = f"""<!-- nbd:begin -->
 ## NBD: tidepool against nbdkit and qemu-nbd (issue 6)
@@ -120,12 +114,7 @@ every round in brackets. "tidepool / nbdkit" is against the better of the two nb
 | --- | --- | --- | --- | --- | --- | --- |
 """ + "\n".join(lines) + """
 <!-- nbd:end -->"""
-text = open(out).read() if os.path.exists(out) else "# tidepool benchmarks\n"
-if "<!-- nbd:begin -->" in text:
-    a, b = text.index("<!-- nbd:begin -->"), text.index("<!-- nbd:end -->") + len("<!-- nbd:end -->")
-    text = text[:a] + section + text[b:]
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(out, "w").write(text)
-print(section)
+sys.path.insert(0, "perf")
+from bench_section import put_section
+put_section(out, "nbd", section)
 PY

@@ -76,12 +76,7 @@ the flood being `tidepool-perf --bench rpc --rpc-target SOCK --clients 8 --clien
 | under the flood | {med(fi)/1e6:.3f} M ({fmt(fi, '{:.0f}')}) | {med(fp):.2f} us ({fmt(fp, '{:.2f}')}) | {med(f9):.2f} us ({fmt(f9, '{:.2f}')}) |
 | flood / alone | {med(fi)/med(qi):.2f}x | {med(fp)/med(qp):.2f}x | {med(f9)/med(q9):.2f}x |
 <!-- control:end -->"""
-text = open(out).read() if os.path.exists(out) else "# tidepool benchmarks\n"
-if "<!-- control:begin -->" in text:
-    a, b = text.index("<!-- control:begin -->"), text.index("<!-- control:end -->") + len("<!-- control:end -->")
-    text = text[:a] + section + text[b:]
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(out, "w").write(text)
-print(section)
+sys.path.insert(0, "perf")
+from bench_section import put_section
+put_section(out, "control", section)
 PY

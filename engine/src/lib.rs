@@ -23,6 +23,7 @@ pub mod reactor;
 pub mod ring;
 pub mod rng;
 pub mod rpc;
+mod socket_path;
 pub mod time;
 
 #[cfg(test)]

@@ -284,43 +284,48 @@ impl Connection {
                     break;
                 }
             };
-            if !self.has_room_for(&request) {
+            let verdict = proto::check_request(&request, &self.geometry);
+            if !self.has_room_for(&request, verdict.is_ok()) {
                 break;
             }
             self.in_start += proto::REQUEST_BYTES;
             started += 1;
-            self.start(ctx, request);
+            match verdict {
+                Ok(()) => self.start(ctx, request),
+                Err(error) => self.refuse(request, error),
+            }
         }
         started
     }
 
-    /// Whether the request's slot and buffers are available now.
-    fn has_room_for(&self, r: &Request) -> bool {
+    /// Whether the request's slot and buffers are available now (a refused request needs
+    /// no buffers).
+    fn has_room_for(&self, r: &Request, accepted: bool) -> bool {
         if self.slots.len() - self.free_slots.len() >= MAX_REQUESTS {
             return false;
         }
-        if matches!(r.command, Command::Read | Command::Write)
-            && proto::check_request(r, &self.geometry).is_ok()
-        {
+        if accepted && matches!(r.command, Command::Read | Command::Write) {
             let free = self.pool.available() + self.spare.len();
             return free >= (r.length as usize).div_ceil(CHUNK_BYTES);
         }
         true
     }
 
-    fn start(&mut self, ctx: &mut Ctx, r: Request) {
-        if let Err(error) = proto::check_request(&r, &self.geometry) {
-            if r.command == Command::Write {
-                self.receiving = Some(Receiving::Discard {
-                    remaining: r.length as u64,
-                    cookie: r.cookie,
-                    error,
-                });
-            } else {
-                self.replies.push(error, r.cookie, Vec::new());
-            }
-            return;
+    /// Answers a request `check_request` refused; a write's payload is read and dropped.
+    fn refuse(&mut self, r: Request, error: u32) {
+        if r.command == Command::Write {
+            self.receiving = Some(Receiving::Discard {
+                remaining: r.length as u64,
+                cookie: r.cookie,
+                error,
+            });
+        } else {
+            self.replies.push(error, r.cookie, Vec::new());
         }
+    }
+
+    /// Starts a request `check_request` accepted.
+    fn start(&mut self, ctx: &mut Ctx, r: Request) {
         let bs = self.geometry.block_size as u64;
         let offset_blocks = r.offset / bs;
         match r.command {
@@ -418,9 +423,6 @@ impl Connection {
                     });
                     return false;
                 }
-                self.tally
-                    .bytes_written
-                    .fetch_add(length as u64, Ordering::Relaxed);
                 self.export
                     .bytes_written
                     .fetch_add(length as u64, Ordering::Relaxed);
@@ -517,9 +519,6 @@ impl Connection {
         } else {
             let data = p.chunks.into_iter().flatten().collect();
             self.replies.push(0, p.cookie, data);
-            self.tally
-                .bytes_read
-                .fetch_add(p.length as u64, Ordering::Relaxed);
             self.export
                 .bytes_read
                 .fetch_add(p.length as u64, Ordering::Relaxed);

@@ -25,14 +25,14 @@ pub mod waker;
 
 use crate::bdev::{BdevError, BdevId, BdevRegistry, IoType};
 use crate::reactor::{Engine, ReactorId};
+use crate::socket_path::{clear_stale_socket, PathTaken};
 use conn::{Connection, Stream};
 use handshake::{ExportDirectory, ExportView};
 use proto::Geometry;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{TcpListener, ToSocketAddrs};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -100,12 +100,10 @@ impl Export {
     }
 }
 
-/// Connections per reactor and the network bytes they moved (the load monitor's figures).
+/// Connections per reactor, for placing new ones and for the connection limit.
 #[derive(Default)]
 pub struct Tally {
     per_reactor: Mutex<Vec<usize>>,
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
 }
 
 impl Tally {
@@ -180,10 +178,6 @@ impl NbdService {
             server: Mutex::new(None),
             server_stopping: Arc::new(AtomicBool::new(false)),
         }
-    }
-
-    pub fn tally(&self) -> &Arc<Tally> {
-        &self.tally
     }
 
     /// Exports `bdev_name` as `name` (claiming the bdev).
@@ -435,15 +429,13 @@ impl Listener {
                 });
             }
             let path = PathBuf::from(path);
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                if !meta.file_type().is_socket() {
-                    return Err(fail("the path exists and is not a socket".into()));
-                }
-                if UnixStream::connect(&path).is_ok() {
-                    return Err(fail("another server is listening there".into()));
-                }
-                std::fs::remove_file(&path).map_err(|e| fail(e.to_string()))?;
-            }
+            clear_stale_socket(&path).map_err(|taken| {
+                fail(match taken {
+                    PathTaken::InUse => "another server is listening there".into(),
+                    PathTaken::NotASocket => "the path exists and is not a socket".into(),
+                    PathTaken::Io(e) => e.to_string(),
+                })
+            })?;
             let l = UnixListener::bind(&path).map_err(|e| fail(e.to_string()))?;
             Listener::Unix(l, path)
         } else {

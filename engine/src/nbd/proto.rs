@@ -126,27 +126,6 @@ pub fn parse_request(b: &[u8; REQUEST_BYTES]) -> Result<Request, BadMagic> {
     })
 }
 
-/// Encodes a request header (for tests and clients).
-pub fn encode_request(r: &Request) -> [u8; REQUEST_BYTES] {
-    let wire = match r.command {
-        Command::Read => 0,
-        Command::Write => 1,
-        Command::Disc => 2,
-        Command::Flush => 3,
-        Command::Trim => 4,
-        Command::WriteZeroes => 6,
-        Command::Other(t) => t,
-    };
-    let mut b = [0u8; REQUEST_BYTES];
-    b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-    b[4..6].copy_from_slice(&r.flags.to_be_bytes());
-    b[6..8].copy_from_slice(&u16::to_be_bytes(wire));
-    b[8..16].copy_from_slice(&r.cookie.to_be_bytes());
-    b[16..24].copy_from_slice(&r.offset.to_be_bytes());
-    b[24..28].copy_from_slice(&r.length.to_be_bytes());
-    b
-}
-
 /// A simple reply header.
 pub fn simple_reply(error: u32, cookie: u64) -> [u8; SIMPLE_REPLY_BYTES] {
     let mut h = [0u8; SIMPLE_REPLY_BYTES];
@@ -217,6 +196,27 @@ pub fn check_request(r: &Request, g: &Geometry) -> Result<(), u32> {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    /// The client side of `parse_request`.
+    fn encode_request(r: &Request) -> [u8; REQUEST_BYTES] {
+        let wire = match r.command {
+            Command::Read => 0,
+            Command::Write => 1,
+            Command::Disc => 2,
+            Command::Flush => 3,
+            Command::Trim => 4,
+            Command::WriteZeroes => 6,
+            Command::Other(t) => t,
+        };
+        let mut b = [0u8; REQUEST_BYTES];
+        b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&r.flags.to_be_bytes());
+        b[6..8].copy_from_slice(&u16::to_be_bytes(wire));
+        b[8..16].copy_from_slice(&r.cookie.to_be_bytes());
+        b[16..24].copy_from_slice(&r.offset.to_be_bytes());
+        b[24..28].copy_from_slice(&r.length.to_be_bytes());
+        b
+    }
 
     fn geometry() -> Geometry {
         Geometry {

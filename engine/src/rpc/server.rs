@@ -21,8 +21,9 @@ use super::methods::Method;
 use super::{RpcError, Services, INTERNAL_ERROR, INVALID_REQUEST, MAX_REQUEST_BYTES, PARSE_ERROR};
 use crate::bdev::BdevRegistry;
 use crate::reactor::Engine;
+use crate::socket_path::{clear_stale_socket, PathTaken};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -183,20 +184,11 @@ impl Drop for RpcServer {
 
 /// Binds the socket so that it is never reachable with looser permissions than 0600.
 fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(ServerError::NotASocket(path.to_path_buf()))
-        }
-        Ok(_) => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(ServerError::InUse(path.to_path_buf()));
-            }
-            log::warn!("replacing stale socket {}", path.display());
-            std::fs::remove_file(path).map_err(|e| io_error(path, e))?;
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error(path, e)),
-    }
+    clear_stale_socket(path).map_err(|taken| match taken {
+        PathTaken::InUse => ServerError::InUse(path.to_path_buf()),
+        PathTaken::NotASocket => ServerError::NotASocket(path.to_path_buf()),
+        PathTaken::Io(e) => io_error(path, e),
+    })?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

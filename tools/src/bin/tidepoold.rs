@@ -124,9 +124,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     log::info!("signal received: shutting down");
     server.stop();
     // NBD clients stop being read; each connection finishes its I/O and sends its replies.
-    if services.nbd.listen_address().is_some() {
-        let _ = services.nbd.stop_server();
-    }
+    // (NotRunning, when no server was started, needs no action.)
+    let _ = services.nbd.stop_server();
     drop(services);
     flush_all(&engine, &registry);
     match Arc::try_unwrap(engine) {

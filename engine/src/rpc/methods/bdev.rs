@@ -8,7 +8,7 @@
 //! returns when the last channel is gone. A channel still holding I/O is closed when that I/O
 //! comes back; an error bdev's held (`pending`) I/O is released to its base first.
 
-use super::Method;
+use super::{Method, NameParam};
 use crate::bdev::delay::LatencyType;
 use crate::bdev::error::{ErrorKind, InjectParams, InjectTarget};
 use crate::bdev::iostat::IoStat;
@@ -132,12 +132,6 @@ pub fn methods() -> Vec<Method> {
             delay_update_latency,
         ),
     ]
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParam {
-    name: String,
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,6 @@
 //! Methods about the engine itself: `rpc_get_methods`, `framework_get_reactors`, `save_config`.
 
-use super::Method;
+use super::{Method, NoParams};
 use crate::rpc::{parse_params, RpcError, Services};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -43,10 +43,6 @@ fn rpc_get_methods(
     parse_params::<GetMethodsParams>(params)?;
     Ok(json!(table.iter().map(|m| m.name).collect::<Vec<_>>()))
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
 
 fn framework_get_reactors(
     services: &Services,

@@ -9,7 +9,20 @@ pub mod framework;
 pub mod nbd;
 
 use super::{RpcError, Services};
+use serde::Deserialize;
 use serde_json::Value;
+
+/// Params of a method that takes none (an empty object, or none at all).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoParams {}
+
+/// Params of a method that takes only a `name`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NameParam {
+    pub name: String,
+}
 
 pub type Handler = fn(&Services, &[Method], Option<Value>) -> Result<Value, RpcError>;
 

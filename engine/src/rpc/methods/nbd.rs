@@ -3,7 +3,7 @@
 //! (`nbd_start_disk`); tidepool serves NBD itself, so these follow the shape of SPDK's
 //! target methods (a server, then named exports) with `nbd_` names.
 
-use super::Method;
+use super::{Method, NameParam, NoParams};
 use crate::nbd::DEFAULT_LISTEN_ADDRESS;
 use crate::rpc::{parse_params, RpcError, Services};
 use serde::Deserialize;
@@ -56,10 +56,6 @@ fn server_start(s: &Services, _: &[Method], params: Option<Value>) -> Result<Val
     Ok(json!(true))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
-
 fn server_stop(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
     parse_params::<NoParams>(params)?;
     s.nbd.stop_server()?;
@@ -79,12 +75,6 @@ fn export_create(s: &Services, _: &[Method], params: Option<Value>) -> Result<Va
     let p: CreateParams = parse_params(params)?;
     s.nbd.create_export(&p.name, &p.bdev_name, p.read_only)?;
     Ok(json!(p.name))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParam {
-    name: String,
 }
 
 fn export_delete(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
