@@ -77,10 +77,17 @@ fn params<T: DeserializeOwned>(value: Value) -> Result<T, CreateError> {
 }
 
 fn base(registry: &BdevRegistry, name: &str) -> Result<BdevRef, CreateError> {
-    registry
+    let (_, bdev) = registry
         .lookup(name)
-        .map(|(_, b)| b)
-        .ok_or_else(|| CreateError::Bdev(BdevError::NotFound(name.to_string())))
+        .ok_or_else(|| CreateError::Bdev(BdevError::NotFound(name.to_string())))?;
+    if bdev.as_volume().is_some() {
+        // A volume has no channel to stack on; say so now rather than fail every I/O later.
+        return Err(CreateError::Bdev(BdevError::invalid(
+            "base_bdev",
+            format!("'{name}' is a tidepool volume; bdevs cannot be stacked on volumes"),
+        )));
+    }
+    Ok(bdev)
 }
 
 /// Creates one bdev from a `bdev_*_create` method and its params, and registers it.
@@ -238,6 +245,7 @@ pub fn save(registry: &BdevRegistry, nbd: Vec<Value>) -> Value {
         .list()
         .iter()
         .map(|l| l.bdev.config_entry())
+        .filter(|entry| !entry.is_null())
         .collect();
     serde_json::json!({"subsystems": [
         {"subsystem": "bdev", "config": entries},

@@ -6,6 +6,8 @@
 //! - [`ring`]: the bounded lock-free inbox reactors talk through, with wake-up of a parked peer.
 //! - [`bdev`]: the block-device contract and its backends (`null`, `malloc`, `uring`, `error`,
 //!   `delay`), and the registry of bdevs by name.
+//! - [`volume`]: volumes cut into shards and their routing table (the reactors' side of
+//!   volume I/O is `reactor::router`).
 //! - [`config`]: SPDK-style JSON configuration that creates bdevs.
 //! - [`nbd`]: the NBD server; its connections are served by the reactors.
 //! - [`rpc`]: the JSON-RPC 2.0 control plane (framing, dispatch, methods, Unix socket server).
@@ -25,6 +27,7 @@ pub mod rng;
 pub mod rpc;
 mod socket_path;
 pub mod time;
+pub mod volume;
 
 #[cfg(test)]
 mod testkit;

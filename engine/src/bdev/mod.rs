@@ -214,7 +214,8 @@ pub trait Bdev: Send + Sync {
         Vec::new()
     }
 
-    /// The `{"method", "params"}` entry that recreates this bdev, for saved configs.
+    /// The `{"method", "params"}` entry that recreates this bdev, for saved configs; null
+    /// when something else recreates it (a volume comes back with its pool).
     fn config_entry(&self) -> serde_json::Value;
 
     /// The error-injection controls, when this is an error bdev.
@@ -224,6 +225,11 @@ pub trait Bdev: Send + Sync {
 
     /// The latency controls, when this is a delay bdev.
     fn as_delay_bdev(&self) -> Option<&delay::DelayBdev> {
+        None
+    }
+
+    /// The volume, when this is a tidepool volume (its I/O is routed by the reactors).
+    fn as_volume(&self) -> Option<Arc<crate::volume::Volume>> {
         None
     }
 }

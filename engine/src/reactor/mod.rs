@@ -24,6 +24,7 @@
 //! it; its completion comes back to the origin reactor's inbox and is run there.
 
 pub mod engine;
+mod router;
 mod timers;
 
 use crate::bdev::iostat::IoStat;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use timers::Timers;
 
 pub use engine::{Engine, EngineConfig, EngineError, ReactorStats};
+pub use router::{RouteCounters, BOUNCE_CHUNK_BYTES};
 pub use timers::TimerId;
 
 /// Index of a reactor in its engine.
@@ -104,11 +106,33 @@ impl Default for ReactorConfig {
     }
 }
 
-struct ChannelSlot {
-    channel: Box<dyn BdevChannel>,
+/// What a request is checked against before it reaches a channel or the router.
+#[derive(Clone, Copy)]
+struct Geometry {
     block_size: u32,
     num_blocks: u64,
     supported: IoTypeSet,
+}
+
+/// What a bdev id leads to on this reactor: a device's queue pair, or a volume, whose I/O
+/// the router splits and sends on to its members (see `router`).
+enum Endpoint {
+    Device(ChannelSlot),
+    Volume(router::VolumeSlot),
+}
+
+impl Endpoint {
+    fn geometry(&self) -> Geometry {
+        match self {
+            Endpoint::Device(s) => s.geometry,
+            Endpoint::Volume(s) => s.geometry,
+        }
+    }
+}
+
+struct ChannelSlot {
+    channel: Box<dyn BdevChannel>,
+    geometry: Geometry,
     /// Requests the channel refused for lack of resources, retried after its completions.
     /// Bounded by what the reactor's tasks and peers have in flight.
     nomem: VecDeque<IoRequest>,
@@ -138,7 +162,10 @@ pub struct Ctx {
     config: ReactorConfig,
     peers: Arc<[Arc<Inbox<Message>>]>,
     registry: Arc<BdevRegistry>,
-    channels: Vec<Option<ChannelSlot>>,
+    /// Indexed by bdev id; opened lazily.
+    channels: Vec<Option<Endpoint>>,
+    router: router::Router,
+    route_counters: RouteCounters,
     /// Completions to run this iteration (reaped, returned from peers, or refused up front).
     ready: Vec<Completion>,
     /// Messages for peers whose inbox was full, in order. Bounded by the I/O in flight.
@@ -178,13 +205,21 @@ impl Ctx {
         let now = self.now;
         io.submit_time_ns = now;
         let slot = match self.channel(bdev) {
-            Some(slot) if !slot.closing => slot,
+            Some(Endpoint::Device(slot)) if !slot.closing => slot,
+            Some(Endpoint::Volume(slot)) if !slot.closing => {
+                if let Err(status) = validate(slot.geometry, &io) {
+                    self.ready.push(Completion::new(io, status));
+                } else {
+                    self.volume_submit(bdev, io);
+                }
+                return;
+            }
             _ => {
                 self.ready.push(Completion::new(io, IoStatus::Aborted));
                 return;
             }
         };
-        if let Err(status) = validate(slot, &io) {
+        if let Err(status) = validate(slot.geometry, &io) {
             self.ready.push(Completion::new(io, status));
             return;
         }
@@ -262,31 +297,41 @@ impl Ctx {
 
     /// Block size and count of a bdev as this reactor sees it (opening its channel).
     pub fn geometry(&mut self, bdev: BdevId) -> Option<(u32, u64)> {
-        self.channel(bdev).map(|s| (s.block_size, s.num_blocks))
+        self.channel(bdev).map(|e| {
+            let g = e.geometry();
+            (g.block_size, g.num_blocks)
+        })
     }
 
     pub fn counters(&self) -> Counters {
         self.counters
     }
 
-    fn channel(&mut self, bdev: BdevId) -> Option<&mut ChannelSlot> {
+    fn channel(&mut self, bdev: BdevId) -> Option<&mut Endpoint> {
         let i = bdev as usize;
         if self.channels.get(i).is_none_or(|s| s.is_none()) {
             let b = self.registry.get(bdev)?;
-            let channel = b.open_channel().ok()?;
+            let endpoint = match b.as_volume() {
+                Some(volume) => Endpoint::Volume(router::VolumeSlot::new(volume)),
+                None => {
+                    let info = b.info();
+                    Endpoint::Device(ChannelSlot {
+                        channel: b.open_channel().ok()?,
+                        geometry: Geometry {
+                            block_size: info.block_size,
+                            num_blocks: info.num_blocks,
+                            supported: info.supported,
+                        },
+                        nomem: VecDeque::new(),
+                        stats: IoStat::default(),
+                        closing: false,
+                    })
+                }
+            };
             if self.channels.len() <= i {
                 self.channels.resize_with(i + 1, || None);
             }
-            let info = b.info();
-            self.channels[i] = Some(ChannelSlot {
-                channel,
-                block_size: info.block_size,
-                num_blocks: info.num_blocks,
-                supported: info.supported,
-                nomem: VecDeque::new(),
-                stats: IoStat::default(),
-                closing: false,
-            });
+            self.channels[i] = Some(endpoint);
         }
         self.channels[i].as_mut()
     }
@@ -296,8 +341,18 @@ impl Ctx {
     /// dropped at once if it holds no I/O, otherwise when its last I/O comes back (a
     /// channel's drop must not strand requests it still holds). Returns whether it is gone.
     pub fn close_channel(&mut self, bdev: BdevId) -> bool {
-        let Some(Some(slot)) = self.channels.get_mut(bdev as usize) else {
-            return true;
+        let slot = match self.channels.get_mut(bdev as usize) {
+            Some(Some(Endpoint::Device(slot))) => slot,
+            Some(Some(Endpoint::Volume(slot))) => {
+                // A volume holds no I/O itself; it closes once its parents are done.
+                slot.closing = true;
+                if slot.inflight == 0 {
+                    self.channels[bdev as usize] = None;
+                    return true;
+                }
+                return false;
+            }
+            _ => return true,
         };
         slot.closing = true;
         for io in slot.nomem.drain(..) {
@@ -312,21 +367,30 @@ impl Ctx {
 
     /// What this reactor's channel on the bdev has returned so far.
     pub fn iostat(&self, bdev: BdevId) -> Option<IoStat> {
-        self.channels.get(bdev as usize)?.as_ref().map(|s| s.stats)
+        match self.channels.get(bdev as usize)?.as_ref()? {
+            Endpoint::Device(s) => Some(s.stats),
+            Endpoint::Volume(s) => Some(s.stats),
+        }
     }
 
-    /// I/O taken by channels and not yet reaped, plus requests waiting for resources.
+    /// I/O taken by channels and not yet reaped, plus requests waiting for resources, plus
+    /// volume requests taken here and waiting for their pieces.
     pub fn io_outstanding(&self) -> usize {
-        self.channels
+        let devices: usize = self
+            .channels
             .iter()
             .flatten()
-            .map(|s| s.channel.inflight() + s.nomem.len())
-            .sum()
+            .map(|e| match e {
+                Endpoint::Device(s) => s.channel.inflight() + s.nomem.len(),
+                Endpoint::Volume(_) => 0,
+            })
+            .sum();
+        devices + self.router.inflight
     }
 }
 
 #[inline]
-fn validate(slot: &ChannelSlot, io: &IoRequest) -> Result<(), IoStatus> {
+fn validate(slot: Geometry, io: &IoRequest) -> Result<(), IoStatus> {
     if !slot.supported.contains(io.io_type) {
         return Err(IoStatus::Unsupported);
     }
@@ -370,6 +434,8 @@ impl Reactor {
                 peers,
                 registry,
                 channels: Vec::new(),
+                router: router::Router::default(),
+                route_counters: RouteCounters::default(),
                 ready: Vec::with_capacity(config.reap_batch),
                 backlog: VecDeque::new(),
                 timers: Timers::default(),
@@ -491,11 +557,13 @@ impl Reactor {
         let max = self.ctx.config.reap_batch;
         let mut n = 0;
         for entry in self.ctx.channels.iter_mut() {
-            let Some(slot) = entry else { continue };
+            let Some(Endpoint::Device(slot)) = entry else {
+                continue;
+            };
             let before = self.ctx.ready.len();
             let reaped = slot.channel.poll(now, max, &mut self.ctx.ready);
             for c in &self.ctx.ready[before..] {
-                slot.stats.record(c, slot.block_size, now);
+                slot.stats.record(c, slot.geometry.block_size, now);
             }
             n += reaped;
             if slot.closing {
@@ -528,6 +596,10 @@ impl Reactor {
                 continue;
             }
             self.ctx.counters.ios_completed += 1;
+            if origin.task == router::ROUTER_TASK {
+                self.ctx.piece_complete(c);
+                continue;
+            }
             if let Some(Some(t)) = self.tasks.get_mut(origin.task as usize) {
                 t.on_complete(&mut self.ctx, c);
             }

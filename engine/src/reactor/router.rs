@@ -1,0 +1,465 @@
+//! Volume I/O on the reactors: split at shard boundaries, route each piece to its shard's
+//! owner, forward pieces that reach a reactor that no longer owns their shard, and put the
+//! pieces' completions back together on the reactor that took the request.
+//!
+//! A request to a volume (submitted by a task, or arriving from another reactor) becomes a
+//! *parent* on the reactor that took it, and one or more *pieces*: plain [`IoRequest`]s whose
+//! origin is this reactor's router ([`ROUTER_TASK`]) and whose tag names the parent (low 32
+//! bits) and the piece's distance from the parent's start in blocks (high 32 bits).
+//!
+//! - A piece is sent to the volume on its owner reactor (`Message::Submit` with the volume's
+//!   id). The owner looks the shard up again in its own view of the table: if it still owns
+//!   it, it translates the offset onto the member and submits on its own channel of that
+//!   member; if not, it forwards the piece to the owner it sees. Forwarding converges because
+//!   every reactor picks up the newest table as soon as it sees the epoch move.
+//! - Completions follow the piece's origin back to the parent's reactor (the reactor's normal
+//!   completion path) and are merged there: the first failure wins.
+//! - A request inside one shard is one piece that carries the caller's buffer itself (no
+//!   copy). A read or write that crosses shards is cut into pieces of at most
+//!   [`BOUNCE_CHUNK_BYTES`] with buffers from this reactor's bounce pool, copied in (writes)
+//!   or out (reads); when the pool is empty the parent waits, in order, for buffers to come
+//!   back. Unmap and write-zeroes pieces carry no data and go out at once.
+//! - FLUSH goes to every member holding a shard of the volume, on this reactor's channels:
+//!   a flush covers every write completed before it, whichever queue pair carried it.
+//! - A shard whose member is missing (degraded pool) fails its pieces with ENODEV.
+
+use super::{Ctx, Endpoint, Geometry, Message, TaskId};
+use crate::bdev::iostat::IoStat;
+use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
+use crate::volume::{RouteTable, ShardState, Volume};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tidepool_bindings::dma::{DmaBuf, DmaPool};
+
+/// The task id pieces carry as their origin: their completions go to the router.
+pub(super) const ROUTER_TASK: TaskId = TaskId::MAX;
+/// Size of a bounce buffer, the largest piece of a request that crosses shards.
+pub const BOUNCE_CHUNK_BYTES: usize = 128 << 10;
+/// Bounce buffers per reactor (8 MiB; mapped on first use, touched as used).
+const BOUNCE_CHUNKS: usize = 64;
+
+/// One reactor's view of one volume.
+pub(super) struct VolumeSlot {
+    volume: Arc<Volume>,
+    /// This reactor's copy of the table; replaced when the volume's epoch moves.
+    table: Arc<RouteTable>,
+    /// Distinct online members of `table`, the targets of a flush.
+    members: Vec<BdevId>,
+    pub(super) geometry: Geometry,
+    /// Requests this reactor took on the volume, by completion.
+    pub(super) stats: IoStat,
+    pub(super) closing: bool,
+    /// Parents of this volume on this reactor.
+    pub(super) inflight: usize,
+}
+
+impl VolumeSlot {
+    pub(super) fn new(volume: Arc<Volume>) -> VolumeSlot {
+        let info = volume.info();
+        let geometry = Geometry {
+            block_size: info.block_size,
+            num_blocks: info.num_blocks,
+            supported: info.supported,
+        };
+        let table = volume.table();
+        let members = online_members(&table);
+        VolumeSlot {
+            volume,
+            table,
+            members,
+            geometry,
+            stats: IoStat::default(),
+            closing: false,
+            inflight: 0,
+        }
+    }
+
+    /// Picks up a newer table if the epoch moved (one atomic load when it did not).
+    #[inline]
+    fn refresh(&mut self) {
+        if self.volume.epoch() != self.table.epoch {
+            self.table = self.volume.table();
+            self.members = online_members(&self.table);
+        }
+    }
+}
+
+fn online_members(table: &RouteTable) -> Vec<BdevId> {
+    let mut members: Vec<BdevId> = table
+        .shards
+        .iter()
+        .filter(|r| r.state == ShardState::Online)
+        .map(|r| r.member)
+        .collect();
+    members.sort_unstable();
+    members.dedup();
+    members
+}
+
+/// Where a piece goes, read from a reactor's view of the table.
+#[derive(Clone, Copy)]
+struct Hop {
+    owner: u16,
+    member: BdevId,
+    /// The piece's offset on the member.
+    member_offset_blocks: u64,
+    state: ShardState,
+}
+
+/// A request taken on this reactor, waiting for its pieces.
+struct Parent {
+    io: IoRequest,
+    volume: BdevId,
+    pending: u32,
+    status: IoStatus,
+    /// For a read or write that crosses shards: the next volume block to cut a piece from.
+    split_next: Option<u64>,
+}
+
+impl Parent {
+    fn end_blocks(&self) -> u64 {
+        self.io.offset_blocks + self.io.num_blocks as u64
+    }
+}
+
+/// Per-reactor router state. Parents are bounded by what the reactor's tasks and peers
+/// have in flight; pieces per parent by the shards it crosses or the bounce pool.
+#[derive(Default)]
+pub(super) struct Router {
+    parents: Vec<Option<Parent>>,
+    free: Vec<u32>,
+    /// Split parents with nothing in flight, waiting for bounce buffers, oldest first.
+    waiting: VecDeque<u32>,
+    bounce: Option<DmaPool>,
+    pub(super) inflight: usize,
+}
+
+/// Pieces routed, as each reactor counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteCounters {
+    /// Pieces this reactor took whose shard it owns.
+    pub local: u64,
+    /// Pieces this reactor took and sent to the owner.
+    pub remote: u64,
+    /// Pieces that reached this reactor after their shard moved away, passed on.
+    pub forwarded: u64,
+}
+
+fn piece_tag(parent: u32, delta_blocks: u64) -> u64 {
+    (delta_blocks << 32) | parent as u64
+}
+
+impl Ctx {
+    /// A valid request on volume `vol` (checked by `submit`): a piece from another reactor,
+    /// or a new request from a task or a peer.
+    pub(super) fn volume_submit(&mut self, vol: BdevId, io: IoRequest) {
+        if io.origin.task == ROUTER_TASK {
+            return self.route_piece(vol, io);
+        }
+        let parent = Parent {
+            io,
+            volume: vol,
+            pending: 0,
+            status: IoStatus::Success,
+            split_next: None,
+        };
+        let idx = match self.router.free.pop() {
+            Some(i) => {
+                self.router.parents[i as usize] = Some(parent);
+                i
+            }
+            None => {
+                self.router.parents.push(Some(parent));
+                (self.router.parents.len() - 1) as u32
+            }
+        };
+        self.router.inflight += 1;
+        let (io_type, offset, end) = {
+            let p = self.parent(idx);
+            (p.io.io_type, p.io.offset_blocks, p.end_blocks())
+        };
+        let (shard_blocks, members) = match self.volume_slot(vol) {
+            Some(slot) => {
+                slot.inflight += 1;
+                slot.refresh();
+                let members = if io_type == IoType::Flush {
+                    slot.members.clone()
+                } else {
+                    Vec::new()
+                };
+                (slot.volume.shard_blocks(), members)
+            }
+            None => unreachable!("submit resolved the volume"),
+        };
+        if io_type == IoType::Flush {
+            self.parent_mut(idx).pending = members.len() as u32;
+            for member in &members {
+                let piece = self.piece(idx, io_type, 0, 0, None);
+                self.submit(*member, piece);
+            }
+            if members.is_empty() {
+                self.finish_parent(idx);
+            }
+            return;
+        }
+        let first = offset / shard_blocks;
+        let last = (end - 1) / shard_blocks;
+        if first == last {
+            let p = self.parent_mut(idx);
+            p.pending = 1;
+            let (n, buf) = (p.io.num_blocks, p.io.buf.take());
+            let piece = self.piece(idx, io_type, offset, n, buf);
+            self.route_piece(vol, piece);
+        } else if !io_type.has_data() {
+            self.parent_mut(idx).pending = (last - first + 1) as u32;
+            for shard in first..=last {
+                let start = offset.max(shard * shard_blocks);
+                let stop = end.min((shard + 1) * shard_blocks);
+                let piece = self.piece(idx, io_type, start, (stop - start) as u32, None);
+                self.route_piece(vol, piece);
+            }
+        } else {
+            self.parent_mut(idx).split_next = Some(offset);
+            self.pump(idx);
+        }
+    }
+
+    fn parent(&self, idx: u32) -> &Parent {
+        self.router.parents[idx as usize]
+            .as_ref()
+            .expect("a live parent")
+    }
+
+    fn parent_mut(&mut self, idx: u32) -> &mut Parent {
+        self.router.parents[idx as usize]
+            .as_mut()
+            .expect("a live parent")
+    }
+
+    fn volume_slot(&mut self, vol: BdevId) -> Option<&mut VolumeSlot> {
+        match self.channels.get_mut(vol as usize) {
+            Some(Some(Endpoint::Volume(slot))) => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// A piece of parent `idx` covering `[offset, offset + n)` of the volume.
+    fn piece(
+        &self,
+        idx: u32,
+        io_type: IoType,
+        offset_blocks: u64,
+        num_blocks: u32,
+        buf: Option<DmaBuf>,
+    ) -> IoRequest {
+        let delta = offset_blocks.saturating_sub(self.parent(idx).io.offset_blocks);
+        IoRequest {
+            io_type,
+            offset_blocks,
+            num_blocks,
+            buf,
+            origin: IoOrigin {
+                reactor: self.id,
+                task: ROUTER_TASK,
+                tag: piece_tag(idx, delta),
+            },
+            submit_time_ns: 0,
+        }
+    }
+
+    /// Cuts and sends bounce-buffered pieces of a crossing read or write while buffers last.
+    fn pump(&mut self, idx: u32) {
+        loop {
+            let (vol, io_type, next, end, bs) = {
+                let p = self.parent(idx);
+                let Some(next) = p.split_next else { return };
+                let bs = match self.channels.get(p.volume as usize) {
+                    Some(Some(Endpoint::Volume(s))) => s.geometry.block_size,
+                    _ => unreachable!("a parent's volume stays open while it waits"),
+                };
+                (p.volume, p.io.io_type, next, p.end_blocks(), bs as u64)
+            };
+            if next >= end {
+                return;
+            }
+            if self.router.bounce.is_none() {
+                match DmaPool::new(BOUNCE_CHUNK_BYTES, BOUNCE_CHUNKS) {
+                    Ok(pool) => self.router.bounce = Some(pool),
+                    Err(e) => {
+                        let p = self.parent_mut(idx);
+                        p.status = IoStatus::Failed {
+                            errno: e.raw_os_error().unwrap_or(libc::ENOMEM),
+                        };
+                        p.split_next = Some(end);
+                        if p.pending == 0 {
+                            self.finish_parent(idx);
+                        }
+                        return;
+                    }
+                }
+            }
+            let Some(mut buf) = self.router.bounce.as_ref().and_then(|b| b.take()) else {
+                if self.parent(idx).pending == 0 && !self.router.waiting.contains(&idx) {
+                    self.router.waiting.push_back(idx);
+                }
+                return;
+            };
+            let shard_blocks = match self.volume_slot(vol) {
+                Some(slot) => slot.volume.shard_blocks(),
+                None => unreachable!("a parent's volume stays open while it waits"),
+            };
+            let shard_end = (next / shard_blocks + 1) * shard_blocks;
+            let stop = end
+                .min(shard_end)
+                .min(next + BOUNCE_CHUNK_BYTES as u64 / bs);
+            let n = stop - next;
+            buf.set_len((n * bs) as usize);
+            let p = self.parent_mut(idx);
+            if io_type == IoType::Write {
+                let from = ((next - p.io.offset_blocks) * bs) as usize;
+                let src = p.io.buf.as_ref().expect("a write carries data");
+                buf.as_mut_slice()
+                    .copy_from_slice(&src.as_slice()[from..from + (n * bs) as usize]);
+            }
+            p.split_next = Some(stop);
+            p.pending += 1;
+            let piece = self.piece(idx, io_type, next, n as u32, Some(buf));
+            self.route_piece(vol, piece);
+        }
+    }
+
+    /// Reads the route of the shard holding `offset_blocks` from this reactor's view.
+    fn hop(&mut self, vol: BdevId, offset_blocks: u64) -> Option<Hop> {
+        let slot = self.volume_slot(vol)?;
+        slot.refresh();
+        let shard_blocks = slot.volume.shard_blocks();
+        let shard = (offset_blocks / shard_blocks) as usize;
+        let r = &slot.table.shards[shard];
+        Some(Hop {
+            owner: r.owner,
+            member: r.member,
+            member_offset_blocks: r.offset_blocks + offset_blocks % shard_blocks,
+            state: r.state,
+        })
+    }
+
+    /// Sends a piece to its shard's owner, or executes it here if this reactor owns it.
+    fn route_piece(&mut self, vol: BdevId, mut piece: IoRequest) {
+        let here = piece.origin.reactor == self.id;
+        let Some(hop) = self.hop(vol, piece.offset_blocks) else {
+            self.ready.push(Completion::new(piece, IoStatus::Aborted));
+            return;
+        };
+        if hop.owner != self.id && (hop.owner as usize) < self.peers.len() {
+            if here {
+                self.route_counters.remote += 1;
+            } else {
+                self.route_counters.forwarded += 1;
+            }
+            self.send(
+                hop.owner,
+                Message::Submit {
+                    bdev: vol,
+                    io: piece,
+                },
+            );
+            return;
+        }
+        if here {
+            self.route_counters.local += 1;
+        }
+        if hop.state != ShardState::Online {
+            self.ready.push(Completion::new(
+                piece,
+                IoStatus::Failed {
+                    errno: libc::ENODEV,
+                },
+            ));
+            return;
+        }
+        piece.offset_blocks = hop.member_offset_blocks;
+        self.submit(hop.member, piece);
+    }
+
+    /// A piece of a parent on this reactor has finished (here or elsewhere).
+    pub(super) fn piece_complete(&mut self, c: Completion) {
+        let idx = (c.io.origin.tag & 0xffff_ffff) as u32;
+        let delta = c.io.origin.tag >> 32;
+        let Completion { io: piece, status } = c;
+        let bs = match self.channels.get(self.parent(idx).volume as usize) {
+            Some(Some(Endpoint::Volume(s))) => s.geometry.block_size as usize,
+            _ => unreachable!("a parent's volume stays open while it waits"),
+        };
+        let p = self.parent_mut(idx);
+        p.pending -= 1;
+        if !status.is_success() && p.status.is_success() {
+            p.status = status;
+        }
+        let split = p.split_next.is_some();
+        if split {
+            if !status.is_success() {
+                // Stop cutting pieces; finish once those in flight are back.
+                p.split_next = Some(p.end_blocks());
+            }
+            if let Some(bounce) = piece.buf {
+                if p.io.io_type == IoType::Read && status.is_success() {
+                    let from = delta as usize * bs;
+                    let dst = p.io.buf.as_mut().expect("a read carries a buffer");
+                    dst.as_mut_slice()[from..from + bounce.len()]
+                        .copy_from_slice(bounce.as_slice());
+                }
+                drop(bounce);
+            }
+            self.pump(idx);
+        } else if piece.buf.is_some() {
+            p.io.buf = piece.buf;
+        }
+        let p = self.parent(idx);
+        if p.pending == 0 && p.split_next.is_none_or(|next| next >= p.end_blocks()) {
+            self.finish_parent(idx);
+        }
+        if split {
+            self.pump_waiting();
+        }
+    }
+
+    /// Gives returned bounce buffers to parents that wait for them, oldest first.
+    fn pump_waiting(&mut self) {
+        while let Some(&idx) = self.router.waiting.front() {
+            if self
+                .router
+                .bounce
+                .as_ref()
+                .is_none_or(|b| b.available() == 0)
+            {
+                return;
+            }
+            self.router.waiting.pop_front();
+            self.pump(idx);
+        }
+    }
+
+    fn finish_parent(&mut self, idx: u32) {
+        let p = self.router.parents[idx as usize]
+            .take()
+            .expect("a live parent");
+        self.router.free.push(idx);
+        self.router.inflight -= 1;
+        let c = Completion::new(p.io, p.status);
+        let now = self.now;
+        if let Some(slot) = self.volume_slot(p.volume) {
+            slot.stats.record(&c, slot.geometry.block_size, now);
+            slot.inflight -= 1;
+        }
+        self.ready.push(c);
+    }
+
+    /// Pieces this reactor routed so far.
+    pub fn route_counters(&self) -> RouteCounters {
+        self.route_counters
+    }
+}
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

@@ -1,0 +1,385 @@
+//! Router tests: volumes on malloc members, reactors stepped on the test thread, so every
+//! interleaving (a piece sitting in a ring while its shard changes owner) is chosen here.
+
+use super::*;
+use crate::bdev::{BdevRegistry, IoStatus, IoType, IoTypeSet};
+use crate::config::create_bdev;
+use crate::reactor::{Reactor, ReactorConfig};
+use crate::rng::Rng;
+use crate::testkit::{reactors, request, run_until, Recorder};
+use crate::volume::{ShardRoute, Volume, VolumeBdev};
+use serde_json::json;
+
+const BS: u64 = 512;
+const SHARD: u64 = 256;
+/// Where shards start on each member: not 0, so a missed translation shows.
+const BASE: u64 = 64;
+
+struct Rig {
+    reg: Arc<BdevRegistry>,
+    rs: Vec<Reactor>,
+    vol: BdevId,
+    volume: Arc<Volume>,
+    members: [BdevId; 2],
+    pool: DmaPool,
+    rec: Vec<(Recorder, TaskId)>,
+}
+
+/// A volume of `shards` shards of 256 blocks over members M0 and M1 (shard i on member
+/// i % 2), owned round the `n` reactors as `(i + i / 2) % n`.
+fn rig(n: usize, shards: u64) -> Rig {
+    let reg = Arc::new(BdevRegistry::new());
+    let mut members = [0; 2];
+    for (m, id) in members.iter_mut().enumerate() {
+        let p = json!({"name": format!("M{m}"), "num_blocks": 8192, "block_size": BS});
+        *id = create_bdev(&reg, "bdev_malloc_create", p).unwrap().0;
+    }
+    let routes = (0..shards)
+        .map(|i| ShardRoute {
+            owner: ((i + i / 2) % n as u64) as u16,
+            member: members[(i % 2) as usize],
+            member_name: format!("M{}", i % 2),
+            offset_blocks: BASE + (i / 2) * SHARD,
+            state: ShardState::Online,
+        })
+        .collect();
+    let volume = Arc::new(Volume::new(
+        "Vol0",
+        "00000000-0000-4000-8000-000000000000",
+        "pool0",
+        BS as u32,
+        shards * SHARD,
+        SHARD,
+        IoTypeSet::all(),
+        routes,
+    ));
+    let vol = reg
+        .register(Arc::new(VolumeBdev::new(Arc::clone(&volume))))
+        .unwrap();
+    let mut rs = reactors(n, &reg, ReactorConfig::default());
+    let rec = rs
+        .iter_mut()
+        .map(|r| {
+            let rec = Recorder::default();
+            let task = r.spawn(Box::new(rec.clone()));
+            (rec, task)
+        })
+        .collect();
+    Rig {
+        reg,
+        rs,
+        vol,
+        volume,
+        members,
+        pool: DmaPool::new(1 << 20, 128).unwrap(),
+        rec,
+    }
+}
+
+/// The byte a block holds after `write_pattern(seed)`: depends on block and seed.
+fn pattern(block: u64, seed: u64) -> u8 {
+    (block.wrapping_mul(31).wrapping_add(seed.wrapping_mul(7)) % 251) as u8 + 1
+}
+
+impl Rig {
+    fn buf(&self, blocks: u64) -> DmaBuf {
+        let mut b = self.pool.take().expect("test pool has room");
+        b.set_len((blocks * BS) as usize);
+        b
+    }
+
+    fn submit(&mut self, on: usize, bdev: BdevId, io_type: IoType, off: u64, n: u64, seed: u64) {
+        let buf = match io_type {
+            IoType::Write => {
+                let mut b = self.buf(n);
+                for (i, block) in b.as_mut_slice().chunks_mut(BS as usize).enumerate() {
+                    block.fill(pattern(off + i as u64, seed));
+                }
+                Some(b)
+            }
+            IoType::Read => Some(self.buf(n)),
+            _ => None,
+        };
+        let task = self.rec[on].1;
+        let io = request(io_type, off, n as u32, buf, on as u16, task, seed);
+        self.rs[on].ctx().submit(bdev, io);
+    }
+
+    fn done(&self) -> usize {
+        self.rec.iter().map(|(r, _)| r.count()).sum()
+    }
+
+    /// Polls until `want` completions were recorded in all.
+    fn settle(&mut self, want: usize) {
+        let rec: Vec<Recorder> = self.rec.iter().map(|(r, _)| r.clone()).collect();
+        run_until(&mut self.rs, || {
+            rec.iter().map(|r| r.count()).sum::<usize>() >= want
+        });
+    }
+
+    /// Reads `[off, off + n)` of `bdev` on reactor 0 and returns the bytes.
+    fn read(&mut self, bdev: BdevId, off: u64, n: u64) -> Vec<u8> {
+        let before = self.rec[0].0.count();
+        self.submit(0, bdev, IoType::Read, off, n, 0);
+        let rec = self.rec[0].0.clone();
+        run_until(&mut self.rs, || rec.count() > before);
+        let done = rec.done.borrow_mut().pop().unwrap();
+        assert_eq!(done.status, IoStatus::Success);
+        done.buf.unwrap().as_slice().to_vec()
+    }
+
+    /// Checks a volume range against the pattern, and the same blocks on the members.
+    fn check(&mut self, off: u64, n: u64, seed: u64) {
+        let via_volume = self.read(self.vol, off, n);
+        for b in 0..n {
+            let want = pattern(off + b, seed);
+            let got = &via_volume[(b * BS) as usize..((b + 1) * BS) as usize];
+            assert!(got.iter().all(|&x| x == want), "volume block {}", off + b);
+            let shard = (off + b) / SHARD;
+            let member = self.members[(shard % 2) as usize];
+            let at = BASE + (shard / 2) * SHARD + (off + b) % SHARD;
+            let raw = self.read(member, at, 1);
+            assert!(raw.iter().all(|&x| x == want), "member block {at}");
+        }
+    }
+
+    /// Returns the buffers the recorders hold to the test pool.
+    fn release(&self) {
+        for (r, _) in &self.rec {
+            for d in r.done.borrow_mut().iter_mut() {
+                d.buf = None;
+            }
+        }
+    }
+
+    fn all_success(&self) {
+        for (r, _) in &self.rec {
+            for s in r.statuses() {
+                assert_eq!(s, IoStatus::Success);
+            }
+        }
+    }
+}
+
+#[test]
+fn pieces_go_to_their_owners_and_land_at_their_extents() {
+    let mut rig = rig(3, 8);
+    // Inside one shard, across two shards, across every shard (1 MiB: eight bounce pieces).
+    rig.submit(0, rig.vol, IoType::Write, 0, 8 * SHARD, 3);
+    rig.settle(1);
+    rig.submit(1, rig.vol, IoType::Write, 10, 8, 1);
+    rig.submit(2, rig.vol, IoType::Write, SHARD - 4, 8, 2);
+    rig.settle(3);
+    rig.all_success();
+    rig.check(0, 10, 3);
+    rig.check(10, 8, 1);
+    rig.check(18, SHARD - 22, 3);
+    rig.check(SHARD - 4, 8, 2);
+    rig.check(SHARD + 4, 7 * SHARD - 4, 3);
+    let counters: Vec<RouteCounters> = rig
+        .rs
+        .iter_mut()
+        .map(|r| r.ctx().route_counters())
+        .collect();
+    // Reactor 0 took the big write and the reads: it kept pieces and sent pieces. The
+    // small writes' shards (0, 0 and 1) are owned by reactors 0 and 1: both went out.
+    assert!(
+        counters[0].local > 0 && counters[0].remote > 0,
+        "{counters:?}"
+    );
+    assert!(
+        counters[1].remote == 1 && counters[2].remote == 2,
+        "{counters:?}"
+    );
+    assert!(counters.iter().all(|c| c.forwarded == 0));
+    assert_eq!(
+        rig.rs
+            .iter_mut()
+            .map(|r| r.ctx().io_outstanding())
+            .sum::<usize>(),
+        0
+    );
+}
+
+#[test]
+fn crossing_reads_reassemble_and_unmap_and_zeroes_cross_shards() {
+    let mut rig = rig(2, 4);
+    rig.submit(0, rig.vol, IoType::Write, 0, 4 * SHARD, 5);
+    rig.settle(1);
+    rig.check(0, 4 * SHARD, 5);
+    // Zero a range over shards 0..2 and unmap one over shards 2..3 (malloc unmap zeroes).
+    rig.submit(1, rig.vol, IoType::WriteZeroes, SHARD - 10, SHARD + 20, 0);
+    rig.submit(0, rig.vol, IoType::Unmap, 3 * SHARD - 5, 10, 0);
+    rig.settle(3);
+    rig.all_success();
+    let bytes = rig.read(rig.vol, 0, 4 * SHARD);
+    for b in 0..4 * SHARD {
+        let zero = (SHARD - 10..2 * SHARD + 10).contains(&b)
+            || (3 * SHARD - 5..3 * SHARD + 5).contains(&b);
+        let want = if zero { 0 } else { pattern(b, 5) };
+        assert_eq!(bytes[(b * BS) as usize], want, "block {b}");
+    }
+}
+
+#[test]
+fn flush_reaches_every_member_and_volume_stats_count_requests() {
+    let mut rig = rig(2, 4);
+    rig.submit(1, rig.vol, IoType::Flush, 0, 0, 0);
+    rig.settle(1);
+    rig.all_success();
+    for m in rig.members {
+        let stat = rig.rs[1]
+            .ctx()
+            .iostat(m)
+            .expect("reactor 1 opened the member");
+        assert_eq!(stat.ops[IoType::Flush as usize], 1);
+    }
+    let vstat = rig.rs[1].ctx().iostat(rig.vol).unwrap();
+    assert_eq!(vstat.ops[IoType::Flush as usize], 1);
+}
+
+#[test]
+fn a_piece_in_a_ring_when_its_shard_changes_owner_is_forwarded_not_failed() {
+    let mut rig = rig(3, 8);
+    // Shard 1 is owned by reactor 1. Reactor 0 takes writes to it and sends the pieces.
+    assert_eq!(rig.volume.table().shards[1].owner, 1);
+    for k in 0..16 {
+        rig.submit(0, rig.vol, IoType::Write, SHARD + k * 8, 8, 9);
+    }
+    rig.rs[0].poll(1);
+    assert_eq!(rig.done(), 0);
+    assert!(
+        !rig.rs[1].inbox().is_empty(),
+        "the pieces wait in reactor 1's ring"
+    );
+    // The shard moves to reactor 2 while they wait.
+    rig.volume.set_owner(1, 2);
+    rig.settle(16);
+    rig.all_success();
+    assert_eq!(rig.rs[1].ctx().route_counters().forwarded, 16);
+    assert!(rig.rs[2].ctx().iostat(rig.members[1]).unwrap().ops[IoType::Write as usize] >= 16);
+    rig.check(SHARD, 128, 9);
+    // Moved again, back to the reactor that takes the requests: they stay local.
+    rig.volume.set_owner(1, 0);
+    let before = rig.rs[0].ctx().route_counters();
+    rig.submit(0, rig.vol, IoType::Write, SHARD, 8, 10);
+    rig.settle(17);
+    assert_eq!(rig.rs[0].ctx().route_counters().local, before.local + 1);
+}
+
+#[test]
+fn an_unavailable_shard_fails_its_io_with_enodev_and_leaves_others_alone() {
+    let mut rig = rig(2, 4);
+    rig.volume
+        .update(|shards| shards[2].state = ShardState::Unavailable);
+    rig.submit(0, rig.vol, IoType::Write, 2 * SHARD, 8, 1);
+    rig.submit(1, rig.vol, IoType::Read, 2 * SHARD - 4, 8, 2);
+    rig.submit(0, rig.vol, IoType::Write, 0, 8, 3);
+    rig.settle(3);
+    let mut statuses: Vec<IoStatus> = rig.rec.iter().flat_map(|(r, _)| r.statuses()).collect();
+    statuses.sort_by_key(|s| format!("{s:?}"));
+    let enodev = IoStatus::Failed {
+        errno: libc::ENODEV,
+    };
+    assert_eq!(statuses, [enodev, enodev, IoStatus::Success]);
+}
+
+#[test]
+fn crossing_requests_wait_for_bounce_buffers_and_all_complete() {
+    // 24 writes of 1 MiB, each crossing shards: 192 bounce pieces against 64 buffers.
+    let mut rig = rig(2, 8);
+    for k in 0..24u64 {
+        rig.submit(
+            (k % 2) as usize,
+            rig.vol,
+            IoType::Write,
+            (k % 4) * 64,
+            2048 - 256,
+            20 + k,
+        );
+    }
+    rig.settle(24);
+    rig.all_success();
+    assert_eq!(
+        rig.rs
+            .iter_mut()
+            .map(|r| r.ctx().io_outstanding())
+            .sum::<usize>(),
+        0
+    );
+    for r in rig.rs.iter_mut() {
+        if let Some(pool) = &r.ctx().router.bounce {
+            assert_eq!(
+                pool.available(),
+                pool.count(),
+                "every bounce buffer came back"
+            );
+        }
+    }
+}
+
+/// Seeded: rounds of non-overlapping writes of random place and size, taken by random
+/// reactors, while shards change owner at random between polls; then every block must hold
+/// its last write, read through the volume and at its member.
+#[test]
+fn random_writes_under_owner_changes_match_a_model() {
+    let seed = std::env::var("TIDEPOOL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0004);
+    println!("random_writes_under_owner_changes_match_a_model: seed {seed} (TIDEPOOL_SEED)");
+    let mut rng = Rng::new(seed);
+    let n = 3;
+    let mut rig = rig(n, 8);
+    let total = 8 * SHARD;
+    let mut model = vec![0u64; total as usize]; // seed of the last write per block; 0: none
+    let mut submitted = 0;
+    for round in 1..=20u64 {
+        // Cut the volume into random runs; write about half of them.
+        let mut off = 0;
+        while off < total {
+            let len = (1 + rng.next_u64() % 300).min(total - off);
+            if rng.next_u64() % 2 == 0 {
+                let on = (rng.next_u64() % n as u64) as usize;
+                let seed = round * 1000 + off;
+                rig.submit(on, rig.vol, IoType::Write, off, len, seed);
+                model[off as usize..(off + len) as usize].fill(seed);
+                submitted += 1;
+            }
+            off += len;
+        }
+        while rig.done() < submitted {
+            for r in rig.rs.iter_mut() {
+                if rng.next_u64() % 3 != 0 {
+                    r.poll(crate::time::now());
+                }
+            }
+            if rng.next_u64() % 4 == 0 {
+                let shard = (rng.next_u64() % 8) as usize;
+                rig.volume
+                    .set_owner(shard, (rng.next_u64() % n as u64) as u16);
+            }
+        }
+        rig.release();
+    }
+    rig.all_success();
+    let bytes = rig.read(rig.vol, 0, total);
+    for b in 0..total {
+        let want = if model[b as usize] == 0 {
+            0
+        } else {
+            pattern(b, model[b as usize])
+        };
+        assert_eq!(bytes[(b * BS) as usize], want, "seed {seed}: block {b}");
+    }
+    let forwarded: u64 = rig
+        .rs
+        .iter_mut()
+        .map(|r| r.ctx().route_counters().forwarded)
+        .sum();
+    assert!(
+        forwarded > 0,
+        "seed {seed}: owner changes should have caught pieces in flight"
+    );
+    let _ = &rig.reg;
+}

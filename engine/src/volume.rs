@@ -1,0 +1,219 @@
+//! Volumes and their routing table.
+//!
+//! A [`Volume`] is a virtual block device cut into equal shards of `shard_blocks` blocks
+//! (the last one may be shorter). Each shard lives at one extent of one pool member and is
+//! served by one reactor, its owner: that is its [`ShardRoute`]. The routes of a volume form
+//! a [`RouteTable`], versioned by an epoch.
+//!
+//! Reading the table on the I/O path takes no lock: each reactor keeps its own `Arc` of the
+//! table and compares its epoch with [`Volume::epoch`] (one atomic load per request). Only
+//! when the epoch moved does the reactor take the table's mutex, once, to pick up the new
+//! `Arc`. Writers (the control path, migrations) build a whole new table, swap it in under
+//! the mutex and then advance the epoch, so a reactor that sees the new epoch finds the new
+//! table (or a newer one).
+//!
+//! The reactors' side of volume I/O (splitting at shard boundaries, sending each piece to its
+//! owner, forwarding a piece that reaches a reactor that no longer owns its shard) is in
+//! `reactor::router`. Volumes are made and persisted by `pool`.
+
+use crate::bdev::{Bdev, BdevChannel, BdevError, BdevId, BdevInfo};
+use crate::reactor::ReactorId;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// `bdev_get_bdevs` shows volumes under this product name.
+pub const PRODUCT_NAME: &str = "tidepool volume";
+
+/// Whether a shard can take I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardState {
+    Online,
+    /// Its member is missing (a degraded pool): I/O to it fails with ENODEV.
+    Unavailable,
+}
+
+/// Where one shard lives and who serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardRoute {
+    /// The reactor that executes the shard's I/O.
+    pub owner: ReactorId,
+    /// The member bdev's registry id (meaningless while the shard is unavailable).
+    pub member: BdevId,
+    /// The member's name, for people.
+    pub member_name: String,
+    /// Where the shard starts on the member.
+    pub offset_blocks: u64,
+    pub state: ShardState,
+}
+
+/// Every shard's route at one epoch.
+#[derive(Clone, Debug)]
+pub struct RouteTable {
+    pub epoch: u64,
+    pub shards: Vec<ShardRoute>,
+}
+
+/// A volume's identity, geometry and routing table; shared by its bdev and every reactor.
+pub struct Volume {
+    info: BdevInfo,
+    pool: String,
+    shard_blocks: u64,
+    /// The epoch of the newest table in `table`; advanced after the table is swapped.
+    epoch: AtomicU64,
+    table: Mutex<Arc<RouteTable>>,
+}
+
+impl Volume {
+    /// A volume of `num_blocks` blocks of `block_size` in shards of `shard_blocks`, with the
+    /// given routes (one per shard).
+    pub fn new(
+        name: &str,
+        uuid: &str,
+        pool: &str,
+        block_size: u32,
+        num_blocks: u64,
+        shard_blocks: u64,
+        supported: crate::bdev::IoTypeSet,
+        shards: Vec<ShardRoute>,
+    ) -> Volume {
+        assert!(shard_blocks > 0 && num_blocks > 0);
+        assert_eq!(shards.len() as u64, num_blocks.div_ceil(shard_blocks));
+        Volume {
+            info: BdevInfo {
+                name: name.to_string(),
+                product_name: PRODUCT_NAME,
+                block_size,
+                num_blocks,
+                uuid: uuid.to_string(),
+                supported,
+            },
+            pool: pool.to_string(),
+            shard_blocks,
+            epoch: AtomicU64::new(1),
+            table: Mutex::new(Arc::new(RouteTable { epoch: 1, shards })),
+        }
+    }
+
+    pub fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    pub fn shard_blocks(&self) -> u64 {
+        self.shard_blocks
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.info.num_blocks.div_ceil(self.shard_blocks) as usize
+    }
+
+    /// The shard holding volume block `offset_blocks`.
+    #[inline]
+    pub fn shard_of(&self, offset_blocks: u64) -> usize {
+        (offset_blocks / self.shard_blocks) as usize
+    }
+
+    /// The current epoch (Acquire: a reader that sees it also sees its table).
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The current table (takes the mutex: call it when the epoch moved, not per request).
+    pub fn table(&self) -> Arc<RouteTable> {
+        Arc::clone(&self.table.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Publishes a changed table: `change` edits a copy of the routes, which becomes the
+    /// table of the next epoch. Returns that epoch.
+    pub fn update(&self, change: impl FnOnce(&mut Vec<ShardRoute>)) -> u64 {
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shards = guard.shards.clone();
+        change(&mut shards);
+        assert_eq!(
+            shards.len(),
+            self.shard_count(),
+            "a table has one route per shard"
+        );
+        let epoch = guard.epoch + 1;
+        *guard = Arc::new(RouteTable { epoch, shards });
+        // Release, under the mutex: a reactor that loads this epoch finds this table.
+        self.epoch.store(epoch, Ordering::Release);
+        epoch
+    }
+
+    /// Hands shard `shard` to reactor `owner`. Requests already on their way to the old
+    /// owner are forwarded by it.
+    pub fn set_owner(&self, shard: usize, owner: ReactorId) -> u64 {
+        self.update(|shards| shards[shard].owner = owner)
+    }
+
+    /// `volume_get_volumes`' shard list: the routing table as the user sees it.
+    pub fn shards_json(&self) -> Value {
+        let table = self.table();
+        let rows: Vec<Value> = table
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                json!({"index": index, "bdev": r.member_name, "offset_blocks": r.offset_blocks,
+                       "owner_core": r.owner, "state": r.state})
+            })
+            .collect();
+        Value::Array(rows)
+    }
+}
+
+/// The bdev face of a volume, so that NBD, perf and the RPC methods take it like any bdev.
+pub struct VolumeBdev {
+    volume: Arc<Volume>,
+}
+
+impl VolumeBdev {
+    pub fn new(volume: Arc<Volume>) -> VolumeBdev {
+        VolumeBdev { volume }
+    }
+}
+
+impl Bdev for VolumeBdev {
+    fn info(&self) -> &BdevInfo {
+        self.volume.info()
+    }
+
+    /// A volume has no queue pair of its own: the reactors route its I/O to its members'
+    /// channels (`reactor::router`), so nothing may stack a channel on it.
+    fn open_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
+        Err(BdevError::invalid(
+            "base_bdev",
+            format!(
+                "'{}' is a tidepool volume; bdevs cannot be stacked on volumes",
+                self.volume.name()
+            ),
+        ))
+    }
+
+    fn driver_specific(&self) -> Value {
+        let v = &self.volume;
+        json!({"volume": {"pool": v.pool(), "shard_count": v.shard_count(),
+            "shard_blocks": v.shard_blocks(), "epoch": v.epoch()}})
+    }
+
+    /// Volumes are brought back by `pool_import`, not by a bdev entry.
+    fn config_entry(&self) -> Value {
+        Value::Null
+    }
+
+    fn as_volume(&self) -> Option<Arc<Volume>> {
+        Some(Arc::clone(&self.volume))
+    }
+}
