@@ -67,29 +67,19 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// A volume of `num_blocks` blocks of `block_size` in shards of `shard_blocks`, with the
-    /// given routes (one per shard).
+    /// A volume with `info`'s name, uuid and geometry (its product name is set here), in
+    /// shards of `shard_blocks`, with one route per shard.
     pub fn new(
-        name: &str,
-        uuid: &str,
+        mut info: BdevInfo,
         pool: &str,
-        block_size: u32,
-        num_blocks: u64,
         shard_blocks: u64,
-        supported: crate::bdev::IoTypeSet,
         shards: Vec<ShardRoute>,
     ) -> Volume {
-        assert!(shard_blocks > 0 && num_blocks > 0);
-        assert_eq!(shards.len() as u64, num_blocks.div_ceil(shard_blocks));
+        assert!(shard_blocks > 0 && info.num_blocks > 0);
+        assert_eq!(shards.len() as u64, info.num_blocks.div_ceil(shard_blocks));
+        info.product_name = PRODUCT_NAME;
         Volume {
-            info: BdevInfo {
-                name: name.to_string(),
-                product_name: PRODUCT_NAME,
-                block_size,
-                num_blocks,
-                uuid: uuid.to_string(),
-                supported,
-            },
+            info,
             pool: pool.to_string(),
             shard_blocks,
             epoch: AtomicU64::new(1),

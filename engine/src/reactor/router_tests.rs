@@ -2,7 +2,7 @@
 //! interleaving (a piece sitting in a ring while its shard changes owner) is chosen here.
 
 use super::*;
-use crate::bdev::{BdevRegistry, IoStatus, IoType, IoTypeSet};
+use crate::bdev::{BdevInfo, BdevRegistry, IoStatus, IoType, IoTypeSet};
 use crate::config::create_bdev;
 use crate::reactor::{Reactor, ReactorConfig};
 use crate::rng::Rng;
@@ -43,16 +43,15 @@ fn rig(n: usize, shards: u64) -> Rig {
             state: ShardState::Online,
         })
         .collect();
-    let volume = Arc::new(Volume::new(
-        "Vol0",
-        "00000000-0000-4000-8000-000000000000",
-        "pool0",
-        BS as u32,
-        shards * SHARD,
-        SHARD,
-        IoTypeSet::all(),
-        routes,
-    ));
+    let info = BdevInfo {
+        name: "Vol0".into(),
+        product_name: "",
+        block_size: BS as u32,
+        num_blocks: shards * SHARD,
+        uuid: "00000000-0000-4000-8000-000000000000".into(),
+        supported: IoTypeSet::all(),
+    };
+    let volume = Arc::new(Volume::new(info, "pool0", SHARD, routes));
     let vol = reg
         .register(Arc::new(VolumeBdev::new(Arc::clone(&volume))))
         .unwrap();
@@ -339,7 +338,7 @@ fn random_writes_under_owner_changes_match_a_model() {
         let mut off = 0;
         while off < total {
             let len = (1 + rng.next_u64() % 300).min(total - off);
-            if rng.next_u64() % 2 == 0 {
+            if rng.next_u64().is_multiple_of(2) {
                 let on = (rng.next_u64() % n as u64) as usize;
                 let seed = round * 1000 + off;
                 rig.submit(on, rig.vol, IoType::Write, off, len, seed);
@@ -350,11 +349,11 @@ fn random_writes_under_owner_changes_match_a_model() {
         }
         while rig.done() < submitted {
             for r in rig.rs.iter_mut() {
-                if rng.next_u64() % 3 != 0 {
+                if !rng.next_u64().is_multiple_of(3) {
                     r.poll(crate::time::now());
                 }
             }
-            if rng.next_u64() % 4 == 0 {
+            if rng.next_u64().is_multiple_of(4) {
                 let shard = (rng.next_u64() % 8) as usize;
                 rig.volume
                     .set_owner(shard, (rng.next_u64() % n as u64) as u16);
