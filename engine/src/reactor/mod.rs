@@ -23,6 +23,7 @@
 //! Cross-reactor I/O: [`Ctx::submit_on`] sends the request to the reactor that should execute
 //! it; its completion comes back to the origin reactor's inbox and is run there.
 
+mod blocking;
 pub mod engine;
 mod router;
 mod timers;
@@ -35,6 +36,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use timers::Timers;
 
+pub use blocking::BlockingIoError;
 pub use engine::{Engine, EngineConfig, EngineError, ReactorStats};
 pub use router::{RouteCounters, BOUNCE_CHUNK_BYTES};
 pub use timers::TimerId;

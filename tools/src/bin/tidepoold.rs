@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tidepool::bdev::{BdevRegistry, Completion, IoOrigin, IoRequest, IoType};
-use tidepool::reactor::{Ctx, Engine, EngineConfig, Task};
+use tidepool::bdev::{BdevRegistry, IoType};
+use tidepool::reactor::{Engine, EngineConfig};
 use tidepool::rpc::server::RpcServer;
 use tidepool::rpc::{dispatch, methods, Services};
 use tidepool::{config, cpuset};
@@ -136,18 +136,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reports a flush's status to the waiting thread.
-struct FlushWaiter {
-    done: std::sync::mpsc::Sender<bool>,
-}
-
-impl Task for FlushWaiter {
-    fn on_complete(&mut self, ctx: &mut Ctx, c: Completion) {
-        let _ = self.done.send(c.status.is_success());
-        let me = c.io.origin.task;
-        ctx.finish(me);
-    }
-}
 
 /// Flushes every bdev that supports it, from reactor 0, so acknowledged writes are durable.
 fn flush_all(engine: &Engine, registry: &BdevRegistry) {
@@ -155,30 +143,10 @@ fn flush_all(engine: &Engine, registry: &BdevRegistry) {
         if !listed.bdev.info().supported.contains(IoType::Flush) {
             continue;
         }
-        let name = listed.bdev.info().name.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let id = listed.id;
-        let started = engine.call(0, move |reactor| {
-            let task = reactor.spawn(Box::new(FlushWaiter { done: tx }));
-            let io = IoRequest {
-                io_type: IoType::Flush,
-                offset_blocks: 0,
-                num_blocks: 0,
-                buf: None,
-                origin: IoOrigin {
-                    reactor: reactor.id(),
-                    task,
-                    tag: 0,
-                },
-                submit_time_ns: 0,
-            };
-            reactor.ctx().submit(id, io);
-        });
-        let flushed = started.is_ok() && rx.recv_timeout(Duration::from_secs(10)) == Ok(true);
-        if flushed {
-            log::info!("flushed bdev '{name}'");
-        } else {
-            log::warn!("flushing bdev '{name}' failed or timed out");
+        let name = &listed.bdev.info().name;
+        match engine.flush_wait(listed.id, Duration::from_secs(10)) {
+            Ok(()) => log::info!("flushed bdev '{name}'"),
+            Err(e) => log::warn!("flushing bdev '{name}' failed: {e}"),
         }
     }
 }
