@@ -6,6 +6,8 @@
 //! - [`ring`]: the bounded lock-free inbox reactors talk through, with wake-up of a parked peer.
 //! - [`bdev`]: the block-device contract and its backends (`null`, `malloc`, `uring`, `error`,
 //!   `delay`), and the registry of bdevs by name.
+//! - [`pool`]: pools of member bdevs with on-device metadata; making, finding (after a
+//!   restart) and removing pools and their volumes.
 //! - [`volume`]: volumes cut into shards and their routing table (the reactors' side of
 //!   volume I/O is `reactor::router`).
 //! - [`config`]: SPDK-style JSON configuration that creates bdevs.
@@ -21,6 +23,7 @@ pub mod bdev;
 pub mod config;
 pub mod cpuset;
 pub mod nbd;
+pub mod pool;
 pub mod reactor;
 pub mod ring;
 pub mod rng;

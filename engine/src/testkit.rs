@@ -86,3 +86,13 @@ pub fn run_until(reactors: &mut [Reactor], mut done: impl FnMut() -> bool) {
         }
     }
 }
+
+/// A zero-filled file of `len` bytes in this test process's scratch directory.
+pub fn temp_file(name: &str, len: u64) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidepool-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(len).unwrap();
+    path
+}

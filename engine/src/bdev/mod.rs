@@ -88,6 +88,11 @@ impl IoTypeSet {
     pub fn contains(self, t: IoType) -> bool {
         self.0 & t.bit() != 0
     }
+
+    /// The types both sets hold.
+    pub fn intersect(self, other: IoTypeSet) -> IoTypeSet {
+        IoTypeSet(self.0 & other.0)
+    }
 }
 
 /// How an I/O ended.

@@ -4,6 +4,7 @@ use super::error::{ErrorKind, InjectTarget};
 use super::*;
 use crate::config::create_bdev;
 use crate::reactor::{Reactor, ReactorConfig};
+use crate::testkit::temp_file;
 use crate::testkit::{reactors, request, run_until, Recorder};
 use crate::DmaPool;
 use serde_json::json;
@@ -130,15 +131,6 @@ fn malloc_reads_back_what_was_written() {
         json!({"name": "M", "num_blocks": 64, "block_size": 512}),
     );
     check_read_back(&mut rig, b, 512, true);
-}
-
-fn temp_file(name: &str, len: u64) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tidepool-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let f = std::fs::File::create(&path).unwrap();
-    f.set_len(len).unwrap();
-    path
 }
 
 /// A rig with a uring bdev of 4 KiB blocks on a fresh 1 MiB file; `extra` adds parameters.

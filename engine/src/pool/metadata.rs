@@ -300,6 +300,9 @@ mod tests {
         assert!(matches!(decode(&v), Err(SlotError::Length(_))));
         let mut huge = record();
         huge.volumes[0].shards = vec![huge.volumes[0].shards[0]; 40_000];
-        assert!(matches!(encode(&huge, 0, 1, 512), Err(SlotError::TooBig(_))));
+        assert!(matches!(
+            encode(&huge, 0, 1, 512),
+            Err(SlotError::TooBig(_))
+        ));
     }
 }

@@ -86,6 +86,26 @@ impl Engine {
             .map(drop)
     }
 
+    /// Closes every reactor's channel on a bdev that left the registry, and waits until the
+    /// last one is gone (channels holding I/O close when it comes back). `Ok(n)` with the
+    /// number of reactors still holding its I/O when `timeout` passed.
+    pub fn close_channels(&self, bdev: BdevId, timeout: Duration) -> Result<usize, EngineError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut open = 0;
+            for r in 0..self.reactor_count() {
+                let closed = self.call_wait(r, Duration::from_secs(5), move |reactor| {
+                    reactor.ctx().close_channel(bdev)
+                })?;
+                open += usize::from(!closed);
+            }
+            if open == 0 || std::time::Instant::now() >= deadline {
+                return Ok(open);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn block_size(&self, bdev: BdevId) -> Result<u32, BlockingIoError> {
         self.registry()
             .get(bdev)

@@ -136,7 +136,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 /// Flushes every bdev that supports it, from reactor 0, so acknowledged writes are durable.
 fn flush_all(engine: &Engine, registry: &BdevRegistry) {
     for listed in registry.list() {

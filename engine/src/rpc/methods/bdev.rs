@@ -253,28 +253,16 @@ fn delete_bdev(s: &Services, name: &str, product: &str, kind: &str) -> Result<()
 }
 
 fn close_channels(s: &Services, id: BdevId, name: &str) -> Result<(), RpcError> {
-    let deadline = Instant::now() + CLOSE_DEADLINE;
-    loop {
-        let mut open = 0;
-        for r in 0..s.engine.reactor_count() {
-            let closed = s.engine.call_wait(r, REACTOR_DEADLINE, move |reactor| {
-                reactor.ctx().close_channel(id)
-            })?;
-            open += usize::from(!closed);
-        }
-        if open == 0 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            log::warn!("bdev '{name}' is deleted, but {open} channel(s) still hold I/O");
-            return Err(RpcError::internal(format!(
-                "bdev '{name}' was removed, but {open} reactor(s) still hold its I/O after {} s; \
-                 they close when it completes",
-                CLOSE_DEADLINE.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    let open = s.engine.close_channels(id, CLOSE_DEADLINE)?;
+    if open > 0 {
+        log::warn!("bdev '{name}' is deleted, but {open} channel(s) still hold I/O");
+        return Err(RpcError::internal(format!(
+            "bdev '{name}' was removed, but {open} reactor(s) still hold its I/O after {} s; \
+             they close when it completes",
+            CLOSE_DEADLINE.as_secs()
+        )));
     }
+    Ok(())
 }
 
 fn inject_error(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {

@@ -1,0 +1,779 @@
+//! Pools and volumes: the control path that makes, persists, finds and removes them.
+//!
+//! A pool claims its member bdevs and keeps its whole description (members, volumes, every
+//! shard's extent and owner) in [`metadata`] slots on every member. Every change is written
+//! to every present member and flushed before the call that made it returns, and the
+//! in-memory state changes only after that succeeded: a call that fails changes nothing
+//! (if persisting fails halfway, the previous description is written back at a newer
+//! generation, best effort, and the error says so).
+//!
+//! - `pool_create` formats its members (refusing bdevs that already carry tidepool metadata
+//!   unless forced); `pool_import` finds a pool on its members at start-up, picks the newest
+//!   whole generation, brings the pool up degraded when a member is missing (its shards
+//!   fail I/O with ENODEV) and rewrites the description to heal torn or stale slots.
+//! - `volume_create` places shards with [`placement`] and registers the volume as a bdev
+//!   (see [`crate::volume`]); `volume_delete` refuses a volume in use (an NBD export
+//!   claims it) and frees its extents.
+//!
+//! Control calls are serialized by one mutex; metadata I/O runs on reactor 0 through
+//! [`Engine::read_blocks`] and friends, with deadlines.
+
+pub mod crc32c;
+pub mod metadata;
+pub mod placement;
+
+use crate::bdev::{new_uuid, BdevError, BdevId, BdevInfo, BdevRegistry, IoTypeSet};
+use crate::reactor::{BlockingIoError, Engine};
+use crate::volume::{ShardRoute, ShardState, Volume, VolumeBdev};
+use metadata::{MemberRecord, PoolRecord, Slot, VolumeRecord, DATA_START_BYTES, SLOT_BYTES};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Deadline of one metadata I/O.
+const IO_DEADLINE: Duration = Duration::from_secs(10);
+/// Most members in one pool.
+pub const MAX_MEMBERS: usize = 64;
+/// Default shard size.
+pub const DEFAULT_SHARD_SIZE_MIB: u64 = 64;
+/// Longest pool or volume name.
+const MAX_NAME_LEN: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("pool '{0}' already exists")]
+    Exists(String),
+    #[error("pool '{0}' not found")]
+    NotFound(String),
+    #[error("volume '{0}' not found")]
+    VolumeNotFound(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    NoSpace(String),
+    #[error("{0}")]
+    Degraded(String),
+    #[error("{0}")]
+    NoPool(String),
+    #[error("invalid parameter {param}: {reason}")]
+    InvalidParam { param: &'static str, reason: String },
+    #[error(transparent)]
+    Bdev(#[from] BdevError),
+    #[error("{0}")]
+    Io(String),
+}
+
+fn invalid(param: &'static str, reason: impl Into<String>) -> PoolError {
+    PoolError::InvalidParam {
+        param,
+        reason: reason.into(),
+    }
+}
+
+fn check_name(param: &'static str, name: &str) -> Result<(), PoolError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(|c| c.is_control()) {
+        return Err(invalid(
+            param,
+            format!("'{name}' must be 1 to {MAX_NAME_LEN} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// `pool_create` parameters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolCreateParams {
+    pub name: String,
+    pub base_bdevs: Vec<String>,
+    /// Shard size in MiB (default 64); or give `shard_size_kib`.
+    #[serde(default)]
+    pub shard_size_mib: Option<u64>,
+    #[serde(default)]
+    pub shard_size_kib: Option<u64>,
+    /// Format members that already carry tidepool metadata.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `volume_create` parameters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCreateParams {
+    pub pool: String,
+    pub name: String,
+    pub size_mib: u64,
+}
+
+/// A pool that is up.
+struct Pool {
+    record: PoolRecord,
+    generation: u64,
+    /// Registry id of each member, by member index; `None` for a missing member.
+    members: Vec<Option<BdevId>>,
+    volumes: BTreeMap<String, (BdevId, Arc<Volume>)>,
+}
+
+impl Pool {
+    fn degraded(&self) -> bool {
+        self.members.iter().any(Option::is_none)
+    }
+
+    fn present(&self) -> Vec<bool> {
+        self.members.iter().map(Option::is_some).collect()
+    }
+
+    fn claim_name(&self) -> String {
+        format!("pool '{}'", self.record.name)
+    }
+}
+
+pub struct PoolService {
+    engine: Arc<Engine>,
+    registry: Arc<BdevRegistry>,
+    pools: Mutex<BTreeMap<String, Pool>>,
+}
+
+/// Blocks in one metadata slot.
+fn slot_blocks(block_size: u32) -> u64 {
+    SLOT_BYTES / block_size as u64
+}
+
+fn io_error(what: String) -> impl FnOnce(BlockingIoError) -> PoolError {
+    move |e| PoolError::Io(format!("{what}: {e}"))
+}
+
+impl PoolService {
+    pub fn new(engine: Arc<Engine>, registry: Arc<BdevRegistry>) -> PoolService {
+        PoolService {
+            engine,
+            registry,
+            pools: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Pool>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks up would-be members: they must exist, be unclaimed, not be volumes, and be
+    /// named once each.
+    fn members_for(&self, names: &[String]) -> Result<Vec<(BdevId, BdevInfo)>, PoolError> {
+        if names.is_empty() || names.len() > MAX_MEMBERS {
+            return Err(invalid(
+                "base_bdevs",
+                format!("give 1 to {MAX_MEMBERS} bdev names"),
+            ));
+        }
+        let listed = self.registry.list();
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return Err(invalid("base_bdevs", format!("'{name}' is named twice")));
+            }
+            let l = listed
+                .iter()
+                .find(|l| &l.bdev.info().name == name)
+                .ok_or_else(|| BdevError::NotFound(name.clone()))?;
+            if l.bdev.as_volume().is_some() {
+                return Err(invalid(
+                    "base_bdevs",
+                    format!("'{name}' is a volume; pools are made of devices"),
+                ));
+            }
+            if let Some(user) = &l.claimed_by {
+                return Err(BdevError::InUse {
+                    name: name.clone(),
+                    user: user.clone(),
+                }
+                .into());
+            }
+            out.push((l.id, l.bdev.info().clone()));
+        }
+        Ok(out)
+    }
+
+    /// Claims every member for `user`; all or nothing.
+    fn claim_all(&self, members: &[(BdevId, String)], user: &str) -> Result<(), PoolError> {
+        for (i, (_, name)) in members.iter().enumerate() {
+            if let Err(e) = self.registry.claim(name, user) {
+                for (_, done) in &members[..i] {
+                    self.registry.release(done, user);
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads both slots of a member and returns the newer whole one.
+    fn read_newest(&self, id: BdevId, block_size: u32) -> Result<Option<Slot>, PoolError> {
+        let blocks = slot_blocks(block_size);
+        let mut slots = Vec::new();
+        for slot in 0..2 {
+            let buf = self
+                .engine
+                .read_blocks(id, slot * blocks, blocks as u32, IO_DEADLINE)
+                .map_err(io_error(format!("reading metadata slot {slot}")))?;
+            slots.push(metadata::decode(buf.as_slice()));
+        }
+        let b = slots.pop().expect("two slots");
+        let a = slots.pop().expect("two slots");
+        Ok(metadata::newest([a, b]))
+    }
+
+    /// Whether a member's first block of either slot carries the tidepool magic.
+    fn has_metadata(&self, id: BdevId, block_size: u32) -> Result<bool, PoolError> {
+        for slot in 0..2 {
+            let buf = self
+                .engine
+                .read_blocks(id, slot * slot_blocks(block_size), 1, IO_DEADLINE)
+                .map_err(io_error(format!("reading metadata slot {slot}")))?;
+            if metadata::has_magic(buf.as_slice()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Writes `record` as `generation` to every present member, then flushes them.
+    fn write_generation(
+        &self,
+        record: &PoolRecord,
+        generation: u64,
+        members: &[Option<BdevId>],
+    ) -> Result<(), PoolError> {
+        let bs = record.block_size;
+        let at = metadata::slot_of(generation) * slot_blocks(bs);
+        for (index, id) in members.iter().enumerate() {
+            let Some(id) = *id else { continue };
+            let bytes = metadata::encode(record, index as u32, generation, bs)
+                .map_err(|e| PoolError::NoSpace(e.to_string()))?;
+            let name = &record.members[index].bdev_name;
+            self.engine
+                .write_blocks(id, at, &bytes, IO_DEADLINE)
+                .map_err(io_error(format!("writing pool metadata to '{name}'")))?;
+        }
+        for (index, id) in members.iter().enumerate() {
+            let Some(id) = *id else { continue };
+            let name = &record.members[index].bdev_name;
+            self.engine
+                .flush_wait(id, IO_DEADLINE)
+                .map_err(io_error(format!("flushing pool metadata on '{name}'")))?;
+        }
+        Ok(())
+    }
+
+    /// Persists `record` as the pool's next generation; on failure writes the current
+    /// description back (best effort) and leaves the pool as it was.
+    fn persist(&self, pool: &mut Pool, record: PoolRecord) -> Result<(), PoolError> {
+        let generation = pool.generation + 1;
+        if let Err(e) = self.write_generation(&record, generation, &pool.members) {
+            let restore = self.write_generation(&pool.record, generation + 1, &pool.members);
+            if restore.is_ok() {
+                pool.generation = generation + 1;
+            }
+            log::error!("pool '{}': {e}", pool.record.name);
+            return Err(e);
+        }
+        pool.generation = generation;
+        pool.record = record;
+        Ok(())
+    }
+
+    pub fn create(&self, p: &PoolCreateParams) -> Result<(), PoolError> {
+        check_name("name", &p.name)?;
+        let shard_bytes = match (p.shard_size_mib, p.shard_size_kib) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "shard_size_mib",
+                    "give shard_size_mib or shard_size_kib, not both",
+                ))
+            }
+            (_, Some(kib)) => kib.saturating_mul(1024),
+            (mib, None) => mib
+                .unwrap_or(DEFAULT_SHARD_SIZE_MIB)
+                .saturating_mul(1 << 20),
+        };
+        let mut pools = self.lock();
+        if pools.contains_key(&p.name) {
+            return Err(PoolError::Exists(p.name.clone()));
+        }
+        let found = self.members_for(&p.base_bdevs)?;
+        let bs = found[0].1.block_size;
+        if let Some((_, other)) = found.iter().find(|(_, i)| i.block_size != bs) {
+            return Err(invalid(
+                "base_bdevs",
+                format!(
+                    "'{}' has {}-byte blocks and '{}' {bs}-byte blocks; members must agree",
+                    other.name, other.block_size, found[0].1.name
+                ),
+            ));
+        }
+        if shard_bytes == 0 || shard_bytes % bs as u64 != 0 || shard_bytes > 1 << 40 {
+            return Err(invalid(
+                "shard_size",
+                format!("{shard_bytes} bytes is not a positive multiple of the {bs}-byte block"),
+            ));
+        }
+        let shard_blocks = shard_bytes / bs as u64;
+        let mut members = Vec::new();
+        for (_, info) in &found {
+            let bytes = info.num_blocks * bs as u64;
+            let extents = bytes.saturating_sub(DATA_START_BYTES) / shard_bytes;
+            if extents == 0 {
+                return Err(invalid(
+                    "base_bdevs",
+                    format!(
+                        "'{}' ({bytes} bytes) cannot hold the metadata ({DATA_START_BYTES} \
+                         bytes) and one {shard_bytes}-byte shard",
+                        info.name
+                    ),
+                ));
+            }
+            members.push(MemberRecord {
+                bdev_name: info.name.clone(),
+                num_blocks: info.num_blocks,
+                extents,
+            });
+        }
+        let user = format!("pool '{}'", p.name);
+        let claimed: Vec<(BdevId, String)> =
+            found.iter().map(|(id, i)| (*id, i.name.clone())).collect();
+        self.claim_all(&claimed, &user)?;
+        let release = || {
+            for (_, name) in &claimed {
+                self.registry.release(name, &user);
+            }
+        };
+        let result = (|| {
+            if !p.force {
+                for (id, info) in &found {
+                    if self.has_metadata(*id, bs)? {
+                        return Err(PoolError::Busy(format!(
+                            "bdev '{}' already carries tidepool metadata; pass force: true \
+                             to format it",
+                            info.name
+                        )));
+                    }
+                }
+            }
+            let record = PoolRecord {
+                name: p.name.clone(),
+                uuid: new_uuid(),
+                block_size: bs,
+                shard_blocks,
+                members,
+                volumes: Vec::new(),
+            };
+            let ids: Vec<Option<BdevId>> = found.iter().map(|(id, _)| Some(*id)).collect();
+            // Generation 1 goes to slot 1; slot 0 is wiped so that a forced format leaves
+            // nothing of an older pool behind.
+            self.wipe(&ids, bs, &[0])?;
+            self.write_generation(&record, 1, &ids)?;
+            Ok(Pool {
+                record,
+                generation: 1,
+                members: ids,
+                volumes: BTreeMap::new(),
+            })
+        })();
+        match result {
+            Ok(pool) => {
+                log::info!(
+                    "pool '{}': created on {} with {} MiB shards",
+                    p.name,
+                    p.base_bdevs.join(", "),
+                    shard_bytes >> 20
+                );
+                pools.insert(p.name.clone(), pool);
+                Ok(())
+            }
+            Err(e) => {
+                release();
+                Err(e)
+            }
+        }
+    }
+
+    /// Zeroes the first block of the given slots on every present member.
+    fn wipe(&self, ids: &[Option<BdevId>], bs: u32, slots: &[u64]) -> Result<(), PoolError> {
+        let zero = vec![0u8; bs as usize];
+        for id in ids.iter().flatten() {
+            for &slot in slots {
+                self.engine
+                    .write_blocks(*id, slot * slot_blocks(bs), &zero, IO_DEADLINE)
+                    .map_err(io_error("wiping pool metadata".to_string()))?;
+            }
+            self.engine
+                .flush_wait(*id, IO_DEADLINE)
+                .map_err(io_error("flushing a wiped member".to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Brings up the pool found on `base_bdevs` (see the module docs).
+    pub fn import(&self, base_bdevs: &[String]) -> Result<String, PoolError> {
+        if base_bdevs.is_empty() || base_bdevs.len() > MAX_MEMBERS {
+            return Err(invalid(
+                "base_bdevs",
+                format!("give 1 to {MAX_MEMBERS} bdev names"),
+            ));
+        }
+        let present: Vec<String> = base_bdevs
+            .iter()
+            .filter(|n| self.registry.lookup(n).is_some())
+            .cloned()
+            .collect();
+        if present.is_empty() {
+            return Err(PoolError::NoPool(format!(
+                "none of {} exists",
+                base_bdevs.join(", ")
+            )));
+        }
+        let found = self.members_for(&present)?;
+        let mut slots: Vec<(BdevId, String, Slot)> = Vec::new();
+        for (id, info) in &found {
+            match self.read_newest(*id, info.block_size)? {
+                Some(slot) => slots.push((*id, info.name.clone(), slot)),
+                None => log::warn!(
+                    "pool_import: '{}' holds no readable pool metadata; treated as missing",
+                    info.name
+                ),
+            }
+        }
+        let Some(best) = slots.iter().max_by_key(|(_, _, s)| s.generation) else {
+            return Err(PoolError::NoPool(format!(
+                "no tidepool pool metadata on {}",
+                base_bdevs.join(", ")
+            )));
+        };
+        let (generation, mut record) = (best.2.generation, best.2.record.clone());
+        if let Some((_, name, s)) = slots.iter().find(|(_, _, s)| s.record.uuid != record.uuid) {
+            return Err(invalid(
+                "base_bdevs",
+                format!(
+                    "'{name}' belongs to pool '{}' ({}), not '{}' ({})",
+                    s.record.name, s.record.uuid, record.name, record.uuid
+                ),
+            ));
+        }
+        let mut members: Vec<Option<BdevId>> = vec![None; record.members.len()];
+        for (id, name, s) in &slots {
+            let index = s.member_index as usize;
+            if members[index].is_some() {
+                return Err(invalid(
+                    "base_bdevs",
+                    format!("two bdevs claim to be member {index}; '{name}' is one"),
+                ));
+            }
+            members[index] = Some(*id);
+            record.members[index].bdev_name = name.clone();
+        }
+        let mut pools = self.lock();
+        if pools.contains_key(&record.name) {
+            return Err(PoolError::Exists(record.name.clone()));
+        }
+        for v in &record.volumes {
+            if self.registry.lookup(&v.name).is_some() {
+                return Err(BdevError::Exists(v.name.clone()).into());
+            }
+        }
+        let user = format!("pool '{}'", record.name);
+        let claimed: Vec<(BdevId, String)> = slots
+            .iter()
+            .map(|(id, name, _)| (*id, name.clone()))
+            .collect();
+        self.claim_all(&claimed, &user)?;
+        let mut pool = Pool {
+            record: record.clone(),
+            generation,
+            members,
+            volumes: BTreeMap::new(),
+        };
+        // Rewrite the description at a new generation: heals a torn slot, a member that
+        // missed the last update, and records the members' current names.
+        let registered = self.persist(&mut pool, record).and_then(|()| {
+            let volumes = pool.record.volumes.clone();
+            for v in &volumes {
+                self.register_volume(&mut pool, v)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = registered {
+            let names: Vec<String> = pool.volumes.keys().cloned().collect();
+            for name in names {
+                let _ = self.registry.unregister(&name);
+            }
+            for (_, name) in &claimed {
+                self.registry.release(name, &user);
+            }
+            return Err(e);
+        }
+        let name = pool.record.name.clone();
+        let missing: Vec<String> = pool
+            .members
+            .iter()
+            .zip(&pool.record.members)
+            .filter(|(id, _)| id.is_none())
+            .map(|(_, m)| m.bdev_name.clone())
+            .collect();
+        if missing.is_empty() {
+            log::info!(
+                "pool '{name}': imported at generation {} with {} volume(s)",
+                pool.generation,
+                pool.volumes.len()
+            );
+        } else {
+            log::warn!(
+                "pool '{name}': imported DEGRADED, missing {}; their shards fail I/O",
+                missing.join(", ")
+            );
+        }
+        pools.insert(name.clone(), pool);
+        Ok(name)
+    }
+
+    /// Makes the volume of `v` and registers it as a bdev.
+    fn register_volume(&self, pool: &mut Pool, v: &VolumeRecord) -> Result<(), PoolError> {
+        let reactors = self.engine.reactor_count();
+        let record = &pool.record;
+        let mut supported = IoTypeSet::all();
+        let routes = v
+            .shards
+            .iter()
+            .map(|s| {
+                let member = pool.members[s.member as usize];
+                if let Some(bdev) = member.and_then(|id| self.registry.get(id)) {
+                    supported = supported.intersect(bdev.info().supported);
+                }
+                ShardRoute {
+                    owner: s.owner % reactors as u16,
+                    member: member.unwrap_or(BdevId::MAX),
+                    member_name: record.members[s.member as usize].bdev_name.clone(),
+                    offset_blocks: DATA_START_BYTES / record.block_size as u64
+                        + s.extent * record.shard_blocks,
+                    state: if member.is_some() {
+                        ShardState::Online
+                    } else {
+                        ShardState::Unavailable
+                    },
+                }
+            })
+            .collect();
+        let info = BdevInfo {
+            name: v.name.clone(),
+            product_name: crate::volume::PRODUCT_NAME,
+            block_size: record.block_size,
+            num_blocks: v.num_blocks,
+            uuid: v.uuid.clone(),
+            supported,
+        };
+        let volume = Arc::new(Volume::new(info, &record.name, record.shard_blocks, routes));
+        let id = self
+            .registry
+            .register(Arc::new(VolumeBdev::new(Arc::clone(&volume))))?;
+        pool.volumes.insert(v.name.clone(), (id, volume));
+        Ok(())
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), PoolError> {
+        let mut pools = self.lock();
+        let pool = pools
+            .get(name)
+            .ok_or_else(|| PoolError::NotFound(name.to_string()))?;
+        if !pool.volumes.is_empty() {
+            let names: Vec<&str> = pool.volumes.keys().map(String::as_str).collect();
+            return Err(PoolError::Busy(format!(
+                "pool '{name}' holds volume(s) {}; delete them first",
+                names.join(", ")
+            )));
+        }
+        self.wipe(&pool.members, pool.record.block_size, &[0, 1])?;
+        let pool = pools.remove(name).expect("looked up above");
+        let user = pool.claim_name();
+        for m in &pool.record.members {
+            self.registry.release(&m.bdev_name, &user);
+        }
+        log::info!("pool '{name}': deleted; its members are free");
+        Ok(())
+    }
+
+    pub fn create_volume(&self, p: &VolumeCreateParams) -> Result<(), PoolError> {
+        check_name("name", &p.name)?;
+        let mut pools = self.lock();
+        let pool = pools
+            .get_mut(&p.pool)
+            .ok_or_else(|| PoolError::NotFound(p.pool.clone()))?;
+        if self.registry.lookup(&p.name).is_some() {
+            return Err(BdevError::Exists(p.name.clone()).into());
+        }
+        if pool.degraded() {
+            return Err(PoolError::Degraded(format!(
+                "pool '{}' is degraded (a member is missing); new volumes need every member",
+                p.pool
+            )));
+        }
+        let bs = pool.record.block_size as u64;
+        let bytes = p
+            .size_mib
+            .checked_mul(1 << 20)
+            .filter(|&b| b > 0 && b / bs <= u32::MAX as u64 * pool.record.shard_blocks)
+            .ok_or_else(|| invalid("size_mib", format!("{} is not a usable size", p.size_mib)))?;
+        let num_blocks = bytes / bs;
+        let shards = num_blocks.div_ceil(pool.record.shard_blocks) as usize;
+        let placed = placement::place(
+            &pool.record,
+            shards,
+            self.engine.reactor_count(),
+            &pool.present(),
+        )
+        .map_err(|free| {
+            let shard_mib = (pool.record.shard_blocks * bs) >> 20;
+            PoolError::NoSpace(format!(
+                "volume '{}' of {} MiB needs {shards} shard(s) of {shard_mib} MiB; pool '{}' \
+                 has {free} free",
+                p.name, p.size_mib, p.pool
+            ))
+        })?;
+        let volume = VolumeRecord {
+            name: p.name.clone(),
+            uuid: new_uuid(),
+            num_blocks,
+            shards: placed,
+        };
+        let mut record = pool.record.clone();
+        record.volumes.push(volume.clone());
+        self.persist(pool, record)?;
+        if let Err(e) = self.register_volume(pool, &volume) {
+            // Cannot happen while the lock is held and the name was checked; undo anyway.
+            let mut record = pool.record.clone();
+            record.volumes.retain(|v| v.name != p.name);
+            let _ = self.persist(pool, record);
+            return Err(e);
+        }
+        log::info!(
+            "volume '{}': {} MiB in {shards} shard(s) on pool '{}'",
+            p.name,
+            p.size_mib,
+            p.pool
+        );
+        Ok(())
+    }
+
+    pub fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
+        let mut pools = self.lock();
+        let pool = pools
+            .values_mut()
+            .find(|pool| pool.volumes.contains_key(name))
+            .ok_or_else(|| PoolError::VolumeNotFound(name.to_string()))?;
+        let (id, _) = pool.volumes[name].clone();
+        // Refused here, changing nothing, while an NBD export (or anything) claims it.
+        self.registry.unregister(name)?;
+        let open = self
+            .engine
+            .close_channels(id, IO_DEADLINE)
+            .map_err(|e| PoolError::Io(e.to_string()))?;
+        if open > 0 {
+            log::warn!("volume '{name}': {open} reactor(s) still hold its I/O");
+        }
+        let mut record = pool.record.clone();
+        record.volumes.retain(|v| v.name != name);
+        pool.volumes.remove(name);
+        self.persist(pool, record)?;
+        log::info!("volume '{name}': deleted");
+        Ok(())
+    }
+
+    /// `pool_get_pools`: each pool with its state and members.
+    pub fn pools_json(&self, name: Option<&str>) -> Result<Value, PoolError> {
+        let pools = self.lock();
+        if let Some(n) = name {
+            if !pools.contains_key(n) {
+                return Err(PoolError::NotFound(n.to_string()));
+            }
+        }
+        let rows = pools
+            .values()
+            .filter(|p| name.is_none_or(|n| n == p.record.name))
+            .map(|p| {
+                let r = &p.record;
+                let bs = r.block_size as u64;
+                let free = placement::free_extents(r);
+                let members: Vec<Value> = r
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        let used = m.extents - free[i].len() as u64;
+                        json!({"name": m.bdev_name, "index": i,
+                            "state": if p.members[i].is_some() { "online" } else { "missing" },
+                            "capacity_mib": (m.extents * r.shard_blocks * bs) >> 20,
+                            "used_mib": (used * r.shard_blocks * bs) >> 20,
+                            "shard_count": used, "free_shards": free[i].len()})
+                    })
+                    .collect();
+                json!({"name": r.name, "uuid": r.uuid,
+                    "state": if p.degraded() { "degraded" } else { "online" },
+                    "block_size": r.block_size, "shard_size_kib": (r.shard_blocks * bs) >> 10,
+                    "generation": p.generation, "volumes": p.volumes.keys().collect::<Vec<_>>(),
+                    "members": members})
+            })
+            .collect();
+        Ok(Value::Array(rows))
+    }
+
+    /// `volume_get_volumes`: each volume with its routing table.
+    pub fn volumes_json(&self, name: Option<&str>) -> Result<Value, PoolError> {
+        let pools = self.lock();
+        let mut rows = Vec::new();
+        for p in pools.values() {
+            for (vname, (_, v)) in &p.volumes {
+                if name.is_some_and(|n| n != vname) {
+                    continue;
+                }
+                let info = v.info();
+                rows.push(
+                    json!({"name": vname, "uuid": info.uuid, "pool": p.record.name,
+                    "block_size": info.block_size, "num_blocks": info.num_blocks,
+                    "size_mib": (info.num_blocks * info.block_size as u64) >> 20,
+                    "shard_blocks": v.shard_blocks(), "epoch": v.epoch(),
+                    "shards": v.shards_json()}),
+                );
+            }
+        }
+        if let (Some(n), true) = (name, rows.is_empty()) {
+            return Err(PoolError::VolumeNotFound(n.to_string()));
+        }
+        Ok(Value::Array(rows))
+    }
+
+    /// A volume by name (for tests and the balancer to come).
+    pub fn volume(&self, name: &str) -> Option<Arc<Volume>> {
+        let pools = self.lock();
+        pools
+            .values()
+            .find_map(|p| p.volumes.get(name).map(|(_, v)| Arc::clone(v)))
+    }
+
+    /// `save_config` entries: one `pool_import` per pool, naming every member.
+    pub fn config_entries(&self) -> Vec<Value> {
+        self.lock()
+            .values()
+            .map(|p| {
+                let names: Vec<&str> = p
+                    .record
+                    .members
+                    .iter()
+                    .map(|m| m.bdev_name.as_str())
+                    .collect();
+                json!({"method": "pool_import", "params": {"base_bdevs": names}})
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,348 @@
+//! Pool tests on a running engine (two unpinned reactors) with uring bdevs on scratch files,
+//! so that a "restart" is a new engine and registry reading the same files.
+
+use super::*;
+use crate::bdev::IoStatus;
+use crate::config::create_bdev;
+use crate::reactor::{BlockingIoError, EngineConfig};
+use crate::testkit::temp_file;
+use serde_json::json;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const BS: u32 = 4096;
+const FILE_BYTES: u64 = 2 * SLOT_BYTES + 8 * (1 << 20);
+
+/// One "boot": an engine and a registry with a uring bdev per file, plus a pool service.
+struct Boot {
+    engine: Arc<Engine>,
+    registry: Arc<BdevRegistry>,
+    pools: PoolService,
+}
+
+fn boot(files: &[(&str, &Path)]) -> Boot {
+    let registry = Arc::new(BdevRegistry::new());
+    for (name, path) in files {
+        let p = json!({"name": name, "filename": path, "block_size": BS});
+        create_bdev(&registry, "bdev_uring_create", p).unwrap();
+    }
+    let mut config = EngineConfig::new(vec![0, 1]);
+    config.pin = false;
+    let engine = Arc::new(Engine::start(config, Arc::clone(&registry)).unwrap());
+    let pools = PoolService::new(Arc::clone(&engine), Arc::clone(&registry));
+    Boot {
+        engine,
+        registry,
+        pools,
+    }
+}
+
+fn files(test: &str) -> (PathBuf, PathBuf) {
+    (
+        temp_file(&format!("{test}-a"), FILE_BYTES),
+        temp_file(&format!("{test}-b"), FILE_BYTES),
+    )
+}
+
+fn create(b: &Boot, name: &str, members: &[&str], shard_kib: u64) -> Result<(), PoolError> {
+    b.pools.create(&PoolCreateParams {
+        name: name.into(),
+        base_bdevs: members.iter().map(|s| s.to_string()).collect(),
+        shard_size_mib: None,
+        shard_size_kib: Some(shard_kib),
+        force: false,
+    })
+}
+
+fn volume(b: &Boot, pool: &str, name: &str, size_mib: u64) -> Result<(), PoolError> {
+    b.pools.create_volume(&VolumeCreateParams {
+        pool: pool.into(),
+        name: name.into(),
+        size_mib,
+    })
+}
+
+fn id(b: &Boot, name: &str) -> BdevId {
+    b.registry.lookup(name).unwrap().0
+}
+
+/// Writes `blocks` blocks of a pattern (block number and `seed`) at `offset` of a bdev.
+fn write(b: &Boot, bdev: &str, offset: u64, blocks: u64, seed: u8) -> Result<(), BlockingIoError> {
+    let mut data = vec![0u8; (blocks * BS as u64) as usize];
+    for (i, block) in data.chunks_mut(BS as usize).enumerate() {
+        block.fill(seed.wrapping_add((offset + i as u64) as u8));
+    }
+    b.engine
+        .write_blocks(id(b, bdev), offset, &data, Duration::from_secs(5))
+}
+
+fn read_matches(b: &Boot, bdev: &str, offset: u64, blocks: u64, seed: u8) -> bool {
+    let buf = b
+        .engine
+        .read_blocks(id(b, bdev), offset, blocks as u32, Duration::from_secs(5))
+        .unwrap();
+    buf.as_slice()
+        .chunks(BS as usize)
+        .enumerate()
+        .all(|(i, block)| {
+            block
+                .iter()
+                .all(|&x| x == seed.wrapping_add((offset + i as u64) as u8))
+        })
+}
+
+fn pools_json(b: &Boot) -> Value {
+    b.pools.pools_json(None).unwrap()
+}
+
+#[test]
+fn a_pool_and_its_volume_come_back_after_a_restart() {
+    let (fa, fb) = files("restart");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "p", &["A", "B"], 1024).unwrap();
+    volume(&first, "p", "vol", 6).unwrap();
+    // 6 MiB in 1 MiB shards: three on each member, owners over both reactors.
+    let v = first.pools.volumes_json(Some("vol")).unwrap();
+    let shards = v[0]["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 6);
+    for m in ["A", "B"] {
+        assert_eq!(shards.iter().filter(|s| s["bdev"] == m).count(), 3);
+    }
+    for o in 0..2 {
+        assert_eq!(shards.iter().filter(|s| s["owner_core"] == o).count(), 3);
+    }
+    let listed = first.registry.lookup("vol").unwrap().1;
+    assert_eq!(listed.info().product_name, "tidepool volume");
+    write(&first, "vol", 0, 6 * 256, 7).unwrap();
+    first
+        .engine
+        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
+        .unwrap();
+    let saved = first.pools.config_entries();
+    assert_eq!(
+        saved,
+        [json!({"method": "pool_import", "params": {"base_bdevs": ["A", "B"]}})]
+    );
+    drop(first);
+
+    let second = boot(&[("A", &fa), ("B", &fb)]);
+    assert_eq!(second.pools.import(&["A".into(), "B".into()]).unwrap(), "p");
+    assert!(read_matches(&second, "vol", 0, 6 * 256, 7));
+    let pools = pools_json(&second);
+    assert_eq!(pools[0]["state"], "online");
+    assert_eq!(pools[0]["generation"], 3, "create, volume, import's heal");
+    assert_eq!(
+        second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"],
+        v[0]["shards"]
+    );
+    // Members are claimed by the pool, the volume is a bdev like any other.
+    assert!(matches!(
+        second.registry.unregister("A"),
+        Err(BdevError::InUse { .. })
+    ));
+}
+
+#[test]
+fn a_corrupt_slot_falls_back_to_the_other_and_is_healed() {
+    let (fa, fb) = files("corrupt");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "p", &["A", "B"], 1024).unwrap();
+    volume(&first, "p", "vol", 2).unwrap();
+    drop(first);
+    // Generation 2 (with the volume) is in slot 0 of both members. Corrupt it on A only:
+    // B still holds it, so the volume survives and A is rewritten.
+    let flip = |path: &Path, at: u64| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+    };
+    flip(&fa, 100);
+    let second = boot(&[("A", &fa), ("B", &fb)]);
+    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    assert!(second.pools.volume("vol").is_some());
+    drop(second);
+    // Import wrote generation 3 to slot 1 everywhere. Tear it on both members: generation
+    // 2 in slot 0 (healed on A) is what remains whole.
+    flip(&fa, SLOT_BYTES + 200);
+    flip(&fb, SLOT_BYTES + 150);
+    let third = boot(&[("A", &fa), ("B", &fb)]);
+    third.pools.import(&["A".into(), "B".into()]).unwrap();
+    assert!(third.pools.volume("vol").is_some());
+    assert_eq!(pools_json(&third)[0]["generation"], 3);
+    drop(third);
+    // Both slots of both members ruined: nothing to import, and nothing changes.
+    for f in [&fa, &fb] {
+        flip(f, 70);
+        flip(f, SLOT_BYTES + 70);
+    }
+    let fourth = boot(&[("A", &fa), ("B", &fb)]);
+    let err = fourth.pools.import(&["A".into(), "B".into()]).unwrap_err();
+    assert!(matches!(err, PoolError::NoPool(_)), "{err}");
+    assert!(fourth.registry.lookup("vol").is_none());
+    assert!(
+        fourth.registry.claim("A", "test").is_ok(),
+        "a failed import claims nothing"
+    );
+}
+
+#[test]
+fn a_missing_member_brings_the_pool_up_degraded_with_clear_errors() {
+    let (fa, fb) = files("degraded");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "p", &["A", "B"], 1024).unwrap();
+    volume(&first, "p", "vol", 4).unwrap();
+    write(&first, "vol", 0, 4 * 256, 3).unwrap();
+    drop(first);
+    // B is gone: the config names it, but it does not exist.
+    let second = boot(&[("A", &fa)]);
+    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    let pools = pools_json(&second);
+    assert_eq!(pools[0]["state"], "degraded");
+    assert_eq!(pools[0]["members"][1]["state"], "missing");
+    let table = second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
+    for (i, shard) in table.as_array().unwrap().iter().enumerate() {
+        let on_a = shard["bdev"] == "A";
+        assert_eq!(shard["state"], if on_a { "online" } else { "unavailable" });
+        let offset = i as u64 * 256;
+        if on_a {
+            assert!(read_matches(&second, "vol", offset, 256, 3), "shard {i}");
+        } else {
+            let err = second
+                .engine
+                .read_blocks(id(&second, "vol"), offset, 1, Duration::from_secs(5))
+                .unwrap_err();
+            let enodev = IoStatus::Failed {
+                errno: libc::ENODEV,
+            };
+            assert_eq!(err, BlockingIoError::Status(enodev), "shard {i}");
+        }
+    }
+    let err = volume(&second, "p", "more", 1).unwrap_err();
+    assert!(matches!(err, PoolError::Degraded(_)), "{err}");
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let (fa, fb) = files("bad");
+    let fc = temp_file("bad-c", 1 << 20);
+    let b = boot(&[("A", &fa), ("B", &fb), ("Tiny", &fc)]);
+    let err = create(&b, "p", &["A", "B"], 6).unwrap_err();
+    assert!(
+        err.to_string().contains("multiple of the 4096-byte block"),
+        "{err}"
+    );
+    let err = create(&b, "p", &["A", "Tiny"], 1024).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot hold the metadata"),
+        "{err}"
+    );
+    let err = create(&b, "p", &["A", "A"], 1024).unwrap_err();
+    assert!(err.to_string().contains("named twice"), "{err}");
+    let err = create(&b, "p", &["A", "Nope"], 1024).unwrap_err();
+    assert!(
+        matches!(err, PoolError::Bdev(BdevError::NotFound(_))),
+        "{err}"
+    );
+    assert!(
+        b.registry.claim("A", "x").is_ok(),
+        "failed creates claim nothing"
+    );
+    b.registry.release("A", "x");
+
+    create(&b, "p", &["A", "B"], 1024).unwrap();
+    let err = create(&b, "p", &["Tiny"], 64).unwrap_err();
+    assert!(matches!(err, PoolError::Exists(_)), "{err}");
+    let err = create(&b, "q", &["A"], 1024).unwrap_err();
+    assert!(
+        matches!(err, PoolError::Bdev(BdevError::InUse { .. })),
+        "{err}"
+    );
+
+    let generation = pools_json(&b)[0]["generation"].clone();
+    // 8 MiB per member in 1 MiB shards: 16 shards in all.
+    let err = volume(&b, "p", "big", 17).unwrap_err();
+    assert!(matches!(err, PoolError::NoSpace(_)), "{err}");
+    assert!(err.to_string().contains("needs 17 shard(s)") && err.to_string().contains("16 free"));
+    let err = volume(&b, "p", "v", 0).unwrap_err();
+    assert!(matches!(err, PoolError::InvalidParam { .. }), "{err}");
+    let err = volume(&b, "nopool", "v", 1).unwrap_err();
+    assert!(matches!(err, PoolError::NotFound(_)), "{err}");
+    let err = volume(&b, "p", "Tiny", 1).unwrap_err();
+    assert!(
+        matches!(err, PoolError::Bdev(BdevError::Exists(_))),
+        "{err}"
+    );
+    assert_eq!(
+        pools_json(&b)[0]["generation"],
+        generation,
+        "nothing was written"
+    );
+    assert!(b.registry.lookup("big").is_none());
+
+    volume(&b, "p", "v", 16).unwrap();
+    let err = volume(&b, "p", "v", 1).unwrap_err();
+    assert!(
+        matches!(err, PoolError::Bdev(BdevError::Exists(_))),
+        "{err}"
+    );
+    let err = b.pools.delete("p").unwrap_err();
+    assert!(
+        matches!(err, PoolError::Busy(_)) && err.to_string().contains("volume(s) v"),
+        "{err}"
+    );
+    // A claimed volume (an NBD export does this) cannot be deleted.
+    b.registry.claim("v", "NBD export 'e'").unwrap();
+    let err = b.pools.delete_volume("v").unwrap_err();
+    assert!(
+        matches!(err, PoolError::Bdev(BdevError::InUse { .. })),
+        "{err}"
+    );
+    assert!(b.pools.volume("v").is_some());
+    b.registry.release("v", "NBD export 'e'");
+    b.pools.delete_volume("v").unwrap();
+    assert!(b.registry.lookup("v").is_none());
+    let err = b.pools.delete_volume("v").unwrap_err();
+    assert!(matches!(err, PoolError::VolumeNotFound(_)), "{err}");
+    b.pools.delete("p").unwrap();
+    assert_eq!(pools_json(&b), json!([]));
+    // The members are free, and their metadata is gone: a new pool needs no force.
+    create(&b, "p2", &["A", "B"], 1024).unwrap();
+}
+
+#[test]
+fn formatting_a_member_of_another_pool_needs_force() {
+    let (fa, fb) = files("force");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "old", &["A", "B"], 1024).unwrap();
+    volume(&first, "old", "vol", 2).unwrap();
+    drop(first);
+    let second = boot(&[("A", &fa), ("B", &fb)]);
+    let err = create(&second, "new", &["A"], 1024).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("already carries tidepool metadata"),
+        "{err}"
+    );
+    second
+        .pools
+        .create(&PoolCreateParams {
+            name: "new".into(),
+            base_bdevs: vec!["A".into()],
+            shard_size_mib: Some(1),
+            shard_size_kib: None,
+            force: true,
+        })
+        .unwrap();
+    drop(second);
+    // A now belongs to "new" alone; B still says "old": they cannot be imported together.
+    let third = boot(&[("A", &fa), ("B", &fb)]);
+    let err = third.pools.import(&["A".into(), "B".into()]).unwrap_err();
+    assert!(err.to_string().contains("belongs to pool"), "{err}");
+    assert_eq!(third.pools.import(&["A".into()]).unwrap(), "new");
+    assert!(third.registry.lookup("vol").is_none());
+}
