@@ -119,9 +119,16 @@ pub fn create_bdev(
     Ok((id, name))
 }
 
-/// Subsystems whose entries need the running engine: [`apply`] leaves them to the caller,
-/// which runs them through the RPC methods of the same name once the reactors are up.
-pub const DEFERRED_SUBSYSTEMS: &[&str] = &["nbd"];
+/// Subsystems whose entries need the running engine, in the order they run, with the
+/// method prefixes each accepts: [`apply`] leaves them to the caller, which runs them through
+/// the RPC methods of the same name once the reactors are up. Pools come first, so that NBD
+/// can export their volumes.
+pub const DEFERRED_SUBSYSTEMS: &[(&str, &[&str])] =
+    &[("pool", &["pool_", "volume_"]), ("nbd", &["nbd_"])];
+
+fn is_deferred(name: &str) -> bool {
+    DEFERRED_SUBSYSTEMS.iter().any(|(n, _)| *n == name)
+}
 
 /// What a config file made, and what it left for after start-up.
 #[derive(Debug)]
@@ -144,27 +151,36 @@ pub fn load_file(path: &str, registry: &BdevRegistry) -> Result<Loaded, ConfigEr
     Ok(Loaded { bdevs, deferred })
 }
 
-/// The entries of the [`DEFERRED_SUBSYSTEMS`], checked for shape only.
+/// The entries of the [`DEFERRED_SUBSYSTEMS`], checked for shape only, in their run order.
 pub fn deferred_entries(config: &Value) -> Result<Vec<(String, Value)>, ConfigError> {
     let mut out = Vec::new();
-    let subsystems = config.get("subsystems").and_then(Value::as_array);
-    for sub in subsystems.into_iter().flatten() {
-        let name = sub.get("subsystem").and_then(Value::as_str).unwrap_or("");
-        if !DEFERRED_SUBSYSTEMS.contains(&name) {
-            continue;
-        }
-        let list = sub.get("config").and_then(Value::as_array);
-        for (index, entry) in list.into_iter().flatten().enumerate() {
-            let method = entry.get("method").and_then(Value::as_str);
-            let Some(method) = method.filter(|m| m.starts_with(&format!("{name}_"))) else {
-                return Err(ConfigError::Entry {
-                    index,
-                    method: method.unwrap_or("").to_string(),
-                    reason: format!("subsystem '{name}' needs \"method\" names starting '{name}_'"),
-                });
-            };
-            let params = entry.get("params").cloned().unwrap_or(Value::Null);
-            out.push((method.to_string(), params));
+    let subsystems: Vec<&Value> = config
+        .get("subsystems")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    for (name, prefixes) in DEFERRED_SUBSYSTEMS {
+        for sub in &subsystems {
+            if sub.get("subsystem").and_then(Value::as_str) != Some(name) {
+                continue;
+            }
+            let list = sub.get("config").and_then(Value::as_array);
+            for (index, entry) in list.into_iter().flatten().enumerate() {
+                let method = entry.get("method").and_then(Value::as_str);
+                let Some(method) = method.filter(|m| prefixes.iter().any(|p| m.starts_with(p)))
+                else {
+                    return Err(ConfigError::Entry {
+                        index,
+                        method: method.unwrap_or("").to_string(),
+                        reason: format!(
+                            "subsystem '{name}' needs \"method\" names starting {}",
+                            prefixes.join(" or ")
+                        ),
+                    });
+                };
+                let params = entry.get("params").cloned().unwrap_or(Value::Null);
+                out.push((method.to_string(), params));
+            }
         }
     }
     Ok(out)
@@ -194,11 +210,12 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
             }
         };
         if name != "bdev" {
-            if list.is_empty() || DEFERRED_SUBSYSTEMS.contains(&name) {
+            if list.is_empty() || is_deferred(name) {
                 continue;
             }
             return Err(shape(&format!(
-                "subsystem '{name}' is not supported (only 'bdev' and 'nbd' may have entries)"
+                "subsystem '{name}' is not supported (only 'bdev', 'pool' and 'nbd' may have \
+                 entries)"
             )));
         }
         entries.extend(list.iter().cloned());
@@ -239,8 +256,8 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
 }
 
 /// The config that recreates every bdev in `registry` (bases before the bdevs stacked on
-/// them), then the `nbd` entries given.
-pub fn save(registry: &BdevRegistry, nbd: Vec<Value>) -> Value {
+/// them), then the `pool` and `nbd` entries given.
+pub fn save(registry: &BdevRegistry, pool: Vec<Value>, nbd: Vec<Value>) -> Value {
     let entries: Vec<Value> = registry
         .list()
         .iter()
@@ -249,6 +266,7 @@ pub fn save(registry: &BdevRegistry, nbd: Vec<Value>) -> Value {
         .collect();
     serde_json::json!({"subsystems": [
         {"subsystem": "bdev", "config": entries},
+        {"subsystem": "pool", "config": pool},
         {"subsystem": "nbd", "config": nbd},
     ]})
 }
@@ -277,7 +295,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(made, ["M0", "EE_M0", "N0", "D0"]);
-        let saved = save(&reg, Vec::new());
+        let saved = save(&reg, Vec::new(), Vec::new());
         let reg2 = BdevRegistry::new();
         assert_eq!(apply(&saved, &reg2).unwrap(), made);
         assert_eq!(reg2.lookup("EE_M0").unwrap().1.info().num_blocks, 256);

@@ -17,11 +17,13 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use job::{Job, JobLive, JobResult, JobSpec, Workload};
 use report::{LatencyUs, Report, Row};
+use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidepool::bdev::{BdevId, BdevRegistry};
 use tidepool::reactor::{Engine, EngineConfig, ReactorId};
+use tidepool::rpc::Services;
 use tidepool::{config, cpuset, DmaPool};
 
 #[derive(Parser, Debug)]
@@ -156,14 +158,12 @@ fn run(args: &Args) -> anyhow::Result<i32> {
     }
     let duration = Duration::from_secs_f64(args.seconds);
     let registry = Arc::new(BdevRegistry::new());
+    let mut deferred = Vec::new();
     if let Some(path) = &args.config {
-        let loaded = config::load_file(path, &registry)?;
-        for (method, _) in &loaded.deferred {
-            eprintln!("tidepool-perf: skipping '{method}' from {path}: only tidepoold runs it");
-        }
+        deferred = config::load_file(path, &registry)?.deferred;
     }
     match args.bench.as_str() {
-        "io" => run_io(args, registry, duration),
+        "io" => run_io(args, registry, deferred, duration),
         "ping" => {
             let engine = Engine::start(engine_config(args)?, registry)?;
             let value = bench::ping(&engine, duration)?;
@@ -310,9 +310,33 @@ fn plan_jobs(
     Ok(placed)
 }
 
-fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyhow::Result<i32> {
+/// Runs the config's pool and volume entries on the started engine (volumes are bdevs that
+/// jobs can run on); NBD entries are tidepoold's and are skipped.
+fn run_deferred(services: &Services, deferred: Vec<(String, Value)>) -> anyhow::Result<()> {
+    let methods = tidepool::rpc::methods::all();
+    for (method, params) in deferred {
+        if method.starts_with("nbd_") {
+            eprintln!("tidepool-perf: skipping '{method}': only tidepoold serves NBD");
+            continue;
+        }
+        let shown = params.to_string();
+        tidepool::rpc::dispatch::call(services, &methods, &method, Some(params))
+            .with_context(|| format!("config entry {method} {shown}"))?;
+    }
+    Ok(())
+}
+
+fn run_io(
+    args: &Args,
+    registry: Arc<BdevRegistry>,
+    deferred: Vec<(String, Value)>,
+    duration: Duration,
+) -> anyhow::Result<i32> {
     let engine_cfg = engine_config(args)?;
     let cores = engine_cfg.cores.clone();
+    let engine = Arc::new(Engine::start(engine_cfg, Arc::clone(&registry))?);
+    let services = Arc::new(Services::new(&engine, &registry));
+    run_deferred(&services, deferred)?;
     let jobs = plan_jobs(args, &registry, &cores, duration)?;
     let io_bytes = parse_size(&args.io_size)?;
     println!(
@@ -329,14 +353,12 @@ fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyho
             ""
         }
     );
-    let engine = Arc::new(Engine::start(engine_cfg, Arc::clone(&registry))?);
     let rpc_server = match &args.rpc_socket {
         Some(path) => {
             let max_clients = tidepool::rpc::server::ServerOptions::default().max_clients;
-            let server = tidepool::rpc::server::RpcServer::for_engine(
+            let server = tidepool::rpc::server::RpcServer::for_services(
                 path,
-                &engine,
-                &registry,
+                Arc::clone(&services),
                 max_clients,
             )?;
             Some(server)
@@ -395,6 +417,8 @@ fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyho
     if let Some(server) = rpc_server {
         server.stop();
     }
+    let routing = route_counters(&engine)?;
+    drop(services);
     match Arc::try_unwrap(engine) {
         Ok(engine) => engine.stop(),
         Err(_) => bail!("the engine is still shared after the RPC server stopped"),
@@ -434,7 +458,14 @@ fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyho
         },
     };
     report::print_table(&report);
-    write_json(&args.json, &serde_json::to_value(&report)?)?;
+    if let Some(r) = &routing {
+        report::print_routing(r);
+    }
+    let mut json = serde_json::to_value(&report)?;
+    if let Some(r) = &routing {
+        json["routing"] = serde_json::to_value(r)?;
+    }
+    write_json(&args.json, &json)?;
     if let Some(p) = &args.hgrm {
         std::fs::write(p, report::hgrm(&total_hist))
             .with_context(|| format!("writing --hgrm {p}"))?;
@@ -456,4 +487,16 @@ fn run_io(args: &Args, registry: Arc<BdevRegistry>, duration: Duration) -> anyho
         return Ok(1);
     }
     Ok(0)
+}
+
+/// The volume router's counts summed over the reactors; `None` when no volume I/O ran.
+fn route_counters(engine: &Engine) -> anyhow::Result<Option<report::Routing>> {
+    let mut total = report::Routing::default();
+    for r in 0..engine.reactor_count() {
+        let c = engine.call_wait(r, Duration::from_secs(5), |r| r.ctx().route_counters())?;
+        total.local += c.local;
+        total.remote += c.remote;
+        total.forwarded += c.forwarded;
+    }
+    Ok((total.local + total.remote > 0).then_some(total))
 }

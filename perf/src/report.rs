@@ -66,6 +66,38 @@ pub struct Report {
     pub total: Row,
 }
 
+/// How volume requests were routed: pieces executed by the reactor that took them, sent to
+/// the shard's owner on another reactor, or forwarded after the owner changed.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Routing {
+    pub local: u64,
+    pub remote: u64,
+    pub forwarded: u64,
+}
+
+impl Routing {
+    /// The share of pieces that crossed reactors, in percent.
+    pub fn crossed_percent(&self) -> f64 {
+        let all = self.local + self.remote;
+        if all == 0 {
+            0.0
+        } else {
+            100.0 * self.remote as f64 / all as f64
+        }
+    }
+}
+
+pub fn print_routing(r: &Routing) {
+    println!(
+        "Volume routing: {} piece(s) on the taking reactor, {} sent to the owner on another \
+         ({:.1}% crossed reactors), {} forwarded",
+        r.local,
+        r.remote,
+        r.crossed_percent(),
+        r.forwarded
+    );
+}
+
 pub fn print_table(report: &Report) {
     println!(
         "\n{:<24} {:>5} {:>12} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",

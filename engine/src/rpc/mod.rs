@@ -26,6 +26,7 @@ pub mod server;
 use crate::bdev::{BdevError, BdevRegistry};
 use crate::config::CreateError;
 use crate::nbd::{NbdError, NbdService};
+use crate::pool::{PoolError, PoolService};
 use crate::reactor::{Engine, EngineError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -101,6 +102,7 @@ pub struct Services {
     pub engine: Arc<Engine>,
     pub registry: Arc<BdevRegistry>,
     pub nbd: NbdService,
+    pub pools: PoolService,
 }
 
 impl Services {
@@ -109,6 +111,7 @@ impl Services {
             engine: Arc::clone(engine),
             registry: Arc::clone(registry),
             nbd: NbdService::new(Arc::clone(engine), Arc::clone(registry)),
+            pools: PoolService::new(Arc::clone(engine), Arc::clone(registry)),
         }
     }
 }
@@ -125,6 +128,27 @@ impl From<NbdError> for RpcError {
             NbdError::InvalidParam { .. } => INVALID_PARAMS,
             NbdError::Bdev(_) => unreachable!("converted above"),
             NbdError::Listen { .. } => -libc::EADDRINUSE,
+        };
+        RpcError::new(code, e.to_string())
+    }
+}
+
+impl From<PoolError> for RpcError {
+    fn from(e: PoolError) -> RpcError {
+        let code = match &e {
+            PoolError::Bdev(_) => match e {
+                PoolError::Bdev(b) => return b.into(),
+                _ => unreachable!("matched above"),
+            },
+            PoolError::Exists(_) => -libc::EEXIST,
+            PoolError::NotFound(_)
+            | PoolError::VolumeNotFound(_)
+            | PoolError::Degraded(_)
+            | PoolError::NoPool(_) => -libc::ENODEV,
+            PoolError::Busy(_) => -libc::EBUSY,
+            PoolError::NoSpace(_) => -libc::ENOSPC,
+            PoolError::InvalidParam { .. } => INVALID_PARAMS,
+            PoolError::Io(_) => -libc::EIO,
         };
         RpcError::new(code, e.to_string())
     }

@@ -144,6 +144,57 @@ enum Method {
         latency_type: String,
         latency_us: u64,
     },
+    /// Format bdevs into a pool
+    PoolCreate {
+        name: String,
+        /// Member bdevs, comma-separated
+        #[arg(
+            short = 'b',
+            long = "base-bdevs",
+            value_delimiter = ',',
+            required = true
+        )]
+        base_bdevs: Vec<String>,
+        /// Shard size in MiB (default 64)
+        #[arg(long = "shard-size-mib", conflicts_with = "shard_size_kib")]
+        shard_size_mib: Option<u64>,
+        /// Shard size in KiB
+        #[arg(long = "shard-size-kib")]
+        shard_size_kib: Option<u64>,
+        /// Format bdevs that already carry tidepool metadata
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bring up the pool found on these bdevs
+    PoolImport {
+        #[arg(
+            short = 'b',
+            long = "base-bdevs",
+            value_delimiter = ',',
+            required = true
+        )]
+        base_bdevs: Vec<String>,
+    },
+    /// Delete a pool that holds no volume
+    PoolDelete { name: String },
+    /// List pools, or one
+    PoolGetPools {
+        #[arg(short = 'n', long = "name")]
+        name: Option<String>,
+    },
+    /// Create a volume of SIZE_MIB in POOL
+    VolumeCreate {
+        pool: String,
+        name: String,
+        size_mib: u64,
+    },
+    /// Delete a volume that is not exported
+    VolumeDelete { name: String },
+    /// List volumes with their shards, or one
+    VolumeGetVolumes {
+        #[arg(short = 'n', long = "name")]
+        name: Option<String>,
+    },
     /// Listen for NBD clients (host:port, default 127.0.0.1:10809, or unix:PATH)
     NbdServerStart {
         #[arg(short = 'a', long = "listen-address")]
@@ -277,6 +328,30 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             json!({"delay_bdev_name": delay_bdev_name, "latency_type": latency_type,
                 "latency_us": latency_us}),
         ),
+        Method::PoolCreate {
+            name,
+            base_bdevs,
+            shard_size_mib,
+            shard_size_kib,
+            force,
+        } => (
+            "pool_create",
+            json!({"name": name, "base_bdevs": base_bdevs, "shard_size_mib": shard_size_mib,
+                "shard_size_kib": shard_size_kib, "force": force}),
+        ),
+        Method::PoolImport { base_bdevs } => ("pool_import", json!({"base_bdevs": base_bdevs})),
+        Method::PoolDelete { name } => ("pool_delete", json!({"name": name})),
+        Method::PoolGetPools { name } => ("pool_get_pools", json!({"name": name})),
+        Method::VolumeCreate {
+            pool,
+            name,
+            size_mib,
+        } => (
+            "volume_create",
+            json!({"pool": pool, "name": name, "size_mib": size_mib}),
+        ),
+        Method::VolumeDelete { name } => ("volume_delete", json!({"name": name})),
+        Method::VolumeGetVolumes { name } => ("volume_get_volumes", json!({"name": name})),
         Method::NbdServerStart { listen_address } => (
             "nbd_server_start",
             json!({"listen_address": listen_address}),

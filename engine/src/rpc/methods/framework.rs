@@ -70,6 +70,7 @@ fn save_config(
     parse_params::<NoParams>(params)?;
     Ok(crate::config::save(
         &services.registry,
+        services.pools.config_entries(),
         services.nbd.config_entries(),
     ))
 }

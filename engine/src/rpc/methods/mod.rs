@@ -7,6 +7,7 @@
 pub mod bdev;
 pub mod framework;
 pub mod nbd;
+pub mod pool;
 
 use super::{RpcError, Services};
 use serde::Deserialize;
@@ -37,6 +38,7 @@ pub struct Method {
 pub fn all() -> Vec<Method> {
     let mut methods = framework::methods();
     methods.extend(bdev::methods());
+    methods.extend(pool::methods());
     methods.extend(nbd::methods());
     methods
 }

@@ -1,0 +1,105 @@
+//! Pool and volume methods: `pool_create`, `pool_import`, `pool_delete`, `pool_get_pools`,
+//! `volume_create`, `volume_delete`, `volume_get_volumes`. SPDK's closest concepts are the
+//! lvol store and lvols (`bdev_lvol_create_lvstore`, `bdev_lvol_create`); tidepool's pools
+//! span several bdevs and its volumes are sharded, so the names are its own, in SPDK's shape.
+
+use super::{Method, NameParam};
+use crate::pool::{PoolCreateParams, VolumeCreateParams};
+use crate::rpc::{parse_params, RpcError, Services};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub fn methods() -> Vec<Method> {
+    vec![
+        Method {
+            name: "pool_create",
+            help: "Format base_bdevs into a pool (shard_size_mib default 64, or shard_size_kib; force)",
+            handler: pool_create,
+        },
+        Method {
+            name: "pool_import",
+            help: "Bring up the pool whose metadata is on base_bdevs (what save_config writes)",
+            handler: pool_import,
+        },
+        Method {
+            name: "pool_delete",
+            help: "Remove a pool that holds no volume and wipe its metadata",
+            handler: pool_delete,
+        },
+        Method {
+            name: "pool_get_pools",
+            help: "Pools with their state and members (capacity, used space, shard count)",
+            handler: pool_get_pools,
+        },
+        Method {
+            name: "volume_create",
+            help: "Create volume name of size_mib in pool, its shards spread over members and reactors",
+            handler: volume_create,
+        },
+        Method {
+            name: "volume_delete",
+            help: "Delete a volume that is not in use (not exported)",
+            handler: volume_delete,
+        },
+        Method {
+            name: "volume_get_volumes",
+            help: "Volumes with their shards: member bdev, offset, owner core, state",
+            handler: volume_get_volumes,
+        },
+    ]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportParams {
+    base_bdevs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptionalName {
+    name: Option<String>,
+}
+
+fn pool_create(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
+    let p: PoolCreateParams = parse_params(params)?;
+    s.pools.create(&p)?;
+    Ok(json!(p.name))
+}
+
+fn pool_import(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
+    let p: ImportParams = parse_params(params)?;
+    Ok(json!(s.pools.import(&p.base_bdevs)?))
+}
+
+fn pool_delete(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
+    let p: NameParam = parse_params(params)?;
+    s.pools.delete(&p.name)?;
+    Ok(json!(true))
+}
+
+fn pool_get_pools(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
+    let p: OptionalName = parse_params(params)?;
+    Ok(s.pools.pools_json(p.name.as_deref())?)
+}
+
+fn volume_create(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
+    let p: VolumeCreateParams = parse_params(params)?;
+    s.pools.create_volume(&p)?;
+    Ok(json!(p.name))
+}
+
+fn volume_delete(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
+    let p: NameParam = parse_params(params)?;
+    s.pools.delete_volume(&p.name)?;
+    Ok(json!(true))
+}
+
+fn volume_get_volumes(
+    s: &Services,
+    _: &[Method],
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    let p: OptionalName = parse_params(params)?;
+    Ok(s.pools.volumes_json(p.name.as_deref())?)
+}
