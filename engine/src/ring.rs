@@ -52,6 +52,23 @@ impl<T> Inbox<T> {
         Ok(())
     }
 
+    /// Pushes without the wake-up check: for a producer that pushes a batch and then calls
+    /// [`Inbox::wake_if_parked`] once. Hands the message back when the ring is full.
+    #[inline]
+    pub fn push_quiet(&self, msg: T) -> Result<(), T> {
+        self.ring.push(msg)
+    }
+
+    /// The second half of a batch of [`Inbox::push_quiet`]: the handshake of `push`, once.
+    #[inline]
+    pub fn wake_if_parked(&self) {
+        // Pairs with the fence in `prepare_park`: see the module comment.
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) {
+            self.wake();
+        }
+    }
+
     /// Wakes the consumer if it is parked (used to deliver a stop request).
     pub fn wake(&self) {
         if let Some(t) = self.consumer.get() {

@@ -246,16 +246,13 @@ impl Ctx {
         }
     }
 
-    /// Sends a message to a reactor; it waits in the backlog while that inbox is full.
+    /// Sends a message to a reactor. Messages are queued and pushed together at the end of
+    /// the iteration, with one wake-up check per peer (see `ring`); they wait there while
+    /// the peer's inbox is full.
+    #[inline]
     pub fn send(&mut self, to: ReactorId, msg: Message) {
         self.counters.messages_out += 1;
-        if !self.backlog.is_empty() {
-            self.backlog.push_back((to, msg));
-            return;
-        }
-        if let Err(msg) = self.peers[to as usize].push(msg) {
-            self.backlog.push_back((to, msg));
-        }
+        self.backlog.push_back((to, msg));
     }
 
     /// Notifies a task on a reactor (this one included).
@@ -410,6 +407,10 @@ fn validate(slot: Geometry, io: &IoRequest) -> Result<(), IoStatus> {
     }
     Ok(())
 }
+
+/// Passes over the ready queue per iteration: the second delivers volume requests whose
+/// pieces completed in the first.
+const COMPLETION_PASSES: usize = 2;
 
 /// One reactor: its context and its tasks.
 pub struct Reactor {
@@ -587,7 +588,20 @@ impl Reactor {
         n
     }
 
+    /// Runs the ready completions; a volume request whose last piece came back here joins
+    /// the queue and runs in the next pass (at most [`COMPLETION_PASSES`]).
     fn run_completions(&mut self) -> usize {
+        let mut n = 0;
+        for _ in 0..COMPLETION_PASSES {
+            if self.ctx.ready.is_empty() {
+                break;
+            }
+            n += self.run_completions_once();
+        }
+        n
+    }
+
+    fn run_completions_once(&mut self) -> usize {
         std::mem::swap(&mut self.running, &mut self.ctx.ready);
         let n = self.running.len();
         let me = self.ctx.id;
@@ -641,14 +655,26 @@ impl Reactor {
         n
     }
 
+    /// Pushes the iteration's messages in order, then runs each touched peer's wake-up
+    /// handshake once. Stops at the first full inbox, to keep the order.
     fn flush_backlog(&mut self) -> usize {
         let mut n = 0;
+        let mut touched = 0u64;
+        let peers = &self.ctx.peers;
         while let Some((to, msg)) = self.ctx.backlog.pop_front() {
-            if let Err(msg) = self.ctx.peers[to as usize].push(msg) {
+            if let Err(msg) = peers[to as usize].push_quiet(msg) {
                 self.ctx.backlog.push_front((to, msg));
                 break;
             }
+            touched |= 1 << (to % 64);
             n += 1;
+        }
+        if touched != 0 {
+            for (i, peer) in peers.iter().enumerate() {
+                if touched & (1 << (i % 64)) != 0 {
+                    peer.wake_if_parked();
+                }
+            }
         }
         n
     }
