@@ -101,7 +101,7 @@ impl Default for ReactorConfig {
     fn default() -> Self {
         ReactorConfig {
             inbox_capacity: 4096,
-            inbox_batch: 256,
+            inbox_batch: 32,
             reap_batch: 256,
             timer_batch: 64,
         }
@@ -246,13 +246,39 @@ impl Ctx {
         }
     }
 
-    /// Sends a message to a reactor. Messages are queued and pushed together at the end of
-    /// the iteration, with one wake-up check per peer (see `ring`); they wait there while
-    /// the peer's inbox is full.
+    /// Sends a message to a reactor. Messages are queued and pushed in batches of
+    /// [`SEND_BATCH`] (and at the end of the iteration), with one wake-up check per peer and
+    /// batch (see `ring`); they wait while the peer's inbox is full.
     #[inline]
     pub fn send(&mut self, to: ReactorId, msg: Message) {
         self.counters.messages_out += 1;
         self.backlog.push_back((to, msg));
+        if self.backlog.len() >= SEND_BATCH {
+            self.flush_backlog();
+        }
+    }
+
+    /// Pushes the queued messages in order, then runs each touched peer's wake-up handshake
+    /// once. Stops at the first full inbox, to keep the order. Returns how many went out.
+    fn flush_backlog(&mut self) -> usize {
+        let mut n = 0;
+        let mut touched = 0u64;
+        while let Some((to, msg)) = self.backlog.pop_front() {
+            if let Err(msg) = self.peers[to as usize].push_quiet(msg) {
+                self.backlog.push_front((to, msg));
+                break;
+            }
+            touched |= 1 << (to % 64);
+            n += 1;
+        }
+        if touched != 0 {
+            for (i, peer) in self.peers.iter().enumerate() {
+                if touched & (1 << (i % 64)) != 0 {
+                    peer.wake_if_parked();
+                }
+            }
+        }
+        n
     }
 
     /// Notifies a task on a reactor (this one included).
@@ -408,8 +434,13 @@ fn validate(slot: Geometry, io: &IoRequest) -> Result<(), IoStatus> {
     Ok(())
 }
 
-/// Passes over the ready queue per iteration: the second delivers volume requests whose
-/// pieces completed in the first.
+/// Messages queued before they are pushed to the peers' inboxes: large enough to spread a
+/// fence over many messages, small enough that a peer starts on them while this reactor is
+/// still busy (a batch held for a whole iteration adds an iteration to every crossing).
+const SEND_BATCH: usize = 16;
+
+/// Passes over the ready queue per iteration: the second runs what the first queued (a
+/// request a task submitted from its completion callback that failed up front, say).
 const COMPLETION_PASSES: usize = 2;
 
 /// One reactor: its context and its tasks.
@@ -588,8 +619,8 @@ impl Reactor {
         n
     }
 
-    /// Runs the ready completions; a volume request whose last piece came back here joins
-    /// the queue and runs in the next pass (at most [`COMPLETION_PASSES`]).
+    /// Runs the ready completions, and what they queue, in at most [`COMPLETION_PASSES`]
+    /// passes.
     fn run_completions(&mut self) -> usize {
         let mut n = 0;
         for _ in 0..COMPLETION_PASSES {
@@ -602,28 +633,37 @@ impl Reactor {
     }
 
     fn run_completions_once(&mut self) -> usize {
-        std::mem::swap(&mut self.running, &mut self.ctx.ready);
-        let n = self.running.len();
-        let me = self.ctx.id;
-        for c in self.running.drain(..) {
-            let origin = c.io.origin;
-            if origin.reactor != me {
-                self.ctx.send(origin.reactor, Message::Complete(c));
-                continue;
-            }
-            self.ctx.counters.ios_completed += 1;
-            if origin.task == router::ROUTER_TASK {
-                self.ctx.piece_complete(c);
-                continue;
-            }
-            if let Some(Some(t)) = self.tasks.get_mut(origin.task as usize) {
-                t.on_complete(&mut self.ctx, c);
-            }
+        let mut running = std::mem::take(&mut self.running);
+        std::mem::swap(&mut running, &mut self.ctx.ready);
+        let n = running.len();
+        for c in running.drain(..) {
+            self.dispatch(c);
         }
+        self.running = running;
         if n > 0 {
             self.settle_tasks();
         }
         n
+    }
+
+    /// Hands a completion to whoever issued it: a peer, the router (a volume piece; the
+    /// request it completes goes on at once), or a task.
+    fn dispatch(&mut self, c: Completion) {
+        let origin = c.io.origin;
+        if origin.reactor != self.ctx.id {
+            self.ctx.send(origin.reactor, Message::Complete(c));
+            return;
+        }
+        self.ctx.counters.ios_completed += 1;
+        if origin.task == router::ROUTER_TASK {
+            if let Some(done) = self.ctx.piece_complete(c) {
+                self.dispatch(done);
+            }
+            return;
+        }
+        if let Some(Some(t)) = self.tasks.get_mut(origin.task as usize) {
+            t.on_complete(&mut self.ctx, c);
+        }
     }
 
     fn run_timers(&mut self) -> usize {
@@ -655,28 +695,9 @@ impl Reactor {
         n
     }
 
-    /// Pushes the iteration's messages in order, then runs each touched peer's wake-up
-    /// handshake once. Stops at the first full inbox, to keep the order.
+    /// Pushes what is left of the iteration's messages.
     fn flush_backlog(&mut self) -> usize {
-        let mut n = 0;
-        let mut touched = 0u64;
-        let peers = &self.ctx.peers;
-        while let Some((to, msg)) = self.ctx.backlog.pop_front() {
-            if let Err(msg) = peers[to as usize].push_quiet(msg) {
-                self.ctx.backlog.push_front((to, msg));
-                break;
-            }
-            touched |= 1 << (to % 64);
-            n += 1;
-        }
-        if touched != 0 {
-            for (i, peer) in peers.iter().enumerate() {
-                if touched & (1 << (i % 64)) != 0 {
-                    peer.wake_if_parked();
-                }
-            }
-        }
-        n
+        self.ctx.flush_backlog()
     }
 
     /// Starts spawned tasks and removes finished ones.

@@ -14,8 +14,11 @@
 //!   every reactor picks up the newest table as soon as it sees the epoch move.
 //! - Completions follow the piece's origin back to the parent's reactor (the reactor's normal
 //!   completion path) and are merged there: the first failure wins.
-//! - A request inside one shard is one piece that carries the caller's buffer itself (no
-//!   copy). A read or write that crosses shards is cut into pieces of at most
+//! - A request inside one shard (the common case) is its own piece: the router keeps only
+//!   the fields it overwrites (origin, offset, submit time) in a small slot, sends the request
+//!   on with the caller's buffer (no copy), and restores them when the piece comes back. Its
+//!   tag is the slot index with [`SINGLE_TAG`] set.
+//! - A read or write that crosses shards is cut into pieces of at most
 //!   [`BOUNCE_CHUNK_BYTES`] with buffers from this reactor's bounce pool, copied in (writes)
 //!   or out (reads); when the pool is empty the parent waits, in order, for buffers to come
 //!   back. Unmap and write-zeroes pieces carry no data and go out at once.
@@ -33,6 +36,8 @@ use tidepool_bindings::dma::{DmaBuf, DmaPool};
 
 /// The task id pieces carry as their origin: their completions go to the router.
 pub(super) const ROUTER_TASK: TaskId = TaskId::MAX;
+/// Set in a piece's tag when the piece is a whole one-shard request (see [`Single`]).
+const SINGLE_TAG: u64 = 1 << 31;
 /// Size of a bounce buffer, the largest piece of a request that crosses shards.
 pub const BOUNCE_CHUNK_BYTES: usize = 128 << 10;
 /// Bounce buffers per reactor (8 MiB; mapped on first use, touched as used).
@@ -98,6 +103,18 @@ impl VolumeSlot {
         }
     }
 
+    /// The route of shard `shard`, for a piece `within` blocks into it.
+    #[inline]
+    fn hop_at(&self, shard: u64, within: u64) -> Hop {
+        let r = &self.table.shards[shard as usize];
+        Hop {
+            owner: r.owner,
+            member: r.member,
+            member_offset_blocks: r.offset_blocks + within,
+            state: r.state,
+        }
+    }
+
     /// Picks up a newer table if the epoch moved (one atomic load when it did not).
     #[inline]
     fn refresh(&mut self) {
@@ -130,7 +147,16 @@ struct Hop {
     state: ShardState,
 }
 
-/// A request taken on this reactor, waiting for its pieces.
+/// A one-shard request taken on this reactor and sent on whole: what the router changed in
+/// it, to put back when it returns.
+struct Single {
+    origin: IoOrigin,
+    offset_blocks: u64,
+    submit_time_ns: u64,
+    volume: BdevId,
+}
+
+/// A request taken on this reactor that was cut into pieces (or a flush), waiting for them.
 struct Parent {
     io: IoRequest,
     volume: BdevId,
@@ -150,6 +176,8 @@ impl Parent {
 /// have in flight; pieces per parent by the shards it crosses or the bounce pool.
 #[derive(Default)]
 pub(super) struct Router {
+    singles: Vec<Option<Single>>,
+    singles_free: Vec<u32>,
     parents: Vec<Option<Parent>>,
     free: Vec<u32>,
     /// Split parents with nothing in flight, waiting for bounce buffers, oldest first.
@@ -176,9 +204,45 @@ fn piece_tag(parent: u32, delta_blocks: u64) -> u64 {
 impl Ctx {
     /// A valid request on volume `vol` (checked by `submit`): a piece from another reactor,
     /// or a new request from a task or a peer.
-    pub(super) fn volume_submit(&mut self, vol: BdevId, io: IoRequest) {
+    pub(super) fn volume_submit(&mut self, vol: BdevId, mut io: IoRequest) {
         if io.origin.task == ROUTER_TASK {
             return self.route_piece(vol, io);
+        }
+        let one_shard = match self.volume_slot(vol) {
+            Some(slot) => {
+                slot.inflight += 1;
+                slot.refresh();
+                // `submit` checked that a non-flush request has at least one block.
+                let (first, within) = slot.locate(io.offset_blocks);
+                let last = slot.locate(io.offset_blocks + io.num_blocks as u64 - 1).0;
+                (io.io_type != IoType::Flush && first == last).then(|| slot.hop_at(first, within))
+            }
+            None => unreachable!("submit resolved the volume"),
+        };
+        self.router.inflight += 1;
+        if let Some(hop) = one_shard {
+            let single = Single {
+                origin: io.origin,
+                offset_blocks: io.offset_blocks,
+                submit_time_ns: io.submit_time_ns,
+                volume: vol,
+            };
+            let idx = match self.router.singles_free.pop() {
+                Some(i) => {
+                    self.router.singles[i as usize] = Some(single);
+                    i
+                }
+                None => {
+                    self.router.singles.push(Some(single));
+                    (self.router.singles.len() - 1) as u32
+                }
+            };
+            io.origin = IoOrigin {
+                reactor: self.id,
+                task: ROUTER_TASK,
+                tag: SINGLE_TAG | idx as u64,
+            };
+            return self.route_via(vol, hop, io);
         }
         let parent = Parent {
             io,
@@ -197,15 +261,12 @@ impl Ctx {
                 (self.router.parents.len() - 1) as u32
             }
         };
-        self.router.inflight += 1;
         let (io_type, offset, end) = {
             let p = self.parent(idx);
             (p.io.io_type, p.io.offset_blocks, p.end_blocks())
         };
         let (shard_blocks, first, last, members) = match self.volume_slot(vol) {
             Some(slot) => {
-                slot.inflight += 1;
-                slot.refresh();
                 let members = if io_type == IoType::Flush {
                     slot.members.clone()
                 } else {
@@ -224,17 +285,12 @@ impl Ctx {
                 self.submit(*member, piece);
             }
             if members.is_empty() {
-                self.finish_parent(idx);
+                let c = self.finish_parent(idx);
+                self.ready.push(c);
             }
             return;
         }
-        if first == last {
-            let p = self.parent_mut(idx);
-            p.pending = 1;
-            let (n, buf) = (p.io.num_blocks, p.io.buf.take());
-            let piece = self.piece(idx, io_type, offset, n, buf);
-            self.route_piece(vol, piece);
-        } else if !io_type.has_data() {
+        if !io_type.has_data() {
             self.parent_mut(idx).pending = (last - first + 1) as u32;
             for shard in first..=last {
                 let start = offset.max(shard * shard_blocks);
@@ -316,7 +372,8 @@ impl Ctx {
                         };
                         p.split_next = Some(end);
                         if p.pending == 0 {
-                            self.finish_parent(idx);
+                            let c = self.finish_parent(idx);
+                            self.ready.push(c);
                         }
                         return;
                     }
@@ -357,22 +414,21 @@ impl Ctx {
         let slot = self.volume_slot(vol)?;
         slot.refresh();
         let (shard, within) = slot.locate(offset_blocks);
-        let r = &slot.table.shards[shard as usize];
-        Some(Hop {
-            owner: r.owner,
-            member: r.member,
-            member_offset_blocks: r.offset_blocks + within,
-            state: r.state,
-        })
+        Some(slot.hop_at(shard, within))
     }
 
     /// Sends a piece to its shard's owner, or executes it here if this reactor owns it.
-    fn route_piece(&mut self, vol: BdevId, mut piece: IoRequest) {
+    fn route_piece(&mut self, vol: BdevId, piece: IoRequest) {
+        match self.hop(vol, piece.offset_blocks) {
+            Some(hop) => self.route_via(vol, hop, piece),
+            None => self.ready.push(Completion::new(piece, IoStatus::Aborted)),
+        }
+    }
+
+    /// `route_piece` with the route already read.
+    #[inline]
+    fn route_via(&mut self, vol: BdevId, hop: Hop, mut piece: IoRequest) {
         let here = piece.origin.reactor == self.id;
-        let Some(hop) = self.hop(vol, piece.offset_blocks) else {
-            self.ready.push(Completion::new(piece, IoStatus::Aborted));
-            return;
-        };
         if hop.owner != self.id && (hop.owner as usize) < self.peers.len() {
             if here {
                 self.route_counters.remote += 1;
@@ -404,8 +460,12 @@ impl Ctx {
         self.submit(hop.member, piece);
     }
 
-    /// A piece of a parent on this reactor has finished (here or elsewhere).
-    pub(super) fn piece_complete(&mut self, c: Completion) {
+    /// A piece of a request taken on this reactor has finished (here or elsewhere); returns
+    /// the request's completion if that was its last piece.
+    pub(super) fn piece_complete(&mut self, c: Completion) -> Option<Completion> {
+        if c.io.origin.tag & SINGLE_TAG != 0 {
+            return Some(self.single_complete(c));
+        }
         let idx = (c.io.origin.tag & 0xffff_ffff) as u32;
         let delta = c.io.origin.tag >> 32;
         let Completion { io: piece, status } = c;
@@ -438,12 +498,31 @@ impl Ctx {
             p.io.buf = piece.buf;
         }
         let p = self.parent(idx);
-        if p.pending == 0 && p.split_next.is_none_or(|next| next >= p.end_blocks()) {
-            self.finish_parent(idx);
-        }
+        let last = p.pending == 0 && p.split_next.is_none_or(|next| next >= p.end_blocks());
+        let done = last.then(|| self.finish_parent(idx));
         if split {
             self.pump_waiting();
         }
+        done
+    }
+
+    /// A one-shard request is back: put back what the router changed.
+    fn single_complete(&mut self, mut c: Completion) -> Completion {
+        let idx = (c.io.origin.tag & !SINGLE_TAG) as u32;
+        let s = self.router.singles[idx as usize]
+            .take()
+            .expect("a live one-shard request");
+        self.router.singles_free.push(idx);
+        self.router.inflight -= 1;
+        c.io.origin = s.origin;
+        c.io.offset_blocks = s.offset_blocks;
+        c.io.submit_time_ns = s.submit_time_ns;
+        let now = self.now;
+        if let Some(slot) = self.volume_slot(s.volume) {
+            slot.stats.record(&c, slot.geometry.block_size, now);
+            slot.inflight -= 1;
+        }
+        c
     }
 
     /// Gives returned bounce buffers to parents that wait for them, oldest first.
@@ -462,7 +541,8 @@ impl Ctx {
         }
     }
 
-    fn finish_parent(&mut self, idx: u32) {
+    /// Frees parent `idx` and returns its completion.
+    fn finish_parent(&mut self, idx: u32) -> Completion {
         let p = self.router.parents[idx as usize]
             .take()
             .expect("a live parent");
@@ -474,7 +554,7 @@ impl Ctx {
             slot.stats.record(&c, slot.geometry.block_size, now);
             slot.inflight -= 1;
         }
-        self.ready.push(c);
+        c
     }
 
     /// Pieces this reactor routed so far.
