@@ -332,32 +332,41 @@ impl Ctx {
         self.counters
     }
 
+    #[inline]
     fn channel(&mut self, bdev: BdevId) -> Option<&mut Endpoint> {
         let i = bdev as usize;
-        if self.channels.get(i).is_none_or(|s| s.is_none()) {
-            let b = self.registry.get(bdev)?;
-            let endpoint = match b.as_volume() {
-                Some(volume) => Endpoint::Volume(router::VolumeSlot::new(volume)),
-                None => {
-                    let info = b.info();
-                    Endpoint::Device(ChannelSlot {
-                        channel: b.open_channel().ok()?,
-                        geometry: Geometry {
-                            block_size: info.block_size,
-                            num_blocks: info.num_blocks,
-                            supported: info.supported,
-                        },
-                        nomem: VecDeque::new(),
-                        stats: IoStat::default(),
-                        closing: false,
-                    })
-                }
-            };
-            if self.channels.len() <= i {
-                self.channels.resize_with(i + 1, || None);
-            }
-            self.channels[i] = Some(endpoint);
+        if matches!(self.channels.get(i), Some(Some(_))) {
+            return self.channels[i].as_mut();
         }
+        self.open_endpoint(bdev)
+    }
+
+    /// Opens this reactor's endpoint on `bdev` (first use): a channel, or a volume's view.
+    #[cold]
+    fn open_endpoint(&mut self, bdev: BdevId) -> Option<&mut Endpoint> {
+        let i = bdev as usize;
+        let b = self.registry.get(bdev)?;
+        let endpoint = match b.as_volume() {
+            Some(volume) => Endpoint::Volume(router::VolumeSlot::new(volume)),
+            None => {
+                let info = b.info();
+                Endpoint::Device(ChannelSlot {
+                    channel: b.open_channel().ok()?,
+                    geometry: Geometry {
+                        block_size: info.block_size,
+                        num_blocks: info.num_blocks,
+                        supported: info.supported,
+                    },
+                    nomem: VecDeque::new(),
+                    stats: IoStat::default(),
+                    closing: false,
+                })
+            }
+        };
+        if self.channels.len() <= i {
+            self.channels.resize_with(i + 1, || None);
+        }
+        self.channels[i] = Some(endpoint);
         self.channels[i].as_mut()
     }
 
