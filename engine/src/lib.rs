@@ -10,6 +10,8 @@
 //!   restart) and removing pools and their volumes.
 //! - [`volume`]: volumes cut into shards and their routing table (the reactors' side of
 //!   volume I/O is `reactor::router`).
+//! - [`load`]: the load monitor each reactor runs in its poll loop, and the state table it
+//!   publishes to.
 //! - [`config`]: SPDK-style JSON configuration that creates bdevs.
 //! - [`nbd`]: the NBD server; its connections are served by the reactors.
 //! - [`rpc`]: the JSON-RPC 2.0 control plane (framing, dispatch, methods, Unix socket server).
@@ -22,6 +24,7 @@
 pub mod bdev;
 pub mod config;
 pub mod cpuset;
+pub mod load;
 pub mod nbd;
 pub mod pool;
 pub mod reactor;

@@ -68,8 +68,17 @@ pub fn request(
 /// `n` reactors wired to each other, sharing `registry`.
 pub fn reactors(n: usize, registry: &Arc<BdevRegistry>, config: ReactorConfig) -> Vec<Reactor> {
     let inboxes = Reactor::inboxes(n, config.inbox_capacity);
+    let state = crate::load::StateTable::new(n);
     (0..n)
-        .map(|i| Reactor::new(i as u16, inboxes.clone(), registry.clone(), config.clone()))
+        .map(|i| {
+            Reactor::new(
+                i as u16,
+                inboxes.clone(),
+                registry.clone(),
+                config.clone(),
+                state.clone(),
+            )
+        })
         .collect()
 }
 

@@ -586,12 +586,16 @@ impl Task for Connection {
         if self.closing.is_none() && self.export.is_closing() {
             self.stop_reading("the export or the server is shutting down");
         }
-        let mut work = self.send();
+        let mut net = self.send();
+        let mut work = 0;
         if self.closing.is_none() && self.replies.pending() < OUT_HIGH_WATER {
-            work += self.receive();
+            net += self.receive();
             work += self.process(ctx);
-            work += self.send();
+            net += self.send();
         }
+        // The load monitor's network figure for this reactor.
+        ctx.count_net_bytes(net as u64);
+        work += net;
         if self.closing.is_some() && self.bdev_inflight == 0 {
             // Every started I/O is back; send what can still be sent, then go.
             self.send();

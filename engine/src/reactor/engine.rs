@@ -12,6 +12,7 @@
 
 use super::{Message, Reactor, ReactorConfig, ReactorId};
 use crate::bdev::BdevRegistry;
+use crate::load::StateTable;
 use crate::ring::Inbox;
 use crate::time::{self, Nanos};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -93,6 +94,8 @@ pub struct Engine {
     handles: Vec<Handle>,
     stop: Arc<AtomicBool>,
     registry: Arc<BdevRegistry>,
+    /// Where the reactors' load monitors publish (see `load`).
+    state: Arc<StateTable>,
 }
 
 impl Engine {
@@ -104,27 +107,35 @@ impl Engine {
         time::now();
         let inboxes = Reactor::inboxes(config.cores.len(), config.reactor.inbox_capacity);
         let stop = Arc::new(AtomicBool::new(false));
+        let state = StateTable::new(config.cores.len());
         let mut engine = Engine {
             inboxes: Arc::clone(&inboxes),
             handles: Vec::new(),
             stop: Arc::clone(&stop),
             registry: Arc::clone(&registry),
+            state: Arc::clone(&state),
         };
         for (i, &core) in config.cores.iter().enumerate() {
             let published = Arc::new(Published::default());
             let thread = {
-                let (inboxes, registry, stop, published) = (
+                let (inboxes, registry, stop, published, state) = (
                     Arc::clone(&inboxes),
                     Arc::clone(&registry),
                     Arc::clone(&stop),
                     Arc::clone(&published),
+                    Arc::clone(&state),
                 );
                 let config = config.clone();
                 std::thread::Builder::new()
                     .name(format!("reactor_{core}"))
                     .spawn(move || {
-                        let reactor =
-                            Reactor::new(i as ReactorId, inboxes, registry, config.reactor.clone());
+                        let reactor = Reactor::new(
+                            i as ReactorId,
+                            inboxes,
+                            registry,
+                            config.reactor.clone(),
+                            state,
+                        );
                         run_reactor(reactor, core, &config, &stop, &published);
                     })
                     .map_err(|e| EngineError::Spawn(e.to_string()))?
@@ -140,6 +151,11 @@ impl Engine {
 
     pub fn reactor_count(&self) -> usize {
         self.handles.len()
+    }
+
+    /// The state table the reactors publish their load samples to.
+    pub fn state_table(&self) -> &Arc<StateTable> {
+        &self.state
     }
 
     pub fn registry(&self) -> &Arc<BdevRegistry> {

@@ -30,6 +30,7 @@ mod timers;
 
 use crate::bdev::iostat::IoStat;
 use crate::bdev::{BdevChannel, BdevId, BdevRegistry, Completion, IoRequest, IoStatus, IoTypeSet};
+use crate::load::{Monitor, ShardKey, StateTable, Window};
 use crate::ring::Inbox;
 use crate::time::Nanos;
 use std::collections::VecDeque;
@@ -140,6 +141,8 @@ struct ChannelSlot {
     nomem: VecDeque<IoRequest>,
     /// What this channel returned (see `bdev::iostat`).
     stats: IoStat,
+    /// The load monitor's window on this channel (see `load`).
+    window: Window,
     /// The bdev is being deleted: new requests are aborted, and the channel is dropped once
     /// the I/O it holds has come back.
     closing: bool,
@@ -179,6 +182,7 @@ pub struct Ctx {
     /// Tasks polled every iteration, in the order they were added.
     pollers: Vec<TaskId>,
     counters: Counters,
+    monitor: Monitor,
 }
 
 impl Ctx {
@@ -204,6 +208,9 @@ impl Ctx {
     /// other completion.
     pub fn submit(&mut self, bdev: BdevId, mut io: IoRequest) {
         self.counters.ios_submitted += 1;
+        if io.origin.task != router::ROUTER_TASK {
+            self.monitor.taken += 1;
+        }
         let now = self.now;
         io.submit_time_ns = now;
         let slot = match self.channel(bdev) {
@@ -225,6 +232,9 @@ impl Ctx {
             self.ready.push(Completion::new(io, status));
             return;
         }
+        let bytes = io.num_blocks as u64 * slot.geometry.block_size as u64;
+        slot.window
+            .start(io.io_type, io.offset_blocks, io.num_blocks, bytes);
         if !slot.nomem.is_empty() {
             // Keep order behind requests already waiting for resources.
             slot.nomem.push_back(io);
@@ -332,6 +342,17 @@ impl Ctx {
         self.counters
     }
 
+    /// Counts bytes a frontend connection served by this reactor moved (either way), for
+    /// the load monitor.
+    pub fn count_net_bytes(&mut self, bytes: u64) {
+        self.monitor.net_bytes += bytes;
+    }
+
+    /// The state table this reactor publishes its load samples to.
+    pub fn state_table(&self) -> &Arc<StateTable> {
+        &self.monitor.table
+    }
+
     #[inline]
     fn channel(&mut self, bdev: BdevId) -> Option<&mut Endpoint> {
         let i = bdev as usize;
@@ -359,6 +380,7 @@ impl Ctx {
                     },
                     nomem: VecDeque::new(),
                     stats: IoStat::default(),
+                    window: Window::default(),
                     closing: false,
                 })
             }
@@ -462,12 +484,14 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    /// A reactor that drains `peers[id]` and can message every other peer.
+    /// A reactor that drains `peers[id]`, can message every other peer, and publishes its
+    /// load to `state`.
     pub fn new(
         id: ReactorId,
         peers: Arc<[Arc<Inbox<Message>>]>,
         registry: Arc<BdevRegistry>,
         config: ReactorConfig,
+        state: Arc<StateTable>,
     ) -> Reactor {
         let inbox = Arc::clone(&peers[id as usize]);
         Reactor {
@@ -488,6 +512,7 @@ impl Reactor {
                 pollers: Vec::new(),
                 counters: Counters::default(),
                 config,
+                monitor: Monitor::new(state),
             },
             tasks: Vec::new(),
             inbox,
@@ -526,12 +551,16 @@ impl Reactor {
     pub fn poll(&mut self, now: Nanos) -> PollResult {
         self.ctx.now = now;
         self.ctx.counters.polls += 1;
+        if self.ctx.monitor.poll_started(now) {
+            self.sample_load(now);
+        }
         let mut work = self.drain_inbox();
         work += self.reap_channels();
         work += self.run_completions();
         work += self.run_timers();
         work += self.run_pollers();
         work += self.flush_backlog();
+        self.ctx.monitor.poll_ended(work > 0);
         if work > 0 {
             self.ctx.counters.busy_polls += 1;
             PollResult::Busy
@@ -562,9 +591,42 @@ impl Reactor {
         ok
     }
 
-    /// When the next timer is due, if any.
+    /// When the next timer (or load sample) is due, if any.
     pub fn next_timer_due(&self) -> Option<Nanos> {
-        self.ctx.timers.next_due()
+        match (self.ctx.timers.next_due(), self.ctx.monitor.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Closes the load monitor's window: every channel's and shard's window goes into a
+    /// sample in the state table (see `load`).
+    fn sample_load(&mut self, now: Nanos) {
+        let mut executed = Window::default();
+        let mut bdevs = Vec::new();
+        let mut shards = Vec::new();
+        for (id, entry) in self.ctx.channels.iter_mut().enumerate() {
+            match entry {
+                Some(Endpoint::Device(slot)) if slot.window.is_active() => {
+                    let w = slot.window.take();
+                    executed.merge(&w);
+                    bdevs.push((id as BdevId, w));
+                }
+                Some(Endpoint::Volume(slot)) => {
+                    for (shard, w) in slot.take_shard_windows() {
+                        let key = ShardKey {
+                            volume: id as BdevId,
+                            shard,
+                        };
+                        shards.push((key, w));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let id = self.ctx.id;
+        let sample = self.ctx.monitor.close(id, now, executed, bdevs, shards);
+        self.ctx.monitor.table.publish(sample);
     }
 
     pub fn inbox(&self) -> &Arc<Inbox<Message>> {
@@ -607,6 +669,7 @@ impl Reactor {
             let reaped = slot.channel.poll(now, max, &mut self.ctx.ready);
             for c in &self.ctx.ready[before..] {
                 slot.stats.record(c, slot.geometry.block_size, now);
+                slot.window.end(now.saturating_sub(c.io.submit_time_ns));
             }
             n += reaped;
             if slot.closing {

@@ -29,6 +29,7 @@
 use super::{Ctx, Endpoint, Geometry, Message, TaskId};
 use crate::bdev::iostat::IoStat;
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
+use crate::load::Window;
 use crate::volume::{RouteTable, ShardState, Volume};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub(super) struct VolumeSlot {
     /// divisions on every request.
     shard_shift: Option<u32>,
     shard_blocks: u64,
+    /// The load monitor's window on each shard, for the requests this reactor took.
+    shard_windows: Vec<Window>,
 }
 
 impl VolumeSlot {
@@ -74,6 +77,7 @@ impl VolumeSlot {
         let members = online_members(&table);
         let shard_blocks = volume.shard_blocks();
         VolumeSlot {
+            shard_windows: vec![Window::default(); table.shards.len()],
             shard_shift: shard_blocks
                 .is_power_of_two()
                 .then(|| shard_blocks.trailing_zeros()),
@@ -103,11 +107,38 @@ impl VolumeSlot {
         }
     }
 
+    /// Hands back the windows of the shards that saw I/O and starts new ones.
+    pub(super) fn take_shard_windows(&mut self) -> Vec<(u32, Window)> {
+        self.shard_windows
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, w)| w.is_active())
+            .map(|(i, w)| (i as u32, w.take()))
+            .collect()
+    }
+
+    /// Counts a request (or piece) this reactor took that starts on shard `shard`.
+    #[inline]
+    fn shard_started(&mut self, shard: u64, io_type: IoType, offset_blocks: u64, num_blocks: u32) {
+        let bytes = num_blocks as u64 * self.geometry.block_size as u64;
+        if let Some(w) = self.shard_windows.get_mut(shard as usize) {
+            w.start(io_type, offset_blocks, num_blocks, bytes);
+        }
+    }
+
+    #[inline]
+    fn shard_ended(&mut self, shard: u64, latency_ns: u64) {
+        if let Some(w) = self.shard_windows.get_mut(shard as usize) {
+            w.end(latency_ns);
+        }
+    }
+
     /// The route of shard `shard`, for a piece `within` blocks into it.
     #[inline]
     fn hop_at(&self, shard: u64, within: u64) -> Hop {
         let r = &self.table.shards[shard as usize];
         Hop {
+            shard,
             owner: r.owner,
             member: r.member,
             member_offset_blocks: r.offset_blocks + within,
@@ -140,6 +171,7 @@ fn online_members(table: &RouteTable) -> Vec<BdevId> {
 /// Where a piece goes, read from a reactor's view of the table.
 #[derive(Clone, Copy)]
 struct Hop {
+    shard: u64,
     owner: u16,
     member: BdevId,
     /// The piece's offset on the member.
@@ -154,6 +186,7 @@ struct Single {
     offset_blocks: u64,
     submit_time_ns: u64,
     volume: BdevId,
+    shard: u32,
 }
 
 /// A request taken on this reactor that was cut into pieces (or a flush), waiting for them.
@@ -215,17 +248,22 @@ impl Ctx {
                 // `submit` checked that a non-flush request has at least one block.
                 let (first, within) = slot.locate(io.offset_blocks);
                 let last = slot.locate(io.offset_blocks + io.num_blocks as u64 - 1).0;
-                (io.io_type != IoType::Flush && first == last).then(|| slot.hop_at(first, within))
+                let one = io.io_type != IoType::Flush && first == last;
+                if one {
+                    slot.shard_started(first, io.io_type, io.offset_blocks, io.num_blocks);
+                }
+                one.then(|| (first, slot.hop_at(first, within)))
             }
             None => unreachable!("submit resolved the volume"),
         };
         self.router.inflight += 1;
-        if let Some(hop) = one_shard {
+        if let Some((shard, hop)) = one_shard {
             let single = Single {
                 origin: io.origin,
                 offset_blocks: io.offset_blocks,
                 submit_time_ns: io.submit_time_ns,
                 volume: vol,
+                shard: shard as u32,
             };
             let idx = match self.router.singles_free.pop() {
                 Some(i) => {
@@ -419,10 +457,18 @@ impl Ctx {
 
     /// Sends a piece to its shard's owner, or executes it here if this reactor owns it.
     fn route_piece(&mut self, vol: BdevId, piece: IoRequest) {
-        match self.hop(vol, piece.offset_blocks) {
-            Some(hop) => self.route_via(vol, hop, piece),
-            None => self.ready.push(Completion::new(piece, IoStatus::Aborted)),
+        let Some(hop) = self.hop(vol, piece.offset_blocks) else {
+            self.ready.push(Completion::new(piece, IoStatus::Aborted));
+            return;
+        };
+        if piece.origin.reactor == self.id {
+            // A piece of a parent taken here: the shard's load counts it.
+            if let Some(slot) = self.volume_slot(vol) {
+                let (t, off, n) = (piece.io_type, piece.offset_blocks, piece.num_blocks);
+                slot.shard_started(hop.shard, t, off, n);
+            }
         }
+        self.route_via(vol, hop, piece)
     }
 
     /// `route_piece` with the route already read.
@@ -469,9 +515,25 @@ impl Ctx {
         let idx = (c.io.origin.tag & 0xffff_ffff) as u32;
         let delta = c.io.origin.tag >> 32;
         let Completion { io: piece, status } = c;
-        let bs = match self.channels.get(self.parent(idx).volume as usize) {
-            Some(Some(Endpoint::Volume(s))) => s.geometry.block_size as usize,
-            _ => unreachable!("a parent's volume stays open while it waits"),
+        let (vol, io_type, at, taken_at) = {
+            let p = self.parent(idx);
+            (
+                p.volume,
+                p.io.io_type,
+                p.io.offset_blocks + delta,
+                p.io.submit_time_ns,
+            )
+        };
+        let now = self.now;
+        let bs = match self.volume_slot(vol) {
+            Some(slot) => {
+                if io_type != IoType::Flush {
+                    let shard = slot.locate(at).0;
+                    slot.shard_ended(shard, now.saturating_sub(taken_at));
+                }
+                slot.geometry.block_size as usize
+            }
+            None => unreachable!("a parent's volume stays open while it waits"),
         };
         let p = self.parent_mut(idx);
         p.pending -= 1;
@@ -520,6 +582,7 @@ impl Ctx {
         let now = self.now;
         if let Some(slot) = self.volume_slot(s.volume) {
             slot.stats.record(&c, slot.geometry.block_size, now);
+            slot.shard_ended(s.shard as u64, now.saturating_sub(s.submit_time_ns));
             slot.inflight -= 1;
         }
         c

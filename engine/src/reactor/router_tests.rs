@@ -382,3 +382,100 @@ fn random_writes_under_owner_changes_match_a_model() {
     );
     let _ = &rig.reg;
 }
+
+/// Polls every reactor at fake times `*t + 1000, *t + 2000, ...` until `want` completions.
+fn settle_at(rig: &mut Rig, t: &mut u64, want: usize) {
+    for _ in 0..10_000 {
+        if rig.done() >= want {
+            return;
+        }
+        *t += 1000;
+        for r in rig.rs.iter_mut() {
+            r.poll(*t);
+        }
+    }
+    panic!("{} of {want} completions", rig.done());
+}
+
+#[test]
+fn the_load_monitor_counts_per_shard_per_bdev_and_per_reactor() {
+    // Shards 0..4: owners 0, 1, 1, 0; members M0, M1, M0, M1.
+    let mut rig = rig(2, 4);
+    let table = Arc::clone(rig.rs[0].ctx().state_table());
+    table.set_interval_ns(1_000_000);
+    let mut t = 1_000;
+    for r in rig.rs.iter_mut() {
+        r.poll(t);
+    }
+    // Reactor 0 takes 10 sequential writes on shard 1 and 5 scattered reads on shard 0;
+    // reactor 1 takes 3 writes on shard 2.
+    for i in 0..10 {
+        rig.submit(0, rig.vol, IoType::Write, SHARD + i * 4, 4, 1);
+    }
+    for i in 0..5 {
+        rig.submit(0, rig.vol, IoType::Read, (i * 37) % 200, 1, 0);
+    }
+    for i in 0..3 {
+        rig.submit(1, rig.vol, IoType::Write, 2 * SHARD + i * 50, 2, 2);
+    }
+    settle_at(&mut rig, &mut t, 18);
+    rig.all_success();
+    assert!(
+        table.samples().is_empty(),
+        "no window closed before the interval"
+    );
+    let end = t + 1_000_000;
+    for r in rig.rs.iter_mut() {
+        r.poll(end);
+    }
+    let samples = table.samples();
+    assert_eq!(samples.len(), 2);
+    let (s0, s1) = (&samples[0], &samples[1]);
+    assert_eq!((s0.reactor, s1.reactor), (0, 1));
+    assert_eq!(s0.window_ns, end - 1_000);
+    assert!(s0.busy_ns > 0 && s0.busy_ns <= s0.window_ns);
+    assert_eq!((s0.taken, s1.taken), (15, 3));
+    // Shards: counted where the requests were taken.
+    let shard = |s: &crate::load::ReactorSample, i: u32| {
+        s.shards
+            .iter()
+            .find(|(k, _)| k.volume == rig.vol && k.shard == i)
+            .map(|(_, w)| w.clone())
+    };
+    let w1 = shard(s0, 1).expect("shard 1 on reactor 0");
+    assert_eq!(
+        (w1.write_ops, w1.write_bytes, w1.read_ops),
+        (10, 10 * 4 * BS, 0)
+    );
+    assert_eq!(w1.pattern(), crate::load::Pattern::Sequential);
+    assert_eq!((w1.ended, w1.inflight), (10, 0));
+    let w0 = shard(s0, 0).expect("shard 0 on reactor 0");
+    assert_eq!((w0.read_ops, w0.read_bytes), (5, 5 * BS));
+    assert_eq!(w0.read_share(), 1.0);
+    assert!(shard(s0, 2).is_none());
+    assert_eq!(shard(s1, 2).expect("shard 2 on reactor 1").write_ops, 3);
+    // Devices: counted where the pieces ran, the shard's owner.
+    assert_eq!(s0.executed.ops(), 5);
+    assert_eq!(s1.executed.ops(), 13);
+    let snap = table.snapshot();
+    let m0 = &snap.bdevs[&rig.members[0]];
+    let m1 = &snap.bdevs[&rig.members[1]];
+    let per_s = |ops: u64| ops as f64 * 1e9 / s0.window_ns as f64;
+    assert!((m0.iops - per_s(8)).abs() < 1e-6, "M0: {m0:?}");
+    assert!((m1.write_iops - per_s(10)).abs() < 1e-6, "M1: {m1:?}");
+    let shares: Vec<f64> = snap.reactors.iter().map(|r| r.share).collect();
+    assert!((shares[0] - 5.0 / 18.0).abs() < 1e-9, "{shares:?}");
+    assert!((shares[1] - 13.0 / 18.0).abs() < 1e-9, "{shares:?}");
+    // Hottest first: shard 1 (10), shard 0 (5), shard 2 (3).
+    let order: Vec<u32> = snap.shards.iter().map(|(k, _)| k.shard).collect();
+    assert_eq!(order, vec![1, 0, 2]);
+    // The next window starts empty.
+    let later = end + 1_000_000;
+    for r in rig.rs.iter_mut() {
+        r.poll(later);
+    }
+    let next = table.samples();
+    assert_eq!(next[0].executed.ops(), 0);
+    assert!(next[0].shards.is_empty() && next[0].bdevs.is_empty());
+    rig.release();
+}

@@ -190,6 +190,12 @@ enum Method {
     },
     /// Delete a volume that is not exported
     VolumeDelete { name: String },
+    /// Load over the last sampling window: reactors, bdevs, the hottest shards
+    LoadGetStats {
+        /// How many of the hottest shards to show
+        #[arg(long = "top")]
+        top: Option<usize>,
+    },
     /// List volumes with their shards, or one
     VolumeGetVolumes {
         #[arg(short = 'n', long = "name")]
@@ -352,6 +358,7 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
         ),
         Method::VolumeDelete { name } => ("volume_delete", json!({"name": name})),
         Method::VolumeGetVolumes { name } => ("volume_get_volumes", json!({"name": name})),
+        Method::LoadGetStats { top } => ("load_get_stats", json!({ "top": top })),
         Method::NbdServerStart { listen_address } => (
             "nbd_server_start",
             json!({"listen_address": listen_address}),

@@ -6,6 +6,7 @@
 
 pub mod bdev;
 pub mod framework;
+pub mod load;
 pub mod nbd;
 pub mod pool;
 
@@ -40,5 +41,6 @@ pub fn all() -> Vec<Method> {
     methods.extend(bdev::methods());
     methods.extend(pool::methods());
     methods.extend(nbd::methods());
+    methods.extend(load::methods());
     methods
 }

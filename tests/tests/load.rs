@@ -1,0 +1,107 @@
+//! The load monitor as a user sees it: `load_get_stats` over the RPC socket that
+//! `tidepool-perf -r` serves while it drives a volume on two reactors.
+
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tidepool_tests::{bin, text, Scratch};
+
+const POOL: &str = r#"{"subsystems":[
+ {"subsystem":"bdev","config":[
+  {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":16384,"block_size":4096}},
+  {"method":"bdev_malloc_create","params":{"name":"Malloc1","num_blocks":16384,"block_size":4096}}]},
+ {"subsystem":"pool","config":[
+  {"method":"pool_create","params":{"name":"pool0","base_bdevs":["Malloc0","Malloc1"],"shard_size_mib":8}},
+  {"method":"volume_create","params":{"pool":"pool0","name":"vol0","size_mib":64}}]}]}"#;
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn load_get_stats_reports_reactors_bdevs_and_shards_under_load() {
+    let s = Scratch::new("load");
+    let cfg = s.file("pool.json", POOL);
+    let sock = s.join("perf.sock");
+    let mut perf = Command::new(bin("tidepool-perf"))
+        .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-q", "8"])
+        .args(["-w", "randrw", "-M", "70", "-t", "4", "-r", &sock])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tidepool-perf");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tidepool-perf did not serve {sock}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let a few 100 ms windows pass under load.
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = Command::new(bin("tpctl"))
+        .args(["-s", &sock, "load_get_stats", "--top", "3"])
+        .output()
+        .expect("tpctl");
+    assert!(out.status.success(), "{}", text(&out));
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let bad = Command::new(bin("tpctl"))
+        .args(["-s", &sock, "call", "load_get_stats", r#"{"top":"x"}"#])
+        .output()
+        .expect("tpctl");
+    let status = perf.wait().expect("perf exit");
+    assert!(status.success(), "tidepool-perf failed");
+
+    assert_eq!(stats["interval_ms"], 100);
+    let reactors = stats["reactors"].as_array().expect("reactors");
+    assert_eq!(reactors.len(), 2, "{stats}");
+    let share: f64 = reactors.iter().map(|r| f(r, "share")).sum();
+    assert!((share - 1.0).abs() < 0.01, "shares add up to 1: {stats}");
+    for r in reactors {
+        assert!(f(r, "busy_ratio") > 0.0 && f(r, "busy_ratio") <= 1.0, "{r}");
+        assert!(f(r, "read_iops") > f(r, "write_iops"), "70 % reads: {r}");
+        assert!(f(r, "requests_taken_per_s") > 0.0, "{r}");
+        assert_eq!(r["pattern"], "random", "{r}");
+    }
+    let bdevs = stats["bdevs"].as_array().expect("bdevs");
+    let mut names: Vec<&str> = bdevs.iter().map(|b| b["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["Malloc0", "Malloc1"],
+        "the members do the I/O: {stats}"
+    );
+    for b in bdevs {
+        assert!(
+            f(b, "read_bytes_per_s") > 0.0 && f(b, "latency_p99_us") > 0.0,
+            "{b}"
+        );
+        let share = f(b, "read_share");
+        assert!(share > 0.5 && share < 0.9, "about 70 % reads: {b}");
+    }
+    let shards = stats["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 3, "top 3: {stats}");
+    for w in shards.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        assert!(
+            f(a, "read_iops") + f(a, "write_iops") >= f(b, "read_iops") + f(b, "write_iops"),
+            "hottest first: {stats}"
+        );
+    }
+    for sh in shards {
+        assert_eq!(sh["volume"], "vol0");
+        assert!(sh["shard"].as_u64().unwrap() < 8, "{sh}");
+        assert!(["Malloc0", "Malloc1"].contains(&sh["bdev"].as_str().unwrap()));
+        assert!(sh["owner_core"].as_u64().unwrap() < 2);
+        assert!(f(sh, "queue_depth_avg") > 0.0, "{sh}");
+    }
+    assert!(!bad.status.success(), "a bad 'top' is refused");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("top"),
+        "{}",
+        text(&bad)
+    );
+}
