@@ -148,8 +148,9 @@ impl Volume {
         self.update(|shards| shards[shard].owner = owner)
     }
 
-    /// `volume_get_volumes`' shard list: the routing table as the user sees it.
-    pub fn shards_json(&self) -> Value {
+    /// `volume_get_volumes`' shard list: the routing table as the user sees it (`cores`:
+    /// the core of each reactor, by reactor index).
+    pub fn shards_json(&self, cores: &[usize]) -> Value {
         let table = self.table();
         let rows: Vec<Value> = table
             .shards
@@ -157,7 +158,8 @@ impl Volume {
             .enumerate()
             .map(|(index, r)| {
                 json!({"index": index, "bdev": r.member_name, "offset_blocks": r.offset_blocks,
-                       "owner_core": r.owner, "state": r.state})
+                       "owner_core": cores.get(r.owner as usize).copied().unwrap_or(r.owner as usize),
+                       "state": r.state})
             })
             .collect();
         Value::Array(rows)

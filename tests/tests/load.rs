@@ -14,6 +14,9 @@ const POOL: &str = r#"{"subsystems":[
   {"method":"pool_create","params":{"name":"pool0","base_bdevs":["Malloc0","Malloc1"],"shard_size_mib":8}},
   {"method":"volume_create","params":{"pool":"pool0","name":"vol0","size_mib":64}}]}]}"#;
 
+/// The tests here each run a two-reactor tidepool-perf: one at a time on a 2-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn f(v: &Value, key: &str) -> f64 {
     v[key]
         .as_f64()
@@ -22,6 +25,7 @@ fn f(v: &Value, key: &str) -> f64 {
 
 #[test]
 fn load_get_stats_reports_reactors_bdevs_and_shards_under_load() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scratch::new("load");
     let cfg = s.file("pool.json", POOL);
     let sock = s.join("perf.sock");
@@ -104,4 +108,71 @@ fn load_get_stats_reports_reactors_bdevs_and_shards_under_load() {
         "{}",
         text(&bad)
     );
+}
+
+/// Runs tpctl against `sock` and parses its JSON output; panics on failure.
+fn tpctl_ok(sock: &str, args: &[&str]) -> Value {
+    let out = Command::new(bin("tpctl"))
+        .args(["-s", sock])
+        .args(args)
+        .output()
+        .expect("tpctl");
+    assert!(out.status.success(), "tpctl {args:?}: {}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn shards_handed_between_reactors_under_verify_load_lose_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("handoff");
+    let cfg = s.file("pool.json", POOL);
+    let sock = s.join("perf.sock");
+    // verify: every write is read back and checked; any error or mismatch fails the run.
+    let perf = Command::new(bin("tidepool-perf"))
+        .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-q", "16"])
+        .args(["-w", "verify", "-o", "16k", "-t", "4", "-r", &sock])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tidepool-perf");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tidepool-perf did not serve {sock}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut moves = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        for shard in 0..8u64 {
+            let vols = tpctl_ok(&sock, &["volume_get_volumes", "-n", "vol0"]);
+            let owner = vols[0]["shards"][shard as usize]["owner_core"]
+                .as_u64()
+                .unwrap();
+            let to = (1 - owner).to_string();
+            let moved = tpctl_ok(
+                &sock,
+                &[
+                    "shard_migrate",
+                    "vol0",
+                    &shard.to_string(),
+                    "--target-core",
+                    &to,
+                ],
+            );
+            assert_eq!(moved["from_core"], owner);
+            moves += 1;
+        }
+    }
+    let out = perf.wait_with_output().expect("perf exit");
+    assert!(
+        out.status.success(),
+        "verify failed after {moves} hand-offs: {}",
+        text(&out)
+    );
+    assert!(moves >= 16, "only {moves} hand-offs ran");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("Volume routing"), "{report}");
 }

@@ -20,7 +20,10 @@
 
 pub mod crc32c;
 pub mod metadata;
+mod migrate;
 pub mod placement;
+
+pub use migrate::ShardMigrateParams;
 
 use crate::bdev::{new_uuid, BdevError, BdevId, BdevInfo, BdevRegistry, IoTypeSet};
 use crate::reactor::{BlockingIoError, Engine};
@@ -727,6 +730,7 @@ impl PoolService {
 
     /// `volume_get_volumes`: each volume with its routing table.
     pub fn volumes_json(&self, name: Option<&str>) -> Result<Value, PoolError> {
+        let cores = self.engine.cores();
         let pools = self.lock();
         let mut rows = Vec::new();
         for p in pools.values() {
@@ -740,7 +744,7 @@ impl PoolService {
                     "block_size": info.block_size, "num_blocks": info.num_blocks,
                     "size_mib": (info.num_blocks * info.block_size as u64) >> 20,
                     "shard_blocks": v.shard_blocks(), "epoch": v.epoch(),
-                    "shards": v.shards_json()}),
+                    "shards": v.shards_json(&cores)}),
                 );
             }
         }

@@ -346,3 +346,77 @@ fn formatting_a_member_of_another_pool_needs_force() {
     assert_eq!(third.pools.import(&["A".into()]).unwrap(), "new");
     assert!(third.registry.lookup("vol").is_none());
 }
+
+#[test]
+fn a_shard_handed_to_another_reactor_keeps_its_data_and_its_owner_after_a_restart() {
+    let (fa, fb) = files("handoff");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "p", &["A", "B"], 1024).unwrap();
+    volume(&first, "p", "vol", 4).unwrap();
+    write(&first, "vol", 0, 4 * 256, 3).unwrap();
+    let owners = |b: &Boot| -> Vec<u64> {
+        let v = b.pools.volumes_json(Some("vol")).unwrap();
+        v[0]["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["owner_core"].as_u64().unwrap())
+            .collect()
+    };
+    let before = owners(&first);
+    let epoch = first.pools.volume("vol").unwrap().epoch();
+    let target = 1 - before[1] as usize;
+    let migrate = |b: &Boot, shard: u32, core: Option<usize>, bdev: Option<&str>| {
+        b.pools.migrate_shard(&ShardMigrateParams {
+            volume: "vol".into(),
+            shard,
+            target_core: core,
+            target_bdev: bdev.map(String::from),
+        })
+    };
+    // Bad requests change nothing.
+    let gen = pools_json(&first)[0]["generation"].clone();
+    for (shard, core, bdev, want) in [
+        (4, Some(target), None, "has shards 0 to 3"),
+        (1, Some(7), None, "core 7 runs no reactor"),
+        (1, Some(before[1] as usize), None, "already served by core"),
+        (1, None, None, "give the core"),
+        (1, Some(target), Some("B"), "not supported yet"),
+    ] {
+        let err = migrate(&first, shard, core, bdev).unwrap_err().to_string();
+        assert!(err.contains(want), "'{err}' lacks '{want}'");
+    }
+    let other = first.pools.migrate_shard(&ShardMigrateParams {
+        volume: "nope".into(),
+        shard: 0,
+        target_core: Some(0),
+        target_bdev: None,
+    });
+    assert!(matches!(other, Err(PoolError::VolumeNotFound(_))));
+    assert_eq!(owners(&first), before);
+    assert_eq!(pools_json(&first)[0]["generation"], gen);
+
+    let moved = migrate(&first, 1, Some(target), None).unwrap();
+    assert_eq!(moved["from_core"], before[1]);
+    assert_eq!(moved["to_core"], target);
+    assert_eq!(moved["epoch"], epoch + 1);
+    let mut want = before.clone();
+    want[1] = target as u64;
+    assert_eq!(owners(&first), want);
+    // The data is where it was; new writes through the new owner land too.
+    assert!(read_matches(&first, "vol", 0, 4 * 256, 3));
+    write(&first, "vol", 200, 200, 9).unwrap();
+    assert!(read_matches(&first, "vol", 200, 200, 9));
+    assert!(read_matches(&first, "vol", 400, 624, 3));
+    first
+        .engine
+        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
+        .unwrap();
+    drop(first);
+
+    let second = boot(&[("A", &fa), ("B", &fb)]);
+    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    assert_eq!(owners(&second), want, "the new owner was persisted");
+    assert!(read_matches(&second, "vol", 200, 200, 9));
+    assert!(read_matches(&second, "vol", 0, 200, 3));
+}

@@ -190,6 +190,17 @@ enum Method {
     },
     /// Delete a volume that is not exported
     VolumeDelete { name: String },
+    /// Hand shard SHARD of VOLUME to the reactor on --target-core
+    ShardMigrate {
+        volume: String,
+        shard: u32,
+        /// The core whose reactor is to serve the shard
+        #[arg(long = "target-core")]
+        target_core: Option<usize>,
+        /// A member bdev to copy the shard to
+        #[arg(long = "target-bdev")]
+        target_bdev: Option<String>,
+    },
     /// Load over the last sampling window: reactors, bdevs, the hottest shards
     LoadGetStats {
         /// How many of the hottest shards to show
@@ -359,6 +370,16 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
         Method::VolumeDelete { name } => ("volume_delete", json!({"name": name})),
         Method::VolumeGetVolumes { name } => ("volume_get_volumes", json!({"name": name})),
         Method::LoadGetStats { top } => ("load_get_stats", json!({ "top": top })),
+        Method::ShardMigrate {
+            volume,
+            shard,
+            target_core,
+            target_bdev,
+        } => (
+            "shard_migrate",
+            json!({"volume": volume, "shard": shard, "target_core": target_core,
+                   "target_bdev": target_bdev}),
+        ),
         Method::NbdServerStart { listen_address } => (
             "nbd_server_start",
             json!({"listen_address": listen_address}),

@@ -4,7 +4,7 @@
 //! span several bdevs and its volumes are sharded, so the names are its own, in SPDK's shape.
 
 use super::{Method, NameParam};
-use crate::pool::{PoolCreateParams, VolumeCreateParams};
+use crate::pool::{PoolCreateParams, ShardMigrateParams, VolumeCreateParams};
 use crate::rpc::{parse_params, RpcError, Services};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -40,6 +40,11 @@ pub fn methods() -> Vec<Method> {
             name: "volume_delete",
             help: "Delete a volume that is not in use (not exported)",
             handler: volume_delete,
+        },
+        Method {
+            name: "shard_migrate",
+            help: "Hand shard of volume to the reactor on target_core (persisted; in-flight I/O is forwarded)",
+            handler: shard_migrate,
         },
         Method {
             name: "volume_get_volumes",
@@ -102,4 +107,13 @@ fn volume_get_volumes(
 ) -> Result<Value, RpcError> {
     let p: OptionalName = parse_params(params)?;
     Ok(s.pools.volumes_json(p.name.as_deref())?)
+}
+
+fn shard_migrate(
+    services: &Services,
+    _: &[Method],
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    let p: ShardMigrateParams = parse_params(params)?;
+    Ok(services.pools.migrate_shard(&p)?)
 }

@@ -1,0 +1,97 @@
+//! Moving shards: `shard_migrate`. Today: the hand-off of a shard to another reactor (no data
+//! moves). The new owner is persisted on every member first, then the routing table's epoch
+//! advances; requests already on their way to the old owner are forwarded by it (see
+//! `reactor::router`), and I/O it already started completes there, so nothing is failed or
+//! lost. A crash between the two steps leaves the new owner on the devices, which only
+//! decides who serves the shard after the restart.
+
+use super::{invalid, PoolError, PoolService};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// `shard_migrate` parameters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardMigrateParams {
+    pub volume: String,
+    pub shard: u32,
+    /// The core whose reactor is to serve the shard.
+    #[serde(default)]
+    pub target_core: Option<usize>,
+    /// A member bdev to copy the shard to (not supported yet).
+    #[serde(default)]
+    pub target_bdev: Option<String>,
+}
+
+impl PoolService {
+    /// Hands a shard to the reactor on `target_core`; returns what moved.
+    pub fn migrate_shard(&self, p: &ShardMigrateParams) -> Result<Value, PoolError> {
+        if let Some(bdev) = &p.target_bdev {
+            return Err(invalid(
+                "target_bdev",
+                format!("copying a shard to another bdev ('{bdev}') is not supported yet; give target_core only"),
+            ));
+        }
+        let core = p
+            .target_core
+            .ok_or_else(|| invalid("target_core", "give the core that is to serve the shard"))?;
+        let cores = self.engine.cores();
+        let target = cores.iter().position(|&c| c == core).ok_or_else(|| {
+            invalid(
+                "target_core",
+                format!("core {core} runs no reactor (reactors run on cores {cores:?})"),
+            )
+        })? as u16;
+        let mut pools = self.lock();
+        let pool = pools
+            .values_mut()
+            .find(|pool| pool.volumes.contains_key(&p.volume))
+            .ok_or_else(|| PoolError::VolumeNotFound(p.volume.clone()))?;
+        let volume = std::sync::Arc::clone(&pool.volumes[&p.volume].1);
+        let vi = pool
+            .record
+            .volumes
+            .iter()
+            .position(|v| v.name == p.volume)
+            .expect("a pool's volume is in its record");
+        let shards = pool.record.volumes[vi].shards.len();
+        let shard = p.shard as usize;
+        if shard >= shards {
+            return Err(invalid(
+                "shard",
+                format!("volume '{}' has shards 0 to {}", p.volume, shards - 1),
+            ));
+        }
+        let placed = pool.record.volumes[vi].shards[shard];
+        if pool.members[placed.member as usize].is_none() {
+            let member = &pool.record.members[placed.member as usize].bdev_name;
+            return Err(PoolError::Degraded(format!(
+                "shard {shard} of volume '{}' is on missing member '{member}'",
+                p.volume
+            )));
+        }
+        let from = volume.table().shards[shard].owner;
+        let from_core = cores.get(from as usize).copied().unwrap_or(from as usize);
+        if from == target {
+            return Err(invalid(
+                "target_core",
+                format!(
+                    "shard {shard} of volume '{}' is already served by core {core}",
+                    p.volume
+                ),
+            ));
+        }
+        let mut record = pool.record.clone();
+        record.volumes[vi].shards[shard].owner = target;
+        self.persist(pool, record)?;
+        let epoch = volume.set_owner(shard, target);
+        log::info!(
+            "volume '{}': shard {shard} handed from core {from_core} to core {core} (epoch {epoch})",
+            p.volume
+        );
+        Ok(
+            json!({"volume": p.volume, "shard": shard, "from_core": from_core,
+                  "to_core": core, "epoch": epoch}),
+        )
+    }
+}
