@@ -10,6 +10,7 @@
 //!   restart) and removing pools and their volumes.
 //! - [`volume`]: volumes cut into shards and their routing table (the reactors' side of
 //!   volume I/O is `reactor::router`).
+//! - [`balancer`]: moves shards off a reactor that carries more than its share of the load.
 //! - [`load`]: the load monitor each reactor runs in its poll loop, and the state table it
 //!   publishes to.
 //! - [`config`]: SPDK-style JSON configuration that creates bdevs.
@@ -21,6 +22,7 @@
 //! Raw memory and FFI are in `tidepool-bindings`; this crate forbids them (see below).
 #![forbid(unsafe_code)]
 
+pub mod balancer;
 pub mod bdev;
 pub mod config;
 pub mod cpuset;

@@ -176,3 +176,110 @@ fn shards_handed_between_reactors_under_verify_load_lose_nothing() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("Volume routing"), "{report}");
 }
+
+#[test]
+fn the_balancer_evens_a_skewed_placement_without_moving_shards_back() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("balancer");
+    let cfg = s.file("pool.json", POOL);
+    let sock = s.join("perf.sock");
+    let perf = Command::new(bin("tidepool-perf"))
+        .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-q", "16"])
+        .args(["-w", "randread", "-t", "8", "-r", &sock])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tidepool-perf");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tidepool-perf did not serve {sock}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Skew: every shard on core 0, so reactor 0 executes all the I/O both jobs send.
+    let vols = tpctl_ok(&sock, &["volume_get_volumes", "-n", "vol0"]);
+    for (i, sh) in vols[0]["shards"].as_array().unwrap().iter().enumerate() {
+        if sh["owner_core"] != 0 {
+            tpctl_ok(
+                &sock,
+                &[
+                    "shard_migrate",
+                    "vol0",
+                    &i.to_string(),
+                    "--target-core",
+                    "0",
+                ],
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let skewed = tpctl_ok(&sock, &["load_get_stats"]);
+    assert!(
+        f(&skewed["reactors"][0], "share") > 0.95,
+        "skewed: {skewed}"
+    );
+    // Bad options are refused and change nothing.
+    let bad = Command::new(bin("tpctl"))
+        .args([
+            "-s",
+            &sock,
+            "balancer_set_options",
+            "--imbalance-threshold",
+            "0.5",
+        ])
+        .output()
+        .expect("tpctl");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("imbalance_threshold"));
+    assert_eq!(tpctl_ok(&sock, &["balancer_get_status"])["enabled"], false);
+
+    tpctl_ok(
+        &sock,
+        &[
+            "balancer_set_options",
+            "--enabled",
+            "true",
+            "--interval-ms",
+            "200",
+            "--sustain-samples",
+            "2",
+            "--imbalance-threshold",
+            "1.1",
+            "--cooldown-ms",
+            "60000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(4000));
+    let stats = tpctl_ok(&sock, &["load_get_stats"]);
+    let status = tpctl_ok(&sock, &["balancer_get_status"]);
+    let out = perf.wait_with_output().expect("perf exit");
+    assert!(out.status.success(), "{}", text(&out));
+
+    for r in stats["reactors"].as_array().unwrap() {
+        // Within 1.25x of the fair share (0.5 on two reactors).
+        assert!(
+            f(r, "share") <= 0.625,
+            "reactor {}: {stats}\n{status}",
+            r["reactor"]
+        );
+    }
+    let decisions = status["decisions"].as_array().unwrap();
+    assert!(decisions.len() >= 3, "{status}");
+    let mut seen = std::collections::BTreeSet::new();
+    for d in decisions {
+        assert_eq!(d["outcome"], "moved", "{d}");
+        assert_eq!(
+            (d["from_core"].clone(), d["to_core"].clone()),
+            (0.into(), 1.into()),
+            "{d}"
+        );
+        assert!(
+            seen.insert(d["shard"].as_u64().unwrap()),
+            "a shard moved twice: {status}"
+        );
+        assert!(d["reason"].as_str().unwrap().contains("fair share"), "{d}");
+    }
+    assert_eq!(status["moves"], decisions.len() as u64);
+}

@@ -754,7 +754,17 @@ impl PoolService {
         Ok(Value::Array(rows))
     }
 
-    /// A volume by name (for tests and the balancer to come).
+    /// Every volume with its registry id and name.
+    pub fn volumes(&self) -> Vec<(BdevId, String, Arc<Volume>)> {
+        let pools = self.lock();
+        pools
+            .values()
+            .flat_map(|p| p.volumes.iter())
+            .map(|(name, (id, v))| (*id, name.clone(), Arc::clone(v)))
+            .collect()
+    }
+
+    /// A volume by name.
     pub fn volume(&self, name: &str) -> Option<Arc<Volume>> {
         let pools = self.lock();
         pools

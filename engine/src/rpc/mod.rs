@@ -23,6 +23,7 @@ pub mod framing;
 pub mod methods;
 pub mod server;
 
+use crate::balancer::Balancer;
 use crate::bdev::{BdevError, BdevRegistry};
 use crate::config::CreateError;
 use crate::nbd::{NbdError, NbdService};
@@ -102,16 +103,19 @@ pub struct Services {
     pub engine: Arc<Engine>,
     pub registry: Arc<BdevRegistry>,
     pub nbd: NbdService,
-    pub pools: PoolService,
+    pub pools: Arc<PoolService>,
+    pub balancer: Balancer,
 }
 
 impl Services {
     pub fn new(engine: &Arc<Engine>, registry: &Arc<BdevRegistry>) -> Services {
+        let pools = Arc::new(PoolService::new(Arc::clone(engine), Arc::clone(registry)));
         Services {
             engine: Arc::clone(engine),
             registry: Arc::clone(registry),
             nbd: NbdService::new(Arc::clone(engine), Arc::clone(registry)),
-            pools: PoolService::new(Arc::clone(engine), Arc::clone(registry)),
+            balancer: Balancer::start(Arc::clone(engine), Arc::clone(&pools)),
+            pools,
         }
     }
 }

@@ -201,6 +201,29 @@ enum Method {
         #[arg(long = "target-bdev")]
         target_bdev: Option<String>,
     },
+    /// Set the balancer's options (any of them)
+    BalancerSetOptions {
+        #[arg(long)]
+        enabled: Option<bool>,
+        #[arg(long = "interval-ms")]
+        interval_ms: Option<u64>,
+        #[arg(long = "imbalance-threshold")]
+        imbalance_threshold: Option<f64>,
+        #[arg(long = "sustain-samples")]
+        sustain_samples: Option<u32>,
+        #[arg(long = "cooldown-ms")]
+        cooldown_ms: Option<u64>,
+        #[arg(long = "max-concurrent")]
+        max_concurrent: Option<u32>,
+        #[arg(long = "weight-requests")]
+        weight_requests: Option<f64>,
+        #[arg(long = "weight-bytes")]
+        weight_bytes: Option<f64>,
+        #[arg(long = "weight-busy")]
+        weight_busy: Option<f64>,
+    },
+    /// The balancer's options, scores and last decisions
+    BalancerGetStatus,
     /// Load over the last sampling window: reactors, bdevs, the hottest shards
     LoadGetStats {
         /// How many of the hottest shards to show
@@ -370,6 +393,25 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
         Method::VolumeDelete { name } => ("volume_delete", json!({"name": name})),
         Method::VolumeGetVolumes { name } => ("volume_get_volumes", json!({"name": name})),
         Method::LoadGetStats { top } => ("load_get_stats", json!({ "top": top })),
+        Method::BalancerSetOptions {
+            enabled,
+            interval_ms,
+            imbalance_threshold,
+            sustain_samples,
+            cooldown_ms,
+            max_concurrent,
+            weight_requests,
+            weight_bytes,
+            weight_busy,
+        } => (
+            "balancer_set_options",
+            json!({"enabled": enabled, "interval_ms": interval_ms,
+                   "imbalance_threshold": imbalance_threshold, "sustain_samples": sustain_samples,
+                   "cooldown_ms": cooldown_ms, "max_concurrent": max_concurrent,
+                   "weight_requests": weight_requests, "weight_bytes": weight_bytes,
+                   "weight_busy": weight_busy}),
+        ),
+        Method::BalancerGetStatus => ("balancer_get_status", Value::Null),
         Method::ShardMigrate {
             volume,
             shard,

@@ -4,6 +4,7 @@
 //! params; it parses them with [`super::parse_params`] so that a bad parameter is named in
 //! the -32602 error, and it changes nothing unless it succeeds.
 
+pub mod balancer;
 pub mod bdev;
 pub mod framework;
 pub mod load;
@@ -42,5 +43,6 @@ pub fn all() -> Vec<Method> {
     methods.extend(pool::methods());
     methods.extend(nbd::methods());
     methods.extend(load::methods());
+    methods.extend(balancer::methods());
     methods
 }

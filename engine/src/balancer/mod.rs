@@ -1,0 +1,243 @@
+//! The balancer: a control-plane thread that reads the state table every interval and, when
+//! one reactor carries more than its fair share for long enough, hands a shard to the
+//! least loaded reactor (see [`decide`] for how it chooses).
+//!
+//! It runs on its own thread rather than as a reactor poller because a move persists the
+//! new placement on every member, and those writes wait for the reactors. Its moves go
+//! through the same path as `shard_migrate` ([`PoolService::migrate_shard`]). Off until
+//! `balancer_set_options {"enabled": true}`; `balancer_get_status` shows the options, the
+//! latest scores and the last decisions with their reasons.
+
+pub mod decide;
+
+use crate::pool::{PoolService, ShardMigrateParams};
+use crate::reactor::Engine;
+use crate::time::{self, Nanos};
+use decide::{evaluate, Memory, Options, ShardPlace, Verdict};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Decisions `balancer_get_status` keeps.
+const KEPT_DECISIONS: usize = 32;
+
+struct State {
+    options: Options,
+    memory: Memory,
+    /// The latest evaluation: the reactors' scores and the verdict.
+    last_scores: Vec<f64>,
+    last_verdict: String,
+    decisions: VecDeque<Value>,
+    moves: u64,
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+pub struct Balancer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Balancer {
+    /// Starts the balancer thread (disabled until enabled by options).
+    pub fn start(engine: Arc<Engine>, pools: Arc<PoolService>) -> Balancer {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                options: Options::default(),
+                memory: Memory::default(),
+                last_scores: Vec::new(),
+                last_verdict: "not run yet".into(),
+                decisions: VecDeque::new(),
+                moves: 0,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("balancer".into())
+                .spawn(move || run(&shared, &engine, &pools))
+                .ok()
+        };
+        if thread.is_none() {
+            log::error!("the balancer thread could not start; shards will not be balanced");
+        }
+        Balancer { shared, thread }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn options(&self) -> Options {
+        self.lock().options.clone()
+    }
+
+    /// Replaces the options; the thread picks them up at once.
+    pub fn set_options(&self, options: Options) {
+        let mut s = self.lock();
+        s.options = options;
+        s.memory.restart_run();
+        self.shared.wake.notify_all();
+    }
+
+    /// `balancer_get_status`.
+    pub fn status(&self, cores: &[usize]) -> Value {
+        let s = self.lock();
+        let o = &s.options;
+        let scores: Vec<Value> = s
+            .last_scores
+            .iter()
+            .enumerate()
+            .map(|(r, x)| json!({"core": cores.get(r).copied().unwrap_or(r), "score": (x * 1000.0).round() / 1000.0}))
+            .collect();
+        json!({
+            "enabled": o.enabled,
+            "interval_ms": o.interval_ns / 1_000_000,
+            "imbalance_threshold": o.imbalance_threshold,
+            "sustain_samples": o.sustain_samples,
+            "cooldown_ms": o.cooldown_ns / 1_000_000,
+            "max_concurrent": o.max_concurrent,
+            "weights": {"requests": o.weight_requests, "bytes": o.weight_bytes, "busy": o.weight_busy},
+            "scores": scores,
+            "last_verdict": s.last_verdict,
+            "moves": s.moves,
+            "decisions": s.decisions.iter().cloned().collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.lock().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, engine: &Engine, pools: &PoolService) {
+    let cores = engine.cores();
+    let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let wait = Duration::from_nanos(guard.options.interval_ns);
+        guard = shared
+            .wake
+            .wait_timeout(guard, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        if guard.stop {
+            return;
+        }
+        if !guard.options.enabled {
+            continue;
+        }
+        let snapshot = engine.state_table().snapshot();
+        let places: Vec<ShardPlace> = pools
+            .volumes()
+            .iter()
+            .flat_map(|(id, _, v)| {
+                let table = v.table();
+                let id = *id;
+                (0..table.shards.len()).map(move |i| {
+                    let r = &table.shards[i];
+                    ShardPlace {
+                        key: crate::load::ShardKey {
+                            volume: id,
+                            shard: i as u32,
+                        },
+                        owner: r.owner,
+                        online: r.state == crate::volume::ShardState::Online,
+                    }
+                })
+            })
+            .collect();
+        let now = time::now();
+        let state = &mut *guard;
+        let reactors = cores.len();
+        state.last_scores = decide::scores(&snapshot, reactors, &state.options).0;
+        let verdict = evaluate(
+            &snapshot,
+            &places,
+            reactors,
+            &state.options,
+            &mut state.memory,
+            now,
+        );
+        state.last_verdict = describe(&verdict);
+        let Verdict::Move(mv) = verdict else { continue };
+        let volume = pools
+            .volumes()
+            .into_iter()
+            .find(|(id, _, _)| *id == mv.key.volume)
+            .map(|(_, name, _)| name);
+        let Some(volume) = volume else { continue };
+        let to_core = cores[mv.to as usize];
+        let params = ShardMigrateParams {
+            volume: volume.clone(),
+            shard: mv.key.shard,
+            target_core: Some(to_core),
+            target_bdev: None,
+        };
+        // The move persists metadata through the reactors: not under the state lock.
+        drop(guard);
+        let result = pools.migrate_shard(&params);
+        guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let cooldown = guard.options.cooldown_ns;
+        guard.memory.restart_run();
+        let outcome = match &result {
+            Ok(_) => {
+                guard.memory.moved(mv.key, now, cooldown);
+                guard.moves += 1;
+                "moved".to_string()
+            }
+            Err(e) => {
+                // Try another shard next time rather than this one again at once.
+                guard.memory.moved(mv.key, now, cooldown);
+                format!("failed: {e}")
+            }
+        };
+        log::info!(
+            "balancer: volume '{volume}' shard {} core {} -> {to_core}: {outcome} ({})",
+            mv.key.shard,
+            cores[mv.from as usize],
+            mv.reason
+        );
+        let decision = json!({
+            "at_ms": now / 1_000_000, "volume": volume, "shard": mv.key.shard,
+            "from_core": cores[mv.from as usize], "to_core": to_core,
+            "reason": mv.reason, "outcome": outcome,
+        });
+        if guard.decisions.len() == KEPT_DECISIONS {
+            guard.decisions.pop_front();
+        }
+        guard.decisions.push_back(decision);
+    }
+}
+
+fn describe(v: &Verdict) -> String {
+    match v {
+        Verdict::NoLoad => "no load published".into(),
+        Verdict::Balanced { imbalance } => {
+            format!("balanced ({imbalance:.2}x the fair share at most)")
+        }
+        Verdict::Waiting { imbalance, samples } => {
+            format!("{imbalance:.2}x the fair share for {samples} sample(s); waiting")
+        }
+        Verdict::Stuck { imbalance, why } => format!("{imbalance:.2}x the fair share; {why}"),
+        Verdict::Move(m) => format!("moving: {}", m.reason),
+    }
+}
+
+/// Nanoseconds from milliseconds, for option parsing.
+pub fn ms(ms: u64) -> Nanos {
+    ms.saturating_mul(1_000_000)
+}
