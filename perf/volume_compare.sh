@@ -94,6 +94,14 @@ one batch per iteration each way the volume reached 0.55-0.7x here and 100 % cro
 (`--remote`) on raw malloc 0.45x; a one-shard request is also sent on whole (no parent copy),
 which took about 15 % off the router's instructions per I/O (callgrind, 512-byte I/O).
 
+Read the ratio with the machine's state in mind: on the day this was measured, raw
+randwrite over two reactors alternated between about 5.3 M (the two vCPUs not scaling fully)
+and 7.3 M (scaling fully) from one minute to the next, while the volume stayed at 4.3-4.9 M.
+In the fast state the ratio was 0.6-0.7 (three back-to-back pairs: raw 7.57, 7.11, 7.27 M
+against volume 4.47, 4.49, 4.27 M). A crossed 4 KiB request costs about 220 ns more than a
+local one there (two ring messages of 1.4 cache lines each, and the data's cache lines
+moving between cores), and half the requests cross.
+
 | workload | raw total (median) | volume total (median) | volume / raw, each round | volume / raw (median) | crossed reactors | p99 raw / volume |
 | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
