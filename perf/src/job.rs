@@ -120,6 +120,8 @@ pub struct Job {
     live: Arc<JobLive>,
     result_tx: Option<SyncSender<JobResult>>,
     first_verify_error: Option<String>,
+    /// `--timeline`: this job's per-interval figures.
+    timeline: Option<crate::timeline::Recorder>,
 }
 
 impl Job {
@@ -163,8 +165,15 @@ impl Job {
             live,
             result_tx: Some(result_tx),
             first_verify_error: None,
+            timeline: None,
             spec,
         }
+    }
+
+    /// Records this job's figures per interval too (`--timeline`).
+    pub fn with_timeline(mut self, recorder: crate::timeline::Recorder) -> Job {
+        self.timeline = Some(recorder);
+        self
     }
 
     fn next_offset(&mut self) -> u64 {
@@ -229,6 +238,9 @@ impl Job {
     }
 
     fn finish(&mut self, ctx: &mut Ctx) {
+        if let Some(t) = self.timeline.as_mut() {
+            t.finish();
+        }
         if let Some(tx) = self.result_tx.take() {
             let latency_ns = std::mem::replace(
                 &mut self.latency_ns,
@@ -254,6 +266,9 @@ impl Task for Job {
         let now = time::now();
         self.start_ns = now;
         self.end_ns = now + self.spec.duration_ns;
+        if let Some(t) = self.timeline.as_mut() {
+            t.start(now);
+        }
         for slot in 0..self.spec.depth {
             self.issue(ctx, slot, now);
         }
@@ -264,8 +279,11 @@ impl Task for Job {
         self.inflight -= 1;
         let slot = c.io.origin.tag as usize;
         let s = self.slots[slot];
-        self.latency_ns
-            .saturating_record(now.saturating_sub(s.submitted_ns).max(1));
+        let latency = now.saturating_sub(s.submitted_ns).max(1);
+        self.latency_ns.saturating_record(latency);
+        if let Some(t) = self.timeline.as_mut() {
+            t.record(now, latency, c.status.is_success());
+        }
         self.ios += 1;
         self.last_done_ns = now;
         let mut buf = c.io.buf.expect("benchmark I/O carries a buffer");

@@ -11,6 +11,7 @@
 mod bench;
 mod job;
 mod report;
+mod timeline;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
@@ -98,6 +99,15 @@ struct Args {
     /// Draw the latency percentile distribution of every job as SVG
     #[arg(long)]
     plot: Option<String>,
+    /// Write IOPS and latency percentiles per interval, with shard moves, as JSON
+    #[arg(long)]
+    timeline: Option<String>,
+    /// Draw the timeline as SVG
+    #[arg(long = "timeline-plot")]
+    timeline_plot: Option<String>,
+    /// The timeline's interval in milliseconds
+    #[arg(long = "timeline-interval-ms", default_value_t = 100)]
+    timeline_interval_ms: u64,
 }
 
 fn main() {
@@ -332,6 +342,9 @@ fn run_io(
     deferred: Vec<(String, Value)>,
     duration: Duration,
 ) -> anyhow::Result<i32> {
+    if args.timeline_interval_ms == 0 {
+        bail!("--timeline-interval-ms must be at least 1");
+    }
     let engine_cfg = engine_config(args)?;
     let cores = engine_cfg.cores.clone();
     let engine = Arc::new(Engine::start(engine_cfg, Arc::clone(&registry))?);
@@ -366,12 +379,24 @@ fn run_io(
         None => None,
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<JobResult>(jobs.len());
+    let timeline_on = args.timeline.is_some() || args.timeline_plot.is_some();
+    let interval_ns = args.timeline_interval_ms * 1_000_000;
+    let (slice_tx, slice_rx) = std::sync::mpsc::channel::<timeline::Slice>();
+    let t0 = tidepool::time::now();
+    let mut watcher = timeline::Watcher::default();
+    let mut events = Vec::new();
+    if timeline_on {
+        watcher.poll(&services.pools, &cores, t0);
+    }
     let mut lives = Vec::new();
     let mut meta = Vec::new();
     for p in jobs {
         let live = Arc::new(JobLive::default());
         let pool = DmaPool::new(io_bytes, p.spec.depth)?;
-        let job = Job::new(p.spec, &pool, Arc::clone(&live), tx.clone());
+        let mut job = Job::new(p.spec, &pool, Arc::clone(&live), tx.clone());
+        if timeline_on {
+            job = job.with_timeline(timeline::Recorder::new(slice_tx.clone(), interval_ns));
+        }
         engine.call(p.reactor, move |r| {
             r.spawn(Box::new(job));
         })?;
@@ -379,14 +404,26 @@ fn run_io(
         meta.push((p.name, p.core));
     }
     drop(tx);
+    drop(slice_tx);
 
-    // One live line a second.
+    // One live line a second; with a timeline, the volumes' routes are watched meanwhile.
     let start = Instant::now();
     let mut last_ios = 0u64;
     let mut tick = 1u32;
     while start.elapsed() < duration {
         let next = Duration::from_secs(tick as u64).min(duration);
-        std::thread::sleep(next.saturating_sub(start.elapsed()));
+        loop {
+            let left = next.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            if !timeline_on {
+                std::thread::sleep(left);
+                continue;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+            events.extend(watcher.poll(&services.pools, &cores, tidepool::time::now()));
+        }
         let ios: u64 = lives.iter().map(|l| l.ios.load(Ordering::Relaxed)).sum();
         let errors: u64 = lives.iter().map(|l| l.errors.load(Ordering::Relaxed)).sum();
         let interval = next.as_secs_f64() - (tick - 1) as f64;
@@ -416,6 +453,22 @@ fn run_io(
     }
     if let Some(server) = rpc_server {
         server.stop();
+    }
+    if timeline_on {
+        let points = timeline::merge(slice_rx.try_iter().collect(), t0, interval_ns);
+        if let Some(p) = &args.timeline {
+            let json = timeline::to_json(&points, &events, t0, interval_ns);
+            std::fs::write(p, serde_json::to_string_pretty(&json)? + "\n")
+                .with_context(|| format!("writing --timeline {p}"))?;
+        }
+        if let Some(p) = &args.timeline_plot {
+            let title = format!(
+                "{} -q {} -o {} over time",
+                args.workload, args.queue_depth, io_bytes
+            );
+            std::fs::write(p, timeline::svg(&title, &points, &events, t0))
+                .with_context(|| format!("writing --timeline-plot {p}"))?;
+        }
     }
     let routing = route_counters(&engine)?;
     drop(services);

@@ -127,10 +127,12 @@ fn shards_handed_between_reactors_under_verify_load_lose_nothing() {
     let s = Scratch::new("handoff");
     let cfg = s.file("pool.json", POOL);
     let sock = s.join("perf.sock");
+    let (timeline, plot) = (s.join("timeline.json"), s.join("timeline.svg"));
     // verify: every write is read back and checked; any error or mismatch fails the run.
     let perf = Command::new(bin("tidepool-perf"))
         .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-q", "16"])
         .args(["-w", "verify", "-o", "16k", "-t", "4", "-r", &sock])
+        .args(["--timeline", &timeline, "--timeline-plot", &plot])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -175,6 +177,30 @@ fn shards_handed_between_reactors_under_verify_load_lose_nothing() {
     assert!(moves >= 16, "only {moves} hand-offs ran");
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("Volume routing"), "{report}");
+    // The timeline has its points, and every hand-off as an event.
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&timeline).unwrap()).unwrap();
+    let points = t["points"].as_array().unwrap();
+    assert!(
+        points.len() >= 30,
+        "100 ms points over 4 s: {}",
+        points.len()
+    );
+    assert!(points.iter().all(|p| p["errors"] == 0));
+    assert!(points.iter().filter(|p| f(p, "iops") > 0.0).count() >= 30);
+    let events = t["events"].as_array().unwrap();
+    // Routes are sampled every 20 ms: a shard moved there and back between two samples
+    // shows no change, so a busy machine may show fewer events than hand-offs.
+    assert!(
+        events.len() <= moves && events.len() * 2 >= moves,
+        "{} events for {moves} hand-offs",
+        events.len()
+    );
+    assert!(events[0]["what"]
+        .as_str()
+        .unwrap()
+        .starts_with("vol0 shard 0: core "));
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("stroke-dasharray"));
 }
 
 #[test]
