@@ -24,6 +24,7 @@
 //! it; its completion comes back to the origin reactor's inbox and is run there.
 
 mod blocking;
+mod copy;
 pub mod engine;
 mod router;
 mod timers;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use timers::Timers;
 
 pub use blocking::BlockingIoError;
+pub use copy::{CopyHandle, CopySpec, CopyState, CopyStatus};
 pub use engine::{Engine, EngineConfig, EngineError, ReactorStats};
 pub use router::{RouteCounters, BOUNCE_CHUNK_BYTES};
 pub use timers::TimerId;
@@ -183,6 +185,8 @@ pub struct Ctx {
     pollers: Vec<TaskId>,
     counters: Counters,
     monitor: Monitor,
+    /// Shards this reactor is copying to another member (see `copy`).
+    copies: Vec<Option<copy::Copy>>,
 }
 
 impl Ctx {
@@ -513,6 +517,7 @@ impl Reactor {
                 counters: Counters::default(),
                 config,
                 monitor: Monitor::new(state),
+                copies: Vec::new(),
             },
             tasks: Vec::new(),
             inbox,

@@ -107,6 +107,20 @@ impl VolumeSlot {
         }
     }
 
+    /// Shard `shard`'s route in the newest table.
+    pub(super) fn route_of(&mut self, shard: u64) -> Option<crate::volume::ShardRoute> {
+        self.refresh();
+        self.table.shards.get(shard as usize).cloned()
+    }
+
+    pub(super) fn shard_blocks_of(&self) -> u64 {
+        self.shard_blocks
+    }
+
+    pub(super) fn block_size(&self) -> u32 {
+        self.geometry.block_size
+    }
+
     /// Hands back the windows of the shards that saw I/O and starts new ones.
     pub(super) fn take_shard_windows(&mut self) -> Vec<(u32, Window)> {
         self.shard_windows
@@ -139,6 +153,7 @@ impl VolumeSlot {
         let r = &self.table.shards[shard as usize];
         Hop {
             shard,
+            within,
             owner: r.owner,
             member: r.member,
             member_offset_blocks: r.offset_blocks + within,
@@ -170,12 +185,14 @@ fn online_members(table: &RouteTable) -> Vec<BdevId> {
 
 /// Where a piece goes, read from a reactor's view of the table.
 #[derive(Clone, Copy)]
-struct Hop {
-    shard: u64,
+pub(super) struct Hop {
+    pub(super) shard: u64,
+    /// The piece's offset inside its shard.
+    pub(super) within: u64,
     owner: u16,
-    member: BdevId,
+    pub(super) member: BdevId,
     /// The piece's offset on the member.
-    member_offset_blocks: u64,
+    pub(super) member_offset_blocks: u64,
     state: ShardState,
 }
 
@@ -354,7 +371,7 @@ impl Ctx {
             .expect("a live parent")
     }
 
-    fn volume_slot(&mut self, vol: BdevId) -> Option<&mut VolumeSlot> {
+    pub(super) fn volume_slot(&mut self, vol: BdevId) -> Option<&mut VolumeSlot> {
         match self.channels.get_mut(vol as usize) {
             Some(Some(Endpoint::Volume(slot))) => Some(slot),
             _ => None,
@@ -471,6 +488,14 @@ impl Ctx {
         self.route_via(vol, hop, piece)
     }
 
+    /// Routes a piece that waited (for a copy's chunk) as if it just arrived.
+    pub(super) fn route_piece_again(&mut self, vol: BdevId, piece: IoRequest) {
+        match self.hop(vol, piece.offset_blocks) {
+            Some(hop) => self.route_via(vol, hop, piece),
+            None => self.ready.push(Completion::new(piece, IoStatus::Aborted)),
+        }
+    }
+
     /// `route_piece` with the route already read.
     #[inline]
     fn route_via(&mut self, vol: BdevId, hop: Hop, mut piece: IoRequest) {
@@ -502,6 +527,13 @@ impl Ctx {
             ));
             return;
         }
+        if !self.copies.is_empty() {
+            // A shard being copied to another member: writes go to both (see `copy`).
+            match self.mirror_piece(vol, &hop, piece) {
+                Some(p) => piece = p,
+                None => return,
+            }
+        }
         piece.offset_blocks = hop.member_offset_blocks;
         self.submit(hop.member, piece);
     }
@@ -511,6 +543,9 @@ impl Ctx {
     pub(super) fn piece_complete(&mut self, c: Completion) -> Option<Completion> {
         if c.io.origin.tag & SINGLE_TAG != 0 {
             return Some(self.single_complete(c));
+        }
+        if c.io.origin.tag & super::copy::COPY_TAG != 0 {
+            return self.copy_complete(c);
         }
         let idx = (c.io.origin.tag & 0xffff_ffff) as u32;
         let delta = c.io.origin.tag >> 32;

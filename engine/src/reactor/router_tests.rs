@@ -479,3 +479,145 @@ fn the_load_monitor_counts_per_shard_per_bdev_and_per_reactor() {
     assert!(next[0].shards.is_empty() && next[0].bdevs.is_empty());
     rig.release();
 }
+
+/// Shard 1 of `rig(2, 4)`: owned by reactor 1, on M1 at block BASE.
+const COPIED_SHARD: u64 = 1;
+/// Where the copy goes on M2.
+const TARGET_AT: u64 = 1000;
+
+fn copy_rig() -> (Rig, BdevId, BdevId) {
+    let rig = rig(2, 4);
+    let p = json!({"name": "M2", "num_blocks": 4096, "block_size": BS});
+    let m2 = create_bdev(&rig.reg, "bdev_malloc_create", p).unwrap().0;
+    let ee = create_bdev(&rig.reg, "bdev_error_create", json!({"base_name": "M2"}))
+        .unwrap()
+        .0;
+    (rig, m2, ee)
+}
+
+fn fail_target_writes(rig: &Rig, n: u32) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
+    let inj = b.as_error_bdev().unwrap().injection();
+    inj.inject(InjectTarget::Write, ErrorKind::Failure, n);
+}
+
+fn copy_spec(vol: BdevId, target: BdevId, max_restarts: u32) -> crate::reactor::CopySpec {
+    crate::reactor::CopySpec {
+        volume: vol,
+        shard: COPIED_SHARD as u32,
+        target,
+        target_offset_blocks: TARGET_AT,
+        chunk_blocks: 16,
+        max_inflight: 2,
+        max_restarts,
+    }
+}
+
+/// Writes batches of non-overlapping random ranges into the copied shard, from both
+/// reactors, until `until()` holds; returns the model (block -> seed of its last write).
+fn write_during(rig: &mut Rig, rng: &mut Rng, mut until: impl FnMut() -> bool) -> Vec<u64> {
+    let first = COPIED_SHARD * SHARD;
+    let mut model = vec![1u64; SHARD as usize];
+    let mut seed = 100;
+    let mut want = rig.done();
+    for _ in 0..10_000 {
+        if until() {
+            return model;
+        }
+        // Four ranges in distinct quarters of the shard: no two overlap.
+        for q in 0..4u64 {
+            let n = 1 + rng.next_u64() % 8;
+            let at = q * (SHARD / 4) + rng.next_u64() % (SHARD / 4 - n);
+            seed += 1;
+            let on = (seed % 2) as usize;
+            rig.submit(on, rig.vol, IoType::Write, first + at, n, seed);
+            for b in at..at + n {
+                model[b as usize] = seed;
+            }
+            want += 1;
+        }
+        rig.settle(want);
+        rig.release();
+    }
+    panic!("the copy did not end");
+}
+
+#[test]
+fn a_shard_copies_while_written_and_target_failures_restart_it_unseen() {
+    let (mut rig, m2, ee) = copy_rig();
+    let first = COPIED_SHARD * SHARD;
+    rig.submit(0, rig.vol, IoType::Write, first, SHARD, 1);
+    rig.settle(1);
+    rig.release();
+    fail_target_writes(&rig, 3);
+    let vol = rig.vol;
+    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).unwrap();
+    // Only the owner copies, and one copy per shard.
+    assert!(rig.rs[0].ctx().start_copy(copy_spec(vol, ee, 10)).is_err());
+    assert!(rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).is_err());
+    let seed = std::env::var("TIDEPOOL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0c09);
+    println!("a_shard_copies_while_written...: seed {seed} (TIDEPOOL_SEED)");
+    let mut rng = Rng::new(seed);
+    let st = Arc::clone(&status);
+    let model = write_during(&mut rig, &mut rng, || {
+        st.lock().unwrap().state == crate::reactor::CopyState::Copied
+    });
+    rig.all_success();
+    let s = status.lock().unwrap().clone();
+    assert_eq!(s.restarts, 3, "one restart per failed target write: {s:?}");
+    assert_eq!(s.copied_blocks, SHARD);
+    assert!(s.last_error.unwrap().contains("failed"));
+    // The target holds exactly what the source holds, and that is the last acknowledged
+    // write of every block.
+    let source = rig.read(rig.members[1], BASE, SHARD);
+    let target = rig.read(m2, TARGET_AT, SHARD);
+    assert!(source == target, "target differs from source");
+    for (b, seed) in model.iter().enumerate() {
+        let got = &source[b * BS as usize..(b + 1) * BS as usize];
+        let want = pattern(first + b as u64, *seed);
+        assert!(got.iter().all(|&x| x == want), "block {b}");
+    }
+    // Writes after the copy ended are still mirrored until it is stopped.
+    rig.submit(1, rig.vol, IoType::Write, first + 5, 2, 77);
+    rig.settle(rig.done() + 1);
+    assert_eq!(
+        rig.read(m2, TARGET_AT + 5, 2),
+        rig.read(rig.members[1], BASE + 5, 2)
+    );
+    assert!(rig.rs[1].ctx().stop_copy(rig.vol, COPIED_SHARD as u32));
+    assert!(!rig.rs[1].ctx().stop_copy(rig.vol, COPIED_SHARD as u32));
+    rig.release();
+}
+
+#[test]
+fn a_copy_whose_target_keeps_failing_is_abandoned_and_clients_never_see_it() {
+    let (mut rig, _, ee) = copy_rig();
+    fail_target_writes(&rig, 1000);
+    let vol = rig.vol;
+    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 2)).unwrap();
+    let mut rng = Rng::new(7);
+    let st = Arc::clone(&status);
+    write_during(&mut rig, &mut rng, || {
+        matches!(
+            st.lock().unwrap().state,
+            crate::reactor::CopyState::Abandoned(_)
+        )
+    });
+    rig.all_success();
+    let s = status.lock().unwrap().clone();
+    let crate::reactor::CopyState::Abandoned(why) = s.state else {
+        unreachable!()
+    };
+    assert!(why.contains("abandoned after 2 restarts"), "{why}");
+    assert_eq!(s.restarts, 3);
+    // Abandoned: no longer mirrored; client writes go on to the source alone.
+    rig.submit(0, rig.vol, IoType::Write, COPIED_SHARD * SHARD, 4, 9);
+    rig.settle(rig.done() + 1);
+    rig.all_success();
+    assert!(!rig.rs[1].ctx().stop_copy(rig.vol, COPIED_SHARD as u32));
+    rig.release();
+}

@@ -1,0 +1,467 @@
+//! Copying a shard to another member while clients keep writing to it: the owner reactor's
+//! side of a data migration. (Choosing the target extent, persisting the new placement and
+//! flipping the route are the control plane's; see the pool service.)
+//!
+//! The copy reads the shard's source extent in chunks and writes them to the target extent,
+//! at most `max_inflight` chunks at a time. Meanwhile every client write, unmap or
+//! write-zeroes piece the owner executes on the shard is *mirrored*: written to the source,
+//! then (with the same buffer) to the target, and completed to the client with the source's
+//! status once both are back. Reads are served from the source by the normal route.
+//!
+//! A chunk never overwrites newer mirrored data on the target, because the two never overlap
+//! in flight, and everything here runs on the one owner reactor:
+//! - a client piece that overlaps a chunk in flight waits (in `deferred`) until that chunk's
+//!   target write is back, then takes the normal path;
+//! - a chunk does not start over a range a mirrored write is still writing; it starts once
+//!   the mirror is back, and then reads a source that already holds the write.
+//!
+//! A chunk in flight counts for both rules whatever its generation, so a chunk left over
+//! from before a restart cannot land on top of a newer write either.
+//!
+//! Any failed target write, a chunk's or a mirror's, restarts the copy from the shard's first
+//! block (a new generation; older chunks are let finish and ignored). The client's write is
+//! acknowledged from the source: a target failure never reaches a client. After
+//! `max_restarts` restarts the copy is abandoned, with the reason in its status, and stops
+//! mirroring.
+
+use super::router::{Hop, ROUTER_TASK};
+use super::Ctx;
+use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tidepool_bindings::dma::DmaPool;
+
+/// Set in the tag of a copy's own I/O (chunk reads and writes, mirrored writes).
+pub(super) const COPY_TAG: u64 = 1 << 30;
+const MIRROR_BIT: u64 = 1 << 29;
+/// The target half of a mirrored write.
+const TARGET_BIT: u64 = 1 << 28;
+const COPY_SHIFT: u32 = 20;
+const SLOT_MASK: u64 = (1 << COPY_SHIFT) - 1;
+
+/// What to copy and how.
+#[derive(Clone, Debug)]
+pub struct CopySpec {
+    pub volume: BdevId,
+    pub shard: u32,
+    pub target: BdevId,
+    pub target_offset_blocks: u64,
+    pub chunk_blocks: u32,
+    pub max_inflight: usize,
+    pub max_restarts: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyState {
+    Copying,
+    /// Every block is on the target; writes are still mirrored until the copy is stopped.
+    Copied,
+    Abandoned(String),
+}
+
+/// A copy's progress, shared with the control plane.
+#[derive(Clone, Debug)]
+pub struct CopyStatus {
+    pub state: CopyState,
+    pub copied_blocks: u64,
+    pub total_blocks: u64,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+}
+
+pub type CopyHandle = Arc<Mutex<CopyStatus>>;
+
+struct Chunk {
+    start: u64,
+    blocks: u32,
+    generation: u32,
+}
+
+/// A client piece being mirrored: what the router changed in it, to put back.
+struct Mirror {
+    origin: IoOrigin,
+    offset_blocks: u64,
+    start: u64,
+    end: u64,
+    source_status: IoStatus,
+}
+
+pub(super) struct Copy {
+    spec: CopySpec,
+    status: CopyHandle,
+    source: BdevId,
+    source_offset: u64,
+    total: u64,
+    cursor: u64,
+    generation: u32,
+    copied: u64,
+    restarts: u32,
+    active: bool,
+    chunks: Vec<Option<Chunk>>,
+    mirrors: Vec<Option<Mirror>>,
+    /// Client pieces that overlapped a chunk in flight, in arrival order.
+    deferred: VecDeque<IoRequest>,
+    pool: DmaPool,
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+impl Copy {
+    fn chunk_overlaps(&self, range: (u64, u64)) -> bool {
+        self.chunks
+            .iter()
+            .flatten()
+            .any(|c| overlaps(range, (c.start, c.start + c.blocks as u64)))
+    }
+
+    fn mirror_overlaps(&self, range: (u64, u64)) -> bool {
+        self.mirrors
+            .iter()
+            .flatten()
+            .any(|m| overlaps(range, (m.start, m.end)))
+    }
+
+    fn publish(&self, state: Option<CopyState>, error: Option<String>) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = state {
+            s.state = state;
+        }
+        if error.is_some() {
+            s.last_error = error;
+        }
+        s.copied_blocks = self.copied;
+        s.restarts = self.restarts;
+    }
+
+    fn restart(&mut self, why: String) {
+        if !self.active {
+            return;
+        }
+        self.restarts += 1;
+        self.generation += 1;
+        self.cursor = 0;
+        self.copied = 0;
+        if self.restarts > self.spec.max_restarts {
+            self.active = false;
+            let reason = format!("abandoned after {} restarts: {why}", self.spec.max_restarts);
+            self.publish(Some(CopyState::Abandoned(reason)), Some(why));
+        } else {
+            self.publish(Some(CopyState::Copying), Some(why));
+        }
+    }
+}
+
+fn tag(copy: usize, mirror: bool, target: bool, slot: usize) -> u64 {
+    COPY_TAG
+        | ((copy as u64) << COPY_SHIFT)
+        | if mirror { MIRROR_BIT } else { 0 }
+        | if target { TARGET_BIT } else { 0 }
+        | slot as u64
+}
+
+fn free_slot<T>(v: &mut Vec<Option<T>>) -> usize {
+    match v.iter().position(Option::is_none) {
+        Some(i) => i,
+        None => {
+            v.push(None);
+            v.len() - 1
+        }
+    }
+}
+
+impl Ctx {
+    /// Starts copying shard `spec.shard` of `spec.volume` to `spec.target` on this reactor,
+    /// which must own the shard.
+    pub fn start_copy(&mut self, spec: CopySpec) -> Result<CopyHandle, String> {
+        if spec.chunk_blocks == 0 || spec.max_inflight == 0 {
+            return Err("chunk size and chunks in flight must be at least 1".into());
+        }
+        // Opens this reactor's view of the volume if no I/O has yet.
+        let _ = self.channel(spec.volume);
+        let (route, shard_blocks, block_size) = {
+            let slot = self
+                .volume_slot(spec.volume)
+                .ok_or_else(|| format!("bdev {} is not a volume", spec.volume))?;
+            let route = slot
+                .route_of(spec.shard as u64)
+                .ok_or_else(|| format!("the volume has no shard {}", spec.shard))?;
+            (route, slot.shard_blocks_of(), slot.block_size())
+        };
+        if route.owner != self.id {
+            return Err(format!(
+                "reactor {} does not own shard {}",
+                self.id, spec.shard
+            ));
+        }
+        if route.state != crate::volume::ShardState::Online {
+            return Err(format!("shard {} is unavailable", spec.shard));
+        }
+        if route.member == spec.target {
+            return Err("the target is the shard's own member".into());
+        }
+        if self.copy_of(spec.volume, spec.shard as u64).is_some() {
+            return Err(format!("shard {} is already being copied", spec.shard));
+        }
+        let target_blocks = self
+            .geometry(spec.target)
+            .ok_or_else(|| format!("target bdev {} cannot be opened", spec.target))?
+            .1;
+        if spec.target_offset_blocks + shard_blocks > target_blocks {
+            return Err("the target extent is past the end of the target".into());
+        }
+        let chunk_bytes = spec.chunk_blocks as usize * block_size as usize;
+        let pool = DmaPool::new(chunk_bytes, spec.max_inflight).map_err(|e| e.to_string())?;
+        let status = Arc::new(Mutex::new(CopyStatus {
+            state: CopyState::Copying,
+            copied_blocks: 0,
+            total_blocks: shard_blocks,
+            restarts: 0,
+            last_error: None,
+        }));
+        let copy = Copy {
+            spec,
+            status: Arc::clone(&status),
+            source: route.member,
+            source_offset: route.offset_blocks,
+            total: shard_blocks,
+            cursor: 0,
+            generation: 0,
+            copied: 0,
+            restarts: 0,
+            active: true,
+            chunks: Vec::new(),
+            mirrors: Vec::new(),
+            deferred: VecDeque::new(),
+            pool,
+        };
+        let ci = free_slot(&mut self.copies);
+        self.copies[ci] = Some(copy);
+        self.pump_copy(ci);
+        Ok(status)
+    }
+
+    /// Stops mirroring and copying shard `shard` of `volume` (after its route flipped, or to
+    /// cancel); I/O in flight finishes. Returns whether a copy was there.
+    pub fn stop_copy(&mut self, volume: BdevId, shard: u32) -> bool {
+        let Some(ci) = self.copy_of(volume, shard as u64) else {
+            return false;
+        };
+        let c = self.copies[ci].as_mut().expect("found above");
+        c.active = false;
+        let deferred: Vec<IoRequest> = c.deferred.drain(..).collect();
+        for piece in deferred {
+            self.route_piece_again(volume, piece);
+        }
+        self.retire_copy(ci);
+        true
+    }
+
+    /// The active copy of a shard on this reactor.
+    pub(super) fn copy_of(&self, volume: BdevId, shard: u64) -> Option<usize> {
+        self.copies.iter().position(|c| {
+            c.as_ref().is_some_and(|c| {
+                c.active && c.spec.volume == volume && c.spec.shard as u64 == shard
+            })
+        })
+    }
+
+    /// A write-like piece for a shard being copied, about to run here: mirror it, or hold it
+    /// while a chunk covers its range. Returns the piece when it is not for a copy.
+    pub(super) fn mirror_piece(
+        &mut self,
+        vol: BdevId,
+        hop: &Hop,
+        mut piece: IoRequest,
+    ) -> Option<IoRequest> {
+        let writes = matches!(
+            piece.io_type,
+            IoType::Write | IoType::Unmap | IoType::WriteZeroes
+        );
+        let ci = match (writes, self.copy_of(vol, hop.shard)) {
+            (true, Some(ci)) => ci,
+            _ => return Some(piece),
+        };
+        let c = self.copies[ci].as_mut().expect("active copy");
+        let range = (hop.within, hop.within + piece.num_blocks as u64);
+        if c.chunk_overlaps(range) {
+            c.deferred.push_back(piece);
+            return None;
+        }
+        let slot = free_slot(&mut c.mirrors);
+        c.mirrors[slot] = Some(Mirror {
+            origin: piece.origin,
+            offset_blocks: piece.offset_blocks,
+            start: range.0,
+            end: range.1,
+            source_status: IoStatus::Success,
+        });
+        piece.origin = IoOrigin {
+            reactor: self.id,
+            task: ROUTER_TASK,
+            tag: tag(ci, true, false, slot),
+        };
+        piece.offset_blocks = hop.member_offset_blocks;
+        self.submit(hop.member, piece);
+        None
+    }
+
+    /// One of a copy's own I/Os is back; returns a client piece's completion when that
+    /// finished it.
+    pub(super) fn copy_complete(&mut self, c: Completion) -> Option<Completion> {
+        let t = c.io.origin.tag & 0xffff_ffff;
+        let ci = ((t & !(COPY_TAG | MIRROR_BIT | TARGET_BIT)) >> COPY_SHIFT) as usize;
+        let slot = (t & SLOT_MASK) as usize;
+        let done = if t & MIRROR_BIT != 0 {
+            self.mirror_complete(ci, slot, t & TARGET_BIT != 0, c)
+        } else {
+            self.chunk_complete(ci, slot, c);
+            None
+        };
+        self.pump_copy(ci);
+        self.retire_copy(ci);
+        done
+    }
+
+    fn mirror_complete(
+        &mut self,
+        ci: usize,
+        slot: usize,
+        target_half: bool,
+        c: Completion,
+    ) -> Option<Completion> {
+        let Completion { mut io, status } = c;
+        let copy = self.copies[ci].as_mut().expect("a copy with I/O in flight");
+        if !target_half {
+            let m = copy.mirrors[slot].as_mut().expect("a live mirror");
+            m.source_status = status;
+            if status.is_success() && copy.active {
+                // The source has it; now the target, with the same buffer.
+                io.offset_blocks = copy.spec.target_offset_blocks + m.start;
+                io.origin.tag = tag(ci, true, true, slot);
+                let target = copy.spec.target;
+                self.submit(target, io);
+                return None;
+            }
+        } else if !status.is_success() {
+            let errno = match status {
+                IoStatus::Failed { errno } => errno,
+                _ => libc::EIO,
+            };
+            copy.restart(format!(
+                "a mirrored write to the target failed ({})",
+                std::io::Error::from_raw_os_error(errno)
+            ));
+        }
+        let m = copy.mirrors[slot].take().expect("a live mirror");
+        io.origin = m.origin;
+        io.offset_blocks = m.offset_blocks;
+        Some(Completion::new(io, m.source_status))
+    }
+
+    fn chunk_complete(&mut self, ci: usize, slot: usize, c: Completion) {
+        let Completion { mut io, status } = c;
+        let copy = self.copies[ci].as_mut().expect("a copy with I/O in flight");
+        let chunk = copy.chunks[slot].as_ref().expect("a live chunk");
+        let current = chunk.generation == copy.generation && copy.active;
+        let writing = io.io_type == IoType::Write;
+        if !writing && current && status.is_success() {
+            io.io_type = IoType::Write;
+            io.offset_blocks = copy.spec.target_offset_blocks + chunk.start;
+            let target = copy.spec.target;
+            self.submit(target, io);
+            return;
+        }
+        let chunk = copy.chunks[slot].take().expect("a live chunk");
+        if writing && !status.is_success() {
+            // Every failed target write restarts the copy, one left over from an earlier
+            // generation too: restarts count the target's failures.
+            copy.restart(format!("a copy write to the target failed ({status:?})"));
+        } else if current && !status.is_success() {
+            {
+                copy.active = false;
+                let why = format!("reading the source failed ({status:?})");
+                copy.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
+            }
+        } else if current && writing {
+            copy.copied += chunk.blocks as u64;
+            copy.publish(None, None);
+        }
+        // Pieces that waited for a chunk go on, in order; those still in the way of another
+        // chunk wait again. (Writes in flight together have no order a client may rely on.)
+        let vol = copy.spec.volume;
+        let waiting: Vec<IoRequest> = copy.deferred.drain(..).collect();
+        for p in waiting {
+            self.route_piece_again(vol, p);
+        }
+    }
+
+    /// Starts chunks while there is room and nothing in the way.
+    fn pump_copy(&mut self, ci: usize) {
+        loop {
+            let Some(copy) = self.copies[ci].as_mut() else {
+                return;
+            };
+            if !copy.active {
+                return;
+            }
+            if copy.cursor >= copy.total {
+                let idle = copy.chunks.iter().all(Option::is_none);
+                if idle && copy.copied >= copy.total {
+                    copy.publish(Some(CopyState::Copied), None);
+                }
+                return;
+            }
+            if copy.chunks.iter().flatten().count() >= copy.spec.max_inflight {
+                return;
+            }
+            let n = (copy.spec.chunk_blocks as u64).min(copy.total - copy.cursor);
+            let range = (copy.cursor, copy.cursor + n);
+            if copy.mirror_overlaps(range) || copy.chunk_overlaps(range) {
+                return;
+            }
+            let Some(mut buf) = copy.pool.take() else {
+                return;
+            };
+            let bs = buf.capacity() / copy.spec.chunk_blocks as usize;
+            buf.set_len(n as usize * bs);
+            let slot = free_slot(&mut copy.chunks);
+            copy.chunks[slot] = Some(Chunk {
+                start: copy.cursor,
+                blocks: n as u32,
+                generation: copy.generation,
+            });
+            let io = IoRequest {
+                io_type: IoType::Read,
+                offset_blocks: copy.source_offset + copy.cursor,
+                num_blocks: n as u32,
+                buf: Some(buf),
+                origin: IoOrigin {
+                    reactor: self.id,
+                    task: ROUTER_TASK,
+                    tag: tag(ci, false, false, slot),
+                },
+                submit_time_ns: 0,
+            };
+            copy.cursor += n;
+            let source = copy.source;
+            self.submit(source, io);
+        }
+    }
+
+    /// Drops a stopped copy once nothing of it is in flight.
+    fn retire_copy(&mut self, ci: usize) {
+        if let Some(c) = self.copies[ci].as_ref() {
+            let idle =
+                c.chunks.iter().all(Option::is_none) && c.mirrors.iter().all(Option::is_none);
+            if !c.active && idle {
+                self.copies[ci] = None;
+            }
+        }
+        // An empty list keeps the I/O path's check to one length test.
+        while matches!(self.copies.last(), Some(None)) {
+            self.copies.pop();
+        }
+    }
+}
