@@ -124,7 +124,7 @@ impl Drop for Balancer {
     }
 }
 
-fn run(shared: &Shared, engine: &Engine, pools: &PoolService) {
+fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
     let cores = engine.cores();
     let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
     loop {

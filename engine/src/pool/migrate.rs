@@ -1,13 +1,15 @@
-//! Moving shards: `shard_migrate`. Today: the hand-off of a shard to another reactor (no data
-//! moves). The new owner is persisted on every member first, then the routing table's epoch
-//! advances; requests already on their way to the old owner are forwarded by it (see
-//! `reactor::router`), and I/O it already started completes there, so nothing is failed or
-//! lost. A crash between the two steps leaves the new owner on the devices, which only
-//! decides who serves the shard after the restart.
+//! Moving shards: `shard_migrate`. With `target_bdev`, the shard's data moves to another
+//! member (see `copy_driver`). With `target_core` only, the shard is handed to another
+//! reactor and no data moves: the new owner is persisted on every member first, then the
+//! routing table's epoch advances; requests already on their way to the old owner are
+//! forwarded by it (see `reactor::router`), and I/O it already started completes there, so
+//! nothing is failed or lost. A crash between the two steps leaves the new owner on the
+//! devices, which only decides who serves the shard after the restart.
 
 use super::{invalid, PoolError, PoolService};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// `shard_migrate` parameters.
 #[derive(Clone, Debug, Deserialize)]
@@ -18,19 +20,38 @@ pub struct ShardMigrateParams {
     /// The core whose reactor is to serve the shard.
     #[serde(default)]
     pub target_core: Option<usize>,
-    /// A member bdev to copy the shard to (not supported yet).
+    /// A member bdev of the pool to copy the shard to.
     #[serde(default)]
     pub target_bdev: Option<String>,
 }
 
 impl PoolService {
-    /// Hands a shard to the reactor on `target_core`; returns what moved.
-    pub fn migrate_shard(&self, p: &ShardMigrateParams) -> Result<Value, PoolError> {
+    /// Moves a shard: its data to `target_bdev`, or its service to `target_core`.
+    pub fn migrate_shard(self: &Arc<Self>, p: &ShardMigrateParams) -> Result<Value, PoolError> {
         if let Some(bdev) = &p.target_bdev {
-            return Err(invalid(
-                "target_bdev",
-                format!("copying a shard to another bdev ('{bdev}') is not supported yet; give target_core only"),
-            ));
+            if p.target_core.is_some() {
+                return Err(invalid(
+                    "target_core",
+                    "give target_bdev or target_core, not both (move the data, then the service)",
+                ));
+            }
+            let shards = self
+                .volume(&p.volume)
+                .ok_or_else(|| PoolError::VolumeNotFound(p.volume.clone()))?
+                .shard_count();
+            if p.shard as usize >= shards {
+                return Err(invalid(
+                    "shard",
+                    format!("volume '{}' has shards 0 to {}", p.volume, shards - 1),
+                ));
+            }
+            return self.start_data_migration(&p.volume, p.shard as usize, bdev);
+        }
+        if self.migrations.running_for(&p.volume, p.shard) {
+            return Err(PoolError::Busy(format!(
+                "shard {} of volume '{}' is migrating to another bdev; hand it off afterwards",
+                p.shard, p.volume
+            )));
         }
         let core = p
             .target_core
@@ -47,7 +68,7 @@ impl PoolService {
             .values_mut()
             .find(|pool| pool.volumes.contains_key(&p.volume))
             .ok_or_else(|| PoolError::VolumeNotFound(p.volume.clone()))?;
-        let volume = std::sync::Arc::clone(&pool.volumes[&p.volume].1);
+        let volume = Arc::clone(&pool.volumes[&p.volume].1);
         let vi = pool
             .record
             .volumes

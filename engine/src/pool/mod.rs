@@ -18,11 +18,13 @@
 //! Control calls are serialized by one mutex; metadata I/O runs on reactor 0 through
 //! [`Engine::read_blocks`] and friends, with deadlines.
 
+mod copy_driver;
 pub mod crc32c;
 pub mod metadata;
 mod migrate;
 pub mod placement;
 
+pub use copy_driver::MigrationOptions;
 pub use migrate::ShardMigrateParams;
 
 use crate::bdev::{new_uuid, BdevError, BdevId, BdevInfo, BdevRegistry, IoTypeSet};
@@ -117,6 +119,8 @@ struct Pool {
     /// Registry id of each member, by member index; `None` for a missing member.
     members: Vec<Option<BdevId>>,
     volumes: BTreeMap<String, (BdevId, Arc<Volume>)>,
+    /// Target extents of copies in progress, as (member index, extent).
+    reserved: Vec<(u32, u64)>,
 }
 
 impl Pool {
@@ -137,6 +141,8 @@ pub struct PoolService {
     engine: Arc<Engine>,
     registry: Arc<BdevRegistry>,
     pools: Mutex<BTreeMap<String, Pool>>,
+    /// Data migrations, running and recent (see `copy_driver`).
+    migrations: copy_driver::Migrations,
 }
 
 /// Blocks in one metadata slot.
@@ -154,6 +160,7 @@ impl PoolService {
             engine,
             registry,
             pools: Mutex::new(BTreeMap::new()),
+            migrations: copy_driver::Migrations::default(),
         }
     }
 
@@ -381,6 +388,7 @@ impl PoolService {
                 generation: 1,
                 members: ids,
                 volumes: BTreeMap::new(),
+                reserved: Vec::new(),
             })
         })();
         match result {
@@ -495,6 +503,7 @@ impl PoolService {
             generation,
             members,
             volumes: BTreeMap::new(),
+            reserved: Vec::new(),
         };
         // Rewrite the description at a new generation: heals a torn slot, a member that
         // missed the last update, and records the members' current names.
@@ -632,6 +641,7 @@ impl PoolService {
             shards,
             self.engine.reactor_count(),
             &pool.present(),
+            &pool.reserved,
         )
         .map_err(|free| {
             let shard_mib = (pool.record.shard_blocks * bs) >> 20;
@@ -704,7 +714,7 @@ impl PoolService {
             .map(|p| {
                 let r = &p.record;
                 let bs = r.block_size as u64;
-                let free = placement::free_extents(r);
+                let free = placement::free_extents(r, &p.reserved);
                 let members: Vec<Value> = r
                     .members
                     .iter()

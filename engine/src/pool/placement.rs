@@ -10,8 +10,9 @@
 
 use super::metadata::{PoolRecord, ShardRecord};
 
-/// Free extent indexes of every member, lowest first.
-pub fn free_extents(record: &PoolRecord) -> Vec<Vec<u64>> {
+/// Free extent indexes of every member, lowest first; `reserved` (member, extent) pairs are
+/// taken (targets of copies in progress).
+pub fn free_extents(record: &PoolRecord, reserved: &[(u32, u64)]) -> Vec<Vec<u64>> {
     let mut used: Vec<Vec<bool>> = record
         .members
         .iter()
@@ -20,6 +21,11 @@ pub fn free_extents(record: &PoolRecord) -> Vec<Vec<u64>> {
     for v in &record.volumes {
         for s in &v.shards {
             used[s.member as usize][s.extent as usize] = true;
+        }
+    }
+    for &(m, e) in reserved {
+        if let Some(slot) = used.get_mut(m as usize).and_then(|u| u.get_mut(e as usize)) {
+            *slot = true;
         }
     }
     used.iter()
@@ -48,8 +54,9 @@ pub fn place(
     shards: usize,
     reactors: usize,
     present: &[bool],
+    reserved: &[(u32, u64)],
 ) -> Result<Vec<ShardRecord>, u64> {
-    let mut free = free_extents(record);
+    let mut free = free_extents(record, reserved);
     for (m, list) in free.iter_mut().enumerate() {
         if !present[m] {
             list.clear();
@@ -116,7 +123,7 @@ mod tests {
         for (members, reactors) in [(2, 2), (1, 2), (2, 1), (3, 2), (2, 4), (4, 2)] {
             let r = record(&vec![100; members]);
             let shards = 2 * members * reactors;
-            let placed = place(&r, shards, reactors, &vec![true; members]).unwrap();
+            let placed = place(&r, shards, reactors, &vec![true; members], &[]).unwrap();
             for m in 0..members as u32 {
                 assert_eq!(count(&placed, |s| s.member, m), shards / members);
             }
@@ -138,14 +145,14 @@ mod tests {
     #[test]
     fn full_and_missing_members_are_skipped_and_used_extents_are_not_reused() {
         let mut r = record(&[1, 5, 4]);
-        let first = place(&r, 3, 2, &[true, true, true]).unwrap();
+        let first = place(&r, 3, 2, &[true, true, true], &[]).unwrap();
         r.volumes.push(VolumeRecord {
             name: "a".into(),
             uuid: "u".into(),
             num_blocks: 24,
             shards: first.clone(),
         });
-        let second = place(&r, 4, 2, &[true, true, false]).unwrap();
+        let second = place(&r, 4, 2, &[true, true, false], &[]).unwrap();
         assert!(
             second.iter().all(|s| s.member == 1),
             "member 0 is full, 2 missing"
@@ -158,6 +165,6 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 7, "no extent is handed out twice");
-        assert_eq!(place(&r, 9, 2, &[true; 3]), Err(7));
+        assert_eq!(place(&r, 9, 2, &[true; 3], &[]), Err(7));
     }
 }

@@ -17,7 +17,7 @@ const FILE_BYTES: u64 = 2 * SLOT_BYTES + 8 * (1 << 20);
 struct Boot {
     engine: Arc<Engine>,
     registry: Arc<BdevRegistry>,
-    pools: PoolService,
+    pools: Arc<PoolService>,
 }
 
 fn boot(files: &[(&str, &Path)]) -> Boot {
@@ -29,7 +29,7 @@ fn boot(files: &[(&str, &Path)]) -> Boot {
     let mut config = EngineConfig::new(vec![0, 1]);
     config.pin = false;
     let engine = Arc::new(Engine::start(config, Arc::clone(&registry)).unwrap());
-    let pools = PoolService::new(Arc::clone(&engine), Arc::clone(&registry));
+    let pools = Arc::new(PoolService::new(Arc::clone(&engine), Arc::clone(&registry)));
     Boot {
         engine,
         registry,
@@ -381,7 +381,8 @@ fn a_shard_handed_to_another_reactor_keeps_its_data_and_its_owner_after_a_restar
         (1, Some(7), None, "core 7 runs no reactor"),
         (1, Some(before[1] as usize), None, "already served by core"),
         (1, None, None, "give the core"),
-        (1, Some(target), Some("B"), "not supported yet"),
+        (1, Some(target), Some("B"), "not both"),
+        (1, None, Some("Nope"), "not a member of pool"),
     ] {
         let err = migrate(&first, shard, core, bdev).unwrap_err().to_string();
         assert!(err.contains(want), "'{err}' lacks '{want}'");
@@ -419,4 +420,111 @@ fn a_shard_handed_to_another_reactor_keeps_its_data_and_its_owner_after_a_restar
     assert_eq!(owners(&second), want, "the new owner was persisted");
     assert!(read_matches(&second, "vol", 200, 200, 9));
     assert!(read_matches(&second, "vol", 0, 200, 3));
+}
+
+#[test]
+fn a_shard_copied_to_another_member_survives_target_failures_and_a_restart() {
+    let (fa, fb) = files("copy");
+    let up = |first: bool| {
+        let b = boot(&[("A", &fa), ("B", &fb)]);
+        create_bdev(&b.registry, "bdev_error_create", json!({"base_name": "B"})).unwrap();
+        if first {
+            create(&b, "p", &["A", "EE_B"], 1024).unwrap();
+            volume(&b, "p", "vol", 4).unwrap();
+        } else {
+            b.pools.import(&["A".into(), "EE_B".into()]).unwrap();
+        }
+        b
+    };
+    let first = up(true);
+    write(&first, "vol", 0, 4 * 256, 3).unwrap();
+    let shards = first.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
+    let moving = shards
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["bdev"] == "A")
+        .unwrap() as u32;
+    let migrate = |b: &Boot, bdev: &str, core: Option<usize>| {
+        b.pools.migrate_shard(&ShardMigrateParams {
+            volume: "vol".into(),
+            shard: moving,
+            target_core: core,
+            target_bdev: Some(bdev.into()),
+        })
+    };
+    for (bdev, core, want) in [
+        ("B", None, "not a member of pool"),
+        ("A", None, "already on 'A'"),
+        ("EE_B", Some(0), "not both"),
+    ] {
+        let err = migrate(&first, bdev, core).unwrap_err().to_string();
+        assert!(err.contains(want), "'{err}' lacks '{want}'");
+    }
+    let free_before = pools_json(&first)[0]["members"].clone();
+    // Three failed writes on the target: the copy restarts three times, and clients that
+    // write to the shard meanwhile never see it.
+    {
+        use crate::bdev::error::{ErrorKind, InjectTarget};
+        let ee = first.registry.lookup("EE_B").unwrap().1;
+        let inj = ee.as_error_bdev().unwrap().injection();
+        inj.inject(InjectTarget::Write, ErrorKind::Failure, 3);
+    }
+    first
+        .pools
+        .set_migration_options(MigrationOptions {
+            chunk_kib: 64,
+            ..MigrationOptions::default()
+        })
+        .unwrap();
+    let started = migrate(&first, "EE_B", None).unwrap();
+    assert_eq!(started["state"], "copying");
+    let base = moving as u64 * 256;
+    let mut seed = 10u8;
+    // The seed of each block's last write (the pattern also depends on the block).
+    let mut model = vec![3u8; 256];
+    let status = loop {
+        let st = first.pools.migrations_json(Some("vol"))[0].clone();
+        if st["state"] == "completed" || st["state"] == "abandoned" {
+            break st;
+        }
+        seed = seed.wrapping_add(1);
+        let at = seed as u64 % 200;
+        write(&first, "vol", base + at, 8, seed).unwrap();
+        model[at as usize..at as usize + 8].fill(seed);
+    };
+    assert_eq!(status["state"], "completed", "{status}");
+    assert_eq!(status["restarts"], 3, "{status}");
+    assert_eq!(status["bytes_copied"], 1 << 20);
+    let now = first.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
+    assert_eq!(now[moving as usize]["bdev"], "EE_B");
+    // Every block of the moved shard holds its last acknowledged write, now from the target.
+    assert!(seed > 10, "some writes ran during the copy");
+    for (b, &s) in model.iter().enumerate() {
+        assert!(
+            read_matches(&first, "vol", base + b as u64, 1, s),
+            "block {b}"
+        );
+    }
+    write(&first, "vol", base, 256, 42).unwrap();
+    let others: Vec<u64> = (0..4).filter(|&s| s != moving as u64).collect();
+    for s in &others {
+        assert!(read_matches(&first, "vol", s * 256, 256, 3), "shard {s}");
+    }
+    // One extent moved from A to EE_B.
+    let members = pools_json(&first)[0]["members"].clone();
+    assert_ne!(members, free_before);
+    first
+        .engine
+        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
+        .unwrap();
+    drop(first);
+
+    let second = up(false);
+    let again = second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
+    assert_eq!(again, now, "the new placement was persisted");
+    assert!(read_matches(&second, "vol", base, 256, 42));
+    for s in &others {
+        assert!(read_matches(&second, "vol", s * 256, 256, 3), "shard {s}");
+    }
 }

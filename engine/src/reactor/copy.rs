@@ -49,6 +49,8 @@ pub struct CopySpec {
     pub chunk_blocks: u32,
     pub max_inflight: usize,
     pub max_restarts: u32,
+    /// Copy rate cap in blocks per second (0: none).
+    pub max_blocks_per_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +98,14 @@ pub(super) struct Copy {
     generation: u32,
     copied: u64,
     restarts: u32,
+    /// The reactor's clock at the last pump (for the rate cap's restarts).
+    now_hint: u64,
     active: bool,
+    /// While set, write-like pieces wait (the control plane is committing the copy).
+    frozen: bool,
+    /// When this generation started and what it has issued, for the rate cap.
+    generation_start: u64,
+    issued: u64,
     chunks: Vec<Option<Chunk>>,
     mirrors: Vec<Option<Mirror>>,
     /// Client pieces that overlapped a chunk in flight, in arrival order.
@@ -143,6 +152,8 @@ impl Copy {
         self.generation += 1;
         self.cursor = 0;
         self.copied = 0;
+        self.issued = 0;
+        self.generation_start = self.now_hint;
         if self.restarts > self.spec.max_restarts {
             self.active = false;
             let reason = format!("abandoned after {} restarts: {why}", self.spec.max_restarts);
@@ -230,7 +241,11 @@ impl Ctx {
             generation: 0,
             copied: 0,
             restarts: 0,
+            now_hint: self.now,
             active: true,
+            frozen: false,
+            generation_start: self.now,
+            issued: 0,
             chunks: Vec::new(),
             mirrors: Vec::new(),
             deferred: VecDeque::new(),
@@ -285,7 +300,7 @@ impl Ctx {
         };
         let c = self.copies[ci].as_mut().expect("active copy");
         let range = (hop.within, hop.within + piece.num_blocks as u64);
-        if c.chunk_overlaps(range) {
+        if c.frozen || c.chunk_overlaps(range) {
             c.deferred.push_back(piece);
             return None;
         }
@@ -416,6 +431,16 @@ impl Ctx {
             if copy.chunks.iter().flatten().count() >= copy.spec.max_inflight {
                 return;
             }
+            copy.now_hint = self.now;
+            if copy.spec.max_blocks_per_s > 0 {
+                let elapsed = self.now.saturating_sub(copy.generation_start);
+                let allowed = (copy.spec.max_blocks_per_s as u128 * elapsed as u128 / 1_000_000_000)
+                    as u64
+                    + copy.spec.chunk_blocks as u64;
+                if copy.issued >= allowed {
+                    return; // `pump_copies` tries again next poll
+                }
+            }
             let n = (copy.spec.chunk_blocks as u64).min(copy.total - copy.cursor);
             let range = (copy.cursor, copy.cursor + n);
             if copy.mirror_overlaps(range) || copy.chunk_overlaps(range) {
@@ -445,9 +470,44 @@ impl Ctx {
                 submit_time_ns: 0,
             };
             copy.cursor += n;
+            copy.issued += n;
             let source = copy.source;
             self.submit(source, io);
         }
+    }
+
+    /// Gives every copy a chance to start chunks (the rate cap lets them out over time).
+    /// Returns how many copies are active.
+    pub(super) fn pump_copies(&mut self) -> usize {
+        let n = self.copies.len();
+        for ci in 0..n {
+            self.pump_copy(ci);
+        }
+        self.copies.iter().flatten().filter(|c| c.active).count()
+    }
+
+    /// Holds new write-like pieces of a shard being copied (`freeze`), or lets them go.
+    /// Returns the mirrored writes still in flight and whether the copy is still whole
+    /// (`Copied`); the control plane commits once that is (0, true).
+    pub fn freeze_copy(
+        &mut self,
+        volume: BdevId,
+        shard: u32,
+        freeze: bool,
+    ) -> Option<(usize, bool)> {
+        let ci = self.copy_of(volume, shard as u64)?;
+        let c = self.copies[ci].as_mut().expect("found above");
+        c.frozen = freeze;
+        let inflight = c.mirrors.iter().flatten().count();
+        let whole = c.status.lock().unwrap_or_else(|p| p.into_inner()).state == CopyState::Copied;
+        if !freeze {
+            let vol = c.spec.volume;
+            let waiting: Vec<IoRequest> = c.deferred.drain(..).collect();
+            for p in waiting {
+                self.route_piece_again(vol, p);
+            }
+        }
+        Some((inflight, whole))
     }
 
     /// Drops a stopped copy once nothing of it is in flight.

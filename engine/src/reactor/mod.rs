@@ -564,6 +564,10 @@ impl Reactor {
         work += self.run_completions();
         work += self.run_timers();
         work += self.run_pollers();
+        if !self.ctx.copies.is_empty() {
+            // A rate-capped copy waits for time to pass; active copies keep the reactor up.
+            work += self.ctx.pump_copies();
+        }
         work += self.flush_backlog();
         self.ctx.monitor.poll_ended(work > 0);
         if work > 0 {

@@ -511,6 +511,7 @@ fn copy_spec(vol: BdevId, target: BdevId, max_restarts: u32) -> crate::reactor::
         chunk_blocks: 16,
         max_inflight: 2,
         max_restarts,
+        max_blocks_per_s: 0,
     }
 }
 

@@ -4,7 +4,7 @@
 //! span several bdevs and its volumes are sharded, so the names are its own, in SPDK's shape.
 
 use super::{Method, NameParam};
-use crate::pool::{PoolCreateParams, ShardMigrateParams, VolumeCreateParams};
+use crate::pool::{MigrationOptions, PoolCreateParams, ShardMigrateParams, VolumeCreateParams};
 use crate::rpc::{parse_params, RpcError, Services};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -43,8 +43,18 @@ pub fn methods() -> Vec<Method> {
         },
         Method {
             name: "shard_migrate",
-            help: "Hand shard of volume to the reactor on target_core (persisted; in-flight I/O is forwarded)",
+            help: "Move shard of volume: its data to target_bdev (copied while clients write), or its service to target_core",
             handler: shard_migrate,
+        },
+        Method {
+            name: "migration_get_status",
+            help: "Data migrations, running then recent: state, bytes copied, total, restarts, last error, rate",
+            handler: migration_get_status,
+        },
+        Method {
+            name: "migration_set_options",
+            help: "How shard copies run: chunk_kib, max_inflight, max_mib_per_s (0: no cap), max_restarts",
+            handler: migration_set_options,
         },
         Method {
             name: "volume_get_volumes",
@@ -116,4 +126,47 @@ fn shard_migrate(
 ) -> Result<Value, RpcError> {
     let p: ShardMigrateParams = parse_params(params)?;
     Ok(services.pools.migrate_shard(&p)?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationStatusParams {
+    #[serde(default)]
+    volume: Option<String>,
+}
+
+fn migration_get_status(
+    services: &Services,
+    _: &[Method],
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    let p: MigrationStatusParams = parse_params(params)?;
+    Ok(services.pools.migrations_json(p.volume.as_deref()))
+}
+
+/// Every field optional: what is not given keeps its value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationSetParams {
+    chunk_kib: Option<u32>,
+    max_inflight: Option<u32>,
+    max_mib_per_s: Option<u64>,
+    max_restarts: Option<u32>,
+}
+
+fn migration_set_options(
+    services: &Services,
+    _: &[Method],
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    let p: MigrationSetParams = parse_params(params)?;
+    let o = services.pools.migration_options();
+    let o = MigrationOptions {
+        chunk_kib: p.chunk_kib.unwrap_or(o.chunk_kib),
+        max_inflight: p.max_inflight.unwrap_or(o.max_inflight),
+        max_mib_per_s: p.max_mib_per_s.unwrap_or(o.max_mib_per_s),
+        max_restarts: p.max_restarts.unwrap_or(o.max_restarts),
+    };
+    services.pools.set_migration_options(o)?;
+    Ok(json!(true))
 }

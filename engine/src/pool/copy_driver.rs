@@ -1,0 +1,448 @@
+//! Data migrations of shards between members: the control plane's side.
+//!
+//! `shard_migrate {volume, shard, target_bdev}` reserves a free extent on the target member,
+//! starts the copy on the shard's owner reactor (`reactor::copy`: chunked copy, mirrored
+//! writes, restarts on target failures) and returns; a driver thread then watches the copy:
+//!
+//! 1. *Copied*: the owner holds new writes to the shard (`freeze`), and once the mirrored
+//!    writes in flight are back and the copy is still whole, the target is flushed, the new
+//!    placement is persisted on every member, and the route flips (the epoch advances);
+//!    then the copy stops and the held writes go on to the target. A target failure while
+//!    writes drain restarts the copy: the driver lets the writes go and waits again.
+//! 2. *Abandoned* (more than `max_restarts` restarts, or the source failed): the placement
+//!    stays, the target member is flagged, and the reason is kept.
+//!
+//! Crash safety: the placement on the members names the source until step 1 persists it,
+//! and by then every write acknowledged to a client is on the flushed target (writes were
+//! mirrored and acknowledged after both halves, and none ran during the commit). So a
+//! restart finds the shard wholly on the source or wholly on the target. The source extent
+//! is free once the new placement is written (nothing names it).
+
+use super::metadata::DATA_START_BYTES;
+use super::{invalid, PoolError, PoolService};
+use crate::bdev::BdevId;
+use crate::reactor::{CopyHandle, CopySpec, CopyState};
+use crate::time::{self, Nanos};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Finished migrations `migration_get_status` keeps.
+const KEPT: usize = 32;
+/// How often the driver looks at a copy.
+const DRIVER_TICK: Duration = Duration::from_millis(2);
+/// Longest the commit may hold a shard's writes before it lets them go and tries again.
+const FREEZE_LIMIT: Duration = Duration::from_secs(2);
+
+/// `migration_set_options`: how copies run.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationOptions {
+    #[serde(default = "default_chunk_kib")]
+    pub chunk_kib: u32,
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u32,
+    /// 0: no cap.
+    #[serde(default)]
+    pub max_mib_per_s: u64,
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+}
+
+fn default_chunk_kib() -> u32 {
+    1024
+}
+fn default_max_inflight() -> u32 {
+    4
+}
+fn default_max_restarts() -> u32 {
+    16
+}
+
+impl Default for MigrationOptions {
+    fn default() -> Self {
+        MigrationOptions {
+            chunk_kib: default_chunk_kib(),
+            max_inflight: default_max_inflight(),
+            max_mib_per_s: 0,
+            max_restarts: default_max_restarts(),
+        }
+    }
+}
+
+impl MigrationOptions {
+    pub fn check(&self) -> Result<(), PoolError> {
+        if !(4..=16384).contains(&self.chunk_kib) {
+            return Err(invalid("chunk_kib", "must be 4 to 16384"));
+        }
+        if !(1..=64).contains(&self.max_inflight) {
+            return Err(invalid("max_inflight", "must be 1 to 64"));
+        }
+        if self.max_restarts > 1_000_000 {
+            return Err(invalid("max_restarts", "must be at most 1000000"));
+        }
+        Ok(())
+    }
+}
+
+/// One migration, running or finished.
+struct Record {
+    volume: String,
+    shard: u32,
+    source: String,
+    target: String,
+    state: String,
+    handle: CopyHandle,
+    block_size: u64,
+    started_ns: Nanos,
+    finished_ns: Option<Nanos>,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    options: MigrationOptions,
+    running: Vec<Arc<Mutex<Record>>>,
+    finished: VecDeque<Arc<Mutex<Record>>>,
+    /// Members whose copies were abandoned (never chosen again by the balancer).
+    flagged: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct Migrations {
+    inner: Mutex<Inner>,
+}
+
+impl Migrations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn running_for(&self, volume: &str, shard: u32) -> bool {
+        self.lock().running.iter().any(|r| {
+            let r = r.lock().unwrap_or_else(|p| p.into_inner());
+            r.volume == volume && r.shard == shard
+        })
+    }
+}
+
+fn lock(r: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PoolService {
+    pub fn migration_options(&self) -> MigrationOptions {
+        self.migrations.lock().options.clone()
+    }
+
+    pub fn set_migration_options(&self, o: MigrationOptions) -> Result<(), PoolError> {
+        o.check()?;
+        self.migrations.lock().options = o;
+        Ok(())
+    }
+
+    /// Members whose copies were abandoned.
+    pub fn flagged_members(&self) -> Vec<String> {
+        self.migrations.lock().flagged.clone()
+    }
+
+    /// Starts copying a shard to `target` (a member of its pool); returns at once.
+    pub(super) fn start_data_migration(
+        self: &Arc<Self>,
+        volume_name: &str,
+        shard: usize,
+        target: &str,
+    ) -> Result<Value, PoolError> {
+        let options = self.migration_options();
+        if self.migrations.running_for(volume_name, shard as u32) {
+            return Err(PoolError::Busy(format!(
+                "shard {shard} of volume '{volume_name}' is already migrating"
+            )));
+        }
+        let mut pools = self.lock();
+        let pool = pools
+            .values_mut()
+            .find(|p| p.volumes.contains_key(volume_name))
+            .ok_or_else(|| PoolError::VolumeNotFound(volume_name.to_string()))?;
+        let (vol_id, volume) = pool.volumes[volume_name].clone();
+        let vi = pool
+            .record
+            .volumes
+            .iter()
+            .position(|v| v.name == volume_name)
+            .expect("a pool's volume is in its record");
+        let placed = pool.record.volumes[vi].shards[shard];
+        let members = &pool.record.members;
+        let t = members
+            .iter()
+            .position(|m| m.bdev_name == target)
+            .ok_or_else(|| {
+                invalid(
+                    "target_bdev",
+                    format!("'{target}' is not a member of pool '{}'", pool.record.name),
+                )
+            })? as u32;
+        let Some(target_id) = pool.members[t as usize] else {
+            return Err(PoolError::Degraded(format!("member '{target}' is missing")));
+        };
+        if pool.members[placed.member as usize].is_none() {
+            return Err(PoolError::Degraded(format!(
+                "shard {shard} of volume '{volume_name}' is on a missing member"
+            )));
+        }
+        if placed.member == t {
+            return Err(invalid(
+                "target_bdev",
+                format!("shard {shard} of volume '{volume_name}' is already on '{target}'"),
+            ));
+        }
+        let free = super::placement::free_extents(&pool.record, &pool.reserved);
+        let extent = *free[t as usize].first().ok_or_else(|| {
+            PoolError::NoSpace(format!(
+                "member '{target}' has no free extent for the shard"
+            ))
+        })?;
+        let record = &pool.record;
+        let bs = record.block_size as u64;
+        let target_offset = DATA_START_BYTES / bs + extent * record.shard_blocks;
+        let chunk_blocks = ((options.chunk_kib as u64 * 1024 / bs).max(1)) as u32;
+        let spec = CopySpec {
+            volume: vol_id,
+            shard: shard as u32,
+            target: target_id,
+            target_offset_blocks: target_offset,
+            chunk_blocks,
+            max_inflight: options.max_inflight as usize,
+            max_restarts: options.max_restarts,
+            max_blocks_per_s: options.max_mib_per_s * (1 << 20) / bs,
+        };
+        let owner = volume.table().shards[shard].owner as usize;
+        let handle = self
+            .engine
+            .call_wait(owner, Duration::from_secs(5), move |r| {
+                r.ctx().start_copy(spec)
+            })
+            .map_err(|e| PoolError::Io(e.to_string()))?
+            .map_err(PoolError::Busy)?;
+        pool.reserved.push((t, extent));
+        let source = members[placed.member as usize].bdev_name.clone();
+        let rec = Arc::new(Mutex::new(Record {
+            volume: volume_name.to_string(),
+            shard: shard as u32,
+            source: source.clone(),
+            target: target.to_string(),
+            state: "copying".into(),
+            handle,
+            block_size: bs,
+            started_ns: time::now(),
+            finished_ns: None,
+            error: None,
+        }));
+        self.migrations.lock().running.push(Arc::clone(&rec));
+        drop(pools);
+        log::info!(
+            "volume '{volume_name}': copying shard {shard} from '{source}' to '{target}' \
+             (extent {extent})"
+        );
+        let me = Arc::clone(self);
+        let job = Commit {
+            vol_id,
+            shard,
+            owner,
+            target_member: t,
+            target_id,
+            extent,
+            target_offset,
+        };
+        std::thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || me.drive(&rec, job))
+            .map_err(|e| PoolError::Io(format!("starting the migration driver: {e}")))?;
+        Ok(
+            json!({"volume": volume_name, "shard": shard, "source_bdev": source,
+                  "target_bdev": target, "state": "copying"}),
+        )
+    }
+
+    /// Watches one copy until it is committed or abandoned.
+    fn drive(&self, rec: &Arc<Mutex<Record>>, job: Commit) {
+        let outcome = loop {
+            std::thread::sleep(DRIVER_TICK);
+            let state = lock(rec)
+                .handle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .state
+                .clone();
+            match state {
+                CopyState::Copying => continue,
+                CopyState::Abandoned(why) => break Err(why),
+                CopyState::Copied => match self.commit(rec, &job) {
+                    Ok(true) => break Ok(()),
+                    Ok(false) => continue, // a restart while committing: copy again
+                    Err(e) => break Err(e.to_string()),
+                },
+            }
+        };
+        // The copy is over either way: stop it (releasing held writes) and free the extent.
+        let (vol, shard) = (job.vol_id, job.shard as u32);
+        let _ = self
+            .engine
+            .call_wait(job.owner, Duration::from_secs(5), move |r| {
+                r.ctx().stop_copy(vol, shard)
+            });
+        {
+            let mut pools = self.lock();
+            for p in pools.values_mut() {
+                p.reserved.retain(|&r| r != (job.target_member, job.extent));
+            }
+        }
+        let mut inner = self.migrations.lock();
+        {
+            let mut r = lock(rec);
+            r.finished_ns = Some(time::now());
+            match &outcome {
+                Ok(()) => r.state = "completed".into(),
+                Err(why) => {
+                    r.state = "abandoned".into();
+                    r.error = Some(why.clone());
+                    if !inner.flagged.contains(&r.target) {
+                        inner.flagged.push(r.target.clone());
+                    }
+                }
+            }
+            log::info!(
+                "volume '{}': migration of shard {} to '{}' {}",
+                r.volume,
+                r.shard,
+                r.target,
+                r.error
+                    .as_deref()
+                    .map_or("completed".to_string(), |e| format!("abandoned: {e}"))
+            );
+        }
+        inner.running.retain(|r| !Arc::ptr_eq(r, rec));
+        if inner.finished.len() == KEPT {
+            inner.finished.pop_front();
+        }
+        inner.finished.push_back(Arc::clone(rec));
+    }
+
+    /// Holds the shard's writes, and once the copy is whole with nothing in flight, flushes
+    /// the target, persists the new placement and flips the route. Returns false when the
+    /// copy restarted meanwhile (the writes go on; the driver waits again).
+    fn commit(&self, rec: &Arc<Mutex<Record>>, job: &Commit) -> Result<bool, PoolError> {
+        lock(rec).state = "committing".into();
+        let (vol, shard, owner) = (job.vol_id, job.shard as u32, job.owner);
+        let freeze = |on: bool| {
+            self.engine
+                .call_wait(owner, Duration::from_secs(5), move |r| {
+                    r.ctx().freeze_copy(vol, shard, on)
+                })
+                .map_err(|e| PoolError::Io(e.to_string()))
+        };
+        let deadline = std::time::Instant::now() + FREEZE_LIMIT;
+        let ready = loop {
+            match freeze(true)? {
+                Some((0, true)) => break true,
+                Some((_, true)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                _ => break false,
+            }
+        };
+        if !ready {
+            freeze(false)?;
+            lock(rec).state = "copying".into();
+            return Ok(false);
+        }
+        let result = self.persist_and_flip(job);
+        if result.is_err() {
+            // The placement stays on the source; let the writes go.
+            freeze(false)?;
+        }
+        result.map(|()| true)
+    }
+
+    fn persist_and_flip(&self, job: &Commit) -> Result<(), PoolError> {
+        self.engine
+            .flush_wait(job.target_id, Duration::from_secs(10))
+            .map_err(|e| PoolError::Io(format!("flushing the target: {e}")))?;
+        let mut pools = self.lock();
+        let pool = pools
+            .values_mut()
+            .find(|p| p.volumes.values().any(|(id, _)| *id == job.vol_id))
+            .ok_or_else(|| PoolError::NoPool("the volume went away".into()))?;
+        let (name, volume) = pool
+            .volumes
+            .iter()
+            .find(|(_, (id, _))| *id == job.vol_id)
+            .map(|(n, (_, v))| (n.clone(), Arc::clone(v)))
+            .expect("found above");
+        let vi = pool
+            .record
+            .volumes
+            .iter()
+            .position(|v| v.name == name)
+            .expect("a pool's volume is in its record");
+        let mut record = pool.record.clone();
+        let s = &mut record.volumes[vi].shards[job.shard];
+        s.member = job.target_member;
+        s.extent = job.extent;
+        let member_name = record.members[job.target_member as usize].bdev_name.clone();
+        self.persist(pool, record)?;
+        let (target_id, offset, shard) = (job.target_id, job.target_offset, job.shard);
+        volume.update(|routes| {
+            routes[shard].member = target_id;
+            routes[shard].member_name = member_name;
+            routes[shard].offset_blocks = offset;
+        });
+        Ok(())
+    }
+
+    /// `migration_get_status`: running migrations, then the recent finished ones.
+    pub fn migrations_json(&self, volume: Option<&str>) -> Value {
+        let inner = self.migrations.lock();
+        let now = time::now();
+        let rows: Vec<Value> = inner
+            .running
+            .iter()
+            .chain(inner.finished.iter().rev())
+            .filter_map(|r| {
+                let r = lock(r);
+                if volume.is_some_and(|v| v != r.volume) {
+                    return None;
+                }
+                let s = r.handle.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let end = r.finished_ns.unwrap_or(now);
+                let secs = end.saturating_sub(r.started_ns) as f64 / 1e9;
+                let copied = s.copied_blocks * r.block_size;
+                Some(json!({
+                    "volume": r.volume, "shard": r.shard,
+                    "source_bdev": r.source, "target_bdev": r.target,
+                    "state": r.state,
+                    "bytes_copied": copied, "bytes_total": s.total_blocks * r.block_size,
+                    "restarts": s.restarts,
+                    "last_error": r.error.clone().or(s.last_error),
+                    "rate_mib_per_s": if secs > 0.0 { (copied as f64 / secs / 1048576.0 * 10.0).round() / 10.0 } else { 0.0 },
+                    "elapsed_ms": (secs * 1000.0).round(),
+                    "started_ms": r.started_ns / 1_000_000,
+                }))
+            })
+            .collect();
+        Value::Array(rows)
+    }
+}
+
+/// What the commit needs to know about a running copy.
+struct Commit {
+    vol_id: BdevId,
+    shard: usize,
+    owner: usize,
+    target_member: u32,
+    target_id: BdevId,
+    extent: u64,
+    target_offset: u64,
+}
