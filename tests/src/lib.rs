@@ -200,3 +200,32 @@ pub fn external_ok(program: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "{program} {args:?}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// An NBD URI for `export` on the Unix socket `sock` (what qemu-io and nbdinfo take).
+pub fn nbd_unix_uri(sock: &str, export: &str) -> String {
+    format!("nbd+unix:///{export}?socket={sock}")
+}
+
+/// A config file in `s` with one uring bdev (4 KiB blocks) per `(name, file)`, plus `extra`
+/// entries of the bdev subsystem after them.
+pub fn bdev_config(s: &Scratch, name: &str, members: &[(&str, &str)]) -> String {
+    bdev_config_with(s, name, members, &[])
+}
+
+pub fn bdev_config_with(
+    s: &Scratch,
+    name: &str,
+    members: &[(&str, &str)],
+    extra: &[serde_json::Value],
+) -> String {
+    let mut entries: Vec<serde_json::Value> = members
+        .iter()
+        .map(|(bdev, file)| {
+            serde_json::json!({"method": "bdev_uring_create",
+                "params": {"name": bdev, "filename": file, "block_size": 4096}})
+        })
+        .collect();
+    entries.extend(extra.iter().cloned());
+    let cfg = serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": entries}]});
+    s.file(name, &cfg.to_string())
+}

@@ -5,28 +5,13 @@
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tidepool_tests::{external, external_ok, text, Daemon, Scratch};
+use tidepool_tests::{
+    bdev_config, external, external_ok, nbd_unix_uri as uri, text, Daemon, Scratch,
+};
 
 const MIB: u64 = 1 << 20;
 /// Member files: 2 MiB of metadata and eight 4 MiB shard extents.
 const MEMBER_BYTES: u64 = 34 * MIB;
-
-fn uri(sock: &str, export: &str) -> String {
-    format!("nbd+unix:///{export}?socket={sock}")
-}
-
-/// A config with one uring bdev per `(name, file)`.
-fn bdev_config(s: &Scratch, name: &str, members: &[(&str, &str)]) -> String {
-    let entries: Vec<Value> = members
-        .iter()
-        .map(|(bdev, file)| {
-            json!({"method": "bdev_uring_create",
-                "params": {"name": bdev, "filename": file, "block_size": 4096}})
-        })
-        .collect();
-    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": entries}]});
-    s.file(name, &cfg.to_string())
-}
 
 /// The pattern byte of 4 MiB region `i` (one shard each).
 fn byte(i: u64) -> u8 {

@@ -200,6 +200,26 @@ enum Method {
         /// A member bdev to copy the shard to
         #[arg(long = "target-bdev")]
         target_bdev: Option<String>,
+        /// With --target-bdev: show the copy's progress until it ends (exit 1 if abandoned)
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Data migrations: running, then recent
+    MigrationGetStatus {
+        #[arg(short = 'n', long = "volume")]
+        volume: Option<String>,
+    },
+    /// How shard copies run
+    MigrationSetOptions {
+        #[arg(long = "chunk-kib")]
+        chunk_kib: Option<u32>,
+        #[arg(long = "max-inflight")]
+        max_inflight: Option<u32>,
+        /// 0: no cap
+        #[arg(long = "max-mib-per-s")]
+        max_mib_per_s: Option<u64>,
+        #[arg(long = "max-restarts")]
+        max_restarts: Option<u32>,
     },
     /// Set the balancer's options (any of them)
     BalancerSetOptions {
@@ -417,10 +437,24 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             shard,
             target_core,
             target_bdev,
+            wait: _,
         } => (
             "shard_migrate",
             json!({"volume": volume, "shard": shard, "target_core": target_core,
                    "target_bdev": target_bdev}),
+        ),
+        Method::MigrationGetStatus { volume } => {
+            ("migration_get_status", json!({ "volume": volume }))
+        }
+        Method::MigrationSetOptions {
+            chunk_kib,
+            max_inflight,
+            max_mib_per_s,
+            max_restarts,
+        } => (
+            "migration_set_options",
+            json!({"chunk_kib": chunk_kib, "max_inflight": max_inflight,
+                   "max_mib_per_s": max_mib_per_s, "max_restarts": max_restarts}),
         ),
         Method::NbdServerStart { listen_address } => (
             "nbd_server_start",
@@ -452,6 +486,16 @@ fn main() {
         eprintln!("tpctl: -t must be a positive number of seconds");
         std::process::exit(2);
     }
+    let wait_for = match &args.method {
+        Method::ShardMigrate {
+            volume,
+            shard,
+            target_bdev: Some(_),
+            wait: true,
+            ..
+        } => Some((volume.clone(), *shard)),
+        _ => None,
+    };
     let (method, params) = match request(args.method) {
         Ok(r) => r,
         Err(e) => {
@@ -483,4 +527,58 @@ fn main() {
         "{}",
         serde_json::to_string_pretty(&result).expect("a JSON value serializes")
     );
+    if let Some((volume, shard)) = wait_for {
+        std::process::exit(wait_for_migration(&args.socket, timeout, &volume, shard));
+    }
+}
+
+/// Draws a progress bar on stderr until the shard's migration ends; 0 when it completed.
+fn wait_for_migration(socket: &str, timeout: Duration, volume: &str, shard: u32) -> i32 {
+    let mut client = match RpcClient::connect(socket, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tpctl: {e}");
+            return 2;
+        }
+    };
+    loop {
+        let response = match client.call("migration_get_status", Some(json!({ "volume": volume })))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("\ntpctl: {e}");
+                return 2;
+            }
+        };
+        let rows = response["result"].as_array().cloned().unwrap_or_default();
+        let Some(m) = rows.iter().find(|m| m["shard"] == shard) else {
+            eprintln!("\ntpctl: no migration of shard {shard} of '{volume}'");
+            return 1;
+        };
+        let (copied, total) = (
+            m["bytes_copied"].as_f64().unwrap_or(0.0),
+            m["bytes_total"].as_f64().unwrap_or(1.0).max(1.0),
+        );
+        let done = ((copied / total) * 40.0).round() as usize;
+        let state = m["state"].as_str().unwrap_or("?");
+        eprint!(
+            "\r[{}{}] {:>3.0}%  {:>8} MiB/s  restarts {}  {state:<10}",
+            "#".repeat(done.min(40)),
+            ".".repeat(40 - done.min(40)),
+            copied / total * 100.0,
+            m["rate_mib_per_s"],
+            m["restarts"]
+        );
+        match state {
+            "completed" => {
+                eprintln!();
+                return 0;
+            }
+            "abandoned" => {
+                eprintln!("\ntpctl: the migration was abandoned: {}", m["last_error"]);
+                return 1;
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }

@@ -1,0 +1,253 @@
+//! Data migrations through real processes: `tidepoold` on uring files, a pool of `A` and
+//! `EE_B` (an error bdev over `B`), a shard copied onto `EE_B` while qemu-io writes to it
+//! over NBD, with injected target failures, and a SIGKILL in the middle of a copy.
+
+use serde_json::{json, Value};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tidepool_tests::{bdev_config_with, external, nbd_unix_uri, text, Daemon, Scratch};
+
+const MIB: u64 = 1 << 20;
+/// Member files: 2 MiB of metadata and eight 4 MiB shard extents.
+const MEMBER_BYTES: u64 = 34 * MIB;
+const SHARD: u64 = 4 * MIB;
+
+struct Rig {
+    s: Scratch,
+    cfg: String,
+}
+
+fn rig(tag: &str) -> Rig {
+    let s = Scratch::new(tag);
+    let (fa, fb) = (s.join("a.img"), s.join("b.img"));
+    for f in [&fa, &fb] {
+        std::fs::File::create(f)
+            .and_then(|h| h.set_len(MEMBER_BYTES))
+            .expect("member file");
+    }
+    let ee = json!({"method": "bdev_error_create", "params": {"base_name": "B"}});
+    let cfg = bdev_config_with(&s, "boot.json", &[("A", &fa), ("B", &fb)], &[ee]);
+    Rig { s, cfg }
+}
+
+/// Starts the daemon with a 4-shard volume exported over NBD; returns it, the NBD URI and
+/// the index of a shard on `A`.
+fn start(r: &Rig) -> (Daemon, String, usize) {
+    let d = Daemon::start(&r.s, "first", &["-m", "0x3", "--json", &r.cfg]);
+    d.tpctl_ok(&["pool_create", "p", "-b", "A,EE_B", "--shard-size-mib", "4"]);
+    d.tpctl_ok(&["volume_create", "p", "vol", "16"]);
+    let nbd = r.s.join("nbd.sock");
+    d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
+    d.tpctl_ok(&["nbd_export_create", "vol", "vol"]);
+    let shard = shards(&d)
+        .iter()
+        .position(|s| s["bdev"] == "A")
+        .expect("a shard on A");
+    (d, nbd_unix_uri(&nbd, "vol"), shard)
+}
+
+fn shards(d: &Daemon) -> Vec<Value> {
+    d.tpctl_ok(&["volume_get_volumes", "-n", "vol"])[0]["shards"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// qemu-io with `-c` commands; requires success and no failed command.
+fn qemu_io(uri: &str, cmds: &[String]) {
+    let mut args = vec!["-f".to_string(), "raw".into(), uri.to_string()];
+    for c in cmds {
+        args.extend(["-c".into(), c.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = external("qemu-io", &args);
+    let shown = text(&out);
+    assert!(out.status.success() && !shown.contains("failed"), "{shown}");
+}
+
+fn migration(d: &Daemon) -> Value {
+    d.tpctl_ok(&["migration_get_status", "-n", "vol"])[0].clone()
+}
+
+#[test]
+fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() {
+    let r = rig("mig-fail");
+    let (d, uri, shard) = start(&r);
+    let base = shard as u64 * SHARD;
+    qemu_io(&uri, &["write -P 0x11 0 16M".into(), "flush".into()]);
+    d.tpctl_ok(&[
+        "migration_set_options",
+        "--max-mib-per-s",
+        "16",
+        "--chunk-kib",
+        "256",
+    ]);
+    d.tpctl_ok(&[
+        "bdev_error_inject_error",
+        "EE_B",
+        "write",
+        "failure",
+        "-n",
+        "3",
+    ]);
+    // A writer streams rounds of patterns over the migrating shard, in order.
+    let rounds = 12u64;
+    let mut cmds = vec!["-f".to_string(), "raw".into(), uri.clone()];
+    for round in 0..rounds {
+        for k in 0..16u64 {
+            cmds.extend([
+                "-c".into(),
+                format!("write -P {} {} 256k", 0x20 + round, base + k * 256 * 1024),
+            ]);
+        }
+    }
+    let writer = Command::new("qemu-io")
+        .args(&cmds)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-io (scripts/test.sh installs qemu-utils)");
+    let started = d.tpctl_ok(&[
+        "shard_migrate",
+        "vol",
+        &shard.to_string(),
+        "--target-bdev",
+        "EE_B",
+    ]);
+    assert_eq!(started["state"], "copying");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let m = migration(&d);
+        if m["state"] == "completed" || m["state"] == "abandoned" {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the migration did not end: {m}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = writer.wait_with_output().expect("writer");
+    let shown = text(&out);
+    assert!(
+        out.status.success() && !shown.contains("failed"),
+        "writer: {shown}"
+    );
+    assert_eq!(status["state"], "completed", "{status}");
+    assert_eq!(
+        status["restarts"], 3,
+        "one restart per injected failure: {status}"
+    );
+    assert_eq!(status["bytes_copied"], SHARD);
+    assert_eq!(shards(&d)[shard]["bdev"], "EE_B");
+    // The shard holds the writer's last round; the rest of the volume its first pattern.
+    let last = 0x20 + rounds - 1;
+    let mut checks = vec![format!("read -P {last} {base} 4M")];
+    for i in (0..4).filter(|&i| i != shard as u64) {
+        checks.push(format!("read -P 0x11 {} 4M", i * SHARD));
+    }
+    qemu_io(&uri, &checks);
+    // Bad requests: clear errors, nothing changes.
+    let out = d.tpctl(&[
+        "shard_migrate",
+        "vol",
+        &shard.to_string(),
+        "--target-bdev",
+        "EE_B",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("already on 'EE_B'"),
+        "{}",
+        text(&out)
+    );
+    let out = d.tpctl(&["shard_migrate", "vol", "9", "--target-bdev", "A"]);
+    assert!(
+        !out.status.success() && text(&out).contains("shards 0 to 3"),
+        "{}",
+        text(&out)
+    );
+    let out = d.tpctl(&["migration_set_options", "--chunk-kib", "1"]);
+    assert!(
+        !out.status.success() && text(&out).contains("chunk_kib"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_sigkill_mid_copy_leaves_the_shard_wholly_on_its_source() {
+    let r = rig("mig-kill");
+    let (d, uri, shard) = start(&r);
+    let base = shard as u64 * SHARD;
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0x33 0 16M".into(),
+            format!("write -P 0x44 {} 1M", base + MIB),
+            "flush".into(),
+        ],
+    );
+    let saved =
+        r.s.file("saved.json", &d.tpctl_ok(&["save_config"]).to_string());
+    let before = shards(&d);
+    d.tpctl_ok(&[
+        "migration_set_options",
+        "--max-mib-per-s",
+        "1",
+        "--chunk-kib",
+        "64",
+    ]);
+    d.tpctl_ok(&[
+        "shard_migrate",
+        "vol",
+        &shard.to_string(),
+        "--target-bdev",
+        "EE_B",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while migration(&d)["bytes_copied"].as_u64().unwrap_or(0) < 256 * 1024 {
+        assert!(Instant::now() < deadline, "the copy never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(migration(&d)["state"], "copying");
+    let (status, _) = d.signal_and_wait("KILL");
+    assert!(!status.success());
+
+    let d = Daemon::start(&r.s, "second", &["-m", "0x3", "--json", &saved]);
+    assert_eq!(shards(&d), before, "the placement is wholly the source's");
+    let check = |uri: &str| {
+        qemu_io(
+            uri,
+            &[
+                format!("read -P 0x33 {base} 1M"),
+                format!("read -P 0x44 {} 1M", base + MIB),
+                format!("read -P 0x33 {} 2M", base + 2 * MIB),
+            ],
+        )
+    };
+    check(&uri);
+    // Again, to the end this time (tpctl --wait draws the progress until it is over).
+    let out = d.tpctl(&[
+        "shard_migrate",
+        "vol",
+        &shard.to_string(),
+        "--target-bdev",
+        "EE_B",
+        "--wait",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("100%"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(shards(&d)[shard]["bdev"], "EE_B");
+    check(&uri);
+    qemu_io(&uri, &["flush".into()]);
+    let (status, _) = d.signal_and_wait("KILL");
+    assert!(!status.success());
+    let d = Daemon::start(&r.s, "third", &["-m", "0x3", "--json", &saved]);
+    assert_eq!(
+        shards(&d)[shard]["bdev"],
+        "EE_B",
+        "wholly the target's after the commit"
+    );
+    check(&uri);
+}
