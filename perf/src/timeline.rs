@@ -180,6 +180,8 @@ pub fn to_json(points: &[Point], events: &[Event], t0: Nanos, interval_ns: Nanos
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     json!({
         "interval_ms": interval_ns as f64 / 1e6,
+        // The engine clock at time 0 (what `migration_get_status`'s `started_ms` counts in).
+        "t0_ms": t0 as f64 / 1e6,
         "points": points.iter().map(|p| json!({
             "t_s": round(p.t_s), "iops": p.iops.round(), "errors": p.errors,
             "p50_us": round(p.p50_us), "p99_us": round(p.p99_us), "p999_us": round(p.p999_us),

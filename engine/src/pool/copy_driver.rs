@@ -52,7 +52,7 @@ pub struct MigrationOptions {
 }
 
 fn default_chunk_kib() -> u32 {
-    1024
+    128
 }
 fn default_max_inflight() -> u32 {
     4
@@ -97,6 +97,8 @@ struct Record {
     handle: CopyHandle,
     block_size: u64,
     started_ns: Nanos,
+    /// When the driver first saw the copy whole (the commit starts then).
+    copied_ns: Option<Nanos>,
     finished_ns: Option<Nanos>,
     error: Option<String>,
 }
@@ -237,6 +239,7 @@ impl PoolService {
             handle,
             block_size: bs,
             started_ns: time::now(),
+            copied_ns: None,
             finished_ns: None,
             error: None,
         }));
@@ -279,11 +282,18 @@ impl PoolService {
             match state {
                 CopyState::Copying => continue,
                 CopyState::Abandoned(why) => break Err(why),
-                CopyState::Copied => match self.commit(rec, &job) {
-                    Ok(true) => break Ok(()),
-                    Ok(false) => continue, // a restart while committing: copy again
-                    Err(e) => break Err(e.to_string()),
-                },
+                CopyState::Copied => {
+                    lock(rec).copied_ns.get_or_insert_with(time::now);
+                    match self.commit(rec, &job) {
+                        Ok(true) => break Ok(()),
+                        Ok(false) => {
+                            // A restart while committing: copy again.
+                            lock(rec).copied_ns = None;
+                            continue;
+                        }
+                        Err(e) => break Err(e.to_string()),
+                    }
+                }
             }
         };
         // The copy is over either way: stop it (releasing held writes) and free the extent.
@@ -427,7 +437,8 @@ impl PoolService {
                     "restarts": s.restarts,
                     "last_error": r.error.clone().or(s.last_error),
                     "rate_mib_per_s": if secs > 0.0 { (copied as f64 / secs / 1048576.0 * 10.0).round() / 10.0 } else { 0.0 },
-                    "elapsed_ms": (secs * 1000.0).round(),
+                    "elapsed_ms": (secs * 1000.0 * 1000.0).round() / 1000.0,
+                    "copy_ms": r.copied_ns.map(|c| (c.saturating_sub(r.started_ns) as f64 / 1e3).round() / 1e3),
                     "started_ms": r.started_ns / 1_000_000,
                 }))
             })

@@ -18,6 +18,10 @@
 //! A chunk in flight counts for both rules whatever its generation, so a chunk left over
 //! from before a restart cannot land on top of a newer write either.
 //!
+//! Pacing: chunks start only from the poll loop, at most [`CHUNKS_PER_POLL`] per iteration
+//! (on a malloc member a chunk is two memory copies done inline), so client I/O keeps its
+//! turn between them; `max_blocks_per_s` caps the rate further.
+//!
 //! Any failed target write, a chunk's or a mirror's, restarts the copy from the shard's first
 //! block (a new generation; older chunks are let finish and ignored). The client's write is
 //! acknowledged from the source: a target failure never reaches a client. After
@@ -38,6 +42,8 @@ const MIRROR_BIT: u64 = 1 << 29;
 const TARGET_BIT: u64 = 1 << 28;
 const COPY_SHIFT: u32 = 20;
 const SLOT_MASK: u64 = (1 << COPY_SHIFT) - 1;
+/// Chunks a copy may start per poll iteration.
+pub const CHUNKS_PER_POLL: usize = 1;
 
 /// What to copy and how.
 #[derive(Clone, Debug)]
@@ -253,7 +259,6 @@ impl Ctx {
         };
         let ci = free_slot(&mut self.copies);
         self.copies[ci] = Some(copy);
-        self.pump_copy(ci);
         Ok(status)
     }
 
@@ -334,7 +339,6 @@ impl Ctx {
             self.chunk_complete(ci, slot, c);
             None
         };
-        self.pump_copy(ci);
         self.retire_copy(ci);
         done
     }
@@ -412,9 +416,9 @@ impl Ctx {
         }
     }
 
-    /// Starts chunks while there is room and nothing in the way.
+    /// Starts up to [`CHUNKS_PER_POLL`] chunks while there is room and nothing in the way.
     fn pump_copy(&mut self, ci: usize) {
-        loop {
+        for _ in 0..CHUNKS_PER_POLL {
             let Some(copy) = self.copies[ci].as_mut() else {
                 return;
             };
