@@ -100,6 +100,7 @@ pub(super) struct Copy {
     source: BdevId,
     source_offset: u64,
     total: u64,
+    block_size: usize,
     cursor: u64,
     generation: u32,
     copied: u64,
@@ -243,6 +244,7 @@ impl Ctx {
             source: route.member,
             source_offset: route.offset_blocks,
             total: shard_blocks,
+            block_size: block_size as usize,
             cursor: 0,
             generation: 0,
             copied: 0,
@@ -453,8 +455,7 @@ impl Ctx {
             let Some(mut buf) = copy.pool.take() else {
                 return;
             };
-            let bs = buf.capacity() / copy.spec.chunk_blocks as usize;
-            buf.set_len(n as usize * bs);
+            buf.set_len(n as usize * copy.block_size);
             let slot = free_slot(&mut copy.chunks);
             copy.chunks[slot] = Some(Chunk {
                 start: copy.cursor,

@@ -28,11 +28,21 @@ struct Rig {
 /// A volume of `shards` shards of 256 blocks over members M0 and M1 (shard i on member
 /// i % 2), owned round the `n` reactors as `(i + i / 2) % n`.
 fn rig(n: usize, shards: u64) -> Rig {
+    rig_with(n, shards, |_, _| {})
+}
+
+/// `rig`, with `wrap(registry, member)` run after each member M0, M1 is made: it may stack
+/// a bdev on it named `X{m}`, which then becomes the member instead.
+fn rig_with(n: usize, shards: u64, wrap: impl Fn(&BdevRegistry, usize)) -> Rig {
     let reg = Arc::new(BdevRegistry::new());
     let mut members = [0; 2];
     for (m, id) in members.iter_mut().enumerate() {
         let p = json!({"name": format!("M{m}"), "num_blocks": 8192, "block_size": BS});
         *id = create_bdev(&reg, "bdev_malloc_create", p).unwrap().0;
+        wrap(&reg, m);
+        if let Some((x, _)) = reg.lookup(&format!("X{m}")) {
+            *id = x;
+        }
     }
     let routes = (0..shards)
         .map(|i| ShardRoute {
@@ -621,4 +631,237 @@ fn a_copy_whose_target_keeps_failing_is_abandoned_and_clients_never_see_it() {
     rig.all_success();
     assert!(!rig.rs[1].ctx().stop_copy(rig.vol, COPIED_SHARD as u32));
     rig.release();
+}
+
+/// Tags reads in the simulation (the rest is the op's index in its batch).
+const READ_TAG: u64 = 1 << 40;
+
+/// The seeds the simulation runs in CI; `TIDEPOOL_SEED` runs one of your choice.
+const SIM_SEEDS: [u64; 6] = [1, 2, 3, 0x5eed, 0xbeef, 0x2026];
+
+/// A deterministic simulation of migrations under load: three reactors stepped on a fake
+/// clock, a volume of 8 shards on a slow member (a delay bdev) and a plain one; batches of
+/// random reads and writes from every reactor; meanwhile shards are copied one at a time to
+/// fresh targets (error bdevs) that fail a random number of writes, and committed the way
+/// the control plane does (hold writes, flip the route, stop). It checks that every read
+/// returns the last acknowledged write, that no client sees a failure, that each target
+/// holds exactly its shard after the copy, and that restarts equal the injected failures.
+fn simulate(seed: u64) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    use crate::reactor::{CopySpec, CopyState};
+    println!("migration simulation: seed {seed} (replay: TIDEPOOL_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let shards = 8u64;
+    let mut rig = rig_with(3, shards, |reg, m| {
+        if m == 0 {
+            let p = json!({"base_bdev_name": "M0", "name": "X0", "avg_read_latency": 20,
+                "p99_read_latency": 200, "avg_write_latency": 5, "p99_write_latency": 100});
+            create_bdev(reg, "bdev_delay_create", p).unwrap();
+        }
+    });
+    let targets: Vec<BdevId> = (0..shards)
+        .map(|i| {
+            let p = json!({"name": format!("T{i}"), "num_blocks": 1024, "block_size": BS});
+            create_bdev(&rig.reg, "bdev_malloc_create", p).unwrap();
+            let e = json!({"base_name": format!("T{i}")});
+            create_bdev(&rig.reg, "bdev_error_create", e).unwrap().0
+        })
+        .collect();
+    let total = shards * SHARD;
+    let mut model = vec![0u64; total as usize];
+    let mut t = 1_000u64;
+    let mut step = |rig: &mut Rig, t: &mut u64| {
+        *t += 1_000;
+        for r in rig.rs.iter_mut() {
+            r.poll(*t);
+        }
+    };
+    // (shard, owner, target index, handle, injected failures)
+    let mut copy: Option<(u64, usize, usize, crate::reactor::CopyHandle, u32)> = None;
+    let mut next_target = 0usize;
+    let mut migrated = 0;
+    let mut submitted = 0usize;
+    let mut reads_checked = 0u64;
+    let mut restarts = 0u32;
+    for batch in 1..=150u64 {
+        // A batch of disjoint random reads and writes.
+        let mut ops = Vec::new();
+        let mut off = rng.next_u64() % 16;
+        while off < total {
+            let n = (1 + rng.next_u64() % 48).min(total - off);
+            match rng.next_u64() % 3 {
+                0 => ops.push((IoType::Write, off, n)),
+                1 => ops.push((IoType::Read, off, n)),
+                _ => {}
+            }
+            off += n + rng.next_u64() % 64;
+        }
+        let before = rig.done();
+        for (i, &(io_type, off, n)) in ops.iter().enumerate() {
+            let on = (rng.next_u64() % 3) as usize;
+            // A read's tag names its op; a write's is the batch (its pattern's seed).
+            let tag = if io_type == IoType::Read {
+                READ_TAG | i as u64
+            } else {
+                batch
+            };
+            rig.submit(on, rig.vol, io_type, off, n, tag);
+            submitted += 1;
+        }
+        let mut rounds = 0;
+        while rig.done() < before + ops.len() {
+            step(&mut rig, &mut t);
+            rounds += 1;
+            assert!(
+                rounds < 100_000,
+                "seed {seed}: batch {batch} did not complete"
+            );
+        }
+        // No client saw a failure; reads saw the model before the batch (nothing they
+        // overlap was written in it).
+        for (r, _) in &rig.rec {
+            for d in r.done.borrow().iter() {
+                assert_eq!(
+                    d.status,
+                    IoStatus::Success,
+                    "seed {seed}: a client saw a failure"
+                );
+                if d.tag & READ_TAG == 0 {
+                    continue;
+                }
+                let (_, off, n) = ops[(d.tag & !READ_TAG) as usize];
+                let data = d.buf.as_ref().unwrap().as_slice();
+                for b in 0..n {
+                    let m = model[(off + b) as usize];
+                    let want = if m == 0 { 0 } else { pattern(off + b, m) };
+                    let got = &data[(b * BS) as usize..((b + 1) * BS) as usize];
+                    assert!(
+                        got.iter().all(|&x| x == want),
+                        "seed {seed}: batch {batch} read block {}",
+                        off + b
+                    );
+                    reads_checked += 1;
+                }
+            }
+            r.done.borrow_mut().clear();
+        }
+        for &(io_type, off, n) in &ops {
+            if io_type == IoType::Write {
+                model[off as usize..(off + n) as usize].fill(batch);
+            }
+        }
+        rig.release();
+        if batch % 10 == 0 {
+            // Spot-check the whole volume against the model.
+            for b in (0..total).step_by(97) {
+                let got = rig.read(rig.vol, b, 1);
+                let want = if model[b as usize] == 0 {
+                    0
+                } else {
+                    pattern(b, model[b as usize])
+                };
+                assert!(
+                    got.iter().all(|&x| x == want),
+                    "seed {seed}: block {b} after batch {batch}"
+                );
+            }
+        }
+        // Migrations: start one when none runs; commit or drop it when it ends.
+        match copy.take() {
+            None if next_target < targets.len() && rng.next_u64() % 4 == 0 => {
+                let shard = rng.next_u64() % shards;
+                let owner = rig.volume.table().shards[shard as usize].owner as usize;
+                let failures = (rng.next_u64() % 4) as u32;
+                let target = targets[next_target];
+                let inj = rig.reg.get(target).unwrap();
+                inj.as_error_bdev().unwrap().injection().inject(
+                    InjectTarget::Write,
+                    ErrorKind::Failure,
+                    failures,
+                );
+                let spec = CopySpec {
+                    volume: rig.vol,
+                    shard: shard as u32,
+                    target,
+                    target_offset_blocks: 0,
+                    chunk_blocks: 1 + (rng.next_u64() % 32) as u32,
+                    max_inflight: 1 + (rng.next_u64() % 4) as usize,
+                    max_restarts: 8,
+                    max_blocks_per_s: 0,
+                };
+                let h = rig.rs[owner].ctx().start_copy(spec).unwrap();
+                copy = Some((shard, owner, next_target, h, failures));
+                next_target += 1;
+            }
+            None => {}
+            Some((shard, owner, ti, h, failures)) => {
+                let state = h.lock().unwrap().state.clone();
+                match state {
+                    CopyState::Copying => copy = Some((shard, owner, ti, h, failures)),
+                    CopyState::Abandoned(why) => panic!("seed {seed}: copy abandoned: {why}"),
+                    CopyState::Copied => {
+                        // Commit as the control plane does: hold writes until none is in
+                        // flight, flip the route, stop the copy (the held writes go on).
+                        let vol = rig.vol;
+                        loop {
+                            match rig.rs[owner].ctx().freeze_copy(vol, shard as u32, true) {
+                                Some((0, true)) => break,
+                                Some(_) => step(&mut rig, &mut t),
+                                None => panic!("seed {seed}: the copy went away"),
+                            }
+                        }
+                        let s = h.lock().unwrap().clone();
+                        assert_eq!(
+                            s.restarts, failures,
+                            "seed {seed}: restarts = injected failures"
+                        );
+                        restarts += s.restarts;
+                        // The target holds exactly the shard.
+                        let first = shard * SHARD;
+                        let held = rig.read(targets[ti], 0, SHARD);
+                        for b in 0..SHARD {
+                            let m = model[(first + b) as usize];
+                            let want = if m == 0 { 0 } else { pattern(first + b, m) };
+                            let got = &held[(b * BS) as usize..((b + 1) * BS) as usize];
+                            assert!(
+                                got.iter().all(|&x| x == want),
+                                "seed {seed}: target block {b}"
+                            );
+                        }
+                        let target = targets[ti];
+                        rig.volume.update(|r| {
+                            r[shard as usize].member = target;
+                            r[shard as usize].member_name = format!("EE_T{ti}");
+                            r[shard as usize].offset_blocks = 0;
+                        });
+                        assert!(rig.rs[owner].ctx().stop_copy(vol, shard as u32));
+                        migrated += 1;
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "seed {seed}: {submitted} requests, {reads_checked} blocks read and checked, \
+         {migrated} migrations, {restarts} restarts"
+    );
+    assert!(
+        migrated >= 2,
+        "seed {seed}: only {migrated} migration(s) completed"
+    );
+    assert!(submitted > 1000, "seed {seed}: {submitted} requests");
+}
+
+#[test]
+fn simulated_migrations_under_load_keep_every_acknowledged_write() {
+    let seeds: Vec<u64> = match std::env::var("TIDEPOOL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(s) => vec![s],
+        None => SIM_SEEDS.to_vec(),
+    };
+    for seed in seeds {
+        simulate(seed);
+    }
 }
