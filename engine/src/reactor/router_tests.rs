@@ -670,7 +670,7 @@ fn simulate(seed: u64) {
     let total = shards * SHARD;
     let mut model = vec![0u64; total as usize];
     let mut t = 1_000u64;
-    let mut step = |rig: &mut Rig, t: &mut u64| {
+    let step = |rig: &mut Rig, t: &mut u64| {
         *t += 1_000;
         for r in rig.rs.iter_mut() {
             r.poll(*t);
@@ -768,7 +768,7 @@ fn simulate(seed: u64) {
         }
         // Migrations: start one when none runs; commit or drop it when it ends.
         match copy.take() {
-            None if next_target < targets.len() && rng.next_u64() % 4 == 0 => {
+            None if next_target < targets.len() && rng.next_u64().is_multiple_of(4) => {
                 let shard = rng.next_u64() % shards;
                 let owner = rig.volume.table().shards[shard as usize].owner as usize;
                 let failures = (rng.next_u64() % 4) as u32;
