@@ -251,3 +251,100 @@ fn a_sigkill_mid_copy_leaves_the_shard_wholly_on_its_source() {
     );
     check(&uri);
 }
+
+#[test]
+fn pool_remove_bdev_under_writes_empties_a_member_and_releases_it() {
+    let s = Scratch::new("mig-remove");
+    let files: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            let f = s.join(&format!("{n}.img"));
+            std::fs::File::create(&f)
+                .and_then(|h| h.set_len(MEMBER_BYTES))
+                .expect("member file");
+            f
+        })
+        .collect();
+    let cfg = bdev_config_with(
+        &s,
+        "boot.json",
+        &[("A", &files[0]), ("B", &files[1]), ("C", &files[2])],
+        &[],
+    );
+    let d = Daemon::start(&s, "first", &["-m", "0x3", "--json", &cfg]);
+    d.tpctl_ok(&["pool_create", "p", "-b", "A,B,C", "--shard-size-mib", "4"]);
+    d.tpctl_ok(&["volume_create", "p", "vol", "24"]);
+    let nbd = s.join("nbd.sock");
+    d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
+    d.tpctl_ok(&["nbd_export_create", "vol", "vol"]);
+    let uri = nbd_unix_uri(&nbd, "vol");
+    qemu_io(&uri, &["write -P 0x55 0 24M".into(), "flush".into()]);
+    let on_b = shards(&d).iter().filter(|s| s["bdev"] == "B").count();
+    assert_eq!(on_b, 2);
+    // Refused: not a member; then the drain starts while a writer streams over the volume.
+    let out = d.tpctl(&["pool_remove_bdev", "p", "Nope"]);
+    assert!(
+        !out.status.success() && text(&out).contains("not a member"),
+        "{}",
+        text(&out)
+    );
+    let rounds = 8u64;
+    let mut cmds = vec!["-f".to_string(), "raw".into(), uri.clone()];
+    for round in 0..rounds {
+        for k in 0..24u64 {
+            cmds.extend([
+                "-c".into(),
+                format!("write -P {} {} 64k", 0x60 + round, k * MIB),
+            ]);
+        }
+    }
+    let writer = Command::new("qemu-io")
+        .args(&cmds)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-io (scripts/test.sh installs qemu-utils)");
+    let started = d.tpctl_ok(&["pool_remove_bdev", "p", "B"]);
+    assert_eq!(started["shards_to_move"], 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool = d.tpctl_ok(&["pool_get_pools", "-n", "p"])[0].clone();
+        assert!(pool["drain_error"].is_null(), "{pool}");
+        let names: Vec<&str> = pool["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        if names == ["A", "C"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B was not removed: {pool}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = writer.wait_with_output().expect("writer");
+    assert!(
+        out.status.success() && !text(&out).contains("failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(shards(&d).iter().all(|s| s["bdev"] != "B"));
+    let b = d.tpctl_ok(&["bdev_get_bdevs", "-b", "B"]);
+    assert_eq!(b[0]["claimed"], false, "B is free again: {b}");
+    let last = 0x60 + rounds - 1;
+    let mut checks = Vec::new();
+    for k in 0..24u64 {
+        checks.push(format!("read -P {last} {} 64k", k * MIB));
+        checks.push(format!("read -P 0x55 {} 960k", k * MIB + 64 * 1024));
+    }
+    qemu_io(&uri, &checks);
+    // The pool comes back without B after a restart.
+    qemu_io(&uri, &["flush".into()]);
+    let saved = s.file("saved.json", &d.tpctl_ok(&["save_config"]).to_string());
+    drop(d);
+    let d = Daemon::start(&s, "second", &["-m", "0x3", "--json", &saved]);
+    let pool = d.tpctl_ok(&["pool_get_pools", "-n", "p"])[0].clone();
+    assert_eq!(pool["members"].as_array().unwrap().len(), 2, "{pool}");
+    assert_eq!(pool["state"], "online");
+    qemu_io(&uri, &checks);
+}

@@ -189,6 +189,11 @@ impl PoolService {
         let Some(target_id) = pool.members[t as usize] else {
             return Err(PoolError::Degraded(format!("member '{target}' is missing")));
         };
+        if pool.draining.as_ref().is_some_and(|d| d.0 == t) {
+            return Err(PoolError::Busy(format!(
+                "member '{target}' is being removed from the pool"
+            )));
+        }
         if pool.members[placed.member as usize].is_none() {
             return Err(PoolError::Degraded(format!(
                 "shard {shard} of volume '{volume_name}' is on a missing member"

@@ -23,9 +23,11 @@ pub mod crc32c;
 pub mod metadata;
 mod migrate;
 pub mod placement;
+mod remove;
 
 pub use copy_driver::MigrationOptions;
 pub use migrate::ShardMigrateParams;
+pub use remove::PoolRemoveBdevParams;
 
 use crate::bdev::{new_uuid, BdevError, BdevId, BdevInfo, BdevRegistry, IoTypeSet};
 use crate::reactor::{BlockingIoError, Engine};
@@ -121,6 +123,8 @@ struct Pool {
     volumes: BTreeMap<String, (BdevId, Arc<Volume>)>,
     /// Target extents of copies in progress, as (member index, extent).
     reserved: Vec<(u32, u64)>,
+    /// The member being emptied by `pool_remove_bdev`, and why the drain stopped if it did.
+    draining: Option<(u32, Option<String>)>,
 }
 
 impl Pool {
@@ -130,6 +134,15 @@ impl Pool {
 
     fn present(&self) -> Vec<bool> {
         self.members.iter().map(Option::is_some).collect()
+    }
+
+    /// Members that may take new shards: present and not being drained.
+    fn open_members(&self) -> Vec<bool> {
+        let mut open = self.present();
+        if let Some((m, _)) = self.draining {
+            open[m as usize] = false;
+        }
+        open
     }
 
     fn claim_name(&self) -> String {
@@ -389,6 +402,7 @@ impl PoolService {
                 members: ids,
                 volumes: BTreeMap::new(),
                 reserved: Vec::new(),
+                draining: None,
             })
         })();
         match result {
@@ -504,6 +518,7 @@ impl PoolService {
             members,
             volumes: BTreeMap::new(),
             reserved: Vec::new(),
+            draining: None,
         };
         // Rewrite the description at a new generation: heals a torn slot, a member that
         // missed the last update, and records the members' current names.
@@ -640,7 +655,7 @@ impl PoolService {
             &pool.record,
             shards,
             self.engine.reactor_count(),
-            &pool.present(),
+            &pool.open_members(),
             &pool.reserved,
         )
         .map_err(|free| {
@@ -721,8 +736,12 @@ impl PoolService {
                     .enumerate()
                     .map(|(i, m)| {
                         let used = m.extents - free[i].len() as u64;
-                        json!({"name": m.bdev_name, "index": i,
-                            "state": if p.members[i].is_some() { "online" } else { "missing" },
+                        let state = match (p.members[i].is_some(), &p.draining) {
+                            (false, _) => "missing",
+                            (true, Some((d, _))) if *d as usize == i => "draining",
+                            _ => "online",
+                        };
+                        json!({"name": m.bdev_name, "index": i, "state": state,
                             "capacity_mib": (m.extents * r.shard_blocks * bs) >> 20,
                             "used_mib": (used * r.shard_blocks * bs) >> 20,
                             "shard_count": used, "free_shards": free[i].len()})
@@ -732,7 +751,8 @@ impl PoolService {
                     "state": if p.degraded() { "degraded" } else { "online" },
                     "block_size": r.block_size, "shard_size_kib": (r.shard_blocks * bs) >> 10,
                     "generation": p.generation, "volumes": p.volumes.keys().collect::<Vec<_>>(),
-                    "members": members})
+                    "members": members,
+                    "drain_error": p.draining.as_ref().and_then(|d| d.1.clone())})
             })
             .collect();
         Ok(Value::Array(rows))

@@ -204,6 +204,8 @@ enum Method {
         #[arg(long)]
         wait: bool,
     },
+    /// Empty BDEV by migrating its shards to the other members of POOL, then release it
+    PoolRemoveBdev { pool: String, bdev: String },
     /// Data migrations: running, then recent
     MigrationGetStatus {
         #[arg(short = 'n', long = "volume")]
@@ -443,6 +445,9 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             json!({"volume": volume, "shard": shard, "target_core": target_core,
                    "target_bdev": target_bdev}),
         ),
+        Method::PoolRemoveBdev { pool, bdev } => {
+            ("pool_remove_bdev", json!({"pool": pool, "bdev": bdev}))
+        }
         Method::MigrationGetStatus { volume } => {
             ("migration_get_status", json!({ "volume": volume }))
         }

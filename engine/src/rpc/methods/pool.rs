@@ -4,7 +4,10 @@
 //! span several bdevs and its volumes are sharded, so the names are its own, in SPDK's shape.
 
 use super::{Method, NameParam};
-use crate::pool::{MigrationOptions, PoolCreateParams, ShardMigrateParams, VolumeCreateParams};
+use crate::pool::{
+    MigrationOptions, PoolCreateParams, PoolRemoveBdevParams, ShardMigrateParams,
+    VolumeCreateParams,
+};
 use crate::rpc::{parse_params, RpcError, Services};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -45,6 +48,11 @@ pub fn methods() -> Vec<Method> {
             name: "shard_migrate",
             help: "Move shard of volume: its data to target_bdev (copied while clients write), or its service to target_core",
             handler: shard_migrate,
+        },
+        Method {
+            name: "pool_remove_bdev",
+            help: "Empty member bdev of pool by migrating its shards to the others, then release it",
+            handler: pool_remove_bdev,
         },
         Method {
             name: "migration_get_status",
@@ -169,4 +177,13 @@ fn migration_set_options(
     };
     services.pools.set_migration_options(o)?;
     Ok(json!(true))
+}
+
+fn pool_remove_bdev(
+    services: &Services,
+    _: &[Method],
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    let p: PoolRemoveBdevParams = parse_params(params)?;
+    Ok(services.pools.remove_member(&p)?)
 }

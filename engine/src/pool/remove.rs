@@ -1,0 +1,223 @@
+//! `pool_remove_bdev {pool, bdev}`: empties a member by migrating every shard it holds to the
+//! other members (one at a time, each a data migration as `shard_migrate --target-bdev` runs
+//! it, under client load), then takes it out of the pool: the placement is rewritten without
+//! it on the remaining members, its metadata slots are wiped, and its claim is released.
+//!
+//! The call returns once the drain has started; `pool_get_pools` shows the member as
+//! `draining` until it is gone, or the reason the drain stopped (a migration abandoned: the
+//! member stays, with the shards not yet moved). A draining member takes no new shards.
+
+use super::{invalid, PoolError, PoolService};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRemoveBdevParams {
+    pub pool: String,
+    pub bdev: String,
+}
+
+/// Longest wait for one shard's migration.
+const SHARD_DEADLINE: Duration = Duration::from_secs(600);
+
+impl PoolService {
+    pub fn remove_member(self: &Arc<Self>, p: &PoolRemoveBdevParams) -> Result<Value, PoolError> {
+        let shards = {
+            let mut pools = self.lock();
+            let pool = pools
+                .get_mut(&p.pool)
+                .ok_or_else(|| PoolError::NotFound(p.pool.clone()))?;
+            let m = pool
+                .record
+                .members
+                .iter()
+                .position(|m| m.bdev_name == p.bdev)
+                .ok_or_else(|| {
+                    invalid(
+                        "bdev",
+                        format!("'{}' is not a member of pool '{}'", p.bdev, p.pool),
+                    )
+                })? as u32;
+            if pool.degraded() {
+                return Err(PoolError::Degraded(format!(
+                    "pool '{}' is degraded; bring every member back before removing one",
+                    p.pool
+                )));
+            }
+            if pool.draining.is_some() {
+                return Err(PoolError::Busy(format!(
+                    "pool '{}' is already draining a member",
+                    p.pool
+                )));
+            }
+            let on_member: Vec<(String, usize)> = pool
+                .record
+                .volumes
+                .iter()
+                .flat_map(|v| {
+                    v.shards
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.member == m)
+                        .map(|(i, _)| (v.name.clone(), i))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let free = super::placement::free_extents(&pool.record, &pool.reserved);
+            let elsewhere: usize = free
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 != m)
+                .map(|(_, f)| f.len())
+                .sum();
+            if pool.record.members.len() < 2 || elsewhere < on_member.len() {
+                return Err(PoolError::NoSpace(format!(
+                    "'{}' holds {} shard(s); the other members of pool '{}' have {elsewhere} free",
+                    p.bdev,
+                    on_member.len(),
+                    p.pool
+                )));
+            }
+            pool.draining = Some((m, None));
+            on_member
+        };
+        log::info!(
+            "pool '{}': draining '{}' ({} shard(s) to move)",
+            p.pool,
+            p.bdev,
+            shards.len()
+        );
+        let me = Arc::clone(self);
+        let (pool, bdev) = (p.pool.clone(), p.bdev.clone());
+        let count = shards.len();
+        std::thread::Builder::new()
+            .name("pool-drain".into())
+            .spawn(move || me.drain(&pool, &bdev, shards))
+            .map_err(|e| PoolError::Io(format!("starting the drain: {e}")))?;
+        Ok(json!({"pool": p.pool, "bdev": p.bdev, "shards_to_move": count, "state": "draining"}))
+    }
+
+    fn drain(self: &Arc<Self>, pool: &str, bdev: &str, shards: Vec<(String, usize)>) {
+        let result = shards
+            .iter()
+            .try_for_each(|(volume, shard)| self.move_off(pool, bdev, volume, *shard))
+            .and_then(|()| self.drop_member(pool, bdev));
+        let mut pools = self.lock();
+        if let Some(p) = pools.get_mut(pool) {
+            match result {
+                Ok(()) => p.draining = None,
+                Err(e) => {
+                    log::error!("pool '{pool}': draining '{bdev}' stopped: {e}");
+                    if let Some(d) = p.draining.as_mut() {
+                        d.1 = Some(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves one shard to the member with the most free extents, and waits for it.
+    fn move_off(
+        self: &Arc<Self>,
+        pool: &str,
+        bdev: &str,
+        volume: &str,
+        shard: usize,
+    ) -> Result<(), PoolError> {
+        let target = {
+            let pools = self.lock();
+            let p = pools
+                .get(pool)
+                .ok_or_else(|| PoolError::NotFound(pool.into()))?;
+            let free = super::placement::free_extents(&p.record, &p.reserved);
+            p.record
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| m.bdev_name != bdev && p.members[*i].is_some())
+                .max_by_key(|(i, _)| free[*i].len())
+                .map(|(_, m)| m.bdev_name.clone())
+                .ok_or_else(|| PoolError::NoSpace("no member left to move to".into()))?
+        };
+        self.start_data_migration(volume, shard, &target)?;
+        let deadline = std::time::Instant::now() + SHARD_DEADLINE;
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            let rows = self.migrations_json(Some(volume));
+            let Some(m) = rows
+                .as_array()
+                .and_then(|r| r.iter().find(|m| m["shard"] == shard))
+            else {
+                continue;
+            };
+            match m["state"].as_str() {
+                Some("completed") => return Ok(()),
+                Some("abandoned") => {
+                    return Err(PoolError::Io(format!(
+                        "moving shard {shard} of '{volume}' to '{target}' was abandoned: {}",
+                        m["last_error"]
+                    )))
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(PoolError::Io(format!(
+                        "moving shard {shard} of '{volume}' timed out"
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes the emptied member out: placement rewritten without it, its slots wiped, its
+    /// claim released.
+    fn drop_member(&self, pool: &str, bdev: &str) -> Result<(), PoolError> {
+        let mut pools = self.lock();
+        let p = pools
+            .get_mut(pool)
+            .ok_or_else(|| PoolError::NotFound(pool.into()))?;
+        let m = p
+            .record
+            .members
+            .iter()
+            .position(|x| x.bdev_name == bdev)
+            .ok_or_else(|| PoolError::NoPool(format!("'{bdev}' left pool '{pool}' already")))?;
+        if p.record
+            .volumes
+            .iter()
+            .any(|v| v.shards.iter().any(|s| s.member as usize == m))
+        {
+            return Err(PoolError::Busy(format!("'{bdev}' still holds shards")));
+        }
+        let mut record = p.record.clone();
+        record.members.remove(m);
+        for v in &mut record.volumes {
+            for s in &mut v.shards {
+                if s.member as usize > m {
+                    s.member -= 1;
+                }
+            }
+        }
+        let mut members = p.members.clone();
+        let gone = members.remove(m);
+        // Written to the remaining members only; the removed one is wiped after.
+        let generation = p.generation + 1;
+        self.write_generation(&record, generation, &members)?;
+        p.generation = generation;
+        p.record = record;
+        p.members = members;
+        for r in &mut p.reserved {
+            if r.0 as usize > m {
+                r.0 -= 1;
+            }
+        }
+        let bs = p.record.block_size;
+        let user = p.claim_name();
+        self.wipe(&[gone], bs, &[0, 1])?;
+        self.registry.release(bdev, &user);
+        log::info!("pool '{pool}': '{bdev}' removed; it is free");
+        Ok(())
+    }
+}
