@@ -136,6 +136,10 @@ pub struct DelayBdev {
     info: BdevInfo,
     base: BdevRef,
     latencies: Arc<Latencies>,
+    /// Channels opened so far: with the name, the seed of each channel's latency draws, so
+    /// that a run that opens the same channels in the same order draws the same latencies
+    /// (what seeded simulations rely on).
+    channels_opened: AtomicU64,
 }
 
 impl DelayBdev {
@@ -162,11 +166,27 @@ impl DelayBdev {
                 avg_write_us: AtomicU64::new(p.avg_write_latency),
                 p99_write_us: AtomicU64::new(p.p99_write_latency),
             }),
+            channels_opened: AtomicU64::new(0),
         })
     }
 
     pub fn latencies(&self) -> &Arc<Latencies> {
         &self.latencies
+    }
+}
+
+impl DelayBdev {
+    fn channel_seed(&self) -> u64 {
+        // FNV-1a of the name, then the channel's number.
+        let name = self
+            .info
+            .name
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+        let n = self.channels_opened.fetch_add(1, Ordering::Relaxed);
+        (name ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1
     }
 }
 
@@ -182,7 +202,7 @@ impl Bdev for DelayBdev {
             latencies: Arc::clone(&self.latencies),
             held: BinaryHeap::new(),
             scratch: Vec::with_capacity(256),
-            rng: Rng::new(crate::time::now() | 1),
+            rng: Rng::new(self.channel_seed()),
             seq: 0,
         }))
     }
