@@ -309,3 +309,109 @@ fn the_balancer_evens_a_skewed_placement_without_moving_shards_back() {
     }
     assert_eq!(status["moves"], decisions.len() as u64);
 }
+
+#[test]
+fn the_balancer_evens_the_members_of_a_pool_by_moving_data() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Scratch::new("balancer-dev");
+    let cfg = s.file("pool.json", POOL);
+    let sock = s.join("perf.sock");
+    let perf = Command::new(bin("tidepool-perf"))
+        .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-q", "8"])
+        .args(["-w", "randread", "-t", "10", "-r", &sock])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tidepool-perf");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tidepool-perf did not serve {sock}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Skew: move Malloc1's shards onto Malloc0 while it has room (7 of 8 end there).
+    let vols = tpctl_ok(&sock, &["volume_get_volumes", "-n", "vol0"]);
+    let mut moved = 0;
+    for (i, sh) in vols[0]["shards"].as_array().unwrap().iter().enumerate() {
+        let free = tpctl_ok(&sock, &["pool_get_pools", "-n", "pool0"])[0]["members"][0]
+            ["free_shards"]
+            .as_u64()
+            .unwrap();
+        if sh["bdev"] == "Malloc1" && free > 0 {
+            let args = [
+                "shard_migrate",
+                "vol0",
+                &i.to_string(),
+                "--target-bdev",
+                "Malloc0",
+                "--wait",
+            ];
+            let out = Command::new(bin("tpctl"))
+                .args(["-s", &sock])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let share = |stats: &Value, name: &str| {
+        let bdevs = stats["bdevs"].as_array().unwrap();
+        let total: f64 = bdevs.iter().map(|b| f(b, "read_iops")).sum();
+        let b = bdevs.iter().find(|b| b["name"] == name).unwrap();
+        f(b, "read_iops") / total
+    };
+    let skewed = tpctl_ok(&sock, &["load_get_stats"]);
+    assert!(share(&skewed, "Malloc0") > 0.8, "skewed: {skewed}");
+    tpctl_ok(
+        &sock,
+        &[
+            "balancer_set_options",
+            "--enabled",
+            "true",
+            "--interval-ms",
+            "200",
+            "--sustain-samples",
+            "2",
+            "--imbalance-threshold",
+            "1.1",
+            "--cooldown-ms",
+            "60000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(5000));
+    let stats = tpctl_ok(&sock, &["load_get_stats"]);
+    let status = tpctl_ok(&sock, &["balancer_get_status"]);
+    let migrations = tpctl_ok(&sock, &["migration_get_status"]);
+    let out = perf.wait_with_output().expect("perf exit");
+    assert!(out.status.success(), "{}", text(&out));
+    for m in ["Malloc0", "Malloc1"] {
+        assert!(share(&stats, m) <= 0.625, "{m}: {stats}\n{status}");
+    }
+    let data_moves: Vec<&Value> = status["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["to_bdev"].is_string())
+        .collect();
+    assert!(data_moves.len() >= 2, "{status}");
+    let mut seen = std::collections::BTreeSet::new();
+    for d in &data_moves {
+        assert_eq!(d["outcome"], "copy started", "{d}");
+        assert_eq!(
+            (d["from_bdev"].as_str(), d["to_bdev"].as_str()),
+            (Some("Malloc0"), Some("Malloc1"))
+        );
+        assert!(
+            seen.insert(d["shard"].as_u64().unwrap()),
+            "a shard moved twice: {status}"
+        );
+    }
+    for m in migrations.as_array().unwrap() {
+        assert_eq!(m["state"], "completed", "{m}");
+    }
+}

@@ -110,6 +110,11 @@ impl Memory {
     pub fn moved(&mut self, key: ShardKey, now: Nanos, cooldown: Nanos) {
         self.cooldown.insert(key, now.saturating_add(cooldown));
     }
+
+    /// Whether a shard moved too recently to move again.
+    pub fn is_cooling(&self, key: &ShardKey, now: Nanos) -> bool {
+        self.cooldown.get(key).is_some_and(|&until| until > now)
+    }
 }
 
 /// Each reactor's score (indexed by reactor; they add up to 1 when anything ran) and each

@@ -1,6 +1,8 @@
 //! The balancer: a control-plane thread that reads the state table every interval and, when
 //! one reactor carries more than its fair share for long enough, hands a shard to the
-//! least loaded reactor (see [`decide`] for how it chooses).
+//! least loaded reactor (see [`decide`] for how it chooses); when the reactors are even but
+//! one member of a pool carries more than its share of the pool's I/O, it moves a shard's
+//! data to the least loaded member ([`devices`]), at most `max_concurrent` copies at once.
 //!
 //! It runs on its own thread rather than as a reactor poller because a move persists the
 //! new placement on every member, and those writes wait for the reactors. Its moves go
@@ -9,6 +11,7 @@
 //! latest scores and the last decisions with their reasons.
 
 pub mod decide;
+pub mod devices;
 
 use crate::pool::{PoolService, ShardMigrateParams};
 use crate::reactor::Engine;
@@ -26,6 +29,7 @@ const KEPT_DECISIONS: usize = 32;
 struct State {
     options: Options,
     memory: Memory,
+    devices: devices::DeviceMemory,
     /// The latest evaluation: the reactors' scores and the verdict.
     last_scores: Vec<f64>,
     last_verdict: String,
@@ -51,6 +55,7 @@ impl Balancer {
             state: Mutex::new(State {
                 options: Options::default(),
                 memory: Memory::default(),
+                devices: devices::DeviceMemory::default(),
                 last_scores: Vec::new(),
                 last_verdict: "not run yet".into(),
                 decisions: VecDeque::new(),
@@ -173,7 +178,12 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
             now,
         );
         state.last_verdict = describe(&verdict);
-        let Verdict::Move(mv) = verdict else { continue };
+        let Verdict::Move(mv) = verdict else {
+            if let Some(d) = device_move(pools, &snapshot, state, now) {
+                record(state, d);
+            }
+            continue;
+        };
         let volume = pools
             .volumes()
             .into_iter()
@@ -216,11 +226,102 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
             "from_core": cores[mv.from as usize], "to_core": to_core,
             "reason": mv.reason, "outcome": outcome,
         });
-        if guard.decisions.len() == KEPT_DECISIONS {
-            guard.decisions.pop_front();
-        }
-        guard.decisions.push_back(decision);
+        record(&mut guard, decision);
     }
+}
+
+fn record(state: &mut State, decision: Value) {
+    if state.decisions.len() == KEPT_DECISIONS {
+        state.decisions.pop_front();
+    }
+    state.decisions.push_back(decision);
+}
+
+/// Starts a data move when a pool's members are uneven and fewer than `max_concurrent`
+/// copies run; returns the decision to record.
+fn device_move(
+    pools: &Arc<PoolService>,
+    snapshot: &crate::load::Snapshot,
+    state: &mut State,
+    now: Nanos,
+) -> Option<Value> {
+    let running = pools.migrations_json(None).as_array().map_or(0, |r| {
+        r.iter()
+            .filter(|m| m["state"] == "copying" || m["state"] == "committing")
+            .count()
+    });
+    if running >= state.options.max_concurrent as usize {
+        return None;
+    }
+    let flagged = pools.flagged_members();
+    let registry = pools.registry();
+    let mut members = Vec::new();
+    for p in pools.pools_json(None).ok()?.as_array()? {
+        for m in p["members"].as_array()? {
+            let name = m["name"].as_str()?.to_string();
+            let Some((bdev, _)) = registry.lookup(&name) else {
+                continue;
+            };
+            members.push(devices::Member {
+                pool: p["name"].as_str()?.to_string(),
+                bdev,
+                open: m["state"] == "online" && !flagged.contains(&name),
+                free_extents: m["free_shards"].as_u64().unwrap_or(0),
+                name,
+            });
+        }
+    }
+    let volumes = pools.volumes();
+    let mut shards = Vec::new();
+    for (id, _, v) in &volumes {
+        let table = v.table();
+        for (i, r) in table.shards.iter().enumerate() {
+            if r.state == crate::volume::ShardState::Online {
+                let key = crate::load::ShardKey {
+                    volume: *id,
+                    shard: i as u32,
+                };
+                shards.push((key, r.member));
+            }
+        }
+    }
+    let mv = devices::evaluate(
+        snapshot,
+        &members,
+        &shards,
+        &state.options,
+        &mut state.devices,
+        &state.memory,
+        now,
+    )?;
+    let volume = volumes
+        .iter()
+        .find(|(id, _, _)| *id == mv.key.volume)?
+        .1
+        .clone();
+    let params = ShardMigrateParams {
+        volume: volume.clone(),
+        shard: mv.key.shard,
+        target_core: None,
+        target_bdev: Some(mv.to.clone()),
+    };
+    let outcome = match pools.migrate_shard(&params) {
+        Ok(_) => "copy started".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    let cooldown = state.options.cooldown_ns;
+    state.memory.moved(mv.key, now, cooldown);
+    log::info!(
+        "balancer: volume '{volume}' shard {} data {} -> {}: {outcome} ({})",
+        mv.key.shard,
+        mv.from,
+        mv.to,
+        mv.reason
+    );
+    Some(json!({
+        "at_ms": now / 1_000_000, "volume": volume, "shard": mv.key.shard,
+        "from_bdev": mv.from, "to_bdev": mv.to, "reason": mv.reason, "outcome": outcome,
+    }))
 }
 
 fn describe(v: &Verdict) -> String {

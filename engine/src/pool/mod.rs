@@ -784,6 +784,10 @@ impl PoolService {
         Ok(Value::Array(rows))
     }
 
+    pub fn registry(&self) -> &Arc<BdevRegistry> {
+        &self.registry
+    }
+
     /// Every volume with its registry id and name.
     pub fn volumes(&self) -> Vec<(BdevId, String, Arc<Volume>)> {
         let pools = self.lock();
