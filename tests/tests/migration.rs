@@ -1,6 +1,7 @@
-//! Data migrations through real processes: `tidepoold` on uring files, a pool of `A` and
-//! `EE_B` (an error bdev over `B`), a shard copied onto `EE_B` while qemu-io writes to it
-//! over NBD, with injected target failures, and a SIGKILL in the middle of a copy.
+//! Data migrations through real processes: `tidepoold` with a pool of `Malloc0` and
+//! `EE_Malloc1`, a shard copied onto `EE_Malloc1` while qemu-io writes to it over NBD with
+//! injected target failures; on uring files (so that a restart finds the data), a SIGKILL
+//! in the middle of a copy; and a member removed from a pool under writes.
 
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
@@ -30,19 +31,35 @@ fn rig(tag: &str) -> Rig {
     Rig { s, cfg }
 }
 
-/// Starts the daemon with a 4-shard volume exported over NBD; returns it, the NBD URI and
-/// the index of a shard on `A`.
-fn start(r: &Rig) -> (Daemon, String, usize) {
+/// RAM members as the issue names them: `Malloc0`, and `EE_Malloc1` over `Malloc1`.
+fn malloc_rig(tag: &str) -> Rig {
+    let s = Scratch::new(tag);
+    let blocks = MEMBER_BYTES / 4096;
+    let bdev = |name: &str| {
+        json!({"method": "bdev_malloc_create",
+            "params": {"name": name, "num_blocks": blocks, "block_size": 4096}})
+    };
+    let ee = json!({"method": "bdev_error_create", "params": {"base_name": "Malloc1"}});
+    let cfg = json!({"subsystems": [{"subsystem": "bdev",
+        "config": [bdev("Malloc0"), bdev("Malloc1"), ee]}]});
+    let cfg = s.file("boot.json", &cfg.to_string());
+    Rig { s, cfg }
+}
+
+/// Starts the daemon with a 4-shard volume on `members` (source first, target second)
+/// exported over NBD; returns it, the NBD URI and the index of a shard on the source.
+fn start(r: &Rig, members: [&str; 2]) -> (Daemon, String, usize) {
     let d = Daemon::start(&r.s, "first", &["-m", "0x3", "--json", &r.cfg]);
-    d.tpctl_ok(&["pool_create", "p", "-b", "A,EE_B", "--shard-size-mib", "4"]);
+    let both = format!("{},{}", members[0], members[1]);
+    d.tpctl_ok(&["pool_create", "p", "-b", &both, "--shard-size-mib", "4"]);
     d.tpctl_ok(&["volume_create", "p", "vol", "16"]);
     let nbd = r.s.join("nbd.sock");
     d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
     d.tpctl_ok(&["nbd_export_create", "vol", "vol"]);
     let shard = shards(&d)
         .iter()
-        .position(|s| s["bdev"] == "A")
-        .expect("a shard on A");
+        .position(|s| s["bdev"] == members[0])
+        .expect("a shard on the source");
     (d, nbd_unix_uri(&nbd, "vol"), shard)
 }
 
@@ -71,8 +88,8 @@ fn migration(d: &Daemon) -> Value {
 
 #[test]
 fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() {
-    let r = rig("mig-fail");
-    let (d, uri, shard) = start(&r);
+    let r = malloc_rig("mig-fail");
+    let (d, uri, shard) = start(&r, ["Malloc0", "EE_Malloc1"]);
     let base = shard as u64 * SHARD;
     qemu_io(&uri, &["write -P 0x11 0 16M".into(), "flush".into()]);
     d.tpctl_ok(&[
@@ -84,7 +101,7 @@ fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() 
     ]);
     d.tpctl_ok(&[
         "bdev_error_inject_error",
-        "EE_B",
+        "EE_Malloc1",
         "write",
         "failure",
         "-n",
@@ -112,7 +129,7 @@ fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() 
         "vol",
         &shard.to_string(),
         "--target-bdev",
-        "EE_B",
+        "EE_Malloc1",
     ]);
     assert_eq!(started["state"], "copying");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -136,7 +153,7 @@ fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() 
         "one restart per injected failure: {status}"
     );
     assert_eq!(status["bytes_copied"], SHARD);
-    assert_eq!(shards(&d)[shard]["bdev"], "EE_B");
+    assert_eq!(shards(&d)[shard]["bdev"], "EE_Malloc1");
     // The shard holds the writer's last round; the rest of the volume its first pattern.
     let last = 0x20 + rounds - 1;
     let mut checks = vec![format!("read -P {last} {base} 4M")];
@@ -150,14 +167,14 @@ fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() 
         "vol",
         &shard.to_string(),
         "--target-bdev",
-        "EE_B",
+        "EE_Malloc1",
     ]);
     assert!(
-        !out.status.success() && text(&out).contains("already on 'EE_B'"),
+        !out.status.success() && text(&out).contains("already on 'EE_Malloc1'"),
         "{}",
         text(&out)
     );
-    let out = d.tpctl(&["shard_migrate", "vol", "9", "--target-bdev", "A"]);
+    let out = d.tpctl(&["shard_migrate", "vol", "9", "--target-bdev", "Malloc0"]);
     assert!(
         !out.status.success() && text(&out).contains("shards 0 to 3"),
         "{}",
@@ -174,7 +191,7 @@ fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() 
 #[test]
 fn a_sigkill_mid_copy_leaves_the_shard_wholly_on_its_source() {
     let r = rig("mig-kill");
-    let (d, uri, shard) = start(&r);
+    let (d, uri, shard) = start(&r, ["A", "EE_B"]);
     let base = shard as u64 * SHARD;
     qemu_io(
         &uri,

@@ -817,7 +817,26 @@ fn simulate(seed: u64) {
             Some((shard, owner, ti, h, failures)) => {
                 let state = h.lock().unwrap().state.clone();
                 match state {
-                    CopyState::Copying => copy = Some((shard, owner, ti, h, failures)),
+                    CopyState::Copying => {
+                        // Fail one more target write at a random moment of the copy: while
+                        // at least half of it is left (so a chunk write will meet it) and
+                        // every earlier failure has been met.
+                        let (copied, met) = {
+                            let st = h.lock().unwrap();
+                            (st.copied_blocks, st.restarts)
+                        };
+                        let mut failures = failures;
+                        if met == failures && copied < SHARD / 2 && rng.next_u64() % 3 == 0 {
+                            let inj = rig.reg.get(targets[ti]).unwrap();
+                            inj.as_error_bdev().unwrap().injection().inject(
+                                InjectTarget::Write,
+                                ErrorKind::Failure,
+                                1,
+                            );
+                            failures += 1;
+                        }
+                        copy = Some((shard, owner, ti, h, failures));
+                    }
                     CopyState::Abandoned(why) => panic!("seed {seed}: copy abandoned: {why}"),
                     CopyState::Copied => {
                         // Commit as the control plane does: hold writes until none is in
