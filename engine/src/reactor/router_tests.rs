@@ -655,8 +655,9 @@ fn read_at(rig: &mut Rig, t: &mut u64, bdev: BdevId, off: u64, n: u64) -> Vec<u8
 /// Tags reads in the simulation (the rest is the op's index in its batch).
 const READ_TAG: u64 = 1 << 40;
 
-/// The seeds the simulation runs in CI; `TIDEPOOL_SEED` runs one of your choice.
-const SIM_SEEDS: [u64; 6] = [1, 2, 3, 0x5eed, 0xbeef, 0x2026];
+/// The seeds the simulation runs in CI (208 abandons a copy); `TIDEPOOL_SEED` runs one of
+/// your choice.
+const SIM_SEEDS: [u64; 7] = [1, 2, 3, 0x5eed, 0xbeef, 0x2026, 208];
 
 /// A deterministic simulation of migrations under load: three reactors stepped on a fake
 /// clock, a volume of 8 shards on a slow member (a delay bdev) and a plain one; batches of
@@ -701,6 +702,7 @@ fn simulate(seed: u64) {
     let mut migrated = 0;
     let mut submitted = 0usize;
     let mut reads_checked = 0u64;
+    let mut abandoned = 0;
     let mut restarts = 0u32;
     for batch in 1..=150u64 {
         // A batch of disjoint random reads and writes.
@@ -826,7 +828,8 @@ fn simulate(seed: u64) {
                             (st.copied_blocks, st.restarts)
                         };
                         let mut failures = failures;
-                        if met == failures && copied < SHARD / 2 && rng.next_u64() % 3 == 0 {
+                        if met == failures && copied < SHARD / 2 && rng.next_u64().is_multiple_of(3)
+                        {
                             let inj = rig.reg.get(targets[ti]).unwrap();
                             inj.as_error_bdev().unwrap().injection().inject(
                                 InjectTarget::Write,
@@ -837,7 +840,19 @@ fn simulate(seed: u64) {
                         }
                         copy = Some((shard, owner, ti, h, failures));
                     }
-                    CopyState::Abandoned(why) => panic!("seed {seed}: copy abandoned: {why}"),
+                    CopyState::Abandoned(why) => {
+                        // More failures than max_restarts: given up, placement unchanged,
+                        // and still nothing reached a client (the batches check that).
+                        let s = h.lock().unwrap().clone();
+                        assert_eq!(s.restarts, 9, "seed {seed}: {why}");
+                        assert!(
+                            failures >= 9,
+                            "seed {seed}: abandoned after {failures} failures"
+                        );
+                        assert!(why.contains("abandoned after 8 restarts"), "{why}");
+                        rig.rs[owner].ctx().stop_copy(rig.vol, shard as u32);
+                        abandoned += 1;
+                    }
                     CopyState::Copied => {
                         // Commit as the control plane does: hold writes until none is in
                         // flight, flip the route, stop the copy (the held writes go on).
@@ -882,7 +897,7 @@ fn simulate(seed: u64) {
     }
     println!(
         "seed {seed}: {submitted} requests, {reads_checked} blocks read and checked, \
-         {migrated} migrations, {restarts} restarts"
+         {migrated} migrations ({abandoned} more abandoned), {restarts} restarts"
     );
     assert!(
         migrated >= 2,
