@@ -1,0 +1,436 @@
+//! Copy and migration tests: a shard copied to another member on its owner reactor while
+//! written (router_tests' rig), target failures and their restarts, an abandoned copy, and a
+//! seeded simulation of migrations under load. The simulation's test name says what it
+//! checks; `TIDEPOOL_SEED=N` replays one seed.
+
+use super::*;
+
+/// Shard 1 of `rig(2, 4)`: owned by reactor 1, on M1 at block BASE.
+const COPIED_SHARD: u64 = 1;
+/// Where the copy goes on M2.
+const TARGET_AT: u64 = 1000;
+
+fn copy_rig() -> (Rig, BdevId, BdevId) {
+    let rig = rig(2, 4);
+    let p = json!({"name": "M2", "num_blocks": 4096, "block_size": BS});
+    let m2 = create_bdev(&rig.reg, "bdev_malloc_create", p).unwrap().0;
+    let ee = create_bdev(&rig.reg, "bdev_error_create", json!({"base_name": "M2"}))
+        .unwrap()
+        .0;
+    (rig, m2, ee)
+}
+
+fn fail_target_writes(rig: &Rig, n: u32) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
+    let inj = b.as_error_bdev().unwrap().injection();
+    inj.inject(InjectTarget::Write, ErrorKind::Failure, n);
+}
+
+fn copy_spec(vol: BdevId, target: BdevId, max_restarts: u32) -> crate::reactor::CopySpec {
+    crate::reactor::CopySpec {
+        volume: vol,
+        shard: COPIED_SHARD as u32,
+        target,
+        target_offset_blocks: TARGET_AT,
+        chunk_blocks: 16,
+        max_inflight: 2,
+        max_restarts,
+        max_blocks_per_s: 0,
+    }
+}
+
+/// Writes batches of non-overlapping random ranges into the copied shard, from both
+/// reactors, until `until()` holds; returns the model (block -> seed of its last write).
+fn write_during(rig: &mut Rig, rng: &mut Rng, mut until: impl FnMut() -> bool) -> Vec<u64> {
+    let first = COPIED_SHARD * SHARD;
+    let mut model = vec![1u64; SHARD as usize];
+    let mut seed = 100;
+    let mut want = rig.done();
+    for _ in 0..10_000 {
+        if until() {
+            return model;
+        }
+        // Four ranges in distinct quarters of the shard: no two overlap.
+        for q in 0..4u64 {
+            let n = 1 + rng.next_u64() % 8;
+            let at = q * (SHARD / 4) + rng.next_u64() % (SHARD / 4 - n);
+            seed += 1;
+            let on = (seed % 2) as usize;
+            rig.submit(on, rig.vol, IoType::Write, first + at, n, seed);
+            for b in at..at + n {
+                model[b as usize] = seed;
+            }
+            want += 1;
+        }
+        rig.settle(want);
+        rig.release();
+    }
+    panic!("the copy did not end");
+}
+
+#[test]
+fn a_shard_copies_while_written_and_target_failures_restart_it_unseen() {
+    let (mut rig, m2, ee) = copy_rig();
+    let first = COPIED_SHARD * SHARD;
+    rig.submit(0, rig.vol, IoType::Write, first, SHARD, 1);
+    rig.settle(1);
+    rig.release();
+    fail_target_writes(&rig, 3);
+    let vol = rig.vol;
+    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).unwrap();
+    // Only the owner copies, and one copy per shard.
+    assert!(rig.rs[0].ctx().start_copy(copy_spec(vol, ee, 10)).is_err());
+    assert!(rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).is_err());
+    let seed = std::env::var("TIDEPOOL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0c09);
+    println!("a_shard_copies_while_written...: seed {seed} (TIDEPOOL_SEED)");
+    let mut rng = Rng::new(seed);
+    let st = Arc::clone(&status);
+    let model = write_during(&mut rig, &mut rng, || {
+        st.lock().unwrap().state == crate::reactor::CopyState::Copied
+    });
+    rig.all_success();
+    let s = status.lock().unwrap().clone();
+    assert_eq!(s.restarts, 3, "one restart per failed target write: {s:?}");
+    assert_eq!(s.copied_blocks, SHARD);
+    assert!(s.last_error.unwrap().contains("failed"));
+    // The target holds exactly what the source holds, and that is the last acknowledged
+    // write of every block.
+    let source = rig.read(rig.members[1], BASE, SHARD);
+    let target = rig.read(m2, TARGET_AT, SHARD);
+    assert!(source == target, "target differs from source");
+    for (b, seed) in model.iter().enumerate() {
+        let got = &source[b * BS as usize..(b + 1) * BS as usize];
+        let want = pattern(first + b as u64, *seed);
+        assert!(got.iter().all(|&x| x == want), "block {b}");
+    }
+    // Writes after the copy ended are still mirrored until it is stopped.
+    rig.submit(1, rig.vol, IoType::Write, first + 5, 2, 77);
+    rig.settle(rig.done() + 1);
+    assert_eq!(
+        rig.read(m2, TARGET_AT + 5, 2),
+        rig.read(rig.members[1], BASE + 5, 2)
+    );
+    assert!(rig.rs[1].ctx().stop_copy(rig.vol, COPIED_SHARD as u32));
+    assert!(!rig.rs[1].ctx().stop_copy(rig.vol, COPIED_SHARD as u32));
+    rig.release();
+}
+
+#[test]
+fn a_copy_whose_target_keeps_failing_is_abandoned_and_clients_never_see_it() {
+    let (mut rig, _, ee) = copy_rig();
+    fail_target_writes(&rig, 1000);
+    let vol = rig.vol;
+    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 2)).unwrap();
+    let mut rng = Rng::new(7);
+    let st = Arc::clone(&status);
+    write_during(&mut rig, &mut rng, || {
+        matches!(
+            st.lock().unwrap().state,
+            crate::reactor::CopyState::Abandoned(_)
+        )
+    });
+    rig.all_success();
+    let s = status.lock().unwrap().clone();
+    let crate::reactor::CopyState::Abandoned(why) = s.state else {
+        unreachable!()
+    };
+    assert!(why.contains("abandoned after 2 restarts"), "{why}");
+    assert_eq!(s.restarts, 3);
+    // Abandoned: no longer mirrored; client writes go on to the source alone.
+    rig.submit(0, rig.vol, IoType::Write, COPIED_SHARD * SHARD, 4, 9);
+    rig.settle(rig.done() + 1);
+    rig.all_success();
+    assert!(!rig.rs[1].ctx().stop_copy(rig.vol, COPIED_SHARD as u32));
+    rig.release();
+}
+
+/// Reads `[off, off + n)` of `bdev` on reactor 0 with the fake clock at `*t` (the real
+/// clock of `Rig::read` would move time under a simulation's feet).
+fn read_at(rig: &mut Rig, t: &mut u64, bdev: BdevId, off: u64, n: u64) -> Vec<u8> {
+    let before = rig.rec[0].0.count();
+    rig.submit(0, bdev, IoType::Read, off, n, 0);
+    let mut rounds = 0;
+    while rig.rec[0].0.count() == before {
+        *t += 1_000;
+        for r in rig.rs.iter_mut() {
+            r.poll(*t);
+        }
+        rounds += 1;
+        assert!(rounds < 100_000, "a read did not complete");
+    }
+    let done = rig.rec[0].0.done.borrow_mut().pop().unwrap();
+    assert_eq!(done.status, IoStatus::Success);
+    done.buf.unwrap().as_slice().to_vec()
+}
+
+/// Tags reads in the simulation (the rest is the op's index in its batch).
+const READ_TAG: u64 = 1 << 40;
+
+/// The seeds the simulation runs in CI (208 abandons a copy); `TIDEPOOL_SEED` runs one of
+/// your choice.
+const SIM_SEEDS: [u64; 7] = [1, 2, 3, 0x5eed, 0xbeef, 0x2026, 208];
+
+/// A deterministic simulation of migrations under load: three reactors stepped on a fake
+/// clock, a volume of 8 shards on a slow member (a delay bdev) and a plain one; batches of
+/// random reads and writes from every reactor; meanwhile shards are copied one at a time to
+/// fresh targets (error bdevs) that fail a random number of writes, and committed the way
+/// the control plane does (hold writes, flip the route, stop). It checks that every read
+/// returns the last acknowledged write, that no client sees a failure, that each target
+/// holds exactly its shard after the copy, and that restarts equal the injected failures.
+fn simulate(seed: u64) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    use crate::reactor::{CopySpec, CopyState};
+    println!("migration simulation: seed {seed} (replay: TIDEPOOL_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let shards = 8u64;
+    let mut rig = rig_with(3, shards, |reg, m| {
+        if m == 0 {
+            let p = json!({"base_bdev_name": "M0", "name": "X0", "avg_read_latency": 20,
+                "p99_read_latency": 200, "avg_write_latency": 5, "p99_write_latency": 100});
+            create_bdev(reg, "bdev_delay_create", p).unwrap();
+        }
+    });
+    let targets: Vec<BdevId> = (0..shards)
+        .map(|i| {
+            let p = json!({"name": format!("T{i}"), "num_blocks": 1024, "block_size": BS});
+            create_bdev(&rig.reg, "bdev_malloc_create", p).unwrap();
+            let e = json!({"base_name": format!("T{i}")});
+            create_bdev(&rig.reg, "bdev_error_create", e).unwrap().0
+        })
+        .collect();
+    let total = shards * SHARD;
+    let mut model = vec![0u64; total as usize];
+    let mut t = 1_000u64;
+    let step = |rig: &mut Rig, t: &mut u64| {
+        *t += 1_000;
+        for r in rig.rs.iter_mut() {
+            r.poll(*t);
+        }
+    };
+    // (shard, owner, target index, handle, injected failures)
+    let mut copy: Option<(u64, usize, usize, crate::reactor::CopyHandle, u32)> = None;
+    let mut next_target = 0usize;
+    let mut migrated = 0;
+    let mut submitted = 0usize;
+    let mut reads_checked = 0u64;
+    let mut abandoned = 0;
+    let mut restarts = 0u32;
+    for batch in 1..=150u64 {
+        // A batch of disjoint random reads and writes.
+        let mut ops = Vec::new();
+        let mut off = rng.next_u64() % 16;
+        while off < total {
+            let n = (1 + rng.next_u64() % 48).min(total - off);
+            match rng.next_u64() % 3 {
+                0 => ops.push((IoType::Write, off, n)),
+                1 => ops.push((IoType::Read, off, n)),
+                _ => {}
+            }
+            off += n + rng.next_u64() % 64;
+        }
+        let before = rig.done();
+        for (i, &(io_type, off, n)) in ops.iter().enumerate() {
+            let on = (rng.next_u64() % 3) as usize;
+            // A read's tag names its op; a write's is the batch (its pattern's seed).
+            let tag = if io_type == IoType::Read {
+                READ_TAG | i as u64
+            } else {
+                batch
+            };
+            rig.submit(on, rig.vol, io_type, off, n, tag);
+            submitted += 1;
+        }
+        let mut rounds = 0;
+        while rig.done() < before + ops.len() {
+            step(&mut rig, &mut t);
+            rounds += 1;
+            assert!(
+                rounds < 100_000,
+                "seed {seed}: batch {batch} did not complete"
+            );
+        }
+        // No client saw a failure; reads saw the model before the batch (nothing they
+        // overlap was written in it).
+        for (r, _) in &rig.rec {
+            for d in r.done.borrow().iter() {
+                assert_eq!(
+                    d.status,
+                    IoStatus::Success,
+                    "seed {seed}: a client saw a failure"
+                );
+                if d.tag & READ_TAG == 0 {
+                    continue;
+                }
+                let (_, off, n) = ops[(d.tag & !READ_TAG) as usize];
+                let data = d.buf.as_ref().unwrap().as_slice();
+                for b in 0..n {
+                    let m = model[(off + b) as usize];
+                    let want = if m == 0 { 0 } else { pattern(off + b, m) };
+                    let got = &data[(b * BS) as usize..((b + 1) * BS) as usize];
+                    assert!(
+                        got.iter().all(|&x| x == want),
+                        "seed {seed}: batch {batch} read block {}",
+                        off + b
+                    );
+                    reads_checked += 1;
+                }
+            }
+            r.done.borrow_mut().clear();
+        }
+        for &(io_type, off, n) in &ops {
+            if io_type == IoType::Write {
+                model[off as usize..(off + n) as usize].fill(batch);
+            }
+        }
+        rig.release();
+        if batch % 10 == 0 {
+            // Spot-check the whole volume against the model.
+            for b in (0..total).step_by(97) {
+                let vol = rig.vol;
+                let got = read_at(&mut rig, &mut t, vol, b, 1);
+                let want = if model[b as usize] == 0 {
+                    0
+                } else {
+                    pattern(b, model[b as usize])
+                };
+                assert!(
+                    got.iter().all(|&x| x == want),
+                    "seed {seed}: block {b} after batch {batch}"
+                );
+            }
+        }
+        // Migrations: start one when none runs; commit or drop it when it ends.
+        match copy.take() {
+            None if next_target < targets.len() && rng.next_u64().is_multiple_of(4) => {
+                let shard = rng.next_u64() % shards;
+                let owner = rig.volume.table().shards[shard as usize].owner as usize;
+                let failures = (rng.next_u64() % 4) as u32;
+                let target = targets[next_target];
+                let inj = rig.reg.get(target).unwrap();
+                inj.as_error_bdev().unwrap().injection().inject(
+                    InjectTarget::Write,
+                    ErrorKind::Failure,
+                    failures,
+                );
+                let spec = CopySpec {
+                    volume: rig.vol,
+                    shard: shard as u32,
+                    target,
+                    target_offset_blocks: 0,
+                    chunk_blocks: 1 + (rng.next_u64() % 32) as u32,
+                    max_inflight: 1 + (rng.next_u64() % 4) as usize,
+                    max_restarts: 8,
+                    max_blocks_per_s: 0,
+                };
+                let h = rig.rs[owner].ctx().start_copy(spec).unwrap();
+                copy = Some((shard, owner, next_target, h, failures));
+                next_target += 1;
+            }
+            None => {}
+            Some((shard, owner, ti, h, failures)) => {
+                let state = h.lock().unwrap().state.clone();
+                match state {
+                    CopyState::Copying => {
+                        // Fail one more target write at a random moment of the copy: while
+                        // at least half of it is left (so a chunk write will meet it) and
+                        // every earlier failure has been met.
+                        let (copied, met) = {
+                            let st = h.lock().unwrap();
+                            (st.copied_blocks, st.restarts)
+                        };
+                        let mut failures = failures;
+                        if met == failures && copied < SHARD / 2 && rng.next_u64().is_multiple_of(3)
+                        {
+                            let inj = rig.reg.get(targets[ti]).unwrap();
+                            inj.as_error_bdev().unwrap().injection().inject(
+                                InjectTarget::Write,
+                                ErrorKind::Failure,
+                                1,
+                            );
+                            failures += 1;
+                        }
+                        copy = Some((shard, owner, ti, h, failures));
+                    }
+                    CopyState::Abandoned(why) => {
+                        // More failures than max_restarts: given up, placement unchanged,
+                        // and still nothing reached a client (the batches check that).
+                        let s = h.lock().unwrap().clone();
+                        assert_eq!(s.restarts, 9, "seed {seed}: {why}");
+                        assert!(
+                            failures >= 9,
+                            "seed {seed}: abandoned after {failures} failures"
+                        );
+                        assert!(why.contains("abandoned after 8 restarts"), "{why}");
+                        rig.rs[owner].ctx().stop_copy(rig.vol, shard as u32);
+                        abandoned += 1;
+                    }
+                    CopyState::Copied => {
+                        // Commit as the control plane does: hold writes until none is in
+                        // flight, flip the route, stop the copy (the held writes go on).
+                        let vol = rig.vol;
+                        loop {
+                            match rig.rs[owner].ctx().freeze_copy(vol, shard as u32, true) {
+                                Some((0, true)) => break,
+                                Some(_) => step(&mut rig, &mut t),
+                                None => panic!("seed {seed}: the copy went away"),
+                            }
+                        }
+                        let s = h.lock().unwrap().clone();
+                        assert_eq!(
+                            s.restarts, failures,
+                            "seed {seed}: restarts = injected failures"
+                        );
+                        restarts += s.restarts;
+                        // The target holds exactly the shard.
+                        let first = shard * SHARD;
+                        let held = read_at(&mut rig, &mut t, targets[ti], 0, SHARD);
+                        for b in 0..SHARD {
+                            let m = model[(first + b) as usize];
+                            let want = if m == 0 { 0 } else { pattern(first + b, m) };
+                            let got = &held[(b * BS) as usize..((b + 1) * BS) as usize];
+                            assert!(
+                                got.iter().all(|&x| x == want),
+                                "seed {seed}: target block {b}"
+                            );
+                        }
+                        let target = targets[ti];
+                        rig.volume.update(|r| {
+                            r[shard as usize].member = target;
+                            r[shard as usize].member_name = format!("EE_T{ti}");
+                            r[shard as usize].offset_blocks = 0;
+                        });
+                        assert!(rig.rs[owner].ctx().stop_copy(vol, shard as u32));
+                        migrated += 1;
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "seed {seed}: {submitted} requests, {reads_checked} blocks read and checked, \
+         {migrated} migrations ({abandoned} more abandoned), {restarts} restarts"
+    );
+    assert!(
+        migrated >= 2,
+        "seed {seed}: only {migrated} migration(s) completed"
+    );
+    assert!(submitted > 1000, "seed {seed}: {submitted} requests");
+}
+
+#[test]
+fn simulated_migrations_under_load_keep_every_acknowledged_write() {
+    let seeds: Vec<u64> = match std::env::var("TIDEPOOL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(s) => vec![s],
+        None => SIM_SEEDS.to_vec(),
+    };
+    for seed in seeds {
+        simulate(seed);
+    }
+}
