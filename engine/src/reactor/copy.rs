@@ -272,10 +272,7 @@ impl Ctx {
         };
         let c = self.copies[ci].as_mut().expect("found above");
         c.active = false;
-        let deferred: Vec<IoRequest> = c.deferred.drain(..).collect();
-        for piece in deferred {
-            self.route_piece_again(volume, piece);
-        }
+        self.release_deferred(ci);
         self.retire_copy(ci);
         true
     }
@@ -409,12 +406,19 @@ impl Ctx {
             copy.copied += chunk.blocks as u64;
             copy.publish(None, None);
         }
-        // Pieces that waited for a chunk go on, in order; those still in the way of another
-        // chunk wait again. (Writes in flight together have no order a client may rely on.)
-        let vol = copy.spec.volume;
-        let waiting: Vec<IoRequest> = copy.deferred.drain(..).collect();
+        self.release_deferred(ci);
+    }
+
+    /// Pieces that waited go on, in order; those still in the way of a chunk (or held by a
+    /// freeze) wait again. (Writes in flight together have no order a client may rely on.)
+    fn release_deferred(&mut self, ci: usize) {
+        let Some(c) = self.copies[ci].as_mut() else {
+            return;
+        };
+        let vol = c.spec.volume;
+        let waiting: Vec<IoRequest> = c.deferred.drain(..).collect();
         for p in waiting {
-            self.route_piece_again(vol, p);
+            self.route_piece(vol, p);
         }
     }
 
@@ -506,11 +510,7 @@ impl Ctx {
         let inflight = c.mirrors.iter().flatten().count();
         let whole = c.status.lock().unwrap_or_else(|p| p.into_inner()).state == CopyState::Copied;
         if !freeze {
-            let vol = c.spec.volume;
-            let waiting: Vec<IoRequest> = c.deferred.drain(..).collect();
-            for p in waiting {
-                self.route_piece_again(vol, p);
-            }
+            self.release_deferred(ci);
         }
         Some((inflight, whole))
     }

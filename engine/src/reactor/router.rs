@@ -351,6 +351,7 @@ impl Ctx {
                 let start = offset.max(shard * shard_blocks);
                 let stop = end.min((shard + 1) * shard_blocks);
                 let piece = self.piece(idx, io_type, start, (stop - start) as u32, None);
+                self.count_piece(vol, shard, &piece);
                 self.route_piece(vol, piece);
             }
         } else {
@@ -460,6 +461,7 @@ impl Ctx {
             p.split_next = Some(stop);
             p.pending += 1;
             let piece = self.piece(idx, io_type, next, n as u32, Some(buf));
+            self.count_piece(vol, next / shard_blocks, &piece);
             self.route_piece(vol, piece);
         }
     }
@@ -473,26 +475,20 @@ impl Ctx {
     }
 
     /// Sends a piece to its shard's owner, or executes it here if this reactor owns it.
-    fn route_piece(&mut self, vol: BdevId, piece: IoRequest) {
-        let Some(hop) = self.hop(vol, piece.offset_blocks) else {
-            self.ready.push(Completion::new(piece, IoStatus::Aborted));
-            return;
-        };
-        if piece.origin.reactor == self.id {
-            // A piece of a parent taken here: the shard's load counts it.
-            if let Some(slot) = self.volume_slot(vol) {
-                let (t, off, n) = (piece.io_type, piece.offset_blocks, piece.num_blocks);
-                slot.shard_started(hop.shard, t, off, n);
-            }
-        }
-        self.route_via(vol, hop, piece)
-    }
-
-    /// Routes a piece that waited (for a copy's chunk) as if it just arrived.
-    pub(super) fn route_piece_again(&mut self, vol: BdevId, piece: IoRequest) {
+    /// (Also how a piece that waited for a copy's chunk goes on.)
+    pub(super) fn route_piece(&mut self, vol: BdevId, piece: IoRequest) {
         match self.hop(vol, piece.offset_blocks) {
             Some(hop) => self.route_via(vol, hop, piece),
             None => self.ready.push(Completion::new(piece, IoStatus::Aborted)),
+        }
+    }
+
+    /// A piece of a parent taken here starts on `shard`: the shard's load counts it (once,
+    /// where it is cut, however often it is forwarded or held).
+    fn count_piece(&mut self, vol: BdevId, shard: u64, piece: &IoRequest) {
+        if let Some(slot) = self.volume_slot(vol) {
+            let (t, off, n) = (piece.io_type, piece.offset_blocks, piece.num_blocks);
+            slot.shard_started(shard, t, off, n);
         }
     }
 
