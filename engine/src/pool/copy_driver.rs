@@ -19,7 +19,7 @@
 //! is free once the new placement is written (nothing names it).
 
 use super::metadata::DATA_START_BYTES;
-use super::{invalid, PoolError, PoolService};
+use super::{invalid, pool_of, PoolError, PoolService};
 use crate::bdev::BdevId;
 use crate::reactor::{CopyHandle, CopySpec, CopyState};
 use crate::time::{self, Nanos};
@@ -164,17 +164,9 @@ impl PoolService {
             )));
         }
         let mut pools = self.lock();
-        let pool = pools
-            .values_mut()
-            .find(|p| p.volumes.contains_key(volume_name))
-            .ok_or_else(|| PoolError::VolumeNotFound(volume_name.to_string()))?;
+        let pool = pool_of(&mut pools, volume_name)?;
         let (vol_id, volume) = pool.volumes[volume_name].clone();
-        let vi = pool
-            .record
-            .volumes
-            .iter()
-            .position(|v| v.name == volume_name)
-            .expect("a pool's volume is in its record");
+        let vi = pool.record_index(volume_name);
         let placed = pool.record.volumes[vi].shards[shard];
         let members = &pool.record.members;
         let t = members
@@ -256,6 +248,7 @@ impl PoolService {
         );
         let me = Arc::clone(self);
         let job = Commit {
+            volume: volume_name.to_string(),
             vol_id,
             shard,
             owner,
@@ -386,22 +379,16 @@ impl PoolService {
             .flush_wait(job.target_id, Duration::from_secs(10))
             .map_err(|e| PoolError::Io(format!("flushing the target: {e}")))?;
         let mut pools = self.lock();
-        let pool = pools
-            .values_mut()
-            .find(|p| p.volumes.values().any(|(id, _)| *id == job.vol_id))
-            .ok_or_else(|| PoolError::NoPool("the volume went away".into()))?;
-        let (name, volume) = pool
-            .volumes
-            .iter()
-            .find(|(_, (id, _))| *id == job.vol_id)
-            .map(|(n, (_, v))| (n.clone(), Arc::clone(v)))
-            .expect("found above");
-        let vi = pool
-            .record
-            .volumes
-            .iter()
-            .position(|v| v.name == name)
-            .expect("a pool's volume is in its record");
+        // The volume may have been deleted (and the name reused) while it copied.
+        let pool = pool_of(&mut pools, &job.volume)?;
+        let volume = Arc::clone(&pool.volumes[&job.volume].1);
+        if pool.volumes[&job.volume].0 != job.vol_id {
+            return Err(PoolError::NoPool(format!(
+                "volume '{}' went away",
+                job.volume
+            )));
+        }
+        let vi = pool.record_index(&job.volume);
         let mut record = pool.record.clone();
         let s = &mut record.volumes[vi].shards[job.shard];
         s.member = job.target_member;
@@ -454,6 +441,7 @@ impl PoolService {
 
 /// What the commit needs to know about a running copy.
 struct Commit {
+    volume: String,
     vol_id: BdevId,
     shard: usize,
     owner: usize,

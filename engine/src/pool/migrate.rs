@@ -6,7 +6,7 @@
 //! nothing is failed or lost. A crash between the two steps leaves the new owner on the
 //! devices, which only decides who serves the shard after the restart.
 
-use super::{invalid, PoolError, PoolService};
+use super::{invalid, pool_of, PoolError, PoolService};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -64,17 +64,9 @@ impl PoolService {
             )
         })? as u16;
         let mut pools = self.lock();
-        let pool = pools
-            .values_mut()
-            .find(|pool| pool.volumes.contains_key(&p.volume))
-            .ok_or_else(|| PoolError::VolumeNotFound(p.volume.clone()))?;
+        let pool = pool_of(&mut pools, &p.volume)?;
         let volume = Arc::clone(&pool.volumes[&p.volume].1);
-        let vi = pool
-            .record
-            .volumes
-            .iter()
-            .position(|v| v.name == p.volume)
-            .expect("a pool's volume is in its record");
+        let vi = pool.record_index(&p.volume);
         let shards = pool.record.volumes[vi].shards.len();
         let shard = p.shard as usize;
         if shard >= shards {

@@ -148,6 +148,26 @@ impl Pool {
     fn claim_name(&self) -> String {
         format!("pool '{}'", self.record.name)
     }
+
+    /// Where volume `name`, which this pool holds, is in its record.
+    fn record_index(&self, name: &str) -> usize {
+        self.record
+            .volumes
+            .iter()
+            .position(|v| v.name == name)
+            .expect("a pool's volume is in its record")
+    }
+}
+
+/// The pool that holds volume `name`.
+fn pool_of<'a>(
+    pools: &'a mut BTreeMap<String, Pool>,
+    name: &str,
+) -> Result<&'a mut Pool, PoolError> {
+    pools
+        .values_mut()
+        .find(|pool| pool.volumes.contains_key(name))
+        .ok_or_else(|| PoolError::VolumeNotFound(name.to_string()))
 }
 
 pub struct PoolService {
@@ -693,10 +713,7 @@ impl PoolService {
 
     pub fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
         let mut pools = self.lock();
-        let pool = pools
-            .values_mut()
-            .find(|pool| pool.volumes.contains_key(name))
-            .ok_or_else(|| PoolError::VolumeNotFound(name.to_string()))?;
+        let pool = pool_of(&mut pools, name)?;
         let (id, _) = pool.volumes[name].clone();
         // Refused here, changing nothing, while an NBD export (or anything) claims it.
         self.registry.unregister(name)?;
