@@ -55,6 +55,8 @@ impl Default for Options {
 pub struct ShardPlace {
     pub key: ShardKey,
     pub owner: ReactorId,
+    /// The member bdev holding it.
+    pub member: crate::bdev::BdevId,
     /// Its member is present (an unavailable shard is never moved).
     pub online: bool,
 }
@@ -96,6 +98,8 @@ pub enum Verdict {
 #[derive(Default)]
 pub struct Memory {
     over: u32,
+    /// The reactors' scores at the last evaluation.
+    scores: Vec<f64>,
     /// Shard -> when it may move again.
     cooldown: BTreeMap<ShardKey, Nanos>,
 }
@@ -112,6 +116,11 @@ impl Memory {
     }
 
     /// Whether a shard moved too recently to move again.
+    /// The reactors' scores at the last evaluation (empty before one ran).
+    pub fn scores(&self) -> &[f64] {
+        &self.scores
+    }
+
     pub fn is_cooling(&self, key: &ShardKey, now: Nanos) -> bool {
         self.cooldown.get(key).is_some_and(|&until| until > now)
     }
@@ -197,6 +206,7 @@ pub fn evaluate(
         return Verdict::NoLoad;
     }
     let (scores, shard_scores) = scores(snapshot, reactors, o);
+    memory.scores.clone_from(&scores);
     let sum: f64 = scores.iter().sum();
     if sum <= 0.0 {
         memory.over = 0;
@@ -208,7 +218,7 @@ pub fn evaluate(
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .expect("at least two reactors");
-    let (cold, &min) = scores
+    let (cold, _) = scores
         .iter()
         .enumerate()
         .min_by(|a, b| a.1.total_cmp(b.1))
@@ -225,36 +235,19 @@ pub fn evaluate(
             samples: memory.over,
         };
     }
-    let others_max = scores
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != hot && *i != cold)
-        .map(|(_, &s)| s)
-        .fold(0.0, f64::max);
-    let mut best: Option<(ShardKey, f64)> = None;
     let mut cooling = 0;
-    for s in shards
+    let candidates: Vec<(ShardKey, f64)> = shards
         .iter()
         .filter(|s| s.owner as usize == hot && s.online)
-    {
-        let Some(&score) = shard_scores.get(&s.key) else {
-            continue;
-        };
-        if score <= 0.0 {
-            continue;
-        }
-        if memory.cooldown.contains_key(&s.key) {
-            cooling += 1;
-            continue;
-        }
-        let after = (max - score).max(min + score).max(others_max);
-        if best.is_none_or(|(_, b)| after < b) {
-            best = Some((s.key, after));
-        }
-    }
-    // A move must take at least 1 % of the fair share off the maximum.
-    match best {
-        Some((key, after)) if after < max - 0.01 * fair => Verdict::Move(Move {
+        .filter_map(|s| Some((s.key, *shard_scores.get(&s.key)?)))
+        .filter(|&(key, _)| {
+            let cool = memory.cooldown.contains_key(&key);
+            cooling += usize::from(cool);
+            !cool
+        })
+        .collect();
+    match best_move(&scores, hot, cold, fair, candidates) {
+        Some((key, after)) => Verdict::Move(Move {
             key,
             from: hot as ReactorId,
             to: cold as ReactorId,
@@ -268,7 +261,7 @@ pub fn evaluate(
                 after * 100.0
             ),
         }),
-        _ => Verdict::Stuck {
+        None => Verdict::Stuck {
             imbalance,
             why: if cooling > 0 {
                 format!("{cooling} shard(s) of reactor {hot} are cooling down; no other move helps")
@@ -279,12 +272,45 @@ pub fn evaluate(
     }
 }
 
+/// The move that best evens a set of scores (reactors, or members of a pool): of the
+/// `candidates` (shard, score) on side `hot`, the one that, taken off it and added to side
+/// `cold`, leaves the lowest maximum over every side; with that maximum. Moving the hottest
+/// shard may only swap the two sides' roles, so it is not assumed. `None` unless the move
+/// takes at least 1 % of the fair share off the maximum.
+pub(super) fn best_move(
+    scores: &[f64],
+    hot: usize,
+    cold: usize,
+    fair: f64,
+    candidates: impl IntoIterator<Item = (ShardKey, f64)>,
+) -> Option<(ShardKey, f64)> {
+    let (max, min) = (scores[hot], scores[cold]);
+    let others = scores
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != hot && *i != cold)
+        .map(|(_, &s)| s)
+        .fold(0.0, f64::max);
+    let mut best: Option<(ShardKey, f64)> = None;
+    for (key, s) in candidates {
+        if s <= 0.0 {
+            continue;
+        }
+        let after = (max - s).max(min + s).max(others);
+        if best.is_none_or(|(_, b)| after < b) {
+            best = Some((key, after));
+        }
+    }
+    best.filter(|&(_, after)| after < max - 0.01 * fair)
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::load::{Load, Pattern, ReactorLoad};
 
-    fn load(iops: f64) -> Load {
+    /// A load of `iops` 4 KiB random reads.
+    pub(in crate::balancer) fn load(iops: f64) -> Load {
         Load {
             read_iops: iops,
             write_iops: 0.0,
@@ -332,6 +358,7 @@ mod tests {
             .map(|(i, &o)| ShardPlace {
                 key: key(i),
                 owner: o,
+                member: 0,
                 online: true,
             })
             .collect();

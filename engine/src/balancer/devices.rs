@@ -6,7 +6,7 @@
 //! abandoned copy never receive a shard. Scores use the reactor weights for requests and
 //! bytes (busy time belongs to reactors, not devices).
 
-use super::decide::{Memory, Options};
+use super::decide::{Memory, Options, ShardPlace};
 use crate::bdev::BdevId;
 use crate::load::{ShardKey, Snapshot};
 use crate::time::Nanos;
@@ -42,7 +42,7 @@ pub struct DeviceMemory {
 pub fn evaluate(
     snapshot: &Snapshot,
     members: &[Member],
-    shards: &[(ShardKey, BdevId)],
+    shards: &[ShardPlace],
     o: &Options,
     memory: &mut DeviceMemory,
     cooldown: &Memory,
@@ -98,7 +98,7 @@ pub fn evaluate(
             continue;
         }
         // The coolest member that may take a shard.
-        let Some((cold, &min)) = scores
+        let Some((cold, _)) = scores
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != hot && ms[*i].open && ms[*i].free_extents > 0)
@@ -106,36 +106,18 @@ pub fn evaluate(
         else {
             continue;
         };
-        let others = scores
+        let candidates = shards
             .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != hot && *i != cold)
-            .map(|(_, &s)| s)
-            .fold(0.0, f64::max);
-        let mut best: Option<(ShardKey, f64)> = None;
-        for (key, member) in shards.iter().filter(|(_, m)| *m == ms[hot].bdev) {
-            if cooldown.is_cooling(key, now) {
-                continue;
-            }
-            let Some(l) = snapshot
-                .shards
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, l)| l)
-            else {
-                continue;
-            };
-            let _ = member;
-            let s = score(l.iops, l.read_bytes_per_s + l.write_bytes_per_s);
-            if s <= 0.0 {
-                continue;
-            }
-            let after = (max - s).max(min + s).max(others);
-            if best.is_none_or(|(_, b)| after < b) {
-                best = Some((*key, after));
-            }
-        }
-        if let Some((key, after)) = best.filter(|(_, after)| *after < max - 0.01 * fair) {
+            .filter(|s| s.online && s.member == ms[hot].bdev && !cooldown.is_cooling(&s.key, now))
+            .filter_map(|s| {
+                let (_, l) = snapshot.shards.iter().find(|(k, _)| *k == s.key)?;
+                Some((
+                    s.key,
+                    score(l.iops, l.read_bytes_per_s + l.write_bytes_per_s),
+                ))
+            });
+        let best = super::decide::best_move(&scores, hot, cold, fair, candidates);
+        if let Some((key, after)) = best {
             *over = 0;
             return Some(DeviceMove {
                 key,
@@ -157,24 +139,8 @@ pub fn evaluate(
 
 #[cfg(test)]
 mod tests {
+    use super::super::decide::tests::load;
     use super::*;
-    use crate::load::{Load, Pattern};
-
-    fn load(iops: f64) -> Load {
-        Load {
-            read_iops: iops,
-            write_iops: 0.0,
-            iops,
-            read_bytes_per_s: iops * 4096.0,
-            write_bytes_per_s: 0.0,
-            queue_depth_avg: 1.0,
-            queue_depth_max: 1,
-            latency_avg_us: 10.0,
-            latency_p99_us: 20.0,
-            read_share: 1.0,
-            pattern: Pattern::Random,
-        }
-    }
 
     fn key(i: u32) -> ShardKey {
         ShardKey {
@@ -184,18 +150,19 @@ mod tests {
     }
 
     /// Shards of 100 IOPS each on members 0 and 1 (bdev ids 10 and 11).
-    fn world(
-        on: &[u32],
-        free1: u64,
-        open1: bool,
-    ) -> (Snapshot, Vec<Member>, Vec<(ShardKey, BdevId)>) {
+    fn world(on: &[u32], free1: u64, open1: bool) -> (Snapshot, Vec<Member>, Vec<ShardPlace>) {
         let mut snap = Snapshot::default();
         let mut per = [0.0; 2];
         let mut shards = Vec::new();
         for (i, &m) in on.iter().enumerate() {
             per[m as usize] += 100.0;
             snap.shards.push((key(i as u32), load(100.0)));
-            shards.push((key(i as u32), 10 + m as BdevId));
+            shards.push(ShardPlace {
+                key: key(i as u32),
+                owner: 0,
+                member: 10 + m as BdevId,
+                online: true,
+            });
         }
         snap.bdevs.insert(10, load(per[0]));
         snap.bdevs.insert(11, load(per[1]));

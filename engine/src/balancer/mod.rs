@@ -146,8 +146,8 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
             continue;
         }
         let snapshot = engine.state_table().snapshot();
-        let places: Vec<ShardPlace> = pools
-            .volumes()
+        let volumes = pools.volumes();
+        let places: Vec<ShardPlace> = volumes
             .iter()
             .flat_map(|(id, _, v)| {
                 let table = v.table();
@@ -160,6 +160,7 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
                             shard: i as u32,
                         },
                         owner: r.owner,
+                        member: r.member,
                         online: r.state == crate::volume::ShardState::Online,
                     }
                 })
@@ -168,7 +169,6 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
         let now = time::now();
         let state = &mut *guard;
         let reactors = cores.len();
-        state.last_scores = decide::scores(&snapshot, reactors, &state.options).0;
         let verdict = evaluate(
             &snapshot,
             &places,
@@ -177,18 +177,18 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
             &mut state.memory,
             now,
         );
+        state.last_scores = state.memory.scores().to_vec();
         state.last_verdict = describe(&verdict);
         let Verdict::Move(mv) = verdict else {
-            if let Some(d) = device_move(pools, &snapshot, state, now) {
+            if let Some(d) = device_move(pools, &snapshot, &volumes, &places, state, now) {
                 record(state, d);
             }
             continue;
         };
-        let volume = pools
-            .volumes()
-            .into_iter()
+        let volume = volumes
+            .iter()
             .find(|(id, _, _)| *id == mv.key.volume)
-            .map(|(_, name, _)| name);
+            .map(|(_, name, _)| name.clone());
         let Some(volume) = volume else { continue };
         let to_core = cores[mv.to as usize];
         let params = ShardMigrateParams {
@@ -242,6 +242,8 @@ fn record(state: &mut State, decision: Value) {
 fn device_move(
     pools: &Arc<PoolService>,
     snapshot: &crate::load::Snapshot,
+    volumes: &[(crate::bdev::BdevId, String, Arc<crate::volume::Volume>)],
+    places: &[ShardPlace],
     state: &mut State,
     now: Nanos,
 ) -> Option<Value> {
@@ -271,24 +273,10 @@ fn device_move(
             });
         }
     }
-    let volumes = pools.volumes();
-    let mut shards = Vec::new();
-    for (id, _, v) in &volumes {
-        let table = v.table();
-        for (i, r) in table.shards.iter().enumerate() {
-            if r.state == crate::volume::ShardState::Online {
-                let key = crate::load::ShardKey {
-                    volume: *id,
-                    shard: i as u32,
-                };
-                shards.push((key, r.member));
-            }
-        }
-    }
     let mv = devices::evaluate(
         snapshot,
         &members,
-        &shards,
+        places,
         &state.options,
         &mut state.devices,
         &state.memory,
