@@ -7,6 +7,7 @@
 //! interval with no completion ends with the next one). The main thread watches the volumes'
 //! routing tables ([`Watcher`]) and merges the jobs' slices interval by interval.
 
+use crate::report::xml_escape;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -238,7 +239,7 @@ pub fn svg(title: &str, points: &[Point], events: &[Event], t0: Nanos) -> String
         s,
         r#"<text x="{}" y="25" text-anchor="middle" font-size="16">{}</text>"#,
         W / 2.0,
-        escape(title)
+        xml_escape(title)
     );
     for (panel_top, label) in [(TOP, "IOPS"), (low_top, "latency (us)")] {
         let _ = writeln!(
@@ -312,7 +313,7 @@ pub fn svg(title: &str, points: &[Point], events: &[Event], t0: Nanos) -> String
                 r##"<text x="{LEFT}" y="{:.1}" fill="#9467bd">{}: {t:.2} s {}</text>"##,
                 low_top + PANEL + 50.0 + 16.0 * i as f64,
                 i + 1,
-                escape(&e.what)
+                xml_escape(&e.what)
             );
         }
     }
@@ -328,12 +329,6 @@ fn si(v: f64) -> String {
     } else {
         format!("{v:.0}")
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! `tidepool-perf -r` serves while it drives a volume on two reactors.
 
 use serde_json::Value;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tidepool_tests::{bin, text, Scratch};
 
@@ -13,6 +13,29 @@ const POOL: &str = r#"{"subsystems":[
  {"subsystem":"pool","config":[
   {"method":"pool_create","params":{"name":"pool0","base_bdevs":["Malloc0","Malloc1"],"shard_size_mib":8}},
   {"method":"volume_create","params":{"pool":"pool0","name":"vol0","size_mib":64}}]}]}"#;
+
+/// Starts `tidepool-perf` on the volume of `POOL`, one job per reactor of two, serving
+/// JSON-RPC on a socket in `s`, with `args`; returns it once the socket answers.
+fn start_perf(s: &Scratch, args: &[&str]) -> (Child, String) {
+    let cfg = s.file("pool.json", POOL);
+    let sock = s.join("perf.sock");
+    let perf = Command::new(bin("tidepool-perf"))
+        .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-r", &sock])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tidepool-perf");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tidepool-perf did not serve {sock}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (perf, sock)
+}
 
 /// The tests here each run a two-reactor tidepool-perf: one at a time on a 2-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -27,23 +50,7 @@ fn f(v: &Value, key: &str) -> f64 {
 fn load_get_stats_reports_reactors_bdevs_and_shards_under_load() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scratch::new("load");
-    let cfg = s.file("pool.json", POOL);
-    let sock = s.join("perf.sock");
-    let mut perf = Command::new(bin("tidepool-perf"))
-        .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-q", "8"])
-        .args(["-w", "randrw", "-M", "70", "-t", "4", "-r", &sock])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting tidepool-perf");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tidepool-perf did not serve {sock}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut perf, sock) = start_perf(&s, &["-q", "8", "-w", "randrw", "-M", "70", "-t", "4"]);
     // Let a few 100 ms windows pass under load.
     std::thread::sleep(Duration::from_millis(1000));
     let out = Command::new(bin("tpctl"))
@@ -125,26 +132,17 @@ fn tpctl_ok(sock: &str, args: &[&str]) -> Value {
 fn shards_handed_between_reactors_under_verify_load_lose_nothing() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scratch::new("handoff");
-    let cfg = s.file("pool.json", POOL);
-    let sock = s.join("perf.sock");
     let (timeline, plot) = (s.join("timeline.json"), s.join("timeline.svg"));
     // verify: every write is read back and checked; any error or mismatch fails the run.
-    let perf = Command::new(bin("tidepool-perf"))
-        .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-q", "16"])
-        .args(["-w", "verify", "-o", "16k", "-t", "4", "-r", &sock])
-        .args(["--timeline", &timeline, "--timeline-plot", &plot])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting tidepool-perf");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tidepool-perf did not serve {sock}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let args = ["-q", "16", "-w", "verify", "-o", "16k", "-t", "4"];
+    let (perf, sock) = start_perf(
+        &s,
+        &[
+            &args[..],
+            &["--timeline", &timeline, "--timeline-plot", &plot],
+        ]
+        .concat(),
+    );
     let mut moves = 0;
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(2500) {
@@ -207,23 +205,7 @@ fn shards_handed_between_reactors_under_verify_load_lose_nothing() {
 fn the_balancer_evens_a_skewed_placement_without_moving_shards_back() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scratch::new("balancer");
-    let cfg = s.file("pool.json", POOL);
-    let sock = s.join("perf.sock");
-    let perf = Command::new(bin("tidepool-perf"))
-        .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-q", "16"])
-        .args(["-w", "randread", "-t", "8", "-r", &sock])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting tidepool-perf");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tidepool-perf did not serve {sock}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (perf, sock) = start_perf(&s, &["-q", "16", "-w", "randread", "-t", "8"]);
     // Skew: every shard on core 0, so reactor 0 executes all the I/O both jobs send.
     let vols = tpctl_ok(&sock, &["volume_get_volumes", "-n", "vol0"]);
     for (i, sh) in vols[0]["shards"].as_array().unwrap().iter().enumerate() {
@@ -314,23 +296,7 @@ fn the_balancer_evens_a_skewed_placement_without_moving_shards_back() {
 fn the_balancer_evens_the_members_of_a_pool_by_moving_data() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scratch::new("balancer-dev");
-    let cfg = s.file("pool.json", POOL);
-    let sock = s.join("perf.sock");
-    let perf = Command::new(bin("tidepool-perf"))
-        .args(["-c", &cfg, "-b", "vol0", "-C", "-m", "0x3", "-q", "8"])
-        .args(["-w", "randread", "-t", "10", "-r", &sock])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting tidepool-perf");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tidepool-perf did not serve {sock}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (perf, sock) = start_perf(&s, &["-q", "8", "-w", "randread", "-t", "10"]);
     // Skew: move Malloc1's shards onto Malloc0 while it has room (7 of 8 end there).
     let vols = tpctl_ok(&sock, &["volume_get_volumes", "-n", "vol0"]);
     let mut moved = 0;

@@ -70,16 +70,33 @@ fn shards(d: &Daemon) -> Vec<Value> {
         .clone()
 }
 
-/// qemu-io with `-c` commands; requires success and no failed command.
-fn qemu_io(uri: &str, cmds: &[String]) {
+/// qemu-io's arguments for `cmds` (each a `-c` command) against `uri`.
+fn qemu_io_args(uri: &str, cmds: &[String]) -> Vec<String> {
     let mut args = vec!["-f".to_string(), "raw".into(), uri.to_string()];
     for c in cmds {
         args.extend(["-c".into(), c.clone()]);
     }
+    args
+}
+
+/// qemu-io with `-c` commands; requires success and no failed command.
+fn qemu_io(uri: &str, cmds: &[String]) {
+    let args = qemu_io_args(uri, cmds);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = external("qemu-io", &args);
     let shown = text(&out);
     assert!(out.status.success() && !shown.contains("failed"), "{shown}");
+}
+
+/// Starts qemu-io running `cmds` in order against `uri` (a client streaming writes while
+/// the test moves shards); wait for its output to see that each one succeeded.
+fn spawn_writer(uri: &str, cmds: &[String]) -> std::process::Child {
+    Command::new("qemu-io")
+        .args(qemu_io_args(uri, cmds))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-io (scripts/test.sh installs qemu-utils)")
 }
 
 fn migration(d: &Daemon) -> Value {
@@ -109,21 +126,17 @@ fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() 
     ]);
     // A writer streams rounds of patterns over the migrating shard, in order.
     let rounds = 12u64;
-    let mut cmds = vec!["-f".to_string(), "raw".into(), uri.clone()];
+    let mut cmds = Vec::new();
     for round in 0..rounds {
         for k in 0..16u64 {
-            cmds.extend([
-                "-c".into(),
-                format!("write -P {} {} 256k", 0x20 + round, base + k * 256 * 1024),
-            ]);
+            cmds.push(format!(
+                "write -P {} {} 256k",
+                0x20 + round,
+                base + k * 256 * 1024
+            ));
         }
     }
-    let writer = Command::new("qemu-io")
-        .args(&cmds)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-io (scripts/test.sh installs qemu-utils)");
+    let writer = spawn_writer(&uri, &cmds);
     let started = d.tpctl_ok(&[
         "shard_migrate",
         "vol",
@@ -306,21 +319,13 @@ fn pool_remove_bdev_under_writes_empties_a_member_and_releases_it() {
         text(&out)
     );
     let rounds = 8u64;
-    let mut cmds = vec!["-f".to_string(), "raw".into(), uri.clone()];
+    let mut cmds = Vec::new();
     for round in 0..rounds {
         for k in 0..24u64 {
-            cmds.extend([
-                "-c".into(),
-                format!("write -P {} {} 64k", 0x60 + round, k * MIB),
-            ]);
+            cmds.push(format!("write -P {} {} 64k", 0x60 + round, k * MIB));
         }
     }
-    let writer = Command::new("qemu-io")
-        .args(&cmds)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-io (scripts/test.sh installs qemu-utils)");
+    let writer = spawn_writer(&uri, &cmds);
     let started = d.tpctl_ok(&["pool_remove_bdev", "p", "B"]);
     assert_eq!(started["shards_to_move"], 2);
     let deadline = Instant::now() + Duration::from_secs(60);
