@@ -55,14 +55,13 @@ pub fn request(
     task: TaskId,
     tag: u64,
 ) -> IoRequest {
-    IoRequest {
+    IoRequest::new(
         io_type,
         offset_blocks,
         num_blocks,
         buf,
-        origin: IoOrigin { reactor, task, tag },
-        submit_time_ns: 0,
-    }
+        IoOrigin { reactor, task, tag },
+    )
 }
 
 /// `n` reactors wired to each other, sharing `registry`.

@@ -185,18 +185,12 @@ pub fn idle(
         done_at.store(0, Ordering::Relaxed);
         let mut buf = pool.take().expect("the buffer came back");
         buf.set_len(block_size as usize);
-        let io = IoRequest {
-            io_type: IoType::Read,
-            offset_blocks: 0,
-            num_blocks: 1,
-            buf: Some(buf),
-            origin: IoOrigin {
-                reactor: 0,
-                task: signal,
-                tag: 0,
-            },
-            submit_time_ns: 0,
+        let origin = IoOrigin {
+            reactor: 0,
+            task: signal,
+            tag: 0,
         };
+        let io = IoRequest::new(IoType::Read, 0, 1, Some(buf), origin);
         let start = time::now();
         if engine.push(0, Message::Submit { bdev, io }).is_err() {
             anyhow::bail!("reactor 0's inbox refused the I/O");

@@ -222,18 +222,12 @@ impl Job {
     #[inline]
     fn send(&mut self, ctx: &mut Ctx, io_type: IoType, offset: u64, buf: DmaBuf, slot: usize) {
         self.inflight += 1;
-        let io = IoRequest {
-            io_type,
-            offset_blocks: offset,
-            num_blocks: self.spec.io_blocks,
-            buf: Some(buf),
-            origin: IoOrigin {
-                reactor: self.my_reactor,
-                task: self.id,
-                tag: slot as u64,
-            },
-            submit_time_ns: 0,
+        let origin = IoOrigin {
+            reactor: self.my_reactor,
+            task: self.id,
+            tag: slot as u64,
         };
+        let io = IoRequest::new(io_type, offset, self.spec.io_blocks, Some(buf), origin);
         ctx.submit_on(self.spec.exec_reactor, self.spec.bdev, io);
     }
 

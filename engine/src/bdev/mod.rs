@@ -158,6 +158,26 @@ pub struct IoRequest {
     pub submit_time_ns: Nanos,
 }
 
+impl IoRequest {
+    /// A request not yet submitted (the executing reactor sets `submit_time_ns`).
+    pub fn new(
+        io_type: IoType,
+        offset_blocks: u64,
+        num_blocks: u32,
+        buf: Option<DmaBuf>,
+        origin: IoOrigin,
+    ) -> IoRequest {
+        IoRequest {
+            io_type,
+            offset_blocks,
+            num_blocks,
+            buf,
+            origin,
+            submit_time_ns: 0,
+        }
+    }
+}
+
 /// A finished I/O.
 #[derive(Debug)]
 pub struct Completion {

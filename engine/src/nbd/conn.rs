@@ -489,18 +489,12 @@ impl Connection {
     ) {
         self.pending(slot).remaining += 1;
         self.bdev_inflight += 1;
-        let io = IoRequest {
-            io_type,
-            offset_blocks,
-            num_blocks,
-            buf,
-            origin: IoOrigin {
-                reactor: ctx.reactor_id(),
-                task: self.id,
-                tag: ((slot as u64) << 32) | chunk as u64,
-            },
-            submit_time_ns: 0,
+        let origin = IoOrigin {
+            reactor: ctx.reactor_id(),
+            task: self.id,
+            tag: ((slot as u64) << 32) | chunk as u64,
         };
+        let io = IoRequest::new(io_type, offset_blocks, num_blocks, buf, origin);
         ctx.submit(self.bdev, io);
     }
 

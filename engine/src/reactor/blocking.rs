@@ -145,17 +145,11 @@ impl Engine {
 }
 
 fn request(io_type: IoType, offset_blocks: u64, num_blocks: u32, buf: Option<DmaBuf>) -> IoRequest {
-    IoRequest {
-        io_type,
-        offset_blocks,
-        num_blocks,
-        buf,
-        // Set by the task when it submits.
-        origin: IoOrigin {
-            reactor: 0,
-            task: 0,
-            tag: 0,
-        },
-        submit_time_ns: 0,
-    }
+    // The origin is set by the task when it submits.
+    let origin = IoOrigin {
+        reactor: 0,
+        task: 0,
+        tag: 0,
+    };
+    IoRequest::new(io_type, offset_blocks, num_blocks, buf, origin)
 }

@@ -466,18 +466,13 @@ impl Ctx {
                 blocks: n as u32,
                 generation: copy.generation,
             });
-            let io = IoRequest {
-                io_type: IoType::Read,
-                offset_blocks: copy.source_offset + copy.cursor,
-                num_blocks: n as u32,
-                buf: Some(buf),
-                origin: IoOrigin {
-                    reactor: self.id,
-                    task: ROUTER_TASK,
-                    tag: tag(ci, false, false, slot),
-                },
-                submit_time_ns: 0,
+            let origin = IoOrigin {
+                reactor: self.id,
+                task: ROUTER_TASK,
+                tag: tag(ci, false, false, slot),
             };
+            let at = copy.source_offset + copy.cursor;
+            let io = IoRequest::new(IoType::Read, at, n as u32, Some(buf), origin);
             copy.cursor += n;
             copy.issued += n;
             let source = copy.source;

@@ -389,18 +389,12 @@ impl Ctx {
         buf: Option<DmaBuf>,
     ) -> IoRequest {
         let delta = offset_blocks.saturating_sub(self.parent(idx).io.offset_blocks);
-        IoRequest {
-            io_type,
-            offset_blocks,
-            num_blocks,
-            buf,
-            origin: IoOrigin {
-                reactor: self.id,
-                task: ROUTER_TASK,
-                tag: piece_tag(idx, delta),
-            },
-            submit_time_ns: 0,
-        }
+        let origin = IoOrigin {
+            reactor: self.id,
+            task: ROUTER_TASK,
+            tag: piece_tag(idx, delta),
+        };
+        IoRequest::new(io_type, offset_blocks, num_blocks, buf, origin)
     }
 
     /// Cuts and sends bounce-buffered pieces of a crossing read or write while buffers last.
