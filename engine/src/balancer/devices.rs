@@ -12,16 +12,7 @@ use crate::load::{ShardKey, Snapshot};
 use crate::time::Nanos;
 use std::collections::BTreeMap;
 
-/// A pool member as the balancer sees it.
-#[derive(Clone, Debug)]
-pub struct Member {
-    pub pool: String,
-    pub bdev: BdevId,
-    pub name: String,
-    pub free_extents: u64,
-    /// Present, not being drained, not flagged: may receive a shard.
-    pub open: bool,
-}
+pub use crate::pool::MemberState as Member;
 
 /// A data move the balancer decided.
 #[derive(Clone, Debug, PartialEq)]

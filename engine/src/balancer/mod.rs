@@ -247,32 +247,10 @@ fn device_move(
     state: &mut State,
     now: Nanos,
 ) -> Option<Value> {
-    let running = pools.migrations_json(None).as_array().map_or(0, |r| {
-        r.iter()
-            .filter(|m| m["state"] == "copying" || m["state"] == "committing")
-            .count()
-    });
-    if running >= state.options.max_concurrent as usize {
+    if pools.running_migrations() >= state.options.max_concurrent as usize {
         return None;
     }
-    let flagged = pools.flagged_members();
-    let registry = pools.registry();
-    let mut members = Vec::new();
-    for p in pools.pools_json(None).ok()?.as_array()? {
-        for m in p["members"].as_array()? {
-            let name = m["name"].as_str()?.to_string();
-            let Some((bdev, _)) = registry.lookup(&name) else {
-                continue;
-            };
-            members.push(devices::Member {
-                pool: p["name"].as_str()?.to_string(),
-                bdev,
-                open: m["state"] == "online" && !flagged.contains(&name),
-                free_extents: m["free_shards"].as_u64().unwrap_or(0),
-                name,
-            });
-        }
-    }
+    let members = pools.members();
     let mv = devices::evaluate(
         snapshot,
         &members,

@@ -145,6 +145,11 @@ impl PoolService {
         Ok(())
     }
 
+    /// Data migrations copying or committing now.
+    pub fn running_migrations(&self) -> usize {
+        self.migrations.lock().running.len()
+    }
+
     /// Members whose copies were abandoned.
     pub fn flagged_members(&self) -> Vec<String> {
         self.migrations.lock().flagged.clone()

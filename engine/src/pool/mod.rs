@@ -114,6 +114,17 @@ pub struct VolumeCreateParams {
     pub size_mib: u64,
 }
 
+/// A present member of a pool: where it is, its room, and whether it may take a shard.
+#[derive(Clone, Debug)]
+pub struct MemberState {
+    pub pool: String,
+    pub bdev: BdevId,
+    pub name: String,
+    pub free_extents: u64,
+    /// Not being drained, not flagged by an abandoned copy.
+    pub open: bool,
+}
+
 /// A pool that is up.
 struct Pool {
     record: PoolRecord,
@@ -801,8 +812,26 @@ impl PoolService {
         Ok(Value::Array(rows))
     }
 
-    pub fn registry(&self) -> &Arc<BdevRegistry> {
-        &self.registry
+    /// Every member of every present pool, as the balancer weighs it.
+    pub fn members(&self) -> Vec<MemberState> {
+        let flagged = self.flagged_members();
+        let pools = self.lock();
+        let mut out = Vec::new();
+        for p in pools.values() {
+            let free = placement::free_extents(&p.record, &p.reserved);
+            let open = p.open_members();
+            for (i, m) in p.record.members.iter().enumerate() {
+                let Some(bdev) = p.members[i] else { continue };
+                out.push(MemberState {
+                    pool: p.record.name.clone(),
+                    bdev,
+                    name: m.bdev_name.clone(),
+                    free_extents: free[i].len() as u64,
+                    open: open[i] && !flagged.contains(&m.bdev_name),
+                });
+            }
+        }
+        out
     }
 
     /// Every volume with its registry id and name.
