@@ -145,6 +145,30 @@ impl PoolService {
         Ok(())
     }
 
+    /// How the newest migration of a shard ended: `None` while it runs (or if there was
+    /// none), else `Ok` when it completed or the reason it was abandoned.
+    pub(super) fn migration_outcome(
+        &self,
+        volume: &str,
+        shard: usize,
+    ) -> Option<Result<(), String>> {
+        let inner = self.migrations.lock();
+        let newest = inner
+            .running
+            .iter()
+            .chain(inner.finished.iter().rev())
+            .find(|r| {
+                let r = lock(r);
+                r.volume == volume && r.shard as usize == shard
+            })?;
+        let r = lock(newest);
+        r.finished_ns?;
+        Some(match &r.error {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        })
+    }
+
     /// Data migrations copying or committing now.
     pub fn running_migrations(&self) -> usize {
         self.migrations.lock().running.len()

@@ -146,19 +146,11 @@ impl PoolService {
         let deadline = std::time::Instant::now() + SHARD_DEADLINE;
         loop {
             std::thread::sleep(Duration::from_millis(5));
-            let rows = self.migrations_json(Some(volume));
-            let Some(m) = rows
-                .as_array()
-                .and_then(|r| r.iter().find(|m| m["shard"] == shard))
-            else {
-                continue;
-            };
-            match m["state"].as_str() {
-                Some("completed") => return Ok(()),
-                Some("abandoned") => {
+            match self.migration_outcome(volume, shard) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(why)) => {
                     return Err(PoolError::Io(format!(
-                        "moving shard {shard} of '{volume}' to '{target}' was abandoned: {}",
-                        m["last_error"]
+                        "moving shard {shard} of '{volume}' to '{target}' was abandoned: {why}"
                     )))
                 }
                 _ if std::time::Instant::now() > deadline => {
