@@ -1,15 +1,24 @@
-//! Inboxes: the bounded lock-free rings reactors talk through.
+//! The bounded lock-free rings reactors talk through.
 //!
-//! An [`Inbox`] is a fixed-capacity multi-producer ring (crossbeam's `ArrayQueue`) drained by one
-//! reactor. A full inbox refuses the push and hands the message back: every queue has a limit,
-//! and the sender decides what to do (reactors keep a bounded backlog, see `reactor`).
+//! Two kinds, both bounded, both handing a message back when full (the sender decides what
+//! to do; reactors keep a bounded backlog, see `reactor`):
 //!
-//! Parking handshake. A reactor that wants to sleep sets `parked`, then looks at the ring
-//! once more before it parks; a producer pushes, then looks at `parked` and unparks the
-//! consumer if it is set. Both sides put a SeqCst fence between their write and their read,
-//! so at least one of them sees the other's write: either the consumer sees the message and
-//! does not sleep, or the producer sees `parked` and wakes it. `Thread::unpark` is sticky, so
-//! an unpark that lands before the park is not lost.
+//! - An [`Inbox`] per reactor: a multi-producer ring (crossbeam's `ArrayQueue`) for anyone
+//!   that is not a reactor (the control plane, tests), plus the reactor's parking flag.
+//! - A [`Lanes`] mesh: one single-producer single-consumer ring (`rtrb`) per ordered pair of
+//!   reactors, for the I/O traffic between them. A lane push or pop is plain loads and
+//!   stores (release/acquire) with no read-modify-write: a `lock`-prefixed compare-exchange
+//!   per message, as a multi-producer ring needs, also waits for this core's store buffer to
+//!   drain, and after a 4 KiB copy into device memory that wait dominated a crossing.
+//!   Messages on one lane arrive in the order they were pushed.
+//!
+//! Parking handshake. A reactor that wants to sleep sets `parked`, then looks at its inbox
+//! and lanes once more before it parks; a producer pushes, then looks at `parked` and
+//! unparks the consumer if it is set. Both sides put a SeqCst fence between their write and
+//! their read, so at least one of them sees the other's write: either the consumer sees the
+//! message and does not sleep, or the producer sees `parked` and wakes it. `Thread::unpark`
+//! is sticky, so an unpark that lands before the park is not lost. A lane producer may push
+//! several messages and run the handshake once afterwards ([`Inbox::wake_if_parked`]).
 
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
@@ -97,9 +106,15 @@ impl<T> Inbox<T> {
     /// Consumer side: announces the intent to park. Returns false (and withdraws the intent)
     /// if a message is already waiting, in which case the caller must not park.
     pub fn prepare_park(&self) -> bool {
+        self.prepare_park_unless(|| false)
+    }
+
+    /// [`Inbox::prepare_park`] for a consumer with other sources (its lanes): `waiting` is
+    /// asked after the fence whether any of them holds a message.
+    pub fn prepare_park_unless(&self, waiting: impl FnOnce() -> bool) -> bool {
         self.parked.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if !self.ring.is_empty() {
+        if !self.ring.is_empty() || waiting() {
             self.parked.store(false, Ordering::Relaxed);
             return false;
         }
@@ -113,6 +128,62 @@ impl<T> Inbox<T> {
 
     pub fn wakeups(&self) -> u64 {
         self.wakeups.load(Ordering::Relaxed)
+    }
+}
+
+/// One reactor's ends of the lane mesh: a producer towards every peer and a consumer from
+/// every peer.
+pub struct Lanes<T> {
+    /// `to[p]`: the producer of the lane towards peer `p`; `None` at this reactor's index.
+    to: Vec<Option<rtrb::Producer<T>>>,
+    /// The consumers of the lanes from the other peers.
+    from: Vec<rtrb::Consumer<T>>,
+}
+
+impl<T> Lanes<T> {
+    /// The mesh for `n` reactors, `capacity` messages per lane: element `i` is reactor `i`'s.
+    pub fn mesh(n: usize, capacity: usize) -> Vec<Lanes<T>> {
+        let mut lanes: Vec<Lanes<T>> = (0..n)
+            .map(|_| Lanes {
+                to: (0..n).map(|_| None).collect(),
+                from: Vec::with_capacity(n.saturating_sub(1)),
+            })
+            .collect();
+        for from in 0..n {
+            for to in (0..n).filter(|&to| to != from) {
+                let (producer, consumer) = rtrb::RingBuffer::new(capacity.max(1));
+                lanes[from].to[to] = Some(producer);
+                lanes[to].from.push(consumer);
+            }
+        }
+        lanes
+    }
+
+    /// Pushes a message towards peer `to`; hands it back when that lane is full or there is
+    /// no such lane (`to` is this reactor or out of range). The caller runs the peer's
+    /// wake-up handshake afterwards.
+    #[inline]
+    pub fn push(&mut self, to: usize, msg: T) -> Result<(), T> {
+        match self.to.get_mut(to) {
+            Some(Some(lane)) => lane.push(msg).map_err(|rtrb::PushError::Full(msg)| msg),
+            _ => Err(msg),
+        }
+    }
+
+    /// How many incoming lanes there are (peers minus one).
+    pub fn incoming(&self) -> usize {
+        self.from.len()
+    }
+
+    /// The next message on incoming lane `lane`, if any.
+    #[inline]
+    pub fn pop(&mut self, lane: usize) -> Option<T> {
+        self.from[lane].pop().ok()
+    }
+
+    /// Whether no incoming lane holds a message.
+    pub fn is_empty(&self) -> bool {
+        self.from.iter().all(|lane| lane.is_empty())
     }
 }
 
@@ -179,6 +250,51 @@ mod tests {
         }
         assert!(inbox.pop().is_none());
         assert!(next.iter().all(|&n| n == PER_PRODUCER));
+    }
+
+    /// Each ordered pair of reactors has its own lane: messages arrive on the receiver's lane
+    /// from their sender, in order; a full lane hands the message back; there is no lane
+    /// from a reactor to itself.
+    #[test]
+    fn lanes_connect_every_ordered_pair_in_order_and_bounded() {
+        let mut mesh = Lanes::<(usize, u32)>::mesh(3, 4);
+        assert!(mesh.iter().all(|l| l.incoming() == 2 && l.is_empty()));
+        for from in 0..3 {
+            for to in (0..3).filter(|&to| to != from) {
+                for seq in 0..4 {
+                    mesh[from].push(to, (from, seq)).unwrap();
+                }
+                assert_eq!(
+                    mesh[from].push(to, (from, 9)),
+                    Err((from, 9)),
+                    "lane is full"
+                );
+            }
+            assert_eq!(
+                mesh[from].push(from, (from, 0)),
+                Err((from, 0)),
+                "no lane to itself"
+            );
+            assert_eq!(
+                mesh[from].push(7, (from, 0)),
+                Err((from, 0)),
+                "no such peer"
+            );
+        }
+        for (to, lanes) in mesh.iter_mut().enumerate() {
+            assert!(!lanes.is_empty());
+            let mut senders = Vec::new();
+            for lane in 0..lanes.incoming() {
+                let got: Vec<(usize, u32)> = std::iter::from_fn(|| lanes.pop(lane)).collect();
+                let from = got[0].0;
+                assert_ne!(from, to);
+                assert_eq!(got, (0..4).map(|seq| (from, seq)).collect::<Vec<_>>());
+                senders.push(from);
+            }
+            senders.sort_unstable();
+            assert_eq!(senders, (0..3).filter(|&f| f != to).collect::<Vec<_>>());
+            assert!(lanes.is_empty());
+        }
     }
 
     /// The parking handshake never sleeps through a message: a consumer that parks with a long

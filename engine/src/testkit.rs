@@ -68,11 +68,14 @@ pub fn request(
 pub fn reactors(n: usize, registry: &Arc<BdevRegistry>, config: ReactorConfig) -> Vec<Reactor> {
     let inboxes = Reactor::inboxes(n, config.inbox_capacity);
     let state = crate::load::StateTable::new(n);
-    (0..n)
-        .map(|i| {
+    crate::ring::Lanes::mesh(n, config.inbox_capacity)
+        .into_iter()
+        .enumerate()
+        .map(|(i, lanes)| {
             Reactor::new(
                 i as u16,
                 inboxes.clone(),
+                lanes,
                 registry.clone(),
                 config.clone(),
                 state.clone(),

@@ -13,7 +13,7 @@
 use super::{Message, Reactor, ReactorConfig, ReactorId};
 use crate::bdev::BdevRegistry;
 use crate::load::StateTable;
-use crate::ring::Inbox;
+use crate::ring::{Inbox, Lanes};
 use crate::time::{self, Nanos};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,6 +106,7 @@ impl Engine {
         // Calibrate the clock before any reactor reads it.
         time::now();
         let inboxes = Reactor::inboxes(config.cores.len(), config.reactor.inbox_capacity);
+        let mut lanes = Lanes::mesh(config.cores.len(), config.reactor.inbox_capacity).into_iter();
         let stop = Arc::new(AtomicBool::new(false));
         let state = StateTable::new(config.cores.len());
         let mut engine = Engine {
@@ -117,6 +118,7 @@ impl Engine {
         };
         for (i, &core) in config.cores.iter().enumerate() {
             let published = Arc::new(Published::default());
+            let lanes = lanes.next().expect("one element of the mesh per core");
             let thread = {
                 let (inboxes, registry, stop, published, state) = (
                     Arc::clone(&inboxes),
@@ -132,6 +134,7 @@ impl Engine {
                         let reactor = Reactor::new(
                             i as ReactorId,
                             inboxes,
+                            lanes,
                             registry,
                             config.reactor.clone(),
                             state,
@@ -295,7 +298,7 @@ fn run_reactor(
                     let until = reactor
                         .next_timer_due()
                         .map_or(now + max_park, |due| due.min(now + max_park));
-                    if until > now && reactor.prepare_park() && reactor.inbox().prepare_park() {
+                    if until > now && reactor.prepare_park() && reactor.announce_park() {
                         parks += 1;
                         std::thread::park_timeout(Duration::from_nanos(until - now));
                         reactor.inbox().finish_park();

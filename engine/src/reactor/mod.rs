@@ -1,11 +1,12 @@
 //! The reactor: one core's poll loop, as a step function.
 //!
 //! [`Reactor::poll`] runs one iteration, in this order, each step bounded by
-//! [`ReactorConfig`]: drain the inbox (at most `inbox_batch` messages), reap every open
+//! [`ReactorConfig`]: drain the inbox and each lane from a peer (at most `inbox_batch`
+//! messages from each), reap every open
 //! channel (at most `reap_batch` completions each) and retry what a channel refused for lack
 //! of resources, hand the reaped completions to their tasks (or to the reactor that issued
 //! them), run due timers (at most `timer_batch`), run the pollers (tasks that serve sockets,
-//! each bounding its own work), and push the backlog of messages for full peer inboxes. It
+//! each bounding its own work), and push the backlog of messages for full lanes. It
 //! returns [`PollResult::Busy`] if any step did work.
 //!
 //! A poller that waits on something outside the reactor (a socket) must get the reactor woken
@@ -21,7 +22,8 @@
 //! never called from inside a submit. Channels are opened lazily, one per bdev per reactor.
 //!
 //! Cross-reactor I/O: [`Ctx::submit_on`] sends the request to the reactor that should execute
-//! it; its completion comes back to the origin reactor's inbox and is run there.
+//! it on that reactor's lane (see `ring`); its completion comes back on the lane the other
+//! way and is run there.
 
 mod blocking;
 mod copy;
@@ -32,7 +34,7 @@ mod timers;
 use crate::bdev::iostat::IoStat;
 use crate::bdev::{BdevChannel, BdevId, BdevRegistry, Completion, IoRequest, IoStatus, IoTypeSet};
 use crate::load::{Monitor, ShardKey, StateTable, Window};
-use crate::ring::Inbox;
+use crate::ring::{Inbox, Lanes};
 use crate::time::Nanos;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -167,7 +169,14 @@ pub struct Ctx {
     id: ReactorId,
     now: Nanos,
     config: ReactorConfig,
+    /// Every reactor's inbox: messages to this reactor itself, and the parking handshake.
     peers: Arc<[Arc<Inbox<Message>>]>,
+    /// This reactor's lanes to and from every peer: all traffic between reactors.
+    lanes: Lanes<Message>,
+    /// Peers pushed to since their last wake-up check (bit `peer % 64`), and how many
+    /// messages that was.
+    unwoken: u64,
+    unwoken_messages: usize,
     registry: Arc<BdevRegistry>,
     /// Indexed by bdev id; opened lazily.
     channels: Vec<Option<Endpoint>>,
@@ -260,38 +269,67 @@ impl Ctx {
         }
     }
 
-    /// Sends a message to a reactor. Messages are queued and pushed in batches of
-    /// [`SEND_BATCH`] (and at the end of the iteration), with one wake-up check per peer and
-    /// batch (see `ring`); they wait while the peer's inbox is full.
+    /// Sends a message to a reactor (this one included). It goes onto the peer's lane at
+    /// once; the wake-up handshake (see `ring`) runs once per peer every [`SEND_BATCH`]
+    /// messages and at the end of the iteration. While a lane is full, messages wait in
+    /// the backlog, in order.
     #[inline]
     pub fn send(&mut self, to: ReactorId, msg: Message) {
         self.counters.messages_out += 1;
-        self.backlog.push_back((to, msg));
-        if self.backlog.len() >= SEND_BATCH {
-            self.flush_backlog();
+        if !self.backlog.is_empty() {
+            self.backlog.push_back((to, msg));
+            return;
+        }
+        if let Err(msg) = self.push_message(to, msg) {
+            self.backlog.push_back((to, msg));
+        }
+        if self.unwoken_messages >= SEND_BATCH {
+            self.wake_peers();
         }
     }
 
-    /// Pushes the queued messages in order, then runs each touched peer's wake-up handshake
-    /// once. Stops at the first full inbox, to keep the order. Returns how many went out.
-    fn flush_backlog(&mut self) -> usize {
-        let mut n = 0;
-        let mut touched = 0u64;
-        while let Some((to, msg)) = self.backlog.pop_front() {
-            if let Err(msg) = self.peers[to as usize].push_quiet(msg) {
-                self.backlog.push_front((to, msg));
-                break;
-            }
-            touched |= 1 << (to % 64);
-            n += 1;
+    /// Pushes one message onto the lane to `to` (its own inbox for this reactor); hands it
+    /// back when that is full.
+    #[inline]
+    fn push_message(&mut self, to: ReactorId, msg: Message) -> Result<(), Message> {
+        let pushed = if to == self.id {
+            self.peers[to as usize].push_quiet(msg)
+        } else {
+            assert!((to as usize) < self.peers.len(), "no reactor {to}");
+            self.lanes.push(to as usize, msg)
+        };
+        if pushed.is_ok() {
+            self.unwoken |= 1 << (to % 64);
+            self.unwoken_messages += 1;
         }
-        if touched != 0 {
+        pushed
+    }
+
+    /// Runs the wake-up handshake once for each peer pushed to since the last one.
+    fn wake_peers(&mut self) {
+        if self.unwoken != 0 {
             for (i, peer) in self.peers.iter().enumerate() {
-                if touched & (1 << (i % 64)) != 0 {
+                if self.unwoken & (1 << (i % 64)) != 0 {
                     peer.wake_if_parked();
                 }
             }
         }
+        self.unwoken = 0;
+        self.unwoken_messages = 0;
+    }
+
+    /// Pushes the backlog in order (stopping at the first full lane, to keep the order),
+    /// then runs the wake-up handshake for every peer pushed to. Returns how many went out.
+    fn flush_backlog(&mut self) -> usize {
+        let mut n = 0;
+        while let Some((to, msg)) = self.backlog.pop_front() {
+            if let Err(msg) = self.push_message(to, msg) {
+                self.backlog.push_front((to, msg));
+                break;
+            }
+            n += 1;
+        }
+        self.wake_peers();
         n
     }
 
@@ -469,9 +507,9 @@ fn validate(slot: Geometry, io: &IoRequest) -> Result<(), IoStatus> {
     Ok(())
 }
 
-/// Messages queued before they are pushed to the peers' inboxes: large enough to spread a
-/// fence over many messages, small enough that a peer starts on them while this reactor is
-/// still busy (a batch held for a whole iteration adds an iteration to every crossing).
+/// Messages pushed between two wake-up handshakes: enough to spread the handshake's fence
+/// over many messages, few enough that a parked peer is woken while this reactor is still
+/// busy.
 const SEND_BATCH: usize = 16;
 
 /// Passes over the ready queue per iteration: the second runs what the first queued (a
@@ -488,11 +526,12 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    /// A reactor that drains `peers[id]`, can message every other peer, and publishes its
-    /// load to `state`.
+    /// A reactor that drains `peers[id]` and its `lanes` (its element of a [`Lanes::mesh`]),
+    /// can message every other peer, and publishes its load to `state`.
     pub fn new(
         id: ReactorId,
         peers: Arc<[Arc<Inbox<Message>>]>,
+        lanes: Lanes<Message>,
         registry: Arc<BdevRegistry>,
         config: ReactorConfig,
         state: Arc<StateTable>,
@@ -503,6 +542,9 @@ impl Reactor {
                 id,
                 now: 0,
                 peers,
+                lanes,
+                unwoken: 0,
+                unwoken_messages: 0,
                 registry,
                 channels: Vec::new(),
                 router: router::Router::default(),
@@ -583,7 +625,20 @@ impl Reactor {
         self.ctx.ready.is_empty()
             && self.ctx.backlog.is_empty()
             && self.ctx.io_outstanding() == 0
-            && self.inbox.is_empty()
+            && !self.has_messages()
+    }
+
+    /// Whether a message waits in the inbox or on a lane.
+    pub fn has_messages(&self) -> bool {
+        !self.inbox.is_empty() || !self.ctx.lanes.is_empty()
+    }
+
+    /// The last step before parking: announces it on the inbox and checks the inbox and
+    /// lanes once more (see `ring`); false when a message is waiting. After waking, call
+    /// `inbox().finish_park()`.
+    pub fn announce_park(&self) -> bool {
+        self.inbox
+            .prepare_park_unless(|| !self.ctx.lanes.is_empty())
     }
 
     /// Asks every poller to arrange its wake-up before the reactor parks; false when one
@@ -642,28 +697,45 @@ impl Reactor {
         &self.inbox
     }
 
+    /// Takes at most a batch of messages from the inbox and from each lane.
     fn drain_inbox(&mut self) -> usize {
+        let batch = self.ctx.config.inbox_batch;
         let mut n = 0;
-        while n < self.ctx.config.inbox_batch {
+        while n < batch {
             let Some(msg) = self.inbox.pop() else { break };
             n += 1;
-            self.ctx.counters.messages_in += 1;
-            match msg {
-                Message::Submit { bdev, io } => self.ctx.submit(bdev, io),
-                Message::Complete(c) => self.ctx.ready.push(c),
-                Message::Notify { task, value } => {
-                    if let Some(Some(t)) = self.tasks.get_mut(task as usize) {
-                        t.on_notify(&mut self.ctx, value);
-                    }
-                    self.settle_tasks();
-                }
-                Message::Call(f) => {
-                    f(self);
-                    self.settle_tasks();
-                }
+            self.take_message(msg);
+        }
+        for lane in 0..self.ctx.lanes.incoming() {
+            let mut taken = 0;
+            while taken < batch {
+                let Some(msg) = self.ctx.lanes.pop(lane) else {
+                    break;
+                };
+                taken += 1;
+                self.take_message(msg);
             }
+            n += taken;
         }
         n
+    }
+
+    fn take_message(&mut self, msg: Message) {
+        self.ctx.counters.messages_in += 1;
+        match msg {
+            Message::Submit { bdev, io } => self.ctx.submit(bdev, io),
+            Message::Complete(c) => self.ctx.ready.push(c),
+            Message::Notify { task, value } => {
+                if let Some(Some(t)) = self.tasks.get_mut(task as usize) {
+                    t.on_notify(&mut self.ctx, value);
+                }
+                self.settle_tasks();
+            }
+            Message::Call(f) => {
+                f(self);
+                self.settle_tasks();
+            }
+        }
     }
 
     fn reap_channels(&mut self) -> usize {
