@@ -259,27 +259,19 @@ mod tests {
     fn lanes_connect_every_ordered_pair_in_order_and_bounded() {
         let mut mesh = Lanes::<(usize, u32)>::mesh(3, 4);
         assert!(mesh.iter().all(|l| l.incoming() == 2 && l.is_empty()));
-        for from in 0..3 {
+        for (from, lanes) in mesh.iter_mut().enumerate() {
             for to in (0..3).filter(|&to| to != from) {
                 for seq in 0..4 {
-                    mesh[from].push(to, (from, seq)).unwrap();
+                    lanes.push(to, (from, seq)).unwrap();
                 }
-                assert_eq!(
-                    mesh[from].push(to, (from, 9)),
-                    Err((from, 9)),
-                    "lane is full"
-                );
+                assert_eq!(lanes.push(to, (from, 9)), Err((from, 9)), "lane is full");
             }
             assert_eq!(
-                mesh[from].push(from, (from, 0)),
+                lanes.push(from, (from, 0)),
                 Err((from, 0)),
                 "no lane to itself"
             );
-            assert_eq!(
-                mesh[from].push(7, (from, 0)),
-                Err((from, 0)),
-                "no such peer"
-            );
+            assert_eq!(lanes.push(7, (from, 0)), Err((from, 0)), "no such peer");
         }
         for (to, lanes) in mesh.iter_mut().enumerate() {
             assert!(!lanes.is_empty());
