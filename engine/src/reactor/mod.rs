@@ -724,7 +724,10 @@ impl Reactor {
         self.ctx.counters.messages_in += 1;
         match msg {
             Message::Submit { bdev, io } => self.ctx.submit(bdev, io),
-            Message::Complete(c) => self.ctx.ready.push(c),
+            Message::Complete(c) => {
+                self.dispatch(c);
+                self.settle_tasks();
+            }
             Message::Notify { task, value } => {
                 if let Some(Some(t)) = self.tasks.get_mut(task as usize) {
                     t.on_notify(&mut self.ctx, value);
@@ -801,20 +804,27 @@ impl Reactor {
 
     /// Hands a completion to whoever issued it: a peer, the router (a volume piece; the
     /// request it completes goes on at once), or a task.
-    fn dispatch(&mut self, c: Completion) {
-        let origin = c.io.origin;
-        if origin.reactor != self.ctx.id {
-            self.ctx.send(origin.reactor, Message::Complete(c));
-            return;
-        }
-        self.ctx.counters.ios_completed += 1;
-        if origin.task == router::ROUTER_TASK {
-            if let Some(done) = self.ctx.piece_complete(c) {
-                self.dispatch(done);
+    fn dispatch(&mut self, mut c: Completion) {
+        loop {
+            let origin = c.io.origin;
+            if origin.reactor != self.ctx.id {
+                self.ctx.send(origin.reactor, Message::Complete(c));
+                return;
             }
-            return;
+            self.ctx.counters.ios_completed += 1;
+            if origin.task != router::ROUTER_TASK {
+                break;
+            }
+            // A piece: the request it completes (if any) goes on to its own origin.
+            if self.ctx.single_complete(&mut c) {
+                continue;
+            }
+            match self.ctx.piece_complete(c) {
+                Some(done) => c = done,
+                None => return,
+            }
         }
-        if let Some(Some(t)) = self.tasks.get_mut(origin.task as usize) {
+        if let Some(Some(t)) = self.tasks.get_mut(c.io.origin.task as usize) {
             t.on_complete(&mut self.ctx, c);
         }
     }

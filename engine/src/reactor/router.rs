@@ -529,11 +529,9 @@ impl Ctx {
     }
 
     /// A piece of a request taken on this reactor has finished (here or elsewhere); returns
-    /// the request's completion if that was its last piece.
+    /// the request's completion if that was its last piece. (One-shard requests sent on
+    /// whole come back through [`Ctx::single_complete`] first.)
     pub(super) fn piece_complete(&mut self, c: Completion) -> Option<Completion> {
-        if c.io.origin.tag & SINGLE_TAG != 0 {
-            return Some(self.single_complete(c));
-        }
         if c.io.origin.tag & super::copy::COPY_TAG != 0 {
             return self.copy_complete(c);
         }
@@ -593,8 +591,14 @@ impl Ctx {
         done
     }
 
-    /// A one-shard request is back: put back what the router changed.
-    fn single_complete(&mut self, mut c: Completion) -> Completion {
+    /// If `c` is a one-shard request sent on whole, puts back what the router changed (it is
+    /// then the request's own completion, ready for its origin) and returns true; false for
+    /// any other piece. Works in place: the completion is not moved.
+    #[inline]
+    pub(super) fn single_complete(&mut self, c: &mut Completion) -> bool {
+        if c.io.origin.tag & SINGLE_TAG == 0 {
+            return false;
+        }
         let idx = (c.io.origin.tag & !SINGLE_TAG) as u32;
         let s = self.router.singles[idx as usize]
             .take()
@@ -606,11 +610,11 @@ impl Ctx {
         c.io.submit_time_ns = s.submit_time_ns;
         let now = self.now;
         if let Some(slot) = self.volume_slot(s.volume) {
-            slot.stats.record(&c, slot.geometry.block_size, now);
+            slot.stats.record(c, slot.geometry.block_size, now);
             slot.shard_ended(s.shard as u64, now.saturating_sub(s.submit_time_ns));
             slot.inflight -= 1;
         }
-        c
+        true
     }
 
     /// Gives returned bounce buffers to parents that wait for them, oldest first.
