@@ -1,24 +1,25 @@
 //! The bounded lock-free rings reactors talk through.
 //!
-//! Two kinds, both bounded, both handing a message back when full (the sender decides what
-//! to do; reactors keep a bounded backlog, see `reactor`):
+//! Two kinds, both bounded, both refusing a message when full (the sender decides what to
+//! do; reactors keep what was refused, in order, see `reactor`):
 //!
 //! - An [`Inbox`] per reactor: a multi-producer ring (crossbeam's `ArrayQueue`) for anyone
 //!   that is not a reactor (the control plane, tests), plus the reactor's parking flag.
 //! - A [`Lanes`] mesh: one single-producer single-consumer ring (`rtrb`) per ordered pair of
-//!   reactors, for the I/O traffic between them. A lane push or pop is plain loads and
-//!   stores (release/acquire) with no read-modify-write: a `lock`-prefixed compare-exchange
-//!   per message, as a multi-producer ring needs, also waits for this core's store buffer to
-//!   drain, and after a 4 KiB copy into device memory that wait dominated a crossing.
-//!   Messages on one lane arrive in the order they were pushed.
+//!   reactors, for the I/O traffic between them. Messages go on in batches
+//!   ([`Lanes::push_batch`]): plain stores into the slots, then one release store of the
+//!   lane's tail for the whole batch; the consumer takes them with acquire loads. There is
+//!   no read-modify-write (a multi-producer ring needs a `lock`-prefixed compare-exchange
+//!   per message), and the tail's cache line changes core once per batch, not once per
+//!   message. Messages on one lane arrive in the order they were pushed.
 //!
 //! Parking handshake. A reactor that wants to sleep sets `parked`, then looks at its inbox
 //! and lanes once more before it parks; a producer pushes, then looks at `parked` and
 //! unparks the consumer if it is set. Both sides put a SeqCst fence between their write and
 //! their read, so at least one of them sees the other's write: either the consumer sees the
 //! message and does not sleep, or the producer sees `parked` and wakes it. `Thread::unpark`
-//! is sticky, so an unpark that lands before the park is not lost. A lane producer may push
-//! several messages and run the handshake once afterwards ([`Inbox::wake_if_parked`]).
+//! is sticky, so an unpark that lands before the park is not lost. A lane producer runs the
+//! handshake once per batch ([`Inbox::wake_if_parked`]).
 
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
@@ -159,14 +160,17 @@ impl<T> Lanes<T> {
         lanes
     }
 
-    /// Pushes a message towards peer `to`; hands it back when that lane is full or there is
-    /// no such lane (`to` is this reactor or out of range). The caller runs the peer's
-    /// wake-up handshake afterwards.
-    #[inline]
-    pub fn push(&mut self, to: usize, msg: T) -> Result<(), T> {
-        match self.to.get_mut(to) {
-            Some(Some(lane)) => lane.push(msg).map_err(|rtrb::PushError::Full(msg)| msg),
-            _ => Err(msg),
+    /// Moves messages from the front of `queue` onto the lane towards peer `to`, as many as
+    /// it has room for, and publishes them with one store. Returns how many moved; the rest
+    /// stay in `queue`, in order. The caller runs the peer's wake-up handshake afterwards.
+    pub fn push_batch(&mut self, to: usize, queue: &mut Vec<T>) -> usize {
+        let Some(Some(lane)) = self.to.get_mut(to) else {
+            return 0;
+        };
+        let n = queue.len().min(lane.slots());
+        match lane.write_chunk_uninit(n) {
+            Ok(chunk) if n > 0 => chunk.fill_from_iter(queue.drain(..n)),
+            _ => 0,
         }
     }
 
@@ -253,25 +257,26 @@ mod tests {
     }
 
     /// Each ordered pair of reactors has its own lane: messages arrive on the receiver's lane
-    /// from their sender, in order; a full lane hands the message back; there is no lane
-    /// from a reactor to itself.
+    /// from their sender, in order; a full lane takes what fits and leaves the rest with the
+    /// sender, in order; there is no lane from a reactor to itself.
     #[test]
     fn lanes_connect_every_ordered_pair_in_order_and_bounded() {
         let mut mesh = Lanes::<(usize, u32)>::mesh(3, 4);
         assert!(mesh.iter().all(|l| l.incoming() == 2 && l.is_empty()));
         for (from, lanes) in mesh.iter_mut().enumerate() {
             for to in (0..3).filter(|&to| to != from) {
-                for seq in 0..4 {
-                    lanes.push(to, (from, seq)).unwrap();
-                }
-                assert_eq!(lanes.push(to, (from, 9)), Err((from, 9)), "lane is full");
+                let mut queue: Vec<(usize, u32)> = (0..3).map(|seq| (from, seq)).collect();
+                assert_eq!(lanes.push_batch(to, &mut queue), 3);
+                assert!(queue.is_empty());
+                queue.extend((3..6).map(|seq| (from, seq)));
+                assert_eq!(lanes.push_batch(to, &mut queue), 1, "one slot left");
+                assert_eq!(queue, [(from, 4), (from, 5)], "the rest waits, in order");
+                assert_eq!(lanes.push_batch(to, &mut queue), 0, "lane is full");
             }
-            assert_eq!(
-                lanes.push(from, (from, 0)),
-                Err((from, 0)),
-                "no lane to itself"
-            );
-            assert_eq!(lanes.push(7, (from, 0)), Err((from, 0)), "no such peer");
+            let mut to_self = vec![(from, 0)];
+            assert_eq!(lanes.push_batch(from, &mut to_self), 0, "no lane to itself");
+            assert_eq!(lanes.push_batch(7, &mut to_self), 0, "no such peer");
+            assert_eq!(to_self.len(), 1);
         }
         for (to, lanes) in mesh.iter_mut().enumerate() {
             assert!(!lanes.is_empty());

@@ -6,7 +6,7 @@
 //! channel (at most `reap_batch` completions each) and retry what a channel refused for lack
 //! of resources, hand the reaped completions to their tasks (or to the reactor that issued
 //! them), run due timers (at most `timer_batch`), run the pollers (tasks that serve sockets,
-//! each bounding its own work), and push the backlog of messages for full lanes. It
+//! each bounding its own work), and push the messages queued for peers. It
 //! returns [`PollResult::Busy`] if any step did work.
 //!
 //! A poller that waits on something outside the reactor (a socket) must get the reactor woken
@@ -106,7 +106,7 @@ impl Default for ReactorConfig {
     fn default() -> Self {
         ReactorConfig {
             inbox_capacity: 4096,
-            inbox_batch: 32,
+            inbox_batch: 128,
             reap_batch: 256,
             timer_batch: 64,
         }
@@ -173,10 +173,9 @@ pub struct Ctx {
     peers: Arc<[Arc<Inbox<Message>>]>,
     /// This reactor's lanes to and from every peer: all traffic between reactors.
     lanes: Lanes<Message>,
-    /// Peers pushed to since their last wake-up check (bit `peer % 64`), and how many
-    /// messages that was.
-    unwoken: u64,
-    unwoken_messages: usize,
+    /// Messages for each peer (this reactor's own index: for itself), in order, not yet on
+    /// its lane: a batch being gathered, or what a full lane refused.
+    outbox: Vec<Vec<Message>>,
     registry: Arc<BdevRegistry>,
     /// Indexed by bdev id; opened lazily.
     channels: Vec<Option<Endpoint>>,
@@ -184,8 +183,6 @@ pub struct Ctx {
     route_counters: RouteCounters,
     /// Completions to run this iteration (reaped, returned from peers, or refused up front).
     ready: Vec<Completion>,
-    /// Messages for peers whose inbox was full, in order. Bounded by the I/O in flight.
-    backlog: VecDeque<(ReactorId, Message)>,
     timers: Timers,
     spawned: Vec<Box<dyn Task>>,
     next_task: TaskId,
@@ -269,68 +266,63 @@ impl Ctx {
         }
     }
 
-    /// Sends a message to a reactor (this one included). It goes onto the peer's lane at
-    /// once; the wake-up handshake (see `ring`) runs once per peer every [`SEND_BATCH`]
-    /// messages and at the end of the iteration. While a lane is full, messages wait in
-    /// the backlog, in order.
+    /// Sends a message to a reactor (this one included). Messages for a peer are gathered
+    /// and go onto its lane [`SEND_BATCH`] at a time, and at the end of the iteration, each
+    /// batch published with one store and followed by one wake-up handshake (see `ring`):
+    /// publishing every message on its own made the peer's core and this one trade the
+    /// lane's index line for every message. While a lane is full, messages wait here, in
+    /// order (bounded by the I/O in flight).
     #[inline]
     pub fn send(&mut self, to: ReactorId, msg: Message) {
         self.counters.messages_out += 1;
-        if !self.backlog.is_empty() {
-            self.backlog.push_back((to, msg));
-            return;
-        }
-        if let Err(msg) = self.push_message(to, msg) {
-            self.backlog.push_back((to, msg));
-        }
-        if self.unwoken_messages >= SEND_BATCH {
-            self.wake_peers();
+        let queue = &mut self.outbox[to as usize];
+        queue.push(msg);
+        if queue.len() >= SEND_BATCH {
+            self.push_outbox(to as usize);
         }
     }
 
-    /// Pushes one message onto the lane to `to` (its own inbox for this reactor); hands it
-    /// back when that is full.
-    #[inline]
-    fn push_message(&mut self, to: ReactorId, msg: Message) -> Result<(), Message> {
-        let pushed = if to == self.id {
-            self.peers[to as usize].push_quiet(msg)
+    /// Moves what fits of peer `to`'s queued messages onto its lane (its own inbox for this
+    /// reactor), then runs the peer's wake-up handshake. Returns how many went.
+    fn push_outbox(&mut self, to: usize) -> usize {
+        let queue = &mut self.outbox[to];
+        let pushed = if to == self.id as usize {
+            let inbox = &self.peers[to];
+            let mut n = 0;
+            let mut queued = std::mem::take(queue).into_iter();
+            for msg in queued.by_ref() {
+                if let Err(msg) = inbox.push_quiet(msg) {
+                    queue.push(msg);
+                    break;
+                }
+                n += 1;
+            }
+            queue.extend(queued);
+            n
         } else {
-            assert!((to as usize) < self.peers.len(), "no reactor {to}");
-            self.lanes.push(to as usize, msg)
+            self.lanes.push_batch(to, queue)
         };
-        if pushed.is_ok() {
-            self.unwoken |= 1 << (to % 64);
-            self.unwoken_messages += 1;
+        if pushed > 0 {
+            self.peers[to].wake_if_parked();
         }
         pushed
     }
 
-    /// Runs the wake-up handshake once for each peer pushed to since the last one.
-    fn wake_peers(&mut self) {
-        if self.unwoken != 0 {
-            for (i, peer) in self.peers.iter().enumerate() {
-                if self.unwoken & (1 << (i % 64)) != 0 {
-                    peer.wake_if_parked();
-                }
-            }
-        }
-        self.unwoken = 0;
-        self.unwoken_messages = 0;
-    }
-
-    /// Pushes the backlog in order (stopping at the first full lane, to keep the order),
-    /// then runs the wake-up handshake for every peer pushed to. Returns how many went out.
+    /// Pushes every peer's queued messages (as far as the lanes take them). Returns how many
+    /// went out.
     fn flush_backlog(&mut self) -> usize {
         let mut n = 0;
-        while let Some((to, msg)) = self.backlog.pop_front() {
-            if let Err(msg) = self.push_message(to, msg) {
-                self.backlog.push_front((to, msg));
-                break;
+        for to in 0..self.outbox.len() {
+            if !self.outbox[to].is_empty() {
+                n += self.push_outbox(to);
             }
-            n += 1;
         }
-        self.wake_peers();
         n
+    }
+
+    /// Whether messages wait to go out.
+    fn has_outgoing(&self) -> bool {
+        self.outbox.iter().any(|q| !q.is_empty())
     }
 
     /// Notifies a task on a reactor (this one included).
@@ -507,9 +499,9 @@ fn validate(slot: Geometry, io: &IoRequest) -> Result<(), IoStatus> {
     Ok(())
 }
 
-/// Messages pushed between two wake-up handshakes: enough to spread the handshake's fence
-/// over many messages, few enough that a parked peer is woken while this reactor is still
-/// busy.
+/// Messages gathered for a peer before they go onto its lane as one batch (one tail store,
+/// one wake-up handshake): enough to spread those over many messages, few enough that the
+/// peer starts on them while this reactor is still busy.
 const SEND_BATCH: usize = 16;
 
 /// Passes over the ready queue per iteration: the second runs what the first queued (a
@@ -537,20 +529,19 @@ impl Reactor {
         state: Arc<StateTable>,
     ) -> Reactor {
         let inbox = Arc::clone(&peers[id as usize]);
+        let peers_len = peers.len();
         Reactor {
             ctx: Ctx {
                 id,
                 now: 0,
                 peers,
+                outbox: (0..peers_len).map(|_| Vec::new()).collect(),
                 lanes,
-                unwoken: 0,
-                unwoken_messages: 0,
                 registry,
                 channels: Vec::new(),
                 router: router::Router::default(),
                 route_counters: RouteCounters::default(),
                 ready: Vec::with_capacity(config.reap_batch),
-                backlog: VecDeque::new(),
                 timers: Timers::default(),
                 spawned: Vec::new(),
                 next_task: 0,
@@ -623,7 +614,7 @@ impl Reactor {
     /// Whether the reactor may sleep: nothing in flight, queued or due before `now`.
     pub fn can_park(&self) -> bool {
         self.ctx.ready.is_empty()
-            && self.ctx.backlog.is_empty()
+            && !self.ctx.has_outgoing()
             && self.ctx.io_outstanding() == 0
             && !self.has_messages()
     }
