@@ -86,21 +86,23 @@ ratios (this machine's speed drifts by more than 10 % between minutes).
 
 What a crossing costs on malloc: the owner copies into (or out of) the buffer of the reactor
 that took the request, so the 4 KiB of a crossed request move between the cores' caches, and
-the request and its completion each take one ring hop. What keeps that cheap is pipelining: a
-reactor pushes its messages every 16 (`SEND_BATCH`) instead of once per iteration, and drains
-at most 32 inbox messages per iteration (`inbox_batch`), so the peer starts on a batch while
-the sender is still busy, and completions go back after 32 requests rather than 256. With
-one batch per iteration each way the volume reached 0.55-0.7x here and 100 % crossing
-(`--remote`) on raw malloc 0.45x; a one-shard request is also sent on whole (no parent copy),
-which took about 15 % off the router's instructions per I/O (callgrind, 512-byte I/O).
+the request and its completion each take one lane hop. Reactors talk over lanes: one
+single-producer ring per ordered pair of reactors (`engine/src/ring.rs`); a reactor gathers up
+to 16 messages per peer (`SEND_BATCH`) and publishes them with one store, and takes at most 128
+per lane per iteration (`inbox_batch`). Before the lanes (one multi-producer ring per reactor:
+a locked compare-exchange per message on each side) 100 % crossing (`--remote`, null bdev)
+reached 0.43x of local I/O and this benchmark 0.62-0.79x randwrite; with them `--remote`
+reaches about 1.0x (see the foundation section).
 
-Read the ratio with the machine's state in mind: on the day this was measured, raw
-randwrite over two reactors alternated between about 5.3 M (the two vCPUs not scaling fully)
-and 7.3 M (scaling fully) from one minute to the next, while the volume stayed at 4.3-4.9 M.
-In the fast state the ratio was 0.6-0.7 (three back-to-back pairs: raw 7.57, 7.11, 7.27 M
-against volume 4.47, 4.49, 4.27 M). A crossed 4 KiB request costs about 220 ns more than a
-local one there (two ring messages of 1.4 cache lines each, and the data's cache lines
-moving between cores), and half the requests cross.
+Read the ratio with the machine's state in mind. Raw randwrite over two reactors is bound by
+memory bandwidth here most of the time (a 4 KiB copy into device memory first reads every line
+for ownership): 5.3-5.6 M, with the volume, which makes the same copies, not far behind. In
+minutes when the host leaves more bandwidth, raw reaches 6.6-7.4 M and the ratio falls: the
+crossing then costs CPU, about 110 ns per crossed request over the two cores (two lane
+messages, and the owner reading the 64 lines of the other core's buffer). A side-by-side
+probe with a build whose malloc bdev wrote with non-temporal stores (which lifts the memory
+bound: raw 7.4-7.6 M) gave volume/raw 0.73-0.76x: that is the ratio to expect on a host with
+plenty of memory bandwidth per core.
 
 | workload | raw total (median) | volume total (median) | volume / raw, each round | volume / raw (median) | crossed reactors | p99 raw / volume |
 | --- | --- | --- | --- | --- | --- | --- |
