@@ -132,6 +132,10 @@ impl<T> Inbox<T> {
     }
 }
 
+/// The smallest lane [`Lanes::mesh`] makes (unless asked for less in all): room for a few
+/// batches of messages.
+const MIN_LANE_CAPACITY: usize = 64;
+
 /// One reactor's ends of the lane mesh: a producer towards every peer and a consumer from
 /// every peer.
 pub struct Lanes<T> {
@@ -142,8 +146,14 @@ pub struct Lanes<T> {
 }
 
 impl<T> Lanes<T> {
-    /// The mesh for `n` reactors, `capacity` messages per lane: element `i` is reactor `i`'s.
+    /// The mesh for `n` reactors: element `i` is reactor `i`'s. A reactor's incoming lanes
+    /// share `capacity` messages (each lane gets `capacity / (n - 1)`, at least 64 or
+    /// `capacity` if that is less), so the mesh's memory grows with the reactor count, not
+    /// its square: what does not fit waits with the sender.
     pub fn mesh(n: usize, capacity: usize) -> Vec<Lanes<T>> {
+        let per_lane = (capacity / n.saturating_sub(1).max(1))
+            .max(capacity.min(MIN_LANE_CAPACITY))
+            .max(1);
         let mut lanes: Vec<Lanes<T>> = (0..n)
             .map(|_| Lanes {
                 to: (0..n).map(|_| None).collect(),
@@ -152,7 +162,7 @@ impl<T> Lanes<T> {
             .collect();
         for from in 0..n {
             for to in (0..n).filter(|&to| to != from) {
-                let (producer, consumer) = rtrb::RingBuffer::new(capacity.max(1));
+                let (producer, consumer) = rtrb::RingBuffer::new(per_lane);
                 lanes[from].to[to] = Some(producer);
                 lanes[to].from.push(consumer);
             }
@@ -259,6 +269,19 @@ mod tests {
     /// Each ordered pair of reactors has its own lane: messages arrive on the receiver's lane
     /// from their sender, in order; a full lane takes what fits and leaves the rest with the
     /// sender, in order; there is no lane from a reactor to itself.
+    /// A reactor's incoming lanes share the capacity it was given, down to a floor.
+    #[test]
+    fn lane_capacity_is_shared_among_a_reactors_peers() {
+        let free_slots = |mesh: &mut Vec<Lanes<u8>>| {
+            let mut queue = vec![0u8; 10_000];
+            mesh[0].push_batch(1, &mut queue)
+        };
+        assert_eq!(free_slots(&mut Lanes::mesh(2, 4096)), 4096);
+        assert_eq!(free_slots(&mut Lanes::mesh(5, 4096)), 1024);
+        assert_eq!(free_slots(&mut Lanes::mesh(128, 4096)), 64);
+        assert_eq!(free_slots(&mut Lanes::mesh(8, 2)), 2);
+    }
+
     #[test]
     fn lanes_connect_every_ordered_pair_in_order_and_bounded() {
         let mut mesh = Lanes::<(usize, u32)>::mesh(3, 4);

@@ -93,9 +93,11 @@ pub trait Task {
     }
 }
 
-/// Bounds of one poll iteration and the inbox size.
+/// Bounds of one poll iteration, the inbox size and the room on the lanes from peers.
 #[derive(Clone, Debug)]
 pub struct ReactorConfig {
+    /// Messages the inbox holds; the lanes from all peers hold as many between them (see
+    /// `Lanes::mesh`).
     pub inbox_capacity: usize,
     pub inbox_batch: usize,
     pub reap_batch: usize,
