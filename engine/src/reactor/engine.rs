@@ -332,3 +332,7 @@ fn run_reactor(
 
 /// Longest a stopping reactor waits for its in-flight I/O.
 const DRAIN_DEADLINE_NS: Nanos = 10_000_000_000;
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
