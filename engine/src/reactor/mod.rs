@@ -312,7 +312,7 @@ impl Ctx {
 
     /// Pushes every peer's queued messages (as far as the lanes take them). Returns how many
     /// went out.
-    fn flush_backlog(&mut self) -> usize {
+    fn flush_outbox(&mut self) -> usize {
         let mut n = 0;
         for to in 0..self.outbox.len() {
             if !self.outbox[to].is_empty() {
@@ -603,7 +603,7 @@ impl Reactor {
             // A rate-capped copy waits for time to pass; active copies keep the reactor up.
             work += self.ctx.pump_copies();
         }
-        work += self.flush_backlog();
+        work += self.flush_outbox();
         self.ctx.monitor.poll_ended(work > 0);
         if work > 0 {
             self.ctx.counters.busy_polls += 1;
@@ -852,8 +852,8 @@ impl Reactor {
     }
 
     /// Pushes what is left of the iteration's messages.
-    fn flush_backlog(&mut self) -> usize {
-        self.ctx.flush_backlog()
+    fn flush_outbox(&mut self) -> usize {
+        self.ctx.flush_outbox()
     }
 
     /// Starts spawned tasks and removes finished ones.

@@ -108,7 +108,7 @@ fn cross_reactor_io_returns_to_its_origin() {
     assert_eq!(rec.done.borrow()[0].at, 3);
 }
 
-/// With a two-slot inbox, many messages wait in the sender's backlog and all arrive, in order.
+/// With two-slot inboxes and lanes, many messages wait in the sender's outbox and all arrive, in order.
 #[test]
 fn full_peer_inbox_backs_up_in_order_without_loss() {
     let (reg, bdev) = null_registry();
@@ -124,7 +124,10 @@ fn full_peer_inbox_backs_up_in_order_without_loss() {
             .ctx()
             .submit_on(1, bdev, request(IoType::Flush, 0, 0, None, 0, task, tag));
     }
-    assert!(!rs[0].can_park(), "a reactor with a backlog must not park");
+    assert!(
+        !rs[0].can_park(),
+        "a reactor with messages waiting to go out must not park"
+    );
     let mut now = 0;
     while rec.count() < 50 {
         now += 1;
