@@ -108,9 +108,10 @@ fn cross_reactor_io_returns_to_its_origin() {
     assert_eq!(rec.done.borrow()[0].at, 3);
 }
 
-/// With two-slot inboxes and lanes, many messages wait in the sender's outbox and all arrive, in order.
+/// With two-slot inboxes and lanes, many messages wait in the sender's outbox and all
+/// arrive, in order.
 #[test]
-fn full_peer_inbox_backs_up_in_order_without_loss() {
+fn full_peer_lane_backs_up_in_order_without_loss() {
     let (reg, bdev) = null_registry();
     let config = ReactorConfig {
         inbox_capacity: 2,
