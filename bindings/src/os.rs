@@ -78,3 +78,25 @@ pub fn set_current_thread_affinity(cores: &[usize]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Waits up to `timeout` for a descriptor to become readable (for a listening socket: a
+/// connection to accept). Returns whether it did; an interrupted wait reads as "not yet".
+pub fn wait_readable(fd: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: poll reads and writes the one pollfd `p` points at, for the count given (1).
+    let rc = unsafe { libc::poll(&mut p, 1, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(rc > 0)
+}

@@ -46,6 +46,8 @@ pub const MAX_HANDSHAKES: usize = 16;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long deleting an export or stopping the server waits for connections to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the accept thread sleeps before it looks at the stop flag again.
+const ACCEPT_WAKE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NbdError {
@@ -471,6 +473,15 @@ impl Listener {
     }
 }
 
+impl std::os::fd::AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Listener::Unix(_, path) = self {
@@ -481,12 +492,14 @@ impl Drop for Listener {
 
 fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::Acquire) {
+        // Sleep in poll until a client connects or it is time to look at `stop` again: an
+        // idle server wakes a few times a second, not hundreds.
+        if !tidepool_bindings::os::wait_readable(&listener, ACCEPT_WAKE).unwrap_or(true) {
+            continue;
+        }
         let (stream, peer) = match listener.accept() {
             Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(2));
-                continue;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 log::warn!("nbd: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(50));

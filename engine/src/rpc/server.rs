@@ -211,12 +211,13 @@ fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     restrict_to(&shared.options.cpus);
     while !shared.stop.load(Ordering::Acquire) {
+        // Sleep in poll until a client connects or it is time to look at `stop` again.
+        if !tidepool_bindings::os::wait_readable(&listener, POLL_INTERVAL).unwrap_or(true) {
+            continue;
+        }
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
             Err(e) => {
                 log::warn!("accept failed: {e}");
                 std::thread::sleep(POLL_INTERVAL);
