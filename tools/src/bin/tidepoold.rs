@@ -11,7 +11,6 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidepool::bdev::{BdevRegistry, IoType};
@@ -85,11 +84,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     cpuset::check_available(&cores)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("installing signal handlers")?;
-    }
+    // Registered before anything starts, so a signal that arrives during start-up is kept.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
 
     let registry = Arc::new(BdevRegistry::new());
     let mut deferred = Vec::new();
@@ -118,9 +118,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let server =
         RpcServer::for_services(&args.socket, Arc::clone(&services), args.max_rpc_clients)?;
 
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Sleeps until SIGINT or SIGTERM.
+    let _ = signals.forever().next();
     log::info!("signal received: shutting down");
     server.stop();
     // NBD clients stop being read; each connection finishes its I/O and sends its replies.
