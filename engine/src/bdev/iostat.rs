@@ -21,15 +21,15 @@ pub struct IoStat {
 }
 
 impl IoStat {
-    /// Records one completion returned by the channel at `now`.
+    /// Records one completion, `latency` after it was submitted (the caller computes it
+    /// once for every statistic that needs it).
     #[inline]
-    pub fn record(&mut self, c: &Completion, block_size: u32, now: Nanos) {
+    pub fn record(&mut self, c: &Completion, block_size: u32, latency: Nanos) {
         if !c.status.is_success() {
             self.errors += 1;
             return;
         }
         let t = c.io.io_type as usize;
-        let latency = now.saturating_sub(c.io.submit_time_ns);
         self.ops[t] += 1;
         self.bytes[t] += c.io.num_blocks as u64 * block_size as u64;
         self.latency_ns[t] += latency;

@@ -745,8 +745,9 @@ impl Reactor {
             let before = self.ctx.ready.len();
             let reaped = slot.channel.poll(now, max, &mut self.ctx.ready);
             for c in &self.ctx.ready[before..] {
-                slot.stats.record(c, slot.geometry.block_size, now);
-                slot.window.end(now.saturating_sub(c.io.submit_time_ns));
+                let latency = now.saturating_sub(c.io.submit_time_ns);
+                slot.stats.record(c, slot.geometry.block_size, latency);
+                slot.window.end(latency);
             }
             n += reaped;
             if slot.closing {

@@ -608,10 +608,10 @@ impl Ctx {
         c.io.origin = s.origin;
         c.io.offset_blocks = s.offset_blocks;
         c.io.submit_time_ns = s.submit_time_ns;
-        let now = self.now;
+        let latency = self.now.saturating_sub(s.submit_time_ns);
         if let Some(slot) = self.volume_slot(s.volume) {
-            slot.stats.record(c, slot.geometry.block_size, now);
-            slot.shard_ended(s.shard as u64, now.saturating_sub(s.submit_time_ns));
+            slot.stats.record(c, slot.geometry.block_size, latency);
+            slot.shard_ended(s.shard as u64, latency);
             slot.inflight -= 1;
         }
         true
@@ -641,9 +641,9 @@ impl Ctx {
         self.router.free.push(idx);
         self.router.inflight -= 1;
         let c = Completion::new(p.io, p.status);
-        let now = self.now;
+        let latency = self.now.saturating_sub(c.io.submit_time_ns);
         if let Some(slot) = self.volume_slot(p.volume) {
-            slot.stats.record(&c, slot.geometry.block_size, now);
+            slot.stats.record(&c, slot.geometry.block_size, latency);
             slot.inflight -= 1;
         }
         c
