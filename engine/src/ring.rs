@@ -62,14 +62,25 @@ impl<T> Inbox<T> {
         Ok(())
     }
 
-    /// Pushes without the wake-up check: for a producer that pushes a batch and then calls
-    /// [`Inbox::wake_if_parked`] once. Hands the message back when the ring is full.
-    #[inline]
-    pub fn push_quiet(&self, msg: T) -> Result<(), T> {
-        self.ring.push(msg)
+    /// Moves messages from the front of `queue` into the ring until it is full, without the
+    /// wake-up check (the caller runs [`Inbox::wake_if_parked`] once afterwards). Returns how
+    /// many moved; the rest stay in `queue`, in order. The same contract as
+    /// [`Lanes::push_batch`].
+    pub fn push_batch(&self, queue: &mut Vec<T>) -> usize {
+        let mut moved = 0;
+        let mut queued = std::mem::take(queue).into_iter();
+        for msg in queued.by_ref() {
+            if let Err(msg) = self.ring.push(msg) {
+                queue.push(msg);
+                break;
+            }
+            moved += 1;
+        }
+        queue.extend(queued);
+        moved
     }
 
-    /// The second half of a batch of [`Inbox::push_quiet`]: the handshake of `push`, once.
+    /// The second half of an [`Inbox::push_batch`]: the handshake of `push`, once.
     #[inline]
     pub fn wake_if_parked(&self) {
         // Pairs with the fence in `prepare_park`: see the module comment.
@@ -219,6 +230,21 @@ mod tests {
             (inbox.pop(), inbox.pop(), inbox.pop()),
             (Some(2), Some(3), None)
         );
+    }
+
+    /// A batch goes in as far as the ring has room; the rest waits in the queue, in order.
+    #[test]
+    fn inbox_batch_takes_what_fits_and_leaves_the_rest_in_order() {
+        let inbox = Inbox::with_capacity(2);
+        let mut queue = vec![1, 2, 3];
+        assert_eq!(inbox.push_batch(&mut queue), 2);
+        assert_eq!(queue, [3]);
+        assert_eq!(
+            (inbox.pop(), inbox.pop(), inbox.pop()),
+            (Some(1), Some(2), None)
+        );
+        assert_eq!(inbox.push_batch(&mut queue), 1);
+        assert!(queue.is_empty());
     }
 
     /// Several producers push tagged sequences through a small ring while one consumer drains

@@ -289,18 +289,7 @@ impl Ctx {
     fn push_outbox(&mut self, to: usize) -> usize {
         let queue = &mut self.outbox[to];
         let pushed = if to == self.id as usize {
-            let inbox = &self.peers[to];
-            let mut n = 0;
-            let mut queued = std::mem::take(queue).into_iter();
-            for msg in queued.by_ref() {
-                if let Err(msg) = inbox.push_quiet(msg) {
-                    queue.push(msg);
-                    break;
-                }
-                n += 1;
-            }
-            queue.extend(queued);
-            n
+            self.peers[to].push_batch(queue)
         } else {
             self.lanes.push_batch(to, queue)
         };
