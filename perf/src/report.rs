@@ -209,18 +209,7 @@ pub fn plot_svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
     let y_of = |us: f64| {
         TOP + (H - TOP - BOTTOM) * (1.0 - (us.max(1e-3).log10() - log_lo) / (log_hi - log_lo))
     };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="25" text-anchor="middle" font-size="16">{}</text>"#,
-        W / 2.0,
-        xml_escape(title)
-    );
+    let mut s = svg_start(W, H, title);
     for nines in 0..=MAX_NINES as u32 {
         let q = 1.0 - 10f64.powi(-(nines as i32));
         let x = x_of(q);
@@ -286,6 +275,24 @@ fn fmt_us(v: f64) -> String {
     } else {
         format!("{v}")
     }
+}
+
+/// The opening of a `w` x `h` SVG plot: the root element, a white background and `title`
+/// centred at the top. The caller draws the rest and closes the `<svg>`.
+pub fn svg_start(w: f64, h: f64, title: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="25" text-anchor="middle" font-size="16">{}</text>"#,
+        w / 2.0,
+        xml_escape(title)
+    );
+    s
 }
 
 pub fn xml_escape(s: &str) -> String {

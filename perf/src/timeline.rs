@@ -7,7 +7,7 @@
 //! interval with no completion ends with the next one). The main thread watches the volumes'
 //! routing tables ([`Watcher`]) and merges the jobs' slices interval by interval.
 
-use crate::report::xml_escape;
+use crate::report::{svg_start, xml_escape};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -229,18 +229,7 @@ pub fn svg(title: &str, points: &[Point], events: &[Event], t0: Nanos) -> String
         .max(lo + 1.0);
     let low_top = TOP + PANEL + GAP;
     let low_y = |us: f64| low_top + PANEL * (1.0 - (us.max(1e-3).log10() - lo) / (hi - lo));
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="25" text-anchor="middle" font-size="16">{}</text>"#,
-        W / 2.0,
-        xml_escape(title)
-    );
+    let mut s = svg_start(W, h, title);
     for (panel_top, label) in [(TOP, "IOPS"), (low_top, "latency (us)")] {
         let _ = writeln!(
             s,

@@ -128,6 +128,27 @@ fn tpctl_ok(sock: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
+/// Turns the balancer on with short intervals and a low threshold (two 200 ms samples over
+/// 1.1x the mean), and a cooldown longer than the test so that no shard can move twice.
+fn enable_eager_balancer(sock: &str) {
+    tpctl_ok(
+        sock,
+        &[
+            "balancer_set_options",
+            "--enabled",
+            "true",
+            "--interval-ms",
+            "200",
+            "--sustain-samples",
+            "2",
+            "--imbalance-threshold",
+            "1.1",
+            "--cooldown-ms",
+            "60000",
+        ],
+    );
+}
+
 #[test]
 fn shards_handed_between_reactors_under_verify_load_lose_nothing() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -243,22 +264,7 @@ fn the_balancer_evens_a_skewed_placement_without_moving_shards_back() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("imbalance_threshold"));
     assert_eq!(tpctl_ok(&sock, &["balancer_get_status"])["enabled"], false);
 
-    tpctl_ok(
-        &sock,
-        &[
-            "balancer_set_options",
-            "--enabled",
-            "true",
-            "--interval-ms",
-            "200",
-            "--sustain-samples",
-            "2",
-            "--imbalance-threshold",
-            "1.1",
-            "--cooldown-ms",
-            "60000",
-        ],
-    );
+    enable_eager_balancer(&sock);
     std::thread::sleep(Duration::from_millis(4000));
     let stats = tpctl_ok(&sock, &["load_get_stats"]);
     let status = tpctl_ok(&sock, &["balancer_get_status"]);
@@ -333,22 +339,7 @@ fn the_balancer_evens_the_members_of_a_pool_by_moving_data() {
     };
     let skewed = tpctl_ok(&sock, &["load_get_stats"]);
     assert!(share(&skewed, "Malloc0") > 0.8, "skewed: {skewed}");
-    tpctl_ok(
-        &sock,
-        &[
-            "balancer_set_options",
-            "--enabled",
-            "true",
-            "--interval-ms",
-            "200",
-            "--sustain-samples",
-            "2",
-            "--imbalance-threshold",
-            "1.1",
-            "--cooldown-ms",
-            "60000",
-        ],
-    );
+    enable_eager_balancer(&sock);
     std::thread::sleep(Duration::from_millis(5000));
     let stats = tpctl_ok(&sock, &["load_get_stats"]);
     let status = tpctl_ok(&sock, &["balancer_get_status"]);

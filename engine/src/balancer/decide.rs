@@ -372,7 +372,8 @@ pub(super) mod tests {
         )
     }
 
-    fn opts() -> Options {
+    /// The balancer switched on, deciding after two samples; the rest default.
+    pub(in crate::balancer) fn opts() -> Options {
         Options {
             enabled: true,
             sustain_samples: 2,

@@ -130,7 +130,7 @@ pub fn evaluate(
 
 #[cfg(test)]
 mod tests {
-    use super::super::decide::tests::load;
+    use super::super::decide::tests::{load, opts};
     use super::*;
 
     fn key(i: u32) -> ShardKey {
@@ -174,14 +174,6 @@ mod tests {
             },
         ];
         (snap, members, shards)
-    }
-
-    fn opts() -> Options {
-        Options {
-            enabled: true,
-            sustain_samples: 2,
-            ..Options::default()
-        }
     }
 
     #[test]
