@@ -170,6 +170,16 @@ fn read_at(rig: &mut Rig, t: &mut u64, bdev: BdevId, off: u64, n: u64) -> Vec<u8
 /// Tags reads in the simulation (the rest is the op's index in its batch).
 const READ_TAG: u64 = 1 << 40;
 
+/// Whether block `at` of `data` holds what the model says volume block `block` holds: the
+/// pattern of its last write, or zeroes if it was never written.
+fn block_matches_model(data: &[u8], at: u64, block: u64, model: &[u64]) -> bool {
+    let m = model[block as usize];
+    let want = if m == 0 { 0 } else { pattern(block, m) };
+    data[(at * BS) as usize..((at + 1) * BS) as usize]
+        .iter()
+        .all(|&x| x == want)
+}
+
 /// The seeds the simulation runs in CI (208 abandons a copy); `TIDEPOOL_SEED` runs one of
 /// your choice.
 const SIM_SEEDS: [u64; 7] = [1, 2, 3, 0x5eed, 0xbeef, 0x2026, 208];
@@ -268,11 +278,8 @@ fn simulate(seed: u64) {
                 let (_, off, n) = ops[(d.tag & !READ_TAG) as usize];
                 let data = d.buf.as_ref().unwrap().as_slice();
                 for b in 0..n {
-                    let m = model[(off + b) as usize];
-                    let want = if m == 0 { 0 } else { pattern(off + b, m) };
-                    let got = &data[(b * BS) as usize..((b + 1) * BS) as usize];
                     assert!(
-                        got.iter().all(|&x| x == want),
+                        block_matches_model(data, b, off + b, &model),
                         "seed {seed}: batch {batch} read block {}",
                         off + b
                     );
@@ -389,11 +396,8 @@ fn simulate(seed: u64) {
                         let first = shard * SHARD;
                         let held = read_at(&mut rig, &mut t, targets[ti], 0, SHARD);
                         for b in 0..SHARD {
-                            let m = model[(first + b) as usize];
-                            let want = if m == 0 { 0 } else { pattern(first + b, m) };
-                            let got = &held[(b * BS) as usize..((b + 1) * BS) as usize];
                             assert!(
-                                got.iter().all(|&x| x == want),
+                                block_matches_model(&held, b, first + b, &model),
                                 "seed {seed}: target block {b}"
                             );
                         }
