@@ -100,3 +100,46 @@ pub fn wait_readable(fd: &impl AsRawFd, timeout: std::time::Duration) -> io::Res
     }
     Ok(rc > 0)
 }
+
+/// Sets a TCP socket's congestion control algorithm by name (setsockopt TCP_CONGESTION).
+pub fn set_tcp_congestion(fd: &impl AsRawFd, name: &str) -> io::Result<()> {
+    // SAFETY: setsockopt reads `name.len()` bytes from the pointer, which points at `name`.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr() as *const libc::c_void,
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A TCP socket's congestion control algorithm (getsockopt TCP_CONGESTION).
+pub fn tcp_congestion(fd: &impl AsRawFd) -> io::Result<String> {
+    // TCP_CA_NAME_MAX in linux/tcp.h.
+    let mut name = [0u8; 16];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `name`, which is `len` bytes long,
+    // and stores the length it wrote in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name = &name[..(len as usize).min(name.len())];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}

@@ -6,6 +6,7 @@
 //! - [`conn`]: a client in transmission phase, served by a reactor as a poller task; the
 //!   connection is placed on the reactor with the fewest connections.
 //! - [`replies`]: a connection's unsent replies, written from the DMA buffers with `writev`.
+//! - [`tcp`]: settings of an accepted TCP socket (no delay; no pacing for loopback clients).
 //! - [`waker`]: unparks a reactor when one of its sockets has work.
 //!
 //! [`NbdService`] holds the export table and, while it runs, the [`NbdServer`] listener. An
@@ -21,6 +22,7 @@ pub mod conn;
 pub mod handshake;
 pub mod proto;
 pub mod replies;
+pub mod tcp;
 pub mod waker;
 
 use crate::bdev::{BdevError, BdevId, BdevRegistry, IoType};
@@ -462,7 +464,7 @@ impl Listener {
         match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept()?;
-                s.set_nodelay(true)?;
+                tcp::tune_client_socket(&s, &peer)?;
                 Ok((Stream::Tcp(s), peer.to_string()))
             }
             Listener::Unix(l, path) => {
