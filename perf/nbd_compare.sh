@@ -97,6 +97,7 @@ for rw, label, key in rows:
     lines.append(f"| {label} | {' | '.join(cells)} | {median['tidepool']/best_kit:.2f}x "
                  f"| {median['tidepool']/median['qemu-nbd']:.2f}x |")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+system_cc = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
 section = f"""<!-- nbd:begin -->
 ## NBD: tidepool against nbdkit and qemu-nbd (issue 6)
 
@@ -107,6 +108,8 @@ of 1 GiB: `tidepoold -m 0x1` exporting a malloc bdev, `nbdkit memory 1G`, `qemu-
 on a file in /dev/shm; nbdkit also runs unpinned (free to use both cores, fio's included).
 Every export is first written once end to end (1 MiB sequential writes), so no row pays
 first-touch page faults.
+TCP congestion control: the system default here is `{system_cc}`, which nbdkit and qemu-nbd use;
+tidepool gives a loopback client one that does not pace (cubic, else reno; `engine/src/nbd/tcp.rs`).
 {rounds} rounds, each running every server in turn; medians, with the p99 completion latency and
 every round in brackets. "tidepool / nbdkit" is against the better of the two nbdkit runs.
 
