@@ -1,7 +1,8 @@
 //! Socket settings for an accepted TCP client.
 //!
 //! - `TCP_NODELAY`: a reply goes out when it is written, not when Nagle's timer says so.
-//! - For a client on this host (a loopback peer), a congestion control that does not pace:
+//! - For a client on this host (a loopback peer, or one that connected to this host's own
+//!   address from that same address), a congestion control that does not pace:
 //!   the first of [`LOOPBACK_CONGESTION`] the kernel accepts. BBR, a common system default,
 //!   paces every connection, spacing its segments with a high-resolution timer. On loopback
 //!   there is no link or queue to protect, and the pacing costs the reactor a timer interrupt
@@ -22,7 +23,7 @@ pub const LOOPBACK_CONGESTION: [&str; 2] = ["cubic", "reno"];
 /// Applies this module's settings to a client socket accepted from `peer`.
 pub fn tune_client_socket(stream: &TcpStream, peer: &SocketAddr) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    if is_on_this_host(peer) {
+    if is_on_this_host(peer, &stream.local_addr()?) {
         let chosen = LOOPBACK_CONGESTION
             .iter()
             .find(|name| set_tcp_congestion(stream, name).is_ok());
@@ -35,12 +36,14 @@ pub fn tune_client_socket(stream: &TcpStream, peer: &SocketAddr) -> std::io::Res
     Ok(())
 }
 
-/// Whether `peer` is a loopback address (IPv4, IPv6, or IPv4 mapped into IPv6).
-fn is_on_this_host(peer: &SocketAddr) -> bool {
-    match peer.ip() {
+/// Whether the client at `peer` runs on this host: it has a loopback address (IPv4, IPv6, or
+/// IPv4 mapped into IPv6), or the same address as this end of the connection (`local`).
+fn is_on_this_host(peer: &SocketAddr, local: &SocketAddr) -> bool {
+    let loopback = match peer.ip() {
         IpAddr::V4(a) => a.is_loopback(),
         IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-    }
+    };
+    loopback || peer.ip() == local.ip()
 }
 
 #[cfg(test)]
@@ -50,22 +53,26 @@ mod tests {
     use tidepool_bindings::os::tcp_congestion;
 
     #[test]
-    fn loopback_peers_are_recognised_in_every_form() {
+    fn clients_on_this_host_are_recognised_in_every_form() {
+        let here: SocketAddr = "10.0.0.5:10809".parse().unwrap();
+        let local = |a: &str| is_on_this_host(&a.parse().unwrap(), &here);
         for a in [
             "127.0.0.1:1",
             "127.8.9.10:1",
             "[::1]:1",
             "[::ffff:127.0.0.1]:1",
         ] {
-            assert!(is_on_this_host(&a.parse().unwrap()), "{a}");
+            assert!(local(a), "{a}");
         }
+        // A client that connected to this host's own address, from it.
+        assert!(local("10.0.0.5:40000"));
         for a in [
             "10.0.0.1:1",
             "192.168.1.2:1",
             "[2001:db8::1]:1",
             "[::ffff:10.0.0.1]:1",
         ] {
-            assert!(!is_on_this_host(&a.parse().unwrap()), "{a}");
+            assert!(!local(a), "{a}");
         }
     }
 
