@@ -67,16 +67,22 @@ impl<T> Inbox<T> {
     /// many moved; the rest stay in `queue`, in order. The same contract as
     /// [`Lanes::push_batch`].
     pub fn push_batch(&self, queue: &mut Vec<T>) -> usize {
+        // Drain in place so that `queue` keeps its capacity (it is refilled every batch).
+        let room = self.ring.capacity().saturating_sub(self.ring.len());
+        let mut batch = queue.drain(..room.min(queue.len()));
         let mut moved = 0;
-        let mut queued = std::mem::take(queue).into_iter();
-        for msg in queued.by_ref() {
+        let mut refused = Vec::new();
+        while let Some(msg) = batch.next() {
             if let Err(msg) = self.ring.push(msg) {
-                queue.push(msg);
+                // Another producer took the room meanwhile: the rest goes back, in order.
+                refused.push(msg);
+                refused.extend(batch.by_ref());
                 break;
             }
             moved += 1;
         }
-        queue.extend(queued);
+        drop(batch);
+        queue.splice(0..0, refused);
         moved
     }
 
@@ -292,9 +298,6 @@ mod tests {
         assert!(next.iter().all(|&n| n == PER_PRODUCER));
     }
 
-    /// Each ordered pair of reactors has its own lane: messages arrive on the receiver's lane
-    /// from their sender, in order; a full lane takes what fits and leaves the rest with the
-    /// sender, in order; there is no lane from a reactor to itself.
     /// A reactor's incoming lanes share the capacity it was given, down to a floor.
     #[test]
     fn lane_capacity_is_shared_among_a_reactors_peers() {
@@ -308,6 +311,9 @@ mod tests {
         assert_eq!(free_slots(&mut Lanes::mesh(8, 2)), 2);
     }
 
+    /// Each ordered pair of reactors has its own lane: messages arrive on the receiver's lane
+    /// from their sender, in order; a full lane takes what fits and leaves the rest with the
+    /// sender, in order; there is no lane from a reactor to itself.
     #[test]
     fn lanes_connect_every_ordered_pair_in_order_and_bounded() {
         let mut mesh = Lanes::<(usize, u32)>::mesh(3, 4);

@@ -2,12 +2,11 @@
 //!
 //! [`Reactor::poll`] runs one iteration, in this order, each step bounded by
 //! [`ReactorConfig`]: drain the inbox and each lane from a peer (at most `inbox_batch`
-//! messages from each), reap every open
-//! channel (at most `reap_batch` completions each) and retry what a channel refused for lack
-//! of resources, hand the reaped completions to their tasks (or to the reactor that issued
-//! them), run due timers (at most `timer_batch`), run the pollers (tasks that serve sockets,
-//! each bounding its own work), and push the messages queued for peers. It
-//! returns [`PollResult::Busy`] if any step did work.
+//! messages from each), reap every open channel (at most `reap_batch` completions each) and
+//! retry what a channel refused for lack of resources, hand the reaped completions to their
+//! tasks (or to the reactor that issued them), run due timers (at most `timer_batch`), run
+//! the pollers (tasks that serve sockets, each bounding its own work), and push the messages
+//! queued for peers. It returns [`PollResult::Busy`] if any step did work.
 //!
 //! A poller that waits on something outside the reactor (a socket) must get the reactor woken
 //! when it parks: [`Reactor::prepare_park`] asks every poller (`Task::on_park`) to arrange
