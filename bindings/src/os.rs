@@ -4,11 +4,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// Sets this thread's timer slack. Linux lets a sleeping thread's timer fire up to 50 µs late
-/// by default; a parked reactor with a due timer wants to wake on time.
-pub fn set_timer_slack_ns(ns: u64) -> io::Result<()> {
-    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and touches no memory of ours.
-    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+/// A libc call's return code as a result: 0 is success, anything else the OS error `errno`
+/// holds.
+fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
@@ -16,16 +14,21 @@ pub fn set_timer_slack_ns(ns: u64) -> io::Result<()> {
     }
 }
 
+/// Sets this thread's timer slack. Linux lets a sleeping thread's timer fire up to 50 µs late
+/// by default; a parked reactor with a due timer wants to wake on time.
+pub fn set_timer_slack_ns(ns: u64) -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+    check(rc)
+}
+
 /// Size in bytes of an open block device (ioctl BLKGETSIZE64).
 pub fn block_device_size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
-    if rc == 0 {
-        Ok(size)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    check(rc)?;
+    Ok(size)
 }
 
 /// Logical block size of an open block device (ioctl BLKSSZGET).
@@ -33,11 +36,8 @@ pub fn block_device_logical_block_size(file: &File) -> io::Result<u32> {
     let mut size: libc::c_int = 0;
     // SAFETY: BLKSSZGET writes one int through the pointer, which points at `size`.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut size as *mut libc::c_int) };
-    if rc == 0 {
-        Ok(size as u32)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    check(rc)?;
+    Ok(size as u32)
 }
 
 /// `_IOR(0x12, 114, size_t)` from linux/fs.h.
@@ -53,11 +53,8 @@ pub fn process_cpu_time_ns() -> io::Result<u64> {
     };
     // SAFETY: clock_gettime writes one timespec through the pointer, which points at `ts`.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    if rc == 0 {
-        Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    check(rc)?;
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// Restricts the calling thread to `cores` (sched_setaffinity on the thread itself).
@@ -73,10 +70,7 @@ pub fn set_current_thread_affinity(cores: &[usize]) -> io::Result<()> {
     }
     // SAFETY: `set` is a valid, initialised cpu_set_t of the size passed; pid 0 is this thread.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    check(rc)
 }
 
 /// Waits up to `timeout` for a descriptor to become readable (for a listening socket: a
@@ -113,11 +107,7 @@ pub fn set_tcp_congestion(fd: &impl AsRawFd, name: &str) -> io::Result<()> {
             name.len() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    check(rc)
 }
 
 /// A TCP socket's congestion control algorithm (getsockopt TCP_CONGESTION).
@@ -136,9 +126,7 @@ pub fn tcp_congestion(fd: &impl AsRawFd) -> io::Result<String> {
             &mut len,
         )
     };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    check(rc)?;
     let name = &name[..(len as usize).min(name.len())];
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     Ok(String::from_utf8_lossy(&name[..end]).into_owned())
