@@ -3,7 +3,7 @@
 //! - `TCP_NODELAY`: a reply goes out when it is written, not when Nagle's timer says so.
 //! - For a client on this host (a loopback peer, or one that connected to this host's own
 //!   address from that same address), a congestion control that does not pace:
-//!   the first of [`LOOPBACK_CONGESTION`] the kernel accepts. BBR, a common system default,
+//!   the first of [`UNPACED_CONGESTION`] the kernel accepts. BBR, a common system default,
 //!   paces every connection, spacing its segments with a high-resolution timer. On loopback
 //!   there is no link or queue to protect, and the pacing costs the reactor a timer interrupt
 //!   and a softirq every few hundred KB, plus a wake-up of the client each time. Measured on
@@ -18,18 +18,18 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use tidepool_bindings::os::set_tcp_congestion;
 
 /// Congestion controls without pacing, in order of preference (reno is always built in).
-pub const LOOPBACK_CONGESTION: [&str; 2] = ["cubic", "reno"];
+pub const UNPACED_CONGESTION: [&str; 2] = ["cubic", "reno"];
 
 /// Applies this module's settings to a client socket accepted from `peer`.
 pub fn tune_client_socket(stream: &TcpStream, peer: &SocketAddr) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     if is_on_this_host(peer, &stream.local_addr()?) {
-        let chosen = LOOPBACK_CONGESTION
+        let chosen = UNPACED_CONGESTION
             .iter()
             .find(|name| set_tcp_congestion(stream, name).is_ok());
         if chosen.is_none() {
             log::debug!(
-                "nbd: {peer}: the kernel took none of {LOOPBACK_CONGESTION:?}; keeping its default"
+                "nbd: {peer}: the kernel took none of {UNPACED_CONGESTION:?}; keeping its default"
             );
         }
     }
@@ -85,7 +85,7 @@ mod tests {
         let _ = set_tcp_congestion(&server_side, "bbr");
         tune_client_socket(&server_side, &peer).unwrap();
         let cc = tcp_congestion(&server_side).unwrap();
-        assert!(LOOPBACK_CONGESTION.contains(&cc.as_str()), "got {cc}");
+        assert!(UNPACED_CONGESTION.contains(&cc.as_str()), "got {cc}");
         assert!(server_side.nodelay().unwrap());
     }
 }
