@@ -6,7 +6,7 @@
 //! - [`conn`]: a client in transmission phase, served by a reactor as a poller task; the
 //!   connection is placed on the reactor with the fewest connections.
 //! - [`replies`]: a connection's unsent replies, written from the DMA buffers with `writev`.
-//! - [`tcp`]: settings of an accepted TCP socket (no delay; no pacing for loopback clients).
+//! - [`tcp`]: settings of an accepted TCP socket (no delay; no pacing for clients on this host).
 //! - [`waker`]: unparks a reactor when one of its sockets has work.
 //!
 //! [`NbdService`] holds the export table and, while it runs, the [`NbdServer`] listener. An
