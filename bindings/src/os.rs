@@ -131,3 +131,21 @@ pub fn tcp_congestion(fd: &impl AsRawFd) -> io::Result<String> {
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     Ok(String::from_utf8_lossy(&name[..end]).into_owned())
 }
+
+/// Turns a TCP socket's quick-ACK mode on or off (setsockopt TCP_QUICKACK; off means the
+/// kernel may delay ACKs to send them with data, until it decides otherwise).
+pub fn set_tcp_quickack(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
+    let value = on as libc::c_int;
+    // SAFETY: setsockopt reads size_of::<c_int>() bytes from the pointer, which points at
+    // `value`.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    check(rc)
+}
