@@ -95,19 +95,24 @@ pub fn wait_readable(fd: &impl AsRawFd, timeout: std::time::Duration) -> io::Res
     Ok(rc > 0)
 }
 
-/// Sets a TCP socket's congestion control algorithm by name (setsockopt TCP_CONGESTION).
-pub fn set_tcp_congestion(fd: &impl AsRawFd, name: &str) -> io::Result<()> {
-    // SAFETY: setsockopt reads `name.len()` bytes from the pointer, which points at `name`.
+/// Sets TCP-level socket option `option` to the bytes of `value` (setsockopt, IPPROTO_TCP).
+fn set_tcp_option(fd: &impl AsRawFd, option: libc::c_int, value: &[u8]) -> io::Result<()> {
+    // SAFETY: setsockopt reads `value.len()` bytes from the pointer, which points at `value`.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            name.as_ptr() as *const libc::c_void,
-            name.len() as libc::socklen_t,
+            option,
+            value.as_ptr() as *const libc::c_void,
+            value.len() as libc::socklen_t,
         )
     };
     check(rc)
+}
+
+/// Sets a TCP socket's congestion control algorithm by name (setsockopt TCP_CONGESTION).
+pub fn set_tcp_congestion(fd: &impl AsRawFd, name: &str) -> io::Result<()> {
+    set_tcp_option(fd, libc::TCP_CONGESTION, name.as_bytes())
 }
 
 /// A TCP socket's congestion control algorithm (getsockopt TCP_CONGESTION).
@@ -135,17 +140,5 @@ pub fn tcp_congestion(fd: &impl AsRawFd) -> io::Result<String> {
 /// Turns a TCP socket's quick-ACK mode on or off (setsockopt TCP_QUICKACK; off means the
 /// kernel may delay ACKs to send them with data, until it decides otherwise).
 pub fn set_tcp_quickack(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
-    let value = on as libc::c_int;
-    // SAFETY: setsockopt reads size_of::<c_int>() bytes from the pointer, which points at
-    // `value`.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    check(rc)
+    set_tcp_option(fd, libc::TCP_QUICKACK, &(on as libc::c_int).to_ne_bytes())
 }
