@@ -262,10 +262,11 @@ impl Ctx {
             Some(slot) => {
                 slot.inflight += 1;
                 slot.refresh();
-                // `submit` checked that a non-flush request has at least one block.
+                // `submit` checked that a non-flush request has at least one block (a
+                // flush has none, and is never a one-shard request).
                 let (first, within) = slot.locate(io.offset_blocks);
-                let last = slot.locate(io.offset_blocks + io.num_blocks as u64 - 1).0;
-                let one = io.io_type != IoType::Flush && first == last;
+                let end = io.offset_blocks + io.num_blocks as u64;
+                let one = io.io_type != IoType::Flush && slot.locate(end - 1).0 == first;
                 if one {
                     slot.shard_started(first, io.io_type, io.offset_blocks, io.num_blocks);
                 }
