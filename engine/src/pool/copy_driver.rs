@@ -255,6 +255,7 @@ impl PoolService {
             .map_err(|e| PoolError::Io(e.to_string()))?
             .map_err(PoolError::Busy)?;
         pool.reserved.push((t, extent));
+        let pool_name = pool.record.name.clone();
         let source = members[placed.member as usize].bdev_name.clone();
         let rec = Arc::new(Mutex::new(Record {
             volume: volume_name.to_string(),
@@ -277,11 +278,11 @@ impl PoolService {
         );
         let me = Arc::clone(self);
         let job = Commit {
+            pool: pool_name,
             volume: volume_name.to_string(),
             vol_id,
             shard,
             owner,
-            target_member: t,
             target_id,
             extent,
             target_offset,
@@ -331,9 +332,13 @@ impl PoolService {
                 r.ctx().stop_copy(vol, shard)
             });
         {
+            // Only this pool's reservation: another pool may have reserved the same member
+            // index and extent. The index is looked up again (a member removal renumbers).
             let mut pools = self.lock();
-            for p in pools.values_mut() {
-                p.reserved.retain(|&r| r != (job.target_member, job.extent));
+            if let Some(p) = pools.get_mut(&job.pool) {
+                if let Some(t) = p.member_index_of(job.target_id) {
+                    p.reserved.retain(|&r| r != (t, job.extent));
+                }
             }
         }
         let mut inner = self.migrations.lock();
@@ -417,12 +422,16 @@ impl PoolService {
                 job.volume
             )));
         }
+        // The target's index now: a member removed while this copied renumbers the rest.
+        let target_member = pool.member_index_of(job.target_id).ok_or_else(|| {
+            PoolError::NoPool(format!("the target of volume '{}' went away", job.volume))
+        })?;
         let vi = pool.record_index(&job.volume);
         let mut record = pool.record.clone();
         let s = &mut record.volumes[vi].shards[job.shard];
-        s.member = job.target_member;
+        s.member = target_member;
         s.extent = job.extent;
-        let member_name = record.members[job.target_member as usize].bdev_name.clone();
+        let member_name = record.members[target_member as usize].bdev_name.clone();
         self.persist(pool, record)?;
         let (target_id, offset, shard) = (job.target_id, job.target_offset, job.shard);
         volume.update(|routes| {
@@ -470,11 +479,11 @@ impl PoolService {
 
 /// What the commit needs to know about a running copy.
 struct Commit {
+    pool: String,
     volume: String,
     vol_id: BdevId,
     shard: usize,
     owner: usize,
-    target_member: u32,
     target_id: BdevId,
     extent: u64,
     target_offset: u64,

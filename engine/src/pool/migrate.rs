@@ -47,12 +47,6 @@ impl PoolService {
             }
             return self.start_data_migration(&p.volume, p.shard as usize, bdev);
         }
-        if self.migrations.running_for(&p.volume, p.shard) {
-            return Err(PoolError::Busy(format!(
-                "shard {} of volume '{}' is migrating to another bdev; hand it off afterwards",
-                p.shard, p.volume
-            )));
-        }
         let core = p
             .target_core
             .ok_or_else(|| invalid("target_core", "give the core that is to serve the shard"))?;
@@ -64,6 +58,15 @@ impl PoolService {
             )
         })? as u16;
         let mut pools = self.lock();
+        // Checked under the pools lock, under which copies are registered: only a copy's
+        // owner mirrors the shard's writes to the target, so the owner must not change
+        // while one runs.
+        if self.migrations.running_for(&p.volume, p.shard) {
+            return Err(PoolError::Busy(format!(
+                "shard {} of volume '{}' is migrating to another bdev; hand it off afterwards",
+                p.shard, p.volume
+            )));
+        }
         let pool = pool_of(&mut pools, &p.volume)?;
         let volume = Arc::clone(&pool.volumes[&p.volume].1);
         let vi = pool.record_index(&p.volume);

@@ -45,6 +45,9 @@ const IO_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_MEMBERS: usize = 64;
 /// Default shard size.
 pub const DEFAULT_SHARD_SIZE_MIB: u64 = 64;
+/// Shards one member may hold (64 TiB in 64 MiB shards): placement keeps a flag per extent,
+/// so tiny shards on a big member would cost memory on every placement decision.
+pub const MAX_EXTENTS_PER_MEMBER: u64 = 1 << 20;
 /// Longest pool or volume name.
 const MAX_NAME_LEN: usize = 128;
 
@@ -139,6 +142,14 @@ struct Pool {
 }
 
 impl Pool {
+    /// The index the present member `id` has now (a member removal renumbers the rest).
+    fn member_index_of(&self, id: BdevId) -> Option<u32> {
+        self.members
+            .iter()
+            .position(|m| *m == Some(id))
+            .map(|i| i as u32)
+    }
+
     fn degraded(&self) -> bool {
         self.members.iter().any(Option::is_none)
     }
@@ -322,13 +333,22 @@ impl PoolService {
 
     /// Persists `record` as the pool's next generation; on failure writes the current
     /// description back (best effort) and leaves the pool as it was.
+    ///
+    /// The write back goes under the same generation, into the slot the failed write used:
+    /// the slot holding the last good generation is never touched, so a write back that is
+    /// torn in turn still leaves that one readable. Whatever happens, the pool's generation
+    /// moves past the failed one, so no later write can be outranked by a stale copy that
+    /// landed on some member (the next record goes out as generation + 2).
     fn persist(&self, pool: &mut Pool, record: PoolRecord) -> Result<(), PoolError> {
         let generation = pool.generation + 1;
         if let Err(e) = self.write_generation(&record, generation, &pool.members) {
-            let restore = self.write_generation(&pool.record, generation + 1, &pool.members);
-            if restore.is_ok() {
-                pool.generation = generation + 1;
+            if let Err(again) = self.write_generation(&pool.record, generation, &pool.members) {
+                log::error!(
+                    "pool '{}': writing the previous description back failed too: {again}",
+                    pool.record.name
+                );
             }
+            pool.generation = generation;
             log::error!("pool '{}': {e}", pool.record.name);
             return Err(e);
         }
@@ -377,6 +397,16 @@ impl PoolService {
         for (_, info) in &found {
             let bytes = info.num_blocks * bs as u64;
             let extents = bytes.saturating_sub(DATA_START_BYTES) / shard_bytes;
+            if extents > MAX_EXTENTS_PER_MEMBER {
+                return Err(invalid(
+                    "shard_size",
+                    format!(
+                        "'{}' would hold {extents} shards of {shard_bytes} bytes; a member holds \
+                         at most {MAX_EXTENTS_PER_MEMBER}: use larger shards",
+                        info.name
+                    ),
+                ));
+            }
             if extents == 0 {
                 return Err(invalid(
                     "base_bdevs",
@@ -426,7 +456,12 @@ impl PoolService {
             // Generation 1 goes to slot 1; slot 0 is wiped so that a forced format leaves
             // nothing of an older pool behind.
             self.wipe(&ids, bs, &[0])?;
-            self.write_generation(&record, 1, &ids)?;
+            if let Err(e) = self.write_generation(&record, 1, &ids) {
+                // Leave no half-written pool behind (best effort): a retry without `force`
+                // would be refused for metadata this failed call wrote.
+                let _ = self.wipe(&ids, bs, &[1]);
+                return Err(e);
+            }
             Ok(Pool {
                 record,
                 generation: 1,
@@ -516,9 +551,49 @@ impl PoolService {
                 ),
             ));
         }
+        // A member's slot is trusted where the chosen record lists the same bdev at its index:
+        // a slot left on a bdev that was removed from the pool (its wipe failed, or the
+        // process died before it) names an older numbering, and must not stand in for the
+        // member that now holds that index.
+        let chosen = record.clone();
+        slots.retain(|(_, name, s)| {
+            let index = s.member_index as usize;
+            let same = chosen.members.get(index).is_some_and(|m| {
+                s.record
+                    .members
+                    .get(index)
+                    .is_some_and(|own| own.bdev_name == m.bdev_name)
+            });
+            if !same {
+                log::warn!(
+                    "pool_import: '{name}' holds generation {} as member {index}, which the \
+                     newest description (generation {generation}) gives to another bdev; \
+                     treated as not a member",
+                    s.generation
+                );
+            }
+            same
+        });
         let mut members: Vec<Option<BdevId>> = vec![None; record.members.len()];
         for (id, name, s) in &slots {
             let index = s.member_index as usize;
+            let was = &record.members[index];
+            if let Some((_, info)) = found.iter().find(|(f, _)| f == id) {
+                if info.block_size != record.block_size || info.num_blocks < was.num_blocks {
+                    return Err(invalid(
+                        "base_bdevs",
+                        format!(
+                            "'{name}' has {} blocks of {} bytes; as member {index} of pool \
+                             '{}' it had {} blocks of {} bytes",
+                            info.num_blocks,
+                            info.block_size,
+                            record.name,
+                            was.num_blocks,
+                            record.block_size
+                        ),
+                    ));
+                }
+            }
             if members[index].is_some() {
                 return Err(invalid(
                     "base_bdevs",
@@ -722,23 +797,36 @@ impl PoolService {
         Ok(())
     }
 
+    /// `volume_delete`. Either the volume is gone everywhere (registry, routing, the
+    /// placement on every member) or, on any error, it is still there as it was.
     pub fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
         let mut pools = self.lock();
         let pool = pool_of(&mut pools, name)?;
-        let (id, _) = pool.volumes[name].clone();
+        let (id, volume) = pool.volumes[name].clone();
         // Refused here, changing nothing, while an NBD export (or anything) claims it.
-        self.registry.unregister(name)?;
-        let open = self
-            .engine
-            .close_channels(id, IO_DEADLINE)
-            .map_err(|e| PoolError::Io(e.to_string()))?;
-        if open > 0 {
-            log::warn!("volume '{name}': {open} reactor(s) still hold its I/O");
+        let bdev = self.registry.unregister(name)?;
+        let outcome = match self.engine.close_channels(id, IO_DEADLINE) {
+            Err(e) => Err(PoolError::Io(e.to_string())),
+            // Freeing the extents under I/O that may still land would let a later volume
+            // be written by it.
+            Ok(open) if open > 0 => Err(PoolError::Busy(format!(
+                "volume '{name}': {open} reactor(s) still hold its I/O after {} s; \
+                 it was not deleted",
+                IO_DEADLINE.as_secs()
+            ))),
+            Ok(_) => {
+                let mut record = pool.record.clone();
+                record.volumes.retain(|v| v.name != name);
+                self.persist(pool, record)
+            }
+        };
+        if let Err(e) = outcome {
+            // Back as it was, under a new bdev id (reactors open it afresh).
+            let id = self.registry.register(bdev)?;
+            pool.volumes.insert(name.to_string(), (id, volume));
+            return Err(e);
         }
-        let mut record = pool.record.clone();
-        record.volumes.retain(|v| v.name != name);
         pool.volumes.remove(name);
-        self.persist(pool, record)?;
         log::info!("volume '{name}': deleted");
         Ok(())
     }

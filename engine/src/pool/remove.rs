@@ -196,8 +196,10 @@ impl PoolService {
         let gone = members.remove(m);
         // Written to the remaining members only; the removed one is wiped after.
         let generation = p.generation + 1;
-        self.write_generation(&record, generation, &members)?;
+        let written = self.write_generation(&record, generation, &members);
+        // Past whatever landed, even on failure (see `persist`).
         p.generation = generation;
+        written?;
         p.record = record;
         p.members = members;
         for r in &mut p.reserved {
@@ -207,7 +209,14 @@ impl PoolService {
         }
         let bs = p.record.block_size;
         let user = p.claim_name();
-        self.wipe(&[gone], bs, &[0, 1])?;
+        // The member is out of the pool either way: an import ignores slots that name it at
+        // an index the newest description gives to another bdev.
+        if let Err(e) = self.wipe(&[gone], bs, &[0, 1]) {
+            log::warn!(
+                "pool '{pool}': '{bdev}' removed, but its metadata could not be wiped ({e}); \
+                 formatting it again needs force"
+            );
+        }
         self.registry.release(bdev, &user);
         log::info!("pool '{pool}': '{bdev}' removed; it is free");
         Ok(())

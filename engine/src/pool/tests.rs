@@ -528,3 +528,116 @@ fn a_shard_copied_to_another_member_survives_target_failures_and_a_restart() {
         assert!(read_matches(&second, "vol", s * 256, 256, 3), "shard {s}");
     }
 }
+
+/// Fails the next `n` writes that reach error bdev `name`.
+fn fail_writes(b: &Boot, name: &str, n: u32) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    let bdev = b.registry.lookup(name).unwrap().1;
+    let injection = bdev.as_error_bdev().unwrap().injection();
+    injection.inject(InjectTarget::Write, ErrorKind::Failure, n);
+}
+
+#[test]
+fn a_volume_delete_whose_metadata_write_fails_changes_nothing_and_later_changes_survive() {
+    let (fa, fb) = files("failed-persist");
+    let up = |first: bool| {
+        let b = boot(&[("A", &fa), ("B", &fb)]);
+        create_bdev(&b.registry, "bdev_error_create", json!({"base_name": "B"})).unwrap();
+        if first {
+            create(&b, "p", &["A", "EE_B"], 1024).unwrap();
+        } else {
+            b.pools.import(&["A".into(), "EE_B".into()]).unwrap();
+        }
+        b
+    };
+    let first = up(true);
+    volume(&first, "p", "kept", 2).unwrap();
+    write(&first, "kept", 0, 2 * 256, 5).unwrap();
+    let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
+    // The new description fails on EE_B after A took it, and so does writing the old one
+    // back: A holds the new one, EE_B the old.
+    fail_writes(&first, "EE_B", 2);
+    let err = first.pools.delete_volume("kept").unwrap_err();
+    assert!(err.to_string().contains("EE_B"), "{err}");
+    // Nothing changed for the user: the volume is listed, routed and serves its data.
+    assert_eq!(
+        first.pools.volumes_json(Some("kept")).unwrap()[0]["name"],
+        "kept"
+    );
+    assert!(first.registry.lookup("kept").is_some());
+    assert!(read_matches(&first, "kept", 0, 2 * 256, 5));
+    write(&first, "kept", 0, 2 * 256, 6).unwrap();
+    // The next change goes out past the failed generation, so no stale copy outranks it.
+    volume(&first, "p", "added", 1).unwrap();
+    let now = pools_json(&first)[0]["generation"].as_u64().unwrap();
+    assert_eq!(now, generation + 2);
+    first
+        .engine
+        .flush_wait(id(&first, "kept"), Duration::from_secs(5))
+        .unwrap();
+    drop(first);
+
+    let second = up(false);
+    let volumes = pools_json(&second)[0]["volumes"].clone();
+    assert_eq!(volumes, json!(["added", "kept"]));
+    assert!(read_matches(&second, "kept", 0, 2 * 256, 6));
+    // And a delete that can write goes through.
+    second.pools.delete_volume("kept").unwrap();
+    assert!(second.registry.lookup("kept").is_none());
+    assert_eq!(pools_json(&second)[0]["volumes"], json!(["added"]));
+}
+
+#[test]
+fn a_removed_member_whose_metadata_survived_is_not_taken_back_on_import() {
+    let (fa, fb) = files("stale-member");
+    let fc = temp_file("stale-member-c", FILE_BYTES);
+    let names = ["A", "B", "C"].map(String::from);
+    let first = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
+    create(&first, "p", &["A", "B", "C"], 1024).unwrap();
+    volume(&first, "p", "vol", 3).unwrap();
+    write(&first, "vol", 0, 3 * 256, 9).unwrap();
+    let mut c_metadata = vec![0u8; DATA_START_BYTES as usize];
+    std::fs::File::open(&fc)
+        .unwrap()
+        .read_exact_at(&mut c_metadata, 0)
+        .unwrap();
+    first
+        .pools
+        .remove_member(&remove::PoolRemoveBdevParams {
+            pool: "p".into(),
+            bdev: "C".into(),
+        })
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pools_json(&first)[0]["members"].as_array().unwrap().len() == 3 {
+        assert!(std::time::Instant::now() < deadline, "C was not removed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first
+        .engine
+        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
+        .unwrap();
+    drop(first);
+    // As if the wipe of C had failed: C still says it is member 2 of the three.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fc)
+        .unwrap()
+        .write_all_at(&c_metadata, 0)
+        .unwrap();
+
+    let second = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
+    second.pools.import(&names).unwrap();
+    let pool = &pools_json(&second)[0];
+    assert_eq!(pool["state"], "online");
+    let members: Vec<&str> = pool["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["A", "B"]);
+    assert!(read_matches(&second, "vol", 0, 3 * 256, 9));
+    // C is free: nothing claims it.
+    second.registry.claim("C", "test").unwrap();
+}
