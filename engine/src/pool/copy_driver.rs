@@ -122,6 +122,11 @@ impl Migrations {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a shard of `volume` is being copied.
+    pub fn running_for_volume(&self, volume: &str) -> bool {
+        self.lock().running.iter().any(|r| lock(r).volume == volume)
+    }
+
     pub fn running_for(&self, volume: &str, shard: u32) -> bool {
         self.lock().running.iter().any(|r| {
             let r = r.lock().unwrap_or_else(|p| p.into_inner());

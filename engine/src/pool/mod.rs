@@ -803,6 +803,12 @@ impl PoolService {
         let mut pools = self.lock();
         let pool = pool_of(&mut pools, name)?;
         let (id, volume) = pool.volumes[name].clone();
+        // Copies register under the pools lock, so none can start while this runs.
+        if self.migrations.running_for_volume(name) {
+            return Err(PoolError::Busy(format!(
+                "volume '{name}' has a shard migrating; delete it once that is done"
+            )));
+        }
         // Refused here, changing nothing, while an NBD export (or anything) claims it.
         let bdev = self.registry.unregister(name)?;
         let outcome = match self.engine.close_channels(id, IO_DEADLINE) {

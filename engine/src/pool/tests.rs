@@ -243,6 +243,11 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     );
     let err = create(&b, "p", &["A", "A"], 1024).unwrap_err();
     assert!(err.to_string().contains("named twice"), "{err}");
+    // 8 GiB of null device in 4 KiB shards: two million extents on one member.
+    let p = json!({"name": "Huge", "num_blocks": 1u64 << 21, "block_size": BS});
+    create_bdev(&b.registry, "bdev_null_create", p).unwrap();
+    let err = create(&b, "p", &["Huge"], 4).unwrap_err();
+    assert!(err.to_string().contains("use larger shards"), "{err}");
     let err = create(&b, "p", &["A", "Nope"], 1024).unwrap_err();
     assert!(
         matches!(err, PoolError::Bdev(BdevError::NotFound(_))),
@@ -640,4 +645,45 @@ fn a_removed_member_whose_metadata_survived_is_not_taken_back_on_import() {
     assert!(read_matches(&second, "vol", 0, 3 * 256, 9));
     // C is free: nothing claims it.
     second.registry.claim("C", "test").unwrap();
+}
+
+#[test]
+fn a_volume_with_a_shard_migrating_cannot_be_deleted_until_the_copy_is_done() {
+    let (fa, fb) = files("delete-while-copying");
+    let b = boot(&[("A", &fa), ("B", &fb)]);
+    create(&b, "p", &["A", "B"], 1024).unwrap();
+    volume(&b, "p", "vol", 2).unwrap();
+    let table = b.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
+    let on_a = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["bdev"] == "A")
+        .unwrap();
+    // 1 MiB at 2 MiB/s: the copy runs for about half a second.
+    b.pools
+        .set_migration_options(MigrationOptions {
+            max_mib_per_s: 2,
+            ..MigrationOptions::default()
+        })
+        .unwrap();
+    b.pools
+        .migrate_shard(&ShardMigrateParams {
+            volume: "vol".into(),
+            shard: on_a as u32,
+            target_core: None,
+            target_bdev: Some("B".into()),
+        })
+        .unwrap();
+    let err = b.pools.delete_volume("vol").unwrap_err();
+    assert!(matches!(err, PoolError::Busy(_)), "{err}");
+    assert!(err.to_string().contains("migrating"), "{err}");
+    assert!(b.registry.lookup("vol").is_some());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while b.pools.running_migrations() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the copy did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    b.pools.delete_volume("vol").unwrap();
+    assert!(b.registry.lookup("vol").is_none());
 }
