@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README; .ci/run calls exactly this).
 # Formatting, lint, build, then every test of the workspace in release mode (the process-level
-# tests in tests/ run the built binaries, so they are built first).
+# tests in tests/ run the built binaries, so they are built first), then the engine's unit
+# tests once more in debug mode, where integer overflow panics instead of wrapping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,3 +33,6 @@ cargo build --release --workspace --bins
 
 echo "== tests"
 cargo test --release --workspace
+
+echo "== engine unit tests, debug (overflow checks on)"
+cargo test -p tidepool --lib
