@@ -83,6 +83,13 @@ impl MigrationOptions {
         if self.max_restarts > 1_000_000 {
             return Err(invalid("max_restarts", "must be at most 1000000"));
         }
+        // A cap above any device's rate (1 PiB/s) is no cap; beyond it the bytes overflow.
+        if self.max_mib_per_s > 1 << 30 {
+            return Err(invalid(
+                "max_mib_per_s",
+                "must be at most 1073741824 (0: no cap)",
+            ));
+        }
         Ok(())
     }
 }
@@ -120,6 +127,11 @@ pub struct Migrations {
 impl Migrations {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a copy is writing to bdev `target`.
+    pub fn running_to(&self, target: &str) -> bool {
+        self.lock().running.iter().any(|r| lock(r).target == target)
     }
 
     /// Whether a shard of `volume` is being copied.

@@ -47,6 +47,14 @@ impl PoolService {
                     p.pool
                 )));
             }
+            // Copies register under the pools lock; one writing to the member would go on
+            // writing to a bdev the pool no longer owns.
+            if self.migrations.running_to(&p.bdev) {
+                return Err(PoolError::Busy(format!(
+                    "a migration is copying a shard to '{}'; remove it once that is done",
+                    p.bdev
+                )));
+            }
             if pool.draining.is_some() {
                 return Err(PoolError::Busy(format!(
                     "pool '{}' is already draining a member",

@@ -648,7 +648,7 @@ fn a_removed_member_whose_metadata_survived_is_not_taken_back_on_import() {
 }
 
 #[test]
-fn a_volume_with_a_shard_migrating_cannot_be_deleted_until_the_copy_is_done() {
+fn a_volume_or_member_in_a_migration_cannot_be_removed_until_the_copy_is_done() {
     let (fa, fb) = files("delete-while-copying");
     let b = boot(&[("A", &fa), ("B", &fb)]);
     create(&b, "p", &["A", "B"], 1024).unwrap();
@@ -679,6 +679,26 @@ fn a_volume_with_a_shard_migrating_cannot_be_deleted_until_the_copy_is_done() {
     assert!(matches!(err, PoolError::Busy(_)), "{err}");
     assert!(err.to_string().contains("migrating"), "{err}");
     assert!(b.registry.lookup("vol").is_some());
+    // Nor can the member the copy writes to be taken out of the pool meanwhile.
+    let err = b
+        .pools
+        .remove_member(&remove::PoolRemoveBdevParams {
+            pool: "p".into(),
+            bdev: "B".into(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("copying a shard to 'B'"), "{err}");
+    assert_eq!(pools_json(&b)[0]["members"][1]["state"], "online");
+    // A rate cap whose byte rate would overflow is refused, and the options stay.
+    let err = b
+        .pools
+        .set_migration_options(MigrationOptions {
+            max_mib_per_s: u64::MAX,
+            ..MigrationOptions::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("max_mib_per_s"), "{err}");
+    assert_eq!(b.pools.migration_options().max_mib_per_s, 2);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while b.pools.running_migrations() > 0 {
         assert!(std::time::Instant::now() < deadline, "the copy did not end");

@@ -512,6 +512,14 @@ impl Ctx {
 
     /// Drops a stopped copy once nothing of it is in flight.
     fn retire_copy(&mut self, ci: usize) {
+        if self.copies[ci]
+            .as_ref()
+            .is_some_and(|c| !c.active && !c.deferred.is_empty())
+        {
+            // A copy that gave up (during a commit's freeze, say) mirrors nothing more:
+            // the writes it held go on to the source now, or nothing would ever release them.
+            self.release_deferred(ci);
+        }
         if let Some(c) = self.copies[ci].as_ref() {
             let idle =
                 c.chunks.iter().all(Option::is_none) && c.mirrors.iter().all(Option::is_none);

@@ -148,6 +148,37 @@ fn a_copy_whose_target_keeps_failing_is_abandoned_and_clients_never_see_it() {
     rig.release();
 }
 
+#[test]
+fn writes_held_by_a_freeze_go_on_when_the_copy_gives_up_meanwhile() {
+    let (mut rig, _, ee) = copy_rig();
+    let vol = rig.vol;
+    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 0)).unwrap();
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || {
+        st.lock().unwrap().state == crate::reactor::CopyState::Copied
+    });
+    // A write on the owner is mirrored: its source half is done, its target half will fail.
+    fail_target_writes(&rig, 1);
+    let first = COPIED_SHARD * SHARD;
+    let before = rig.done();
+    rig.submit(1, vol, IoType::Write, first, 2, 5);
+    // The commit freezes the copy with that mirror in flight; the next write is held.
+    let frozen = rig.rs[1].ctx().freeze_copy(vol, COPIED_SHARD as u32, true);
+    assert_eq!(frozen, Some((1, true)));
+    rig.submit(1, vol, IoType::Write, first + 8, 2, 6);
+    // The target write fails: with no restarts allowed the copy gives up, and both writes
+    // complete (to the source) instead of the held one waiting forever.
+    rig.settle(before + 2);
+    rig.all_success();
+    assert!(matches!(
+        status.lock().unwrap().state,
+        crate::reactor::CopyState::Abandoned(_)
+    ));
+    rig.release();
+    rig.check(first, 2, 5);
+    rig.check(first + 8, 2, 6);
+}
+
 /// Reads `[off, off + n)` of `bdev` on reactor 0 with the fake clock at `*t` (the real
 /// clock of `Rig::read` would move time under a simulation's feet).
 fn read_at(rig: &mut Rig, t: &mut u64, bdev: BdevId, off: u64, n: u64) -> Vec<u8> {
