@@ -264,6 +264,8 @@ impl PoolService {
             max_blocks_per_s: options.max_mib_per_s * (1 << 20) / bs,
         };
         let owner = volume.table().shards[shard].owner as usize;
+        let source_id = pool.members[placed.member as usize].expect("checked above");
+        self.settle_other_reactors(source_id, owner)?;
         let handle = self
             .engine
             .call_wait(owner, Duration::from_secs(5), move |r| {
@@ -312,6 +314,39 @@ impl PoolService {
             json!({"volume": volume_name, "shard": shard, "source_bdev": source,
                   "target_bdev": target, "state": "copying"}),
         )
+    }
+
+    /// Waits until writes that reactors other than the shard's owner sent to the source
+    /// before now have landed. Only the owner executes the shard's writes, but a reactor it
+    /// took the shard over from may still have some on their way ("I/O it already started
+    /// completes there", see `migrate`), and a chunk read must not overtake them. (The owner
+    /// marks its own channel when the copy starts.)
+    fn settle_other_reactors(&self, source: BdevId, owner: usize) -> Result<(), PoolError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let step = Duration::from_secs(5);
+        for r in (0..self.engine.reactor_count()).filter(|&r| r != owner) {
+            let mark = move |reactor: &mut crate::reactor::Reactor| {
+                let ctx = reactor.ctx();
+                ctx.mark_channel(source);
+                ctx.marked_pending(source)
+            };
+            let io = |e: crate::reactor::EngineError| PoolError::Io(e.to_string());
+            let mut pending = self.engine.call_wait(r, step, mark).map_err(io)?;
+            while pending > 0 {
+                if std::time::Instant::now() >= deadline {
+                    return Err(PoolError::Busy(format!(
+                        "{pending} earlier write(s) to the source are still in flight on \
+                         reactor {r}; try again"
+                    )));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+                pending = self
+                    .engine
+                    .call_wait(r, step, move |reactor| reactor.ctx().marked_pending(source))
+                    .map_err(io)?;
+            }
+        }
+        Ok(())
     }
 
     /// Watches one copy until it is committed or abandoned.

@@ -18,6 +18,14 @@
 //! A chunk in flight counts for both rules whatever its generation, so a chunk left over
 //! from before a restart cannot land on top of a newer write either.
 //!
+//! Writes sent to the source before the copy started are not mirrored, so no chunk is read
+//! until they have landed (on a device a read may overtake a write): the copy marks the
+//! owner's channel of the source when it starts and waits for what was in flight then
+//! (`Ctx::mark_channel`); the control plane does the same on the other reactors first.
+//!
+//! If the copy gives up while writes wait in `deferred` (during a commit's freeze), they go
+//! on to the source: nothing else would release them.
+//!
 //! Pacing: chunks start only from the poll loop, at most [`CHUNKS_PER_POLL`] per iteration
 //! (on a malloc member a chunk is two memory copies done inline), so client I/O keeps its
 //! turn between them; `max_blocks_per_s` caps the rate further.
@@ -110,6 +118,9 @@ pub(super) struct Copy {
     active: bool,
     /// While set, write-like pieces wait (the control plane is committing the copy).
     frozen: bool,
+    /// Writes to the source that were in flight when the copy started have not all landed
+    /// yet (see `Ctx::mark_channel`); no chunk is read before they have.
+    settling: bool,
     /// When this generation started and what it has issued, for the rate cap.
     generation_start: u64,
     issued: u64,
@@ -252,6 +263,10 @@ impl Ctx {
             now_hint: self.now,
             active: true,
             frozen: false,
+            settling: {
+                self.mark_channel(route.member);
+                self.marked_pending(route.member) > 0
+            },
             generation_start: self.now,
             issued: 0,
             chunks: Vec::new(),
@@ -424,6 +439,17 @@ impl Ctx {
 
     /// Starts up to [`CHUNKS_PER_POLL`] chunks while there is room and nothing in the way.
     fn pump_copy(&mut self, ci: usize) {
+        if let Some(source) = self.copies[ci]
+            .as_ref()
+            .and_then(|c| c.settling.then_some(c.source))
+        {
+            if self.marked_pending(source) > 0 {
+                return;
+            }
+            if let Some(c) = self.copies[ci].as_mut() {
+                c.settling = false;
+            }
+        }
         for _ in 0..CHUNKS_PER_POLL {
             let Some(copy) = self.copies[ci].as_mut() else {
                 return;

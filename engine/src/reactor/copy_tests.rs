@@ -179,6 +179,60 @@ fn writes_held_by_a_freeze_go_on_when_the_copy_gives_up_meanwhile() {
     rig.check(first + 8, 2, 6);
 }
 
+#[test]
+fn a_copy_reads_no_chunk_before_writes_already_on_their_way_to_the_source_land() {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    let mut rig = rig_with(2, 4, |reg, m| {
+        if m == 1 {
+            create_bdev(reg, "bdev_error_create", json!({"base_name": "M1"})).unwrap();
+        }
+    });
+    let p = json!({"name": "M2", "num_blocks": 4096, "block_size": BS});
+    let m2 = create_bdev(&rig.reg, "bdev_malloc_create", p).unwrap().0;
+    let (vol, first) = (rig.vol, COPIED_SHARD * SHARD);
+    rig.submit(1, vol, IoType::Write, first, SHARD, 1);
+    rig.settle(1);
+    rig.release();
+    // A write on its way to the source: the device holds it.
+    let source = rig.reg.lookup("EE_M1").unwrap().1;
+    let injection = Arc::clone(source.as_error_bdev().unwrap().injection());
+    injection.inject(InjectTarget::Write, ErrorKind::Pending, 1);
+    rig.submit(1, vol, IoType::Write, first, 16, 2);
+    for _ in 0..10 {
+        rig.rs.iter_mut().for_each(|r| {
+            r.poll(crate::time::now());
+        });
+    }
+    assert_eq!(rig.done(), 1, "the device holds the write");
+    // The copy starts on the owner meanwhile: reading the first chunk now would give the
+    // target the blocks from before that write.
+    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, m2, 0)).unwrap();
+    for _ in 0..100 {
+        rig.rs.iter_mut().for_each(|r| {
+            r.poll(crate::time::now());
+        });
+    }
+    assert_eq!(
+        status.lock().unwrap().copied_blocks,
+        0,
+        "no chunk before it lands"
+    );
+    injection.inject(InjectTarget::Clear, ErrorKind::Pending, 0);
+    rig.settle(2);
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || {
+        st.lock().unwrap().state == crate::reactor::CopyState::Copied
+    });
+    rig.all_success();
+    rig.release();
+    let target = rig.read(m2, TARGET_AT, SHARD);
+    for b in 0..SHARD {
+        let want = pattern(first + b, if b < 16 { 2 } else { 1 });
+        let got = &target[(b * BS) as usize..((b + 1) * BS) as usize];
+        assert!(got.iter().all(|&x| x == want), "target block {b}");
+    }
+}
+
 /// Reads `[off, off + n)` of `bdev` on reactor 0 with the fake clock at `*t` (the real
 /// clock of `Rig::read` would move time under a simulation's feet).
 fn read_at(rig: &mut Rig, t: &mut u64, bdev: BdevId, off: u64, n: u64) -> Vec<u8> {

@@ -151,6 +151,11 @@ struct ChannelSlot {
     /// The bdev is being deleted: new requests are aborted, and the channel is dropped once
     /// the I/O it holds has come back.
     closing: bool,
+    /// A mark (see `Ctx::mark_channel`): I/O submitted at or before `.0` still in flight.
+    mark: Option<(Nanos, usize)>,
+    /// Requests submitted from now on get at least this submit time, so that none of them is
+    /// taken for one submitted before the last mark.
+    submit_floor: Nanos,
 }
 
 /// Per-reactor counters, updated by the reactor and read by its engine.
@@ -243,6 +248,7 @@ impl Ctx {
             self.ready.push(Completion::new(io, status));
             return;
         }
+        io.submit_time_ns = io.submit_time_ns.max(slot.submit_floor);
         let bytes = io.num_blocks as u64 * slot.geometry.block_size as u64;
         slot.window
             .start(io.io_type, io.offset_blocks, io.num_blocks, bytes);
@@ -406,6 +412,8 @@ impl Ctx {
                     stats: IoStat::default(),
                     window: Window::default(),
                     closing: false,
+                    mark: None,
+                    submit_floor: 0,
                 })
             }
         };
@@ -443,6 +451,29 @@ impl Ctx {
             return true;
         }
         false
+    }
+
+    /// Marks the I/O in flight now on this reactor's channel of `bdev` (queued for resources
+    /// included); [`Ctx::marked_pending`] then counts those not yet completed. A data copy
+    /// starts reading only once the writes that were on their way to its source when it
+    /// started have landed: a read may overtake a write on the device (io_uring, O_DIRECT).
+    pub fn mark_channel(&mut self, bdev: BdevId) {
+        let now = self.now;
+        if let Some(Endpoint::Device(slot)) = self.channel(bdev) {
+            let at = now.max(slot.submit_floor);
+            slot.submit_floor = at + 1;
+            let pending = slot.channel.inflight() + slot.nomem.len();
+            slot.mark = (pending > 0).then_some((at, pending));
+        }
+    }
+
+    /// Requests that were in flight on this reactor's channel of `bdev` at its last mark and
+    /// have not completed yet.
+    pub fn marked_pending(&self, bdev: BdevId) -> usize {
+        match self.channels.get(bdev as usize) {
+            Some(Some(Endpoint::Device(slot))) => slot.mark.map_or(0, |(_, n)| n),
+            _ => 0,
+        }
     }
 
     /// What this reactor's channel on the bdev has returned so far.
@@ -736,6 +767,14 @@ impl Reactor {
                 let latency = now.saturating_sub(c.io.submit_time_ns);
                 slot.stats.record(c, slot.geometry.block_size, latency);
                 slot.window.end(latency);
+                if let Some((at, pending)) = slot.mark.as_mut() {
+                    if c.io.submit_time_ns <= *at {
+                        *pending -= 1;
+                        if *pending == 0 {
+                            slot.mark = None;
+                        }
+                    }
+                }
             }
             n += reaped;
             if slot.closing {

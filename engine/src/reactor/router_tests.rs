@@ -32,7 +32,7 @@ fn rig(n: usize, shards: u64) -> Rig {
 }
 
 /// `rig`, with `wrap(registry, member)` run after each member M0, M1 is made: it may stack
-/// a bdev on it named `X{m}`, which then becomes the member instead.
+/// a bdev on it named `X{m}` (or an error bdev, `EE_M{m}`), which then becomes the member.
 fn rig_with(n: usize, shards: u64, wrap: impl Fn(&BdevRegistry, usize)) -> Rig {
     let reg = Arc::new(BdevRegistry::new());
     let mut members = [0; 2];
@@ -40,8 +40,10 @@ fn rig_with(n: usize, shards: u64, wrap: impl Fn(&BdevRegistry, usize)) -> Rig {
         let p = json!({"name": format!("M{m}"), "num_blocks": 8192, "block_size": BS});
         *id = create_bdev(&reg, "bdev_malloc_create", p).unwrap().0;
         wrap(&reg, m);
-        if let Some((x, _)) = reg.lookup(&format!("X{m}")) {
-            *id = x;
+        for name in [format!("X{m}"), format!("EE_M{m}")] {
+            if let Some((x, _)) = reg.lookup(&name) {
+                *id = x;
+            }
         }
     }
     let routes = (0..shards)
