@@ -169,6 +169,18 @@ fn qemu_and_libnbd_tools_read_write_and_verify() {
         !stdout.contains("Pattern verification failed") && !stdout.contains("failed"),
         "{stdout}"
     );
+    // FUA on write-zeroes: answered only after a flush of the bdev, as on a write.
+    let flushes = || {
+        d.tpctl_ok(&["bdev_get_iostat", "-b", "Malloc0"])["bdevs"][0]["num_flush_ops"]
+            .as_u64()
+            .expect("num_flush_ops")
+    };
+    let before = flushes();
+    external_ok(
+        "qemu-io",
+        &["-f", "raw", &target, "-c", "write -z -f 12M 64k"],
+    );
+    assert!(flushes() > before, "write-zeroes with FUA was not flushed");
 
     // convert a random 8 MiB image into the export, then compare both ways.
     let src = s.join("src.img");

@@ -478,7 +478,11 @@ impl Connection {
             chunks: (0..chunks).map(|_| None).collect(),
             remaining: 0,
             error: 0,
-            fua: r.command == Command::Write && r.flags & proto::CMD_FLAG_FUA != 0,
+            // FUA holds for every command that changes data (the spec allows it on any).
+            fua: matches!(
+                r.command,
+                Command::Write | Command::WriteZeroes | Command::Trim
+            ) && r.flags & proto::CMD_FLAG_FUA != 0,
         };
         match self.free_slots.pop() {
             Some(i) => {

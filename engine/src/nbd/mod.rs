@@ -16,7 +16,7 @@
 //! waits for that (with a deadline) before it returns.
 //!
 //! Limits: [`MAX_CONNECTIONS`] clients, [`MAX_HANDSHAKES`] of them negotiating at once, each
-//! handshake at most [`HANDSHAKE_TIMEOUT`] per read or write.
+//! handshake at most [`HANDSHAKE_TIMEOUT`] per read or write and [`HANDSHAKE_DEADLINE`] in all.
 
 pub mod conn;
 pub mod handshake;
@@ -46,6 +46,10 @@ pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:10809";
 pub const MAX_CONNECTIONS: usize = 128;
 pub const MAX_HANDSHAKES: usize = 16;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole negotiation's limit: a client that trickles its options a byte at a time
+/// (each read within `HANDSHAKE_TIMEOUT`) would otherwise hold a handshake slot for hours,
+/// and [`MAX_HANDSHAKES`] such clients would lock every new one out.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(30);
 /// How long deleting an export or stopping the server waits for connections to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the accept thread sleeps before it looks at the stop flag again.
@@ -529,6 +533,49 @@ fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     }
 }
 
+/// A handshake's stream under one deadline: every read or write waits at most until then
+/// (and at most [`HANDSHAKE_TIMEOUT`]), and none starts after it.
+struct Deadlined<'a> {
+    stream: &'a mut Stream,
+    until: std::time::Instant,
+}
+
+impl Deadlined<'_> {
+    fn arm(&mut self) -> std::io::Result<()> {
+        let left = self
+            .until
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the handshake took longer than {} s",
+                    HANDSHAKE_DEADLINE.as_secs()
+                ),
+            ));
+        }
+        self.stream.set_timeouts(Some(left.min(HANDSHAKE_TIMEOUT)))
+    }
+}
+
+impl std::io::Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.stream.read(buf)
+    }
+}
+
+impl std::io::Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 /// Negotiates with one client and hands the connection to a reactor.
 fn serve_handshake(mut stream: Stream, peer: String, shared: &Shared) {
     let prepared = stream
@@ -538,7 +585,11 @@ fn serve_handshake(mut stream: Stream, peer: String, shared: &Shared) {
         log::warn!("nbd: {peer}: {e}");
         return;
     }
-    let name = match handshake::negotiate(&mut stream, &Directory(&shared.exports)) {
+    let mut limited = Deadlined {
+        stream: &mut stream,
+        until: std::time::Instant::now() + HANDSHAKE_DEADLINE,
+    };
+    let name = match handshake::negotiate(&mut limited, &Directory(&shared.exports)) {
         Ok(Some(name)) => name,
         Ok(None) => return,
         Err(e) => {
@@ -593,5 +644,37 @@ fn serve_handshake(mut stream: Stream, peer: String, shared: &Shared) {
         log::warn!("nbd: {peer}: reactor {reactor} did not take the connection");
         export.connections.fetch_sub(1, Ordering::AcqRel);
         shared.tally.leave(reactor);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Instant;
+
+    #[test]
+    fn a_handshake_that_trickles_ends_at_its_deadline() {
+        let (ours, mut client) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut stream = Stream::Unix(ours);
+        // One byte every 20 ms: every single read is quick, the whole never ends.
+        let trickle = std::thread::spawn(move || {
+            while client.write_all(&[0]).is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let started = Instant::now();
+        let mut limited = Deadlined {
+            stream: &mut stream,
+            until: started + Duration::from_millis(300),
+        };
+        let mut buf = [0u8; 1000];
+        let err = limited.read_exact(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < HANDSHAKE_TIMEOUT, "{took:?}");
+        drop(stream);
+        trickle.join().unwrap();
     }
 }
