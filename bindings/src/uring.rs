@@ -80,6 +80,9 @@ pub struct UringQueue {
     free_slots: Vec<u32>,
     buffers: Option<BufferTable>,
     unsubmitted: usize,
+    /// A kernel thread takes the submission queue's entries (SQPOLL): once the tail is
+    /// published and the thread woken if it sleeps, none of them is this side's to submit.
+    sqpoll: bool,
     /// Completions appear only after an enter with GETEVENTS (IOPOLL, DEFER_TASKRUN).
     reap_needs_enter: bool,
 }
@@ -134,6 +137,7 @@ impl UringQueue {
             free_slots: (0..entries).rev().collect(),
             buffers,
             unsubmitted: 0,
+            sqpoll: config.sqpoll_idle_ms.is_some(),
             reap_needs_enter: config.iopoll || defer_taskrun,
         })
     }
@@ -280,7 +284,12 @@ impl UringQueue {
         };
         match entered {
             Ok(n) => {
-                self.unsubmitted = self.unsubmitted.saturating_sub(n);
+                // Under SQPOLL the count returned is what the thread has not taken yet, not
+                // what this call handed over; everything pushed is the thread's now.
+                self.unsubmitted = match self.sqpoll {
+                    true => 0,
+                    false => self.unsubmitted.saturating_sub(n),
+                };
                 Ok(())
             }
             Err(e)

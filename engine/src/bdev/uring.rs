@@ -299,13 +299,18 @@ impl BdevChannel for UringChannel {
 
     fn poll(&mut self, now: Nanos, max: usize, out: &mut Vec<Completion>) -> usize {
         let queued = self.queue.queued();
-        let in_device = self.queue.inflight() - queued;
-        // A failed enter leaves the entries queued; the next poll tries again.
-        let _ = if self.coalescer.submit_now(queued, in_device, now) {
-            self.queue.flush()
+        let in_device = self.queue.inflight().saturating_sub(queued);
+        if self.coalescer.submit_now(queued, in_device, now) {
+            // A failed or partial enter (EAGAIN under memory pressure, say) leaves entries
+            // queued: they count as queued now, so the next poll submits them again rather
+            // than leaving them in the ring until some other request comes.
+            let _ = self.queue.flush();
+            if self.queue.queued() > 0 {
+                self.coalescer.queued_one(now);
+            }
         } else {
-            self.queue.poll_completions()
-        };
+            let _ = self.queue.poll_completions();
+        }
         let requests = &mut self.requests;
         let free = &mut self.free;
         let block_size = self.block_size;
