@@ -546,29 +546,51 @@ impl Deadlined<'_> {
             .until
             .saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "the handshake took longer than {} s",
-                    HANDSHAKE_DEADLINE.as_secs()
-                ),
-            ));
+            return Err(self.expired());
         }
         self.stream.set_timeouts(Some(left.min(HANDSHAKE_TIMEOUT)))
+    }
+
+    fn expired(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the handshake took longer than {} s",
+                HANDSHAKE_DEADLINE.as_secs()
+            ),
+        )
+    }
+
+    /// A socket timeout that fired at the deadline (give or take the timer's rounding) says
+    /// so: it reads as EAGAIN otherwise.
+    fn explain<T>(&self, r: std::io::Result<T>) -> std::io::Result<T> {
+        match r {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) && std::time::Instant::now() + Duration::from_millis(5) >= self.until =>
+            {
+                Err(self.expired())
+            }
+            r => r,
+        }
     }
 }
 
 impl std::io::Read for Deadlined<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.arm()?;
-        self.stream.read(buf)
+        let r = self.stream.read(buf);
+        self.explain(r)
     }
 }
 
 impl std::io::Write for Deadlined<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.arm()?;
-        self.stream.write(buf)
+        let r = self.stream.write(buf);
+        self.explain(r)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
