@@ -512,8 +512,10 @@ fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let busy = shared.handshakes.load(Ordering::Acquire) >= MAX_HANDSHAKES
-            || shared.tally.total() >= MAX_CONNECTIONS;
+        // Handshakes in progress count as connections: they become ones.
+        let handshakes = shared.handshakes.load(Ordering::Acquire);
+        let busy =
+            handshakes >= MAX_HANDSHAKES || shared.tally.total() + handshakes >= MAX_CONNECTIONS;
         if busy {
             log::warn!("nbd: refusing {peer}: connection or handshake limit reached");
             continue;
