@@ -176,7 +176,6 @@ impl Bdev for ErrorBdev {
             injection: Arc::clone(&self.injection),
             done: DoneQueue::with_capacity(64),
             held: VecDeque::new(),
-            clears_seen: self.injection.clears.load(Ordering::Acquire),
         }))
     }
 
@@ -202,20 +201,25 @@ struct ErrorChannel {
     base: Box<dyn BdevChannel>,
     injection: Arc<Injection>,
     done: DoneQueue,
-    /// I/Os caught by a `pending` injection. Bounded by the I/Os its submitters have in flight.
-    held: VecDeque<IoRequest>,
-    clears_seen: u64,
+    /// I/Os caught by a `pending` injection, each with the clear count when it was caught:
+    /// a clear releases only what was held before it (a `pending` injected right after a
+    /// clear holds its I/O even if this channel has not polled since). Bounded by the I/Os
+    /// its submitters have in flight.
+    held: VecDeque<(u64, IoRequest)>,
 }
 
 impl BdevChannel for ErrorChannel {
     fn submit(&mut self, io: IoRequest, now: Nanos) -> Result<(), IoRequest> {
+        // Read before taking: a clear zeroes the counts before it bumps `clears`, so an I/O
+        // caught here is released by any clear this load did not see.
+        let clears = self.injection.clears.load(Ordering::Acquire);
         match self.injection.take(io.io_type) {
             Some(ErrorKind::Failure) => {
                 self.done.push(io, IoStatus::Failed { errno: libc::EIO });
                 Ok(())
             }
             Some(ErrorKind::Pending) => {
-                self.held.push_back(io);
+                self.held.push_back((clears, io));
                 Ok(())
             }
             None => self.base.submit(io, now),
@@ -224,16 +228,16 @@ impl BdevChannel for ErrorChannel {
 
     fn poll(&mut self, now: Nanos, max: usize, out: &mut Vec<Completion>) -> usize {
         let clears = self.injection.clears.load(Ordering::Acquire);
-        if clears != self.clears_seen {
-            // Release held I/O in order; what the base cannot take now waits for the next poll.
-            while let Some(io) = self.held.pop_front() {
-                if let Err(io) = self.base.submit(io, now) {
-                    self.held.push_front(io);
-                    break;
-                }
+        // Release, in order, what was held before the latest clear; what the base cannot
+        // take now waits for the next poll.
+        while let Some((held_at, io)) = self.held.pop_front() {
+            if held_at >= clears {
+                self.held.push_front((held_at, io));
+                break;
             }
-            if self.held.is_empty() {
-                self.clears_seen = clears;
+            if let Err(io) = self.base.submit(io, now) {
+                self.held.push_front((held_at, io));
+                break;
             }
         }
         let n = self.done.drain_into(max, out);

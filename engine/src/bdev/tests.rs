@@ -319,8 +319,17 @@ fn error_bdev_pending_holds_io_until_cleared() {
     assert_eq!(rig.rec.done.borrow()[0].tag, 2);
     assert!(!rig.reactor[0].can_park(), "held I/O is in flight");
     inject(&rig, InjectTarget::Clear, ErrorKind::Pending, 0);
+    // A new pending injection right after the clear, before the channel has polled: the
+    // read it catches is held, while the two the clear covered go on.
+    inject(&rig, InjectTarget::Read, ErrorKind::Pending, 1);
+    rig.submit(ee, IoType::Read, 0, 1, Some(rig.buf(512, 0)), 3);
+    for now in 1000..2000 {
+        rig.reactor[0].poll(now);
+    }
+    assert_eq!(rig.rec.count(), 3, "the read after the clear stays held");
+    inject(&rig, InjectTarget::Clear, ErrorKind::Pending, 0);
     let rec = rig.rec.clone();
-    run_until(&mut rig.reactor, || rec.count() == 3);
+    run_until(&mut rig.reactor, || rec.count() == 4);
     assert!(rig.rec.statuses().iter().all(|s| s.is_success()));
 }
 
