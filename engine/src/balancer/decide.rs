@@ -130,6 +130,7 @@ impl Memory {
 /// shard's, on the same scale.
 pub fn scores(
     snapshot: &Snapshot,
+    shards: &[ShardPlace],
     reactors: usize,
     o: &Options,
 ) -> (Vec<f64>, BTreeMap<ShardKey, f64>) {
@@ -169,23 +170,18 @@ pub fn scores(
     let reactor_scores = (0..reactors)
         .map(|i| score(req[i], bytes[i], busy[i]))
         .collect();
+    let owners: BTreeMap<ShardKey, ReactorId> = shards.iter().map(|p| (p.key, p.owner)).collect();
     let shard_scores = snapshot
         .shards
         .iter()
         .map(|(k, l)| {
             let b = l.read_bytes_per_s + l.write_bytes_per_s;
             // Busy time follows requests inside a reactor: the shard's part of its owner's.
-            let u = req
-                .iter()
-                .zip(&busy)
-                .map(|(&r, &bz)| {
-                    if r > 0.0 {
-                        bz * (l.iops / r).min(1.0)
-                    } else {
-                        0.0
-                    }
-                })
-                .fold(0.0, f64::max);
+            let u = owners
+                .get(k)
+                .map(|&r| r as usize)
+                .filter(|&r| r < reactors && req[r] > 0.0)
+                .map_or(0.0, |r| busy[r] * (l.iops / req[r]).min(1.0));
             (*k, score(l.iops, b, u))
         })
         .collect();
@@ -205,7 +201,7 @@ pub fn evaluate(
     if reactors < 2 {
         return Verdict::NoLoad;
     }
-    let (scores, shard_scores) = scores(snapshot, reactors, o);
+    let (scores, shard_scores) = scores(snapshot, shards, reactors, o);
     memory.scores.clone_from(&scores);
     let sum: f64 = scores.iter().sum();
     if sum <= 0.0 {
@@ -457,18 +453,42 @@ pub(super) mod tests {
     #[test]
     fn weights_change_what_counts() {
         // Reactor 0: few large requests; reactor 1: many small ones.
-        let (mut snap, _) = world(&[100.0, 400.0], &[0, 1]);
+        let (mut snap, places) = world(&[100.0, 400.0], &[0, 1]);
         snap.reactors[0].load.read_bytes_per_s = 100.0 * 1048576.0;
         snap.reactors[1].load.read_bytes_per_s = 400.0 * 4096.0;
-        let by_requests = scores(&snap, 2, &opts()).0;
+        let by_requests = scores(&snap, &places, 2, &opts()).0;
         assert!(by_requests[1] > by_requests[0]);
         let by_bytes = Options {
             weight_requests: 0.0,
             weight_bytes: 1.0,
             ..opts()
         };
-        let s = scores(&snap, 2, &by_bytes).0;
+        let s = scores(&snap, &places, 2, &by_bytes).0;
         assert!(s[0] > s[1]);
         assert!((s[0] + s[1] - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_shard_gets_its_share_of_its_own_owners_busy_time() {
+        // Reactor 0 serves 10 000 small IOPS at 30 % busy, reactor 1 50 large ones at 95 %:
+        // shard 0, 500 IOPS on reactor 0, holds 5 % of reactor 0's busy time, not of
+        // reactor 1's.
+        let (mut snap, places) = world(&[500.0, 9500.0, 50.0], &[0, 0, 1]);
+        snap.reactors[0].busy_ratio = 0.3;
+        snap.reactors[1].busy_ratio = 0.95;
+        let by_busy = Options {
+            weight_requests: 0.0,
+            weight_bytes: 0.0,
+            weight_busy: 1.0,
+            ..opts()
+        };
+        let (reactors, shards) = scores(&snap, &places, 2, &by_busy);
+        let key = places[0].key;
+        let want = 0.05 * reactors[0];
+        assert!(
+            (shards[&key] - want).abs() < 1e-9,
+            "{} != {want}",
+            shards[&key]
+        );
     }
 }

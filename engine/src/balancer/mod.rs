@@ -180,9 +180,17 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
         state.last_scores = state.memory.scores().to_vec();
         state.last_verdict = describe(&verdict);
         let Verdict::Move(mv) = verdict else {
-            if let Some(d) = device_move(pools, &snapshot, &volumes, &places, state, now) {
-                record(state, d);
-            }
+            let Some(planned) = plan_device_move(pools, &snapshot, &volumes, &places, state, now)
+            else {
+                continue;
+            };
+            // Starting a copy goes through the reactors and may wait for writes in flight:
+            // not under the state lock, which status and options requests take.
+            drop(guard);
+            let result = pools.migrate_shard(&planned.params);
+            guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let decision = device_move_done(&mut guard, planned, result, now);
+            record(&mut guard, decision);
             continue;
         };
         let volume = volumes
@@ -237,16 +245,23 @@ fn record(state: &mut State, decision: Value) {
     state.decisions.push_back(decision);
 }
 
-/// Starts a data move when a pool's members are uneven and fewer than `max_concurrent`
-/// copies run; returns the decision to record.
-fn device_move(
+/// A data move the balancer decided, about to be started.
+struct PlannedDeviceMove {
+    mv: devices::DeviceMove,
+    volume: String,
+    params: ShardMigrateParams,
+}
+
+/// Decides a data move when a pool's members are uneven and fewer than `max_concurrent`
+/// copies run.
+fn plan_device_move(
     pools: &Arc<PoolService>,
     snapshot: &crate::load::Snapshot,
     volumes: &[(crate::bdev::BdevId, String, Arc<crate::volume::Volume>)],
     places: &[ShardPlace],
     state: &mut State,
     now: Nanos,
-) -> Option<Value> {
+) -> Option<PlannedDeviceMove> {
     if pools.running_migrations() >= state.options.max_concurrent as usize {
         return None;
     }
@@ -271,7 +286,18 @@ fn device_move(
         target_core: None,
         target_bdev: Some(mv.to.clone()),
     };
-    let outcome = match pools.migrate_shard(&params) {
+    Some(PlannedDeviceMove { mv, volume, params })
+}
+
+/// Notes a data move's start (or failure to start) and returns the decision to record.
+fn device_move_done(
+    state: &mut State,
+    planned: PlannedDeviceMove,
+    result: Result<Value, crate::pool::PoolError>,
+    now: Nanos,
+) -> Value {
+    let PlannedDeviceMove { mv, volume, .. } = planned;
+    let outcome = match result {
         Ok(_) => "copy started".to_string(),
         Err(e) => format!("failed: {e}"),
     };
@@ -284,10 +310,10 @@ fn device_move(
         mv.to,
         mv.reason
     );
-    Some(json!({
+    json!({
         "at_ms": now / 1_000_000, "volume": volume, "shard": mv.key.shard,
         "from_bdev": mv.from, "to_bdev": mv.to, "reason": mv.reason, "outcome": outcome,
-    }))
+    })
 }
 
 fn describe(v: &Verdict) -> String {
