@@ -229,6 +229,19 @@ fn socket_is_private_exclusive_and_stale_ones_are_replaced() {
         text(&out)
     );
     d.tpctl_ok(&["rpc_get_methods"]);
+    // It refuses before it reads its config (before any device or pool is touched): the
+    // socket is what it reports, not the config that does not exist.
+    let out = Command::new(bin("tidepoold"))
+        .args(["-r", &d.socket, "--json", "/nonexistent/tidepool.json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another tidepool"),
+        "{}",
+        text(&out)
+    );
+    d.tpctl_ok(&["rpc_get_methods"]);
     drop(d);
 
     // A stale socket (nobody listening) is replaced.

@@ -84,6 +84,32 @@ pub struct RpcServer {
     acceptor: Option<JoinHandle<()>>,
 }
 
+/// The server's socket, bound but not answering yet: a daemon takes its path before it
+/// touches any device, so that a second daemon started on the same path (an overlapping
+/// restart) stops before it imports a pool, instead of after. Clients that connect meanwhile
+/// wait in the listen queue. Dropped unused, it removes the socket.
+pub struct BoundSocket {
+    path: PathBuf,
+    listener: Option<UnixListener>,
+}
+
+impl BoundSocket {
+    pub fn bind(path: &Path) -> Result<BoundSocket, ServerError> {
+        Ok(BoundSocket {
+            path: path.to_path_buf(),
+            listener: Some(bind_private(path)?),
+        })
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if self.listener.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 impl RpcServer {
     /// Serves every method on `engine` and `registry`, with the control threads on the cores
     /// that have no reactor (none when every core has one).
@@ -104,6 +130,15 @@ impl RpcServer {
         services: Arc<Services>,
         max_clients: usize,
     ) -> Result<RpcServer, ServerError> {
+        RpcServer::for_services_on(BoundSocket::bind(path)?, services, max_clients)
+    }
+
+    /// As [`RpcServer::for_services`], on a socket bound earlier.
+    pub fn for_services_on(
+        socket: BoundSocket,
+        services: Arc<Services>,
+        max_clients: usize,
+    ) -> Result<RpcServer, ServerError> {
         let all_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let reactor_cores = services.engine.cores();
         let options = ServerOptions {
@@ -112,7 +147,7 @@ impl RpcServer {
                 .filter(|c| !reactor_cores.contains(c))
                 .collect(),
         };
-        RpcServer::start(path, services, super::methods::all(), options)
+        RpcServer::start_on(socket, services, super::methods::all(), options)
     }
 
     pub fn start(
@@ -121,7 +156,22 @@ impl RpcServer {
         methods: Vec<Method>,
         options: ServerOptions,
     ) -> Result<RpcServer, ServerError> {
-        let listener = bind_private(path)?;
+        RpcServer::start_on(BoundSocket::bind(path)?, services, methods, options)
+    }
+
+    /// Starts answering on a socket bound earlier.
+    pub fn start_on(
+        mut socket: BoundSocket,
+        services: Arc<Services>,
+        methods: Vec<Method>,
+        options: ServerOptions,
+    ) -> Result<RpcServer, ServerError> {
+        let path = socket.path.clone();
+        let path = path.as_path();
+        let listener = socket
+            .listener
+            .take()
+            .expect("a bound socket holds its listener");
         listener
             .set_nonblocking(true)
             .map_err(|e| io_error(path, e))?;

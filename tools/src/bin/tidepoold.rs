@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidepool::bdev::{BdevRegistry, IoType};
 use tidepool::reactor::{Engine, EngineConfig};
-use tidepool::rpc::server::RpcServer;
+use tidepool::rpc::server::{BoundSocket, RpcServer};
 use tidepool::rpc::{dispatch, methods, Services};
 use tidepool::{config, cpuset};
 
@@ -91,6 +91,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     ])
     .context("installing signal handlers")?;
 
+    // The socket path first: a second daemon on the same path stops here, before it opens a
+    // device or imports a pool that the running one is writing.
+    let socket = BoundSocket::bind(&args.socket)?;
     let registry = Arc::new(BdevRegistry::new());
     let mut deferred = Vec::new();
     if let Some(path) = &args.json {
@@ -115,8 +118,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         dispatch::call(&services, &methods, &method, Some(params))
             .with_context(|| format!("config entry {method} {shown}"))?;
     }
-    let server =
-        RpcServer::for_services(&args.socket, Arc::clone(&services), args.max_rpc_clients)?;
+    let server = RpcServer::for_services_on(socket, Arc::clone(&services), args.max_rpc_clients)?;
 
     // Sleeps until SIGINT or SIGTERM.
     let _ = signals.forever().next();
