@@ -344,6 +344,13 @@ mod tests {
                 "missing",
             ),
             (
+                // 2^64 - 1 blocks of 4 KiB: its size in bytes does not fit in 64 bits.
+                cfg(
+                    json!([{"method": "bdev_null_create", "params": {"name": "x", "num_blocks": u64::MAX, "block_size": 4096}}]),
+                ),
+                "above 4611686018427387904 bytes",
+            ),
+            (
                 cfg(
                     json!([{"method": "bdev_uring_create", "params": {"name": "u", "filename": "/dev/null", "queue_depth": 8, "submit_batch": 9}}]),
                 ),

@@ -42,7 +42,7 @@ pub struct MallocBdev {
 impl MallocBdev {
     pub fn create(p: &MallocCreateParams) -> Result<MallocBdev, BdevError> {
         check_block_size(p.block_size)?;
-        check_num_blocks(p.num_blocks)?;
+        check_num_blocks(p.num_blocks, p.block_size)?;
         if let Some(u) = &p.uuid {
             check_uuid(u)?;
         }

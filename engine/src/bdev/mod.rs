@@ -315,9 +315,21 @@ pub fn check_block_size(block_size: u32) -> Result<(), BdevError> {
 }
 
 /// Checks a block count: at least one block.
-pub fn check_num_blocks(num_blocks: u64) -> Result<(), BdevError> {
+/// The largest bdev in bytes (4 EiB): sizes and offsets in bytes stay far from overflow.
+pub const MAX_BDEV_BYTES: u64 = 1 << 62;
+
+pub fn check_num_blocks(num_blocks: u64, block_size: u32) -> Result<(), BdevError> {
     if num_blocks == 0 {
         return Err(BdevError::invalid("num_blocks", "must be at least 1"));
+    }
+    if num_blocks
+        .checked_mul(block_size as u64)
+        .is_none_or(|bytes| bytes > MAX_BDEV_BYTES)
+    {
+        return Err(BdevError::invalid(
+            "num_blocks",
+            format!("{num_blocks} blocks of {block_size} bytes is above {MAX_BDEV_BYTES} bytes"),
+        ));
     }
     Ok(())
 }

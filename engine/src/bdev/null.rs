@@ -33,7 +33,7 @@ impl NullBdev {
             return Err(BdevError::invalid("name", "must not be empty"));
         }
         check_block_size(p.block_size)?;
-        check_num_blocks(p.num_blocks)?;
+        check_num_blocks(p.num_blocks, p.block_size)?;
         if let Some(u) = &p.uuid {
             check_uuid(u)?;
         }
