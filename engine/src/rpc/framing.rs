@@ -47,6 +47,18 @@ impl Splitter {
 
     /// The next complete value, if the bytes so far hold one.
     pub fn next_value(&mut self) -> Result<Option<Vec<u8>>, FramingError> {
+        if self.depth == 0 {
+            // Whitespace between values does not count: drop all of it at once (one byte at
+            // a time moved the whole buffer per byte, quadratic in a stream of spaces).
+            let blank = self.buf[self.scanned..]
+                .iter()
+                .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                .count();
+            if blank > 0 {
+                self.buf.drain(..self.scanned + blank);
+                self.scanned = 0;
+            }
+        }
         while self.scanned < self.buf.len() {
             let b = self.buf[self.scanned];
             self.scanned += 1;
@@ -170,6 +182,18 @@ mod tests {
             s.next_value(),
             Err(FramingError::NotAnObject { byte: b'4' })
         );
+    }
+
+    #[test]
+    fn whitespace_between_values_is_dropped_as_it_comes() {
+        let mut s = Splitter::new(64);
+        s.push(&vec![b' '; 1 << 20]);
+        assert_eq!(s.next_value(), Ok(None));
+        assert_eq!(s.pending(), 0, "spaces are not held");
+        s.push(b"\n\t{\"a\":1}  \r\n ");
+        assert_eq!(s.next_value(), Ok(Some(b"{\"a\":1}".to_vec())));
+        assert_eq!(s.next_value(), Ok(None));
+        assert_eq!(s.pending(), 0);
     }
 
     #[test]
