@@ -321,4 +321,13 @@ fn bad_command_lines_and_configs_exit_non_zero_and_say_why() {
     let out = run("tpctl", &["-s", &sock, "rpc_get_methods"]);
     assert_eq!(out.status.code(), Some(2), "no daemon: {}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    for t in ["1e30", "1e-12", "0", "NaN"] {
+        let out = run("tpctl", &["-s", &sock, "-t", t, "rpc_get_methods"]);
+        assert_eq!(out.status.code(), Some(2), "-t {t}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("-t must be"),
+            "-t {t}: {}",
+            text(&out)
+        );
+    }
 }

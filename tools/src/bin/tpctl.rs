@@ -487,8 +487,9 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
 
 fn main() {
     let args = Args::parse();
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        eprintln!("tpctl: -t must be a positive number of seconds");
+    // A millisecond to a day: 1e30 s overflowed Duration (a panic), 1e-12 s was no time at all.
+    if !(0.001..=86_400.0).contains(&args.timeout) {
+        eprintln!("tpctl: -t must be 0.001 to 86400 seconds");
         std::process::exit(2);
     }
     let wait_for = match &args.method {
