@@ -946,20 +946,41 @@ impl PoolService {
             .find_map(|p| p.volumes.get(name).map(|(_, v)| Arc::clone(v)))
     }
 
-    /// `save_config` entries: one `pool_import` per pool, naming every member.
+    /// `save_config` entries: one `pool_import` per pool, naming every member. A pool whose
+    /// members all live in RAM (malloc, null) has nothing to import after a restart: it is
+    /// saved as the `pool_create` and `volume_create`s that make the same layout again,
+    /// empty (an import would fail and stop the daemon's start-up).
     pub fn config_entries(&self) -> Vec<Value> {
-        self.lock()
-            .values()
-            .map(|p| {
-                let names: Vec<&str> = p
-                    .record
-                    .members
-                    .iter()
-                    .map(|m| m.bdev_name.as_str())
-                    .collect();
-                json!({"method": "pool_import", "params": {"base_bdevs": names}})
+        let volatile = |id: &Option<BdevId>| {
+            id.and_then(|id| self.registry.get(id)).is_some_and(|b| {
+                let product = b.info().product_name;
+                product == crate::bdev::malloc::PRODUCT_NAME
+                    || product == crate::bdev::null::PRODUCT_NAME
             })
-            .collect()
+        };
+        let mut entries = Vec::new();
+        for p in self.lock().values() {
+            let names: Vec<&str> = p
+                .record
+                .members
+                .iter()
+                .map(|m| m.bdev_name.as_str())
+                .collect();
+            if !p.members.iter().all(volatile) {
+                entries.push(json!({"method": "pool_import", "params": {"base_bdevs": names}}));
+                continue;
+            }
+            let bs = p.record.block_size as u64;
+            entries.push(json!({"method": "pool_create", "params": {
+                "name": p.record.name, "base_bdevs": names,
+                "shard_size_kib": p.record.shard_blocks * bs / 1024}}));
+            for v in &p.record.volumes {
+                entries.push(json!({"method": "volume_create", "params": {
+                    "pool": p.record.name, "name": v.name,
+                    "size_mib": (v.num_blocks * bs) >> 20}}));
+            }
+        }
+        entries
     }
 }
 
