@@ -240,6 +240,8 @@ impl Ctx {
         if spec.target_offset_blocks + shard_blocks > target_blocks {
             return Err("the target extent is past the end of the target".into());
         }
+        self.mark_channel(route.member);
+        let settling = self.marked_pending(route.member) > 0;
         let chunk_bytes = spec.chunk_blocks as usize * block_size as usize;
         let pool = DmaPool::new(chunk_bytes, spec.max_inflight).map_err(|e| e.to_string())?;
         let status = Arc::new(Mutex::new(CopyStatus {
@@ -263,10 +265,7 @@ impl Ctx {
             now_hint: self.now,
             active: true,
             frozen: false,
-            settling: {
-                self.mark_channel(route.member);
-                self.marked_pending(route.member) > 0
-            },
+            settling,
             generation_start: self.now,
             issued: 0,
             chunks: Vec::new(),

@@ -151,11 +151,17 @@ struct ChannelSlot {
     /// The bdev is being deleted: new requests are aborted, and the channel is dropped once
     /// the I/O it holds has come back.
     closing: bool,
-    /// A mark (see `Ctx::mark_channel`): I/O submitted at or before `.0` still in flight.
-    mark: Option<(Nanos, usize)>,
-    /// Requests submitted from now on get at least this submit time, so that none of them is
-    /// taken for one submitted before the last mark.
-    submit_floor: Nanos,
+    /// The channel's last mark, if it ever had one (see `Ctx::mark_channel`).
+    mark: Option<Mark>,
+}
+
+/// I/O in flight on a channel at one moment: what was submitted at or before `at`, of which
+/// `pending` have not completed. Requests submitted after a mark get a submit time after its
+/// `at`, so that none of them is ever taken for one a mark counts.
+#[derive(Clone, Copy)]
+struct Mark {
+    at: Nanos,
+    pending: usize,
 }
 
 /// Per-reactor counters, updated by the reactor and read by its engine.
@@ -248,7 +254,9 @@ impl Ctx {
             self.ready.push(Completion::new(io, status));
             return;
         }
-        io.submit_time_ns = io.submit_time_ns.max(slot.submit_floor);
+        if let Some(mark) = slot.mark {
+            io.submit_time_ns = io.submit_time_ns.max(mark.at + 1);
+        }
         let bytes = io.num_blocks as u64 * slot.geometry.block_size as u64;
         slot.window
             .start(io.io_type, io.offset_blocks, io.num_blocks, bytes);
@@ -413,7 +421,6 @@ impl Ctx {
                     window: Window::default(),
                     closing: false,
                     mark: None,
-                    submit_floor: 0,
                 })
             }
         };
@@ -460,10 +467,10 @@ impl Ctx {
     pub fn mark_channel(&mut self, bdev: BdevId) {
         let now = self.now;
         if let Some(Endpoint::Device(slot)) = self.channel(bdev) {
-            let at = now.max(slot.submit_floor);
-            slot.submit_floor = at + 1;
+            // Past the last mark's time: what was submitted after it counts too.
+            let at = slot.mark.map_or(now, |m| now.max(m.at + 1));
             let pending = slot.channel.inflight() + slot.nomem.len();
-            slot.mark = (pending > 0).then_some((at, pending));
+            slot.mark = Some(Mark { at, pending });
         }
     }
 
@@ -471,7 +478,7 @@ impl Ctx {
     /// have not completed yet.
     pub fn marked_pending(&self, bdev: BdevId) -> usize {
         match self.channels.get(bdev as usize) {
-            Some(Some(Endpoint::Device(slot))) => slot.mark.map_or(0, |(_, n)| n),
+            Some(Some(Endpoint::Device(slot))) => slot.mark.map_or(0, |m| m.pending),
             _ => 0,
         }
     }
@@ -767,12 +774,9 @@ impl Reactor {
                 let latency = now.saturating_sub(c.io.submit_time_ns);
                 slot.stats.record(c, slot.geometry.block_size, latency);
                 slot.window.end(latency);
-                if let Some((at, pending)) = slot.mark.as_mut() {
-                    if c.io.submit_time_ns <= *at {
-                        *pending -= 1;
-                        if *pending == 0 {
-                            slot.mark = None;
-                        }
+                if let Some(mark) = slot.mark.as_mut() {
+                    if mark.pending > 0 && c.io.submit_time_ns <= mark.at {
+                        mark.pending -= 1;
                     }
                 }
             }
