@@ -19,7 +19,7 @@ use crate::time::{self, Nanos};
 use decide::{evaluate, Memory, Options, ShardPlace, Verdict};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -184,11 +184,8 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
             else {
                 continue;
             };
-            // Starting a copy goes through the reactors and may wait for writes in flight:
-            // not under the state lock, which status and options requests take.
-            drop(guard);
-            let result = pools.migrate_shard(&planned.params);
-            guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let result;
+            (guard, result) = migrate_unlocked(shared, guard, pools, &planned.params);
             let decision = device_move_done(&mut guard, planned, result, now);
             record(&mut guard, decision);
             continue;
@@ -205,10 +202,8 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
             target_core: Some(to_core),
             target_bdev: None,
         };
-        // The move persists metadata through the reactors: not under the state lock.
-        drop(guard);
-        let result = pools.migrate_shard(&params);
-        guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result;
+        (guard, result) = migrate_unlocked(shared, guard, pools, &params);
         let cooldown = guard.options.cooldown_ns;
         guard.memory.restart_run();
         let outcome = match &result {
@@ -236,6 +231,21 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
         });
         record(&mut guard, decision);
     }
+}
+
+/// Runs a move without the state lock, which status and options requests take: a move goes
+/// through the reactors (persisting metadata, or starting a copy that may first wait for
+/// writes in flight) and can take seconds.
+fn migrate_unlocked<'a>(
+    shared: &'a Shared,
+    guard: MutexGuard<'a, State>,
+    pools: &Arc<PoolService>,
+    params: &ShardMigrateParams,
+) -> (MutexGuard<'a, State>, Result<Value, crate::pool::PoolError>) {
+    drop(guard);
+    let result = pools.migrate_shard(params);
+    let guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    (guard, result)
 }
 
 fn record(state: &mut State, decision: Value) {

@@ -129,21 +129,23 @@ impl Migrations {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a running copy matches `what`.
+    fn any_running(&self, what: impl Fn(&Record) -> bool) -> bool {
+        self.lock().running.iter().any(|r| what(&lock(r)))
+    }
+
     /// Whether a copy is writing to bdev `target`.
     pub fn running_to(&self, target: &str) -> bool {
-        self.lock().running.iter().any(|r| lock(r).target == target)
+        self.any_running(|r| r.target == target)
     }
 
     /// Whether a shard of `volume` is being copied.
     pub fn running_for_volume(&self, volume: &str) -> bool {
-        self.lock().running.iter().any(|r| lock(r).volume == volume)
+        self.any_running(|r| r.volume == volume)
     }
 
     pub fn running_for(&self, volume: &str, shard: u32) -> bool {
-        self.lock().running.iter().any(|r| {
-            let r = r.lock().unwrap_or_else(|p| p.into_inner());
-            r.volume == volume && r.shard == shard
-        })
+        self.any_running(|r| r.volume == volume && r.shard == shard)
     }
 }
 

@@ -95,6 +95,27 @@ fn pools_json(b: &Boot) -> Value {
     b.pools.pools_json(None).unwrap()
 }
 
+/// Boots on files A and B with an error bdev `EE_B` stacked on B: the first time it makes
+/// pool "p" on A and EE_B (1 MiB shards), later it imports it.
+fn boot_on_a_and_ee_b(fa: &Path, fb: &Path, first: bool) -> Boot {
+    let b = boot(&[("A", fa), ("B", fb)]);
+    create_bdev(&b.registry, "bdev_error_create", json!({"base_name": "B"})).unwrap();
+    if first {
+        create(&b, "p", &["A", "EE_B"], 1024).unwrap();
+    } else {
+        b.pools.import(&["A".into(), "EE_B".into()]).unwrap();
+    }
+    b
+}
+
+/// Fails the next `n` writes that reach error bdev `name`.
+fn fail_writes(b: &Boot, name: &str, n: u32) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    let bdev = b.registry.lookup(name).unwrap().1;
+    let injection = bdev.as_error_bdev().unwrap().injection();
+    injection.inject(InjectTarget::Write, ErrorKind::Failure, n);
+}
+
 #[test]
 fn a_pool_and_its_volume_come_back_after_a_restart() {
     let (fa, fb) = files("restart");
@@ -431,13 +452,9 @@ fn a_shard_handed_to_another_reactor_keeps_its_data_and_its_owner_after_a_restar
 fn a_shard_copied_to_another_member_survives_target_failures_and_a_restart() {
     let (fa, fb) = files("copy");
     let up = |first: bool| {
-        let b = boot(&[("A", &fa), ("B", &fb)]);
-        create_bdev(&b.registry, "bdev_error_create", json!({"base_name": "B"})).unwrap();
+        let b = boot_on_a_and_ee_b(&fa, &fb, first);
         if first {
-            create(&b, "p", &["A", "EE_B"], 1024).unwrap();
             volume(&b, "p", "vol", 4).unwrap();
-        } else {
-            b.pools.import(&["A".into(), "EE_B".into()]).unwrap();
         }
         b
     };
@@ -469,12 +486,7 @@ fn a_shard_copied_to_another_member_survives_target_failures_and_a_restart() {
     let free_before = pools_json(&first)[0]["members"].clone();
     // Three failed writes on the target: the copy restarts three times, and clients that
     // write to the shard meanwhile never see it.
-    {
-        use crate::bdev::error::{ErrorKind, InjectTarget};
-        let ee = first.registry.lookup("EE_B").unwrap().1;
-        let inj = ee.as_error_bdev().unwrap().injection();
-        inj.inject(InjectTarget::Write, ErrorKind::Failure, 3);
-    }
+    fail_writes(&first, "EE_B", 3);
     first
         .pools
         .set_migration_options(MigrationOptions {
@@ -534,27 +546,10 @@ fn a_shard_copied_to_another_member_survives_target_failures_and_a_restart() {
     }
 }
 
-/// Fails the next `n` writes that reach error bdev `name`.
-fn fail_writes(b: &Boot, name: &str, n: u32) {
-    use crate::bdev::error::{ErrorKind, InjectTarget};
-    let bdev = b.registry.lookup(name).unwrap().1;
-    let injection = bdev.as_error_bdev().unwrap().injection();
-    injection.inject(InjectTarget::Write, ErrorKind::Failure, n);
-}
-
 #[test]
 fn a_volume_delete_whose_metadata_write_fails_changes_nothing_and_later_changes_survive() {
     let (fa, fb) = files("failed-persist");
-    let up = |first: bool| {
-        let b = boot(&[("A", &fa), ("B", &fb)]);
-        create_bdev(&b.registry, "bdev_error_create", json!({"base_name": "B"})).unwrap();
-        if first {
-            create(&b, "p", &["A", "EE_B"], 1024).unwrap();
-        } else {
-            b.pools.import(&["A".into(), "EE_B".into()]).unwrap();
-        }
-        b
-    };
+    let up = |first: bool| boot_on_a_and_ee_b(&fa, &fb, first);
     let first = up(true);
     volume(&first, "p", "kept", 2).unwrap();
     write(&first, "kept", 0, 2 * 256, 5).unwrap();

@@ -179,6 +179,15 @@ fn writes_held_by_a_freeze_go_on_when_the_copy_gives_up_meanwhile() {
     rig.check(first + 8, 2, 6);
 }
 
+/// Polls every reactor `n` times on the real clock.
+fn poll_rounds(rig: &mut Rig, n: usize) {
+    for _ in 0..n {
+        for r in rig.rs.iter_mut() {
+            r.poll(crate::time::now());
+        }
+    }
+}
+
 #[test]
 fn a_copy_reads_no_chunk_before_writes_already_on_their_way_to_the_source_land() {
     use crate::bdev::error::{ErrorKind, InjectTarget};
@@ -198,20 +207,12 @@ fn a_copy_reads_no_chunk_before_writes_already_on_their_way_to_the_source_land()
     let injection = Arc::clone(source.as_error_bdev().unwrap().injection());
     injection.inject(InjectTarget::Write, ErrorKind::Pending, 1);
     rig.submit(1, vol, IoType::Write, first, 16, 2);
-    for _ in 0..10 {
-        rig.rs.iter_mut().for_each(|r| {
-            r.poll(crate::time::now());
-        });
-    }
+    poll_rounds(&mut rig, 10);
     assert_eq!(rig.done(), 1, "the device holds the write");
     // The copy starts on the owner meanwhile: reading the first chunk now would give the
     // target the blocks from before that write.
     let status = rig.rs[1].ctx().start_copy(copy_spec(vol, m2, 0)).unwrap();
-    for _ in 0..100 {
-        rig.rs.iter_mut().for_each(|r| {
-            r.poll(crate::time::now());
-        });
-    }
+    poll_rounds(&mut rig, 100);
     assert_eq!(
         status.lock().unwrap().copied_blocks,
         0,
