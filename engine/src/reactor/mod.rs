@@ -529,8 +529,13 @@ fn validate(slot: Geometry, io: &IoRequest) -> Result<(), IoStatus> {
 
 /// Messages gathered for a peer before they go onto its lane as one batch (one tail store,
 /// one wake-up handshake): enough to spread those over many messages, few enough that the
-/// peer starts on them while this reactor is still busy.
-const SEND_BATCH: usize = 16;
+/// peer starts on them while this reactor is still busy. Each batch moves the lane's tail
+/// line to the peer's core, and on a host whose cores are far apart (a cache line takes
+/// ~200 ns between them) that is what a batch costs: 64 instead of 16 made a volume's
+/// 4 KiB randwrite over two such cores 12 % faster, and changed nothing on close cores
+/// (BENCHMARKS.md, volume section). The iteration's last batch goes whatever its size, so
+/// a lone request does not wait for company.
+const SEND_BATCH: usize = 64;
 
 /// Passes over the ready queue per iteration: the second runs what the first queued (a
 /// request a task submitted from its completion callback that failed up front, say).
