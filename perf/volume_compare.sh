@@ -9,10 +9,16 @@
 # crosses to the other reactor (each shard has one owner). Raw: two 512 MiB malloc bdevs, one
 # job per reactor, q128 each: the same 256 I/Os in flight on the same amount of data, with no
 # routing. Each round runs raw then volume; the median of the rounds' ratios is reported.
+#
+# This VM's two cores are sometimes close together and sometimes far apart (see the section's
+# text), and the ratio depends on which. A reactor ping (`--bench ping`, 0.3 s) before and after
+# each raw/volume pair labels the pair: close when both round trips are under
+# FAR_PING_US, far when both are over it, mixed otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-5}
 ROUNDS=${2:-6}
+FAR_PING_US=0.6
 OUT=${OUT:-BENCHMARKS.md}
 cargo build --release -p tidepool-perf
 PERF=./target/release/tidepool-perf
@@ -35,19 +41,23 @@ cat > "$RES/raw.json" <<J
 J
 
 tp() { local out=$1; shift; "$PERF" "$@" -t "$T" -q 128 -o 4096 -m 0x3 --json "$out" >/dev/null; }
+ping() { "$PERF" --bench ping -t 0.3 -m 0x3 --json "$1" >/dev/null; }
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS"
   for w in randread randwrite; do
+    ping "$RES/pre_${w}_$r.json"
     tp "$RES/raw_${w}_$r.json" -c "$RES/raw.json" -w "$w"
     tp "$RES/vol_${w}_$r.json" -c "$RES/volume.json" -w "$w" -C -b vol0
+    ping "$RES/post_${w}_$r.json"
   done
 done
 
-python3 - "$RES" "$OUT" "$T" "$ROUNDS" <<'PY'
+python3 - "$RES" "$OUT" "$T" "$ROUNDS" "$FAR_PING_US" <<'PY'
 import glob, json, os, statistics, sys
 sys.path.insert(0, "perf")
 from bench_section import put_section
 res, out, T, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+far_us = float(sys.argv[5])
 def runs(pattern):
     # In round order, so that raw and volume runs of one round pair up.
     paths = glob.glob(os.path.join(res, pattern))
@@ -67,12 +77,21 @@ for w in ["randread", "randwrite"]:
     ratios = [v["total"]["iops"] / r["total"]["iops"] for r, v in zip(raw, vol)]
     ratio = statistics.median(ratios)
     verdict = "met" if ratio >= 0.8 else "NOT met"
-    each = ", ".join(f"{x:.2f}" for x in ratios)
-    # Each round's totals: raw randwrite near 5.5 M or near 7 M tells the machine's state.
-    per_round.append(f"- {w}, raw / volume per round (M IOPS): " + ", ".join(
-        f"{r['total']['iops']/1e6:.2f} / {v['total']['iops']/1e6:.2f}" for r, v in zip(raw, vol)))
+    # Each pair's state, from the reactor pings around it.
+    p50 = lambda d: d["ping"]["latency_us"]["p50"]
+    pings = [(p50(a), p50(b)) for a, b in zip(runs(f"pre_{w}_*.json"), runs(f"post_{w}_*.json"))]
+    states = ["far" if min(p) > far_us else "close" if max(p) < far_us else "mixed"
+              for p in pings]
+    def by_state(state):
+        xs = [x for x, s in zip(ratios, states) if s == state]
+        return f"{statistics.median(xs):.2f}x ({len(xs)})" if xs else "-"
+    each = ", ".join(f"{x:.2f} {s}" for x, s in zip(ratios, states))
+    per_round.append(f"- {w}, raw / volume per round (M IOPS), reactor ping p50 before / after (us): "
+        + ", ".join(f"{r['total']['iops']/1e6:.2f} / {v['total']['iops']/1e6:.2f} ({a:.2f} / {b:.2f})"
+                    for r, v, (a, b) in zip(raw, vol, pings)))
     rows.append(f"| 4 KiB {w} q128 x2 | {raw_iops/1e6:.2f} M | {vol_iops/1e6:.2f} M | {each} | "
-                f"**{ratio:.2f}x** (>= 0.8x {verdict}) | {crossed:.1f}% | {raw_p99:.0f} / {vol_p99:.0f} us |")
+                f"**{ratio:.2f}x** (>= 0.8x {verdict}) | {by_state('close')} | {by_state('far')} | "
+                f"{crossed:.1f}% | {raw_p99:.0f} / {vol_p99:.0f} us |")
 section = f"""<!-- volume:begin -->
 ## Volume against raw devices (`perf/volume_compare.sh {T} {rounds}`)
 
@@ -91,24 +110,28 @@ What a crossing costs on malloc: the owner copies into (or out of) the buffer of
 that took the request, so the 4 KiB of a crossed request move between the cores' caches, and
 the request and its completion each take one lane hop. Reactors talk over lanes: one
 single-producer ring per ordered pair of reactors (`engine/src/ring.rs`); a reactor gathers up
-to 16 messages per peer (`SEND_BATCH`) and publishes them with one store, and takes at most 128
+to 64 messages per peer (`SEND_BATCH`) and publishes them with one store, and takes at most 128
 per lane per iteration (`inbox_batch`). Before the lanes (one multi-producer ring per reactor:
 a locked compare-exchange per message on each side) 100 % crossing (`--remote`, null bdev)
 reached 0.43x of local I/O and this benchmark 0.62-0.79x randwrite; with them `--remote`
-reaches about 1.0x (see the foundation section).
+reached about 1.0x in the foundation run (see that section), and 0.31x on far cores (null
+bdevs, 2026-11-26: see below).
 
-Read the ratio with the machine's state in mind. Raw randwrite over two reactors is bound by
-memory bandwidth here most of the time (a 4 KiB copy into device memory first reads every line
-for ownership): 5.3-5.6 M, with the volume, which makes the same copies, not far behind. In
-minutes when the host leaves more bandwidth, raw reaches 6.6-7.4 M and the ratio falls: the
-crossing then costs CPU, about 110 ns per crossed request over the two cores (two lane
-messages, and the owner reading the 64 lines of the other core's buffer). A side-by-side
-probe with a build whose malloc bdev wrote with non-temporal stores (which lifts the memory
-bound: raw 7.4-7.6 M) gave volume/raw 0.73-0.76x: that is the ratio to expect on a host with
-plenty of memory bandwidth per core.
+Read the ratio with the machine's state in mind. This VM's two vCPUs are sometimes close
+together and sometimes far apart, and it changes within seconds: a cache line moves between
+them in about 40-60 ns one way, or in about 190-250 ns (a C ping-pong of one atomic between two
+pinned threads). The reactor ping's median round trip follows it, about 0.28 us close and
+1.2-1.3 us far, so each raw/volume pair is labelled by a ping before and after it. Raw I/O
+never crosses cores and runs faster far apart: 4 KiB randwrite at about 9 M, against 6-6.8 M
+close (close, the two vCPUs presumably share one physical core). A crossed volume request moves its 4 KiB between the
+cores (the owner's malloc channel copies from or into the buffer of the reactor that took the
+request) besides its two messages, and far apart every cache line of that takes the long trip:
+the volume gains little from the extra core. On NVMe the device's DMA engine moves the data
+and no core copies it; with RAM disks on a host whose reactor cores are far apart (another CCD
+or socket), expect the far figures.
 
-| workload | raw total (median) | volume total (median) | volume / raw, each round | volume / raw (median) | crossed reactors | p99 raw / volume |
-| --- | --- | --- | --- | --- | --- | --- |
+| workload | raw total (median) | volume total (median) | volume / raw, each round | volume / raw (median) | close rounds (median, count) | far rounds (median, count) | crossed reactors | p99 raw / volume |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
 {chr(10).join(per_round)}
