@@ -25,20 +25,9 @@ PERF=./target/release/tidepool-perf
 RES=$(mktemp -d)
 trap 'rm -rf "$RES"' EXIT
 
-cat > "$RES/volume.json" <<J
-{"subsystems":[
- {"subsystem":"bdev","config":[
-  {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":163840,"block_size":4096}},
-  {"method":"bdev_malloc_create","params":{"name":"Malloc1","num_blocks":163840,"block_size":4096}}]},
- {"subsystem":"pool","config":[
-  {"method":"pool_create","params":{"name":"pool0","base_bdevs":["Malloc0","Malloc1"]}},
-  {"method":"volume_create","params":{"pool":"pool0","name":"vol0","size_mib":1024}}]}]}
-J
-cat > "$RES/raw.json" <<J
-{"subsystems":[{"subsystem":"bdev","config":[
-  {"method":"bdev_malloc_create","params":{"name":"Malloc2","num_blocks":131072,"block_size":4096}},
-  {"method":"bdev_malloc_create","params":{"name":"Malloc3","num_blocks":131072,"block_size":4096}}]}]}
-J
+# The configs, shared with perf/volume_by_state.sh.
+VOLUME_CFG=etc/volume-malloc-pool.json
+RAW_CFG=etc/volume-malloc-raw.json
 
 tp() { local out=$1; shift; "$PERF" "$@" -t "$T" -q 128 -o 4096 -m 0x3 --json "$out" >/dev/null; }
 ping() { "$PERF" --bench ping -t 0.3 -m 0x3 --json "$1" >/dev/null; }
@@ -46,8 +35,8 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS"
   for w in randread randwrite; do
     ping "$RES/pre_${w}_$r.json"
-    tp "$RES/raw_${w}_$r.json" -c "$RES/raw.json" -w "$w"
-    tp "$RES/vol_${w}_$r.json" -c "$RES/volume.json" -w "$w" -C -b vol0
+    tp "$RES/raw_${w}_$r.json" -c "$RAW_CFG" -w "$w"
+    tp "$RES/vol_${w}_$r.json" -c "$VOLUME_CFG" -w "$w" -C -b vol0
     ping "$RES/post_${w}_$r.json"
   done
 done
@@ -99,9 +88,10 @@ Two reactors (`-m 0x3`), 4 KiB random I/O, q128 per reactor, {T} s per run, {rou
 each round runs raw then volume back to back, and the ratio is the median of the rounds'
 ratios (this machine's speed drifts by more than 10 % between minutes).
 
-- Raw: `tidepool-perf -c raw.json -m 0x3 -q 128 -o 4096 -w W`, two 512 MiB malloc bdevs, one job
-  on each reactor.
-- Volume: `tidepool-perf -c volume.json -m 0x3 -C -b vol0 -q 128 -o 4096 -w W`, a 1 GiB volume
+- Raw: `tidepool-perf -c etc/volume-malloc-raw.json -m 0x3 -q 128 -o 4096 -w W`, two 512 MiB
+  malloc bdevs, one job on each reactor.
+- Volume: `tidepool-perf -c etc/volume-malloc-pool.json -m 0x3 -C -b vol0 -q 128 -o 4096 -w W`,
+  a 1 GiB volume
   (16 shards of 64 MiB) on a pool of two malloc members, one job on each reactor, each over
   its half of the volume. A piece of I/O whose shard the other reactor owns crosses the rings
   there and back ("crossed").
