@@ -126,20 +126,7 @@ impl BdevChannel for MallocChannel {
     fn poll(&mut self, _now: Nanos, max: usize, out: &mut Vec<Completion>) -> usize {
         let n = max.min(self.queued.len());
         for mut io in self.queued.drain(..n) {
-            let offset = io.offset_blocks as usize * self.block_size;
-            let len = io.num_blocks as usize * self.block_size;
-            match io.io_type {
-                IoType::Read => {
-                    let buf = io.buf.as_mut().expect("validated: reads carry a buffer");
-                    self.memory.read(offset, buf.as_mut_slice());
-                }
-                IoType::Write => {
-                    let buf = io.buf.as_ref().expect("validated: writes carry a buffer");
-                    self.memory.write(offset, buf.as_slice());
-                }
-                IoType::Unmap | IoType::WriteZeroes => self.memory.zero(offset, len),
-                IoType::Flush => {}
-            }
+            execute(&self.memory, self.block_size, &mut io);
             out.push(Completion::new(io, IoStatus::Success));
         }
         n
@@ -147,5 +134,23 @@ impl BdevChannel for MallocChannel {
 
     fn inflight(&self) -> usize {
         self.queued.len()
+    }
+}
+
+/// Does what `io` asks of the RAM disk (the reactor validated its range and buffer).
+fn execute(memory: &DeviceMemory, block_size: usize, io: &mut IoRequest) {
+    let offset = io.offset_blocks as usize * block_size;
+    let len = io.num_blocks as usize * block_size;
+    match io.io_type {
+        IoType::Read => {
+            let buf = io.buf.as_mut().expect("validated: reads carry a buffer");
+            memory.read(offset, buf.as_mut_slice());
+        }
+        IoType::Write => {
+            let buf = io.buf.as_ref().expect("validated: writes carry a buffer");
+            memory.write(offset, buf.as_slice());
+        }
+        IoType::Unmap | IoType::WriteZeroes => memory.zero(offset, len),
+        IoType::Flush => {}
     }
 }

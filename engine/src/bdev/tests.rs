@@ -36,6 +36,14 @@ impl Rig {
         create_bdev(&self.reg, method, params).unwrap().0
     }
 
+    /// A malloc bdev "M" of `num_blocks` blocks of 512 bytes.
+    fn malloc(&self, num_blocks: u64) -> BdevId {
+        self.create(
+            "bdev_malloc_create",
+            json!({"name": "M", "num_blocks": num_blocks, "block_size": 512}),
+        )
+    }
+
     fn buf(&self, len: usize, fill: u8) -> DmaBuf {
         let mut b = self.pool.take().expect("pool has room");
         b.set_len(len);
@@ -126,23 +134,16 @@ fn null_completes_everything_and_moves_no_data() {
 #[test]
 fn malloc_reads_back_what_was_written() {
     let mut rig = Rig::new();
-    let b = rig.create(
-        "bdev_malloc_create",
-        json!({"name": "M", "num_blocks": 64, "block_size": 512}),
-    );
+    let b = rig.malloc(64);
     check_read_back(&mut rig, b, 512, true);
 }
 
-/// A rig with a uring bdev of 4 KiB blocks on a fresh 1 MiB file; `extra` adds parameters.
 /// Requests queued on one channel before it is polled run in the order they came: each read
 /// sees the writes submitted before it and none after it.
 #[test]
 fn malloc_runs_queued_requests_in_submission_order() {
     let mut rig = Rig::new();
-    let b = rig.create(
-        "bdev_malloc_create",
-        json!({"name": "M", "num_blocks": 8, "block_size": 512}),
-    );
+    let b = rig.malloc(8);
     let fills = [0x11u8, 0x22, 0x33];
     for (i, &fill) in fills.iter().enumerate() {
         let tag = 2 * i as u64;
@@ -166,6 +167,7 @@ fn malloc_runs_queued_requests_in_submission_order() {
     }
 }
 
+/// A rig with a uring bdev of 4 KiB blocks on a fresh 1 MiB file; `extra` adds parameters.
 fn uring_rig(file: &str, extra: serde_json::Value) -> (Rig, BdevId, std::path::PathBuf) {
     let path = temp_file(file, 1 << 20);
     let rig = Rig::new();
@@ -282,10 +284,7 @@ fn uring_with_sqpoll_reads_back_what_was_written_and_keeps_its_counts() {
 
 fn error_rig() -> (Rig, BdevId) {
     let rig = Rig::new();
-    rig.create(
-        "bdev_malloc_create",
-        json!({"name": "M", "num_blocks": 64, "block_size": 512}),
-    );
+    rig.malloc(64);
     let ee = rig.create("bdev_error_create", json!({"base_name": "M"}));
     (rig, ee)
 }
@@ -373,10 +372,7 @@ fn error_bdev_pending_holds_io_until_cleared() {
 #[test]
 fn delay_bdev_latency_matches_its_configuration() {
     let mut rig = Rig::new();
-    rig.create(
-        "bdev_malloc_create",
-        json!({"name": "M", "num_blocks": 64, "block_size": 512}),
-    );
+    rig.malloc(64);
     let d = rig.create(
         "bdev_delay_create",
         json!({"base_bdev_name": "M", "name": "D", "avg_read_latency": 400, "p99_read_latency": 2000,
