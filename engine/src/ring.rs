@@ -22,6 +22,7 @@
 //! handshake once per batch ([`Inbox::wake_if_parked`]).
 
 use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
@@ -155,11 +156,16 @@ const MIN_LANE_CAPACITY: usize = 64;
 
 /// One reactor's ends of the lane mesh: a producer towards every peer and a consumer from
 /// every peer.
+///
+/// Each end sits on cache lines of its own. An end holds the indices its reactor writes on
+/// every batch (producer) or every message (consumer); the mesh is built on one thread, so
+/// unpadded, the small vectors of different reactors came out of the allocator side by side
+/// and shared lines, and every pop on one core took a line from the other.
 pub struct Lanes<T> {
     /// `to[p]`: the producer of the lane towards peer `p`; `None` at this reactor's index.
-    to: Vec<Option<rtrb::Producer<T>>>,
+    to: Vec<Option<CachePadded<rtrb::Producer<T>>>>,
     /// The consumers of the lanes from the other peers.
-    from: Vec<rtrb::Consumer<T>>,
+    from: Vec<CachePadded<rtrb::Consumer<T>>>,
 }
 
 impl<T> Lanes<T> {
@@ -180,8 +186,8 @@ impl<T> Lanes<T> {
         for from in 0..n {
             for to in (0..n).filter(|&to| to != from) {
                 let (producer, consumer) = rtrb::RingBuffer::new(per_lane);
-                lanes[from].to[to] = Some(producer);
-                lanes[to].from.push(consumer);
+                lanes[from].to[to] = Some(CachePadded::new(producer));
+                lanes[to].from.push(CachePadded::new(consumer));
             }
         }
         lanes
@@ -194,11 +200,25 @@ impl<T> Lanes<T> {
         let Some(Some(lane)) = self.to.get_mut(to) else {
             return 0;
         };
-        let n = queue.len().min(lane.slots());
-        match lane.write_chunk_uninit(n) {
-            Ok(chunk) if n > 0 => chunk.fill_from_iter(queue.drain(..n)),
-            _ => 0,
+        // `write_chunk_uninit` reads the consumer's index only when the room this producer
+        // last saw is too small; asking for the free slots first (`slots()`) would read it
+        // every batch and pull that line, which the consumer writes on every pop, across
+        // cores each time.
+        let chunk = match lane.write_chunk_uninit(queue.len()) {
+            Ok(chunk) => chunk,
+            Err(rtrb::chunks::ChunkError::TooFewSlots(0)) => return 0,
+            Err(rtrb::chunks::ChunkError::TooFewSlots(room)) => {
+                match lane.write_chunk_uninit(room) {
+                    Ok(chunk) => chunk,
+                    Err(_) => return 0,
+                }
+            }
+        };
+        let n = chunk.len();
+        if n == 0 {
+            return 0;
         }
+        chunk.fill_from_iter(queue.drain(..n))
     }
 
     /// How many incoming lanes there are (peers minus one).
@@ -347,6 +367,26 @@ mod tests {
             assert_eq!(senders, (0..3).filter(|&f| f != to).collect::<Vec<_>>());
             assert!(lanes.is_empty());
         }
+    }
+
+    /// A producer looks at the consumer's progress only when the room it last saw runs out
+    /// (see `push_batch`): room the consumer freed since is found then, and used in order.
+    #[test]
+    fn a_full_lane_takes_messages_again_once_the_consumer_frees_room() {
+        let mut mesh = Lanes::<u32>::mesh(2, 4);
+        let mut queue: Vec<u32> = (0..4).collect();
+        assert_eq!(mesh[0].push_batch(1, &mut queue), 4);
+        queue.extend(4..7);
+        assert_eq!(mesh[0].push_batch(1, &mut queue), 0, "the lane is full");
+        assert_eq!(mesh[1].pop(0), Some(0));
+        assert_eq!(mesh[1].pop(0), Some(1));
+        assert_eq!(mesh[0].push_batch(1, &mut queue), 2, "the two freed slots");
+        assert_eq!(queue, [6]);
+        let got: Vec<u32> = std::iter::from_fn(|| mesh[1].pop(0)).collect();
+        assert_eq!(got, [2, 3, 4, 5]);
+        assert_eq!(mesh[0].push_batch(1, &mut queue), 1);
+        assert_eq!(mesh[1].pop(0), Some(6));
+        assert_eq!(mesh[1].pop(0), None);
     }
 
     /// The parking handshake never sleeps through a message: a consumer that parks with a long
