@@ -4,12 +4,13 @@
 //! places one job per bdev (round-robin over the reactors; every reactor with `-C`), prints a
 //! live line each second, then per-job and total IOPS, MiB/s and latency percentiles. `--bench
 //! ping` and `--bench idle` measure the reactors themselves, `--bench rpc` a JSON-RPC server
-//! (see `bench`). `-r SOCKET` serves JSON-RPC during the jobs, as bdevperf does, so a control
+//! (see `bench`), `--bench lanes` the rings between reactors alone (see `lanes`). `-r SOCKET` serves JSON-RPC during the jobs, as bdevperf does, so a control
 //! flood can be measured against the I/O it must not disturb.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod job;
+mod lanes;
 mod report;
 mod timeline;
 
@@ -69,7 +70,8 @@ struct Args {
     #[arg(long)]
     remote: bool,
     /// What to measure: io (jobs on bdevs), ping (reactor round trip), idle (CPU and wake-up),
-    /// rpc (JSON-RPC round trips against the server at --rpc-target)
+    /// rpc (JSON-RPC round trips against the server at --rpc-target), lanes (the reactors'
+    /// rings alone: round trips between two pinned threads)
     #[arg(long, default_value = "io")]
     bench: String,
     /// Serve JSON-RPC on this socket while the jobs run (as bdevperf does)
@@ -143,7 +145,7 @@ fn engine_config(args: &Args) -> anyhow::Result<EngineConfig> {
     let cores = match (&args.mask, &args.cores) {
         (Some(m), _) => cpuset::parse_mask(m)?,
         (None, Some(l)) => cpuset::parse_list(l)?,
-        (None, None) if args.bench == "ping" || args.bench == "idle" => vec![0, 1],
+        (None, None) if matches!(args.bench.as_str(), "ping" | "idle" | "lanes") => vec![0, 1],
         (None, None) => vec![0],
     };
     cpuset::check_available(&cores)?;
@@ -208,7 +210,13 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             write_json(&args.json, &value)?;
             Ok(0)
         }
-        other => bail!("--bench '{other}' is not one of io, ping, idle, rpc"),
+        "lanes" => {
+            let cores = engine_config(args)?.cores;
+            let value = lanes::lanes(&cores, duration)?;
+            write_json(&args.json, &value)?;
+            Ok(0)
+        }
+        other => bail!("--bench '{other}' is not one of io, ping, idle, rpc, lanes"),
     }
 }
 

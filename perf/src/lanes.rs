@@ -1,0 +1,185 @@
+//! `--bench lanes`: what the lane mesh alone costs, without reactors or I/O.
+//!
+//! Two threads pinned to the first two cores of the engine's set play the two ends of a
+//! crossed request: the first keeps [`IN_FLIGHT`] messages out on its lane to the second, the
+//! second sends each one back on its own lane, and the first sends each returning message out
+//! again. Both gather their messages and publish them [`BATCH`] at a time, and whatever is
+//! left at the end of each pass, as reactors do. A round trip is one message each way: the
+//! transport part of one crossed request (its submit and its completion).
+//!
+//! It runs twice: with the reactors' own [`Message`] (a `Notify`, so every slot is the
+//! size the I/O messages use), and with a 16-byte message, for what a compact encoding would
+//! save. Compare the figure with a `--remote` I/O run on null bdevs, where every request
+//! crosses: the difference is the engine's own work per crossing, not the rings'.
+
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidepool::reactor::Message;
+use tidepool::ring::Lanes;
+
+/// Messages kept in flight: the 256 requests of two q128 jobs.
+const IN_FLIGHT: usize = 256;
+/// Messages gathered before a batch is published (the reactors' `SEND_BATCH`).
+const BATCH: usize = 64;
+/// Messages taken off the lane per pass (the reactors' default `inbox_batch`).
+const TAKE: usize = 128;
+/// Slots per lane (the reactors' default inbox capacity, all of it on the one lane of two).
+const LANE_SLOTS: usize = 4096;
+
+/// A message the benchmark can stamp with its number and its trip count, and read back.
+trait Payload: Send + 'static {
+    fn new(id: u32, trip: u64) -> Self;
+    fn id(&self) -> u32;
+    fn trip(&self) -> u64;
+}
+
+impl Payload for Message {
+    fn new(id: u32, trip: u64) -> Message {
+        Message::Notify {
+            task: id,
+            value: trip,
+        }
+    }
+    fn id(&self) -> u32 {
+        match self {
+            Message::Notify { task, .. } => *task,
+            _ => unreachable!("the benchmark sends only notifications"),
+        }
+    }
+    fn trip(&self) -> u64 {
+        match self {
+            Message::Notify { value, .. } => *value,
+            _ => unreachable!("the benchmark sends only notifications"),
+        }
+    }
+}
+
+/// The smallest useful I/O message: a request's slot and a word of status or offset.
+struct Compact([u64; 2]);
+
+impl Payload for Compact {
+    fn new(id: u32, trip: u64) -> Compact {
+        Compact([id as u64, trip])
+    }
+    fn id(&self) -> u32 {
+        self.0[0] as u32
+    }
+    fn trip(&self) -> u64 {
+        self.0[1]
+    }
+}
+
+/// Round trips per second between `cores[0]` and `cores[1]` for both message sizes.
+pub fn lanes(cores: &[usize], duration: Duration) -> anyhow::Result<Value> {
+    let [a, b, ..] = cores else {
+        anyhow::bail!("--bench lanes needs two cores (-m 0x3, say)");
+    };
+    let full = round_trips::<Message>(*a, *b, duration)?;
+    let compact = round_trips::<Compact>(*a, *b, duration)?;
+    let entry = |bytes: usize, per_s: f64| {
+        json!({"message_bytes": bytes, "round_trips_per_s": per_s,
+               "ns_per_round_trip_per_core": 1e9 / per_s})
+    };
+    let value = json!({"lanes": {
+        "in_flight": IN_FLIGHT, "batch": BATCH,
+        "reactor_message": entry(std::mem::size_of::<Message>(), full),
+        "compact_message": entry(std::mem::size_of::<Compact>(), compact),
+    }});
+    for (name, bytes, per_s) in [
+        ("reactor message", std::mem::size_of::<Message>(), full),
+        ("compact message", std::mem::size_of::<Compact>(), compact),
+    ] {
+        println!(
+            "lanes, {name} ({bytes} B): {:.1} M round trips/s, {:.1} ns per round trip on each core",
+            per_s / 1e6,
+            1e9 / per_s
+        );
+    }
+    Ok(value)
+}
+
+fn round_trips<T: Payload>(a: usize, b: usize, duration: Duration) -> anyhow::Result<f64> {
+    let mut mesh = Lanes::<T>::mesh(2, LANE_SLOTS);
+    let far_end = mesh.pop().expect("a mesh of two");
+    let near_end = mesh.pop().expect("a mesh of two");
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || echo(far_end, b, &stop))
+    };
+    let result = drive(near_end, a, duration);
+    stop.store(true, Ordering::Relaxed);
+    let echoed = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))?;
+    let per_s = result?;
+    echoed?;
+    Ok(per_s)
+}
+
+/// The first end: sends [`IN_FLIGHT`] messages, then sends each returning one out again.
+fn drive<T: Payload>(mut lanes: Lanes<T>, core: usize, duration: Duration) -> anyhow::Result<f64> {
+    pin(core)?;
+    let mut out: Vec<T> = (0..IN_FLIGHT as u32).map(|id| T::new(id, 0)).collect();
+    lanes.push_batch(1, &mut out);
+    // The trip each message is on: one that comes back on another trip was lost, duplicated
+    // or garbled on the way.
+    let mut trips = vec![0u64; IN_FLIGHT];
+    let start = Instant::now();
+    let mut done = 0u64;
+    loop {
+        let mut taken = 0;
+        while taken < TAKE {
+            let Some(msg) = lanes.pop(0) else { break };
+            taken += 1;
+            let (id, trip) = (msg.id() as usize, msg.trip());
+            anyhow::ensure!(
+                trips.get(id) == Some(&trip),
+                "message {id} came back on trip {trip}, expected {:?}",
+                trips.get(id)
+            );
+            trips[id] = trip + 1;
+            out.push(T::new(id as u32, trip + 1));
+            if out.len() >= BATCH {
+                lanes.push_batch(1, &mut out);
+            }
+        }
+        lanes.push_batch(1, &mut out);
+        let before = done;
+        done += taken as u64;
+        // The clock is read once every 4096 round trips.
+        if done >> 12 != before >> 12 && start.elapsed() >= duration {
+            break;
+        }
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The second end: sends every message back.
+fn echo<T: Payload>(mut lanes: Lanes<T>, core: usize, stop: &AtomicBool) -> anyhow::Result<()> {
+    pin(core)?;
+    let mut out: Vec<T> = Vec::with_capacity(IN_FLIGHT);
+    while !stop.load(Ordering::Relaxed) {
+        let mut taken = 0;
+        while taken < TAKE {
+            let Some(msg) = lanes.pop(0) else { break };
+            taken += 1;
+            out.push(msg);
+            if out.len() >= BATCH {
+                lanes.push_batch(0, &mut out);
+            }
+        }
+        lanes.push_batch(0, &mut out);
+    }
+    Ok(())
+}
+
+fn pin(core: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        tidepool::reactor::engine::pin_current_thread(core),
+        "could not pin a thread to core {core}"
+    );
+    Ok(())
+}
