@@ -96,9 +96,11 @@ ratios (this machine's speed drifts by more than 10 % between minutes).
   its half of the volume. A piece of I/O whose shard the other reactor owns crosses the rings
   there and back ("crossed").
 
-What a crossing costs on malloc: the owner copies into (or out of) the buffer of the reactor
-that took the request, so the 4 KiB of a crossed request move between the cores' caches, and
-the request and its completion each take one lane hop. Reactors talk over lanes: one
+What a crossing costs: the request and its completion each take one lane hop, and each side
+does a message's work (gathering it, publishing the batch, taking it off, routing it again).
+The data is not what costs: a measure-only build that gave every crossed malloc request a
+buffer of the executing reactor's own changed neither randwrite nor randread far apart
+(2026-11-26, see below). Reactors talk over lanes: one
 single-producer ring per ordered pair of reactors (`engine/src/ring.rs`); a reactor gathers up
 to 64 messages per peer (`SEND_BATCH`) and publishes them with one store, and takes at most 128
 per lane per iteration (`inbox_batch`). Before the lanes (one multi-producer ring per reactor:
@@ -113,12 +115,12 @@ them in about 40-60 ns one way, or in about 190-250 ns (a C ping-pong of one ato
 pinned threads). The reactor ping's median round trip follows it, about 0.28 us close and
 1.2-1.3 us far, so each raw/volume pair is labelled by a ping before and after it. Raw I/O
 never crosses cores and runs faster far apart: 4 KiB randwrite at about 9 M, against 6-6.8 M
-close (close, the two vCPUs presumably share one physical core). A crossed volume request moves its 4 KiB between the
-cores (the owner's malloc channel copies from or into the buffer of the reactor that took the
-request) besides its two messages, and far apart every cache line of that takes the long trip:
-the volume gains little from the extra core. On NVMe the device's DMA engine moves the data
-and no core copies it; with RAM disks on a host whose reactor cores are far apart (another CCD
-or socket), expect the far figures.
+close (close, the two vCPUs presumably share one physical core). The volume gains less from
+the extra core: half its requests cross, and a crossing costs each core about 60 ns far apart
+against about 28 ns close (null bdevs, `--remote`), of which the lanes themselves take about
+23 ns and 12 ns (`tidepool-perf --bench lanes`). A rarer third state reads about 0.7 us; the
+labels count it as far. On a host whose reactor cores are far apart (another CCD or socket),
+expect the far figures.
 
 | workload | raw total (median) | volume total (median) | volume / raw, each round | volume / raw (median) | close rounds (median, count) | far rounds (median, count) | crossed reactors | p99 raw / volume |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
