@@ -139,13 +139,18 @@ fn cross_core_and_ping_and_idle_benches_report() {
     // The lanes alone; the driver checks that every message comes back on its own trip.
     let out = run(
         "tidepool-perf",
-        &["--bench", "lanes", "-m", "0x3", "-t", "0.3", "--json", &json],
+        &[
+            "--bench", "lanes", "-m", "0x3", "-t", "0.3", "--json", &json,
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for kind in ["reactor_message", "compact_message"] {
         let m = &v["lanes"][kind];
-        assert!(m["round_trips_per_s"].as_f64().unwrap() > 1000.0, "{kind}: {m}");
+        assert!(
+            m["round_trips_per_s"].as_f64().unwrap() > 1000.0,
+            "{kind}: {m}"
+        );
         assert!(m["message_bytes"].as_u64().unwrap() >= 16, "{kind}: {m}");
     }
 }
@@ -183,7 +188,10 @@ fn bad_flags_and_configs_are_refused_with_a_named_reason() {
         (vec!["-c", &good, "-m", "0xzz", "-t", "1"], "0xzz"),
         (vec!["-c", &good, "--cores", "4096", "-t", "1"], "core 4096"),
         (vec!["-c", &good, "--bench", "teleport"], "teleport"),
-        (vec!["--bench", "lanes", "-m", "0x1", "-t", "1"], "two cores"),
+        (
+            vec!["--bench", "lanes", "-m", "0x1", "-t", "1"],
+            "two cores",
+        ),
         (vec!["-c", &good, "--frobnicate"], "--frobnicate"),
         (vec!["-t", "1"], "no bdevs"),
         (vec!["-c", &missing, "-t", "1"], "nope.json"),
