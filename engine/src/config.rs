@@ -3,8 +3,10 @@
 //! `tidepoold --json` read and `save_config` writes.
 //!
 //! The `bdev` subsystem's entries run in order through [`create_bdev`], the same function the
-//! RPC methods use. Other subsystems are accepted only when their config is empty (an SPDK
-//! config lists many; tidepool has nothing to set in them). Loading is all or nothing: on the
+//! RPC methods use. The `pool`, `balancer` and `nbd` subsystems need the running engine:
+//! [`deferred_entries`] hands their entries to the caller, which runs them once the reactors
+//! are up. Other subsystems are accepted only when their config is empty (an SPDK config
+//! lists many; tidepool has nothing to set in them). Loading is all or nothing: on the
 //! first error, every bdev the load created is removed again, and the error names the entry.
 
 use crate::bdev::delay::{DelayBdev, DelayCreateParams};
@@ -121,10 +123,14 @@ pub fn create_bdev(
 
 /// Subsystems whose entries need the running engine, in the order they run, with the
 /// method prefixes each accepts: [`apply`] leaves them to the caller, which runs them through
-/// the RPC methods of the same name once the reactors are up. Pools come first, so that NBD
-/// can export their volumes.
-pub const DEFERRED_SUBSYSTEMS: &[(&str, &[&str])] =
-    &[("pool", &["pool_", "volume_"]), ("nbd", &["nbd_"])];
+/// the RPC methods of the same name once the reactors are up. Pools come first (with the
+/// options their copies run by), so that the balancer finds their shards and NBD can export
+/// their volumes.
+pub const DEFERRED_SUBSYSTEMS: &[(&str, &[&str])] = &[
+    ("pool", &["migration_set_options", "pool_", "volume_"]),
+    ("balancer", &["balancer_set_options"]),
+    ("nbd", &["nbd_"]),
+];
 
 fn is_deferred(name: &str) -> bool {
     DEFERRED_SUBSYSTEMS.iter().any(|(n, _)| *n == name)
@@ -214,8 +220,8 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
                 continue;
             }
             return Err(shape(&format!(
-                "subsystem '{name}' is not supported (only 'bdev', 'pool' and 'nbd' may have \
-                 entries)"
+                "subsystem '{name}' is not supported (only 'bdev', 'pool', 'balancer' and \
+                 'nbd' may have entries)"
             )));
         }
         entries.extend(list.iter().cloned());
@@ -256,8 +262,13 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
 }
 
 /// The config that recreates every bdev in `registry` (bases before the bdevs stacked on
-/// them), then the `pool` and `nbd` entries given.
-pub fn save(registry: &BdevRegistry, pool: Vec<Value>, nbd: Vec<Value>) -> Value {
+/// them), then the `pool`, `balancer` and `nbd` entries given.
+pub fn save(
+    registry: &BdevRegistry,
+    pool: Vec<Value>,
+    balancer: Vec<Value>,
+    nbd: Vec<Value>,
+) -> Value {
     let entries: Vec<Value> = registry
         .list()
         .iter()
@@ -267,6 +278,7 @@ pub fn save(registry: &BdevRegistry, pool: Vec<Value>, nbd: Vec<Value>) -> Value
     serde_json::json!({"subsystems": [
         {"subsystem": "bdev", "config": entries},
         {"subsystem": "pool", "config": pool},
+        {"subsystem": "balancer", "config": balancer},
         {"subsystem": "nbd", "config": nbd},
     ]})
 }
@@ -295,7 +307,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(made, ["M0", "EE_M0", "N0", "D0"]);
-        let saved = save(&reg, Vec::new(), Vec::new());
+        let saved = save(&reg, Vec::new(), Vec::new(), Vec::new());
         let reg2 = BdevRegistry::new();
         assert_eq!(apply(&saved, &reg2).unwrap(), made);
         assert_eq!(reg2.lookup("EE_M0").unwrap().1.info().num_blocks, 256);
@@ -370,5 +382,41 @@ mod tests {
             let err = apply(&bad, &reg).unwrap_err().to_string();
             assert!(err.contains(needle), "'{err}' should mention '{needle}'");
         }
+    }
+
+    /// The subsystems that need the engine come back in run order (pools and their copy
+    /// options, then the balancer, then NBD) whatever order the file lists them in; a method
+    /// that does not belong to its subsystem is refused by name.
+    #[test]
+    fn deferred_entries_run_in_subsystem_order_and_stay_in_their_subsystem() {
+        let config = json!({"subsystems": [
+            {"subsystem": "nbd", "config": [{"method": "nbd_start_disk", "params": {"n": 1}}]},
+            {"subsystem": "balancer", "config": [
+                {"method": "balancer_set_options", "params": {"enabled": true}}]},
+            {"subsystem": "pool", "config": [
+                {"method": "migration_set_options", "params": {"chunk_kib": 64}},
+                {"method": "pool_create", "params": {"name": "p"}}]},
+        ]});
+        let methods: Vec<String> = deferred_entries(&config)
+            .unwrap()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                "migration_set_options",
+                "pool_create",
+                "balancer_set_options",
+                "nbd_start_disk"
+            ]
+        );
+        let astray = json!({"subsystems": [{"subsystem": "balancer", "config": [
+            {"method": "shard_migrate", "params": {}}]}]});
+        let err = deferred_entries(&astray).unwrap_err().to_string();
+        assert!(
+            err.contains("shard_migrate") && err.contains("balancer_set_options"),
+            "{err}"
+        );
     }
 }

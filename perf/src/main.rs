@@ -328,8 +328,8 @@ fn plan_jobs(
     Ok(placed)
 }
 
-/// Runs the config's pool and volume entries on the started engine (volumes are bdevs that
-/// jobs can run on); NBD entries are tidepoold's and are skipped.
+/// Runs the config's pool, volume and balancer entries on the started engine (volumes are
+/// bdevs that jobs can run on); NBD entries are tidepoold's and are skipped.
 fn run_deferred(services: &Services, deferred: Vec<(String, Value)>) -> anyhow::Result<()> {
     let methods = tidepool::rpc::methods::all();
     for (method, params) in deferred {

@@ -210,6 +210,79 @@ fn save_config_loaded_with_json_gives_the_same_bdevs() {
     assert_eq!(after, before, "same bdevs, uuids, claims and settings");
 }
 
+/// The balancer's options and the copies' options survive a restart from `save_config`,
+/// and saving again gives the same entries.
+#[test]
+fn save_config_keeps_balancer_and_migration_options() {
+    let s = Scratch::new("rpc-save-opts");
+    let saved_path = s.join("saved.json");
+    let entry = |config: &Value, subsystem: &str, method: &str| -> Value {
+        let sub = config["subsystems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["subsystem"] == subsystem)
+            .unwrap_or_else(|| panic!("no {subsystem} subsystem in {config}"));
+        sub["config"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["method"] == method)
+            .unwrap_or_else(|| panic!("no {method} in {sub}"))["params"]
+            .clone()
+    };
+    let (saved, status) = {
+        let d = Daemon::start(&s, "first", &[]);
+        d.tpctl_ok(&[
+            "balancer_set_options",
+            "--enabled",
+            "true",
+            "--interval-ms",
+            "250",
+            "--sustain-samples",
+            "4",
+            "--imbalance-threshold",
+            "1.5",
+            "--cooldown-ms",
+            "9000",
+        ]);
+        d.tpctl_ok(&[
+            "migration_set_options",
+            "--max-mib-per-s",
+            "7",
+            "--chunk-kib",
+            "256",
+        ]);
+        let saved = d.tpctl_ok(&["save_config"]);
+        std::fs::write(&saved_path, serde_json::to_string_pretty(&saved).unwrap()).unwrap();
+        (saved, d.tpctl_ok(&["balancer_get_status"]))
+    };
+    let balancer = entry(&saved, "balancer", "balancer_set_options");
+    assert_eq!(balancer["interval_ms"], 250, "{balancer}");
+    assert_eq!(balancer["cooldown_ms"], 9000, "{balancer}");
+    let migration = entry(&saved, "pool", "migration_set_options");
+    assert_eq!(migration["max_mib_per_s"], 7, "{migration}");
+    assert_eq!(migration["chunk_kib"], 256, "{migration}");
+
+    let d = Daemon::start(&s, "second", &["--json", &saved_path]);
+    let after = d.tpctl_ok(&["balancer_get_status"]);
+    for key in [
+        "enabled",
+        "interval_ms",
+        "imbalance_threshold",
+        "sustain_samples",
+        "cooldown_ms",
+        "max_concurrent",
+        "weights",
+    ] {
+        assert_eq!(after[key], status[key], "balancer option {key}");
+    }
+    assert_eq!(after["enabled"], true);
+    let again = d.tpctl_ok(&["save_config"]);
+    assert_eq!(entry(&again, "balancer", "balancer_set_options"), balancer);
+    assert_eq!(entry(&again, "pool", "migration_set_options"), migration);
+}
+
 #[test]
 fn socket_is_private_exclusive_and_stale_ones_are_replaced() {
     let s = Scratch::new("rpc-sock");

@@ -23,7 +23,7 @@ use super::{invalid, pool_of, PoolError, PoolService};
 use crate::bdev::BdevId;
 use crate::reactor::{CopyHandle, CopySpec, CopyState};
 use crate::time::{self, Nanos};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,7 @@ const DRIVER_TICK: Duration = Duration::from_millis(2);
 const FREEZE_LIMIT: Duration = Duration::from_secs(2);
 
 /// `migration_set_options`: how copies run.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationOptions {
     #[serde(default = "default_chunk_kib")]

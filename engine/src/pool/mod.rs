@@ -946,7 +946,8 @@ impl PoolService {
             .find_map(|p| p.volumes.get(name).map(|(_, v)| Arc::clone(v)))
     }
 
-    /// `save_config` entries: one `pool_import` per pool, naming every member. A pool whose
+    /// `save_config` entries: `migration_set_options` with the copies' options, then one
+    /// `pool_import` per pool, naming every member. A pool whose
     /// members all live in RAM (malloc, null) has nothing to import after a restart: it is
     /// saved as the `pool_create` and `volume_create`s that make the same layout again,
     /// empty (an import would fail and stop the daemon's start-up).
@@ -958,7 +959,9 @@ impl PoolService {
                     || product == crate::bdev::null::PRODUCT_NAME
             })
         };
-        let mut entries = Vec::new();
+        // The copies' options first, as SPDK puts a subsystem's `*_set_options` first.
+        let mut entries = vec![json!({"method": "migration_set_options",
+                                      "params": self.migration_options()})];
         for p in self.lock().values() {
             let names: Vec<&str> = p
                 .record

@@ -142,7 +142,11 @@ fn a_pool_and_its_volume_come_back_after_a_restart() {
     let saved = first.pools.config_entries();
     assert_eq!(
         saved,
-        [json!({"method": "pool_import", "params": {"base_bdevs": ["A", "B"]}})]
+        [
+            json!({"method": "migration_set_options",
+                   "params": serde_json::to_value(first.pools.migration_options()).unwrap()}),
+            json!({"method": "pool_import", "params": {"base_bdevs": ["A", "B"]}})
+        ]
     );
     drop(first);
 
