@@ -204,21 +204,14 @@ impl<T> Lanes<T> {
         // last saw is too small; asking for the free slots first (`slots()`) would read it
         // every batch and pull that line, which the consumer writes on every pop, across
         // cores each time.
-        let chunk = match lane.write_chunk_uninit(queue.len()) {
-            Ok(chunk) => chunk,
-            Err(rtrb::chunks::ChunkError::TooFewSlots(0)) => return 0,
-            Err(rtrb::chunks::ChunkError::TooFewSlots(room)) => {
-                match lane.write_chunk_uninit(room) {
-                    Ok(chunk) => chunk,
-                    Err(_) => return 0,
-                }
-            }
+        let n = match lane.write_chunk_uninit(queue.len()) {
+            Ok(chunk) => return chunk.fill_from_iter(queue.drain(..)),
+            Err(rtrb::chunks::ChunkError::TooFewSlots(room)) => room,
         };
-        let n = chunk.len();
-        if n == 0 {
-            return 0;
+        match lane.write_chunk_uninit(n) {
+            Ok(chunk) => chunk.fill_from_iter(queue.drain(..n)),
+            Err(_) => 0,
         }
-        chunk.fill_from_iter(queue.drain(..n))
     }
 
     /// How many incoming lanes there are (peers minus one).

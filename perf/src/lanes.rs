@@ -76,28 +76,30 @@ pub fn lanes(cores: &[usize], duration: Duration) -> anyhow::Result<Value> {
     let [a, b, ..] = cores else {
         anyhow::bail!("--bench lanes needs two cores (-m 0x3, say)");
     };
-    let full = round_trips::<Message>(*a, *b, duration)?;
-    let compact = round_trips::<Compact>(*a, *b, duration)?;
-    let entry = |bytes: usize, per_s: f64| {
-        json!({"message_bytes": bytes, "round_trips_per_s": per_s,
-               "ns_per_round_trip_per_core": 1e9 / per_s})
-    };
-    let value = json!({"lanes": {
-        "in_flight": IN_FLIGHT, "batch": BATCH,
-        "reactor_message": entry(std::mem::size_of::<Message>(), full),
-        "compact_message": entry(std::mem::size_of::<Compact>(), compact),
-    }});
-    for (name, bytes, per_s) in [
-        ("reactor message", std::mem::size_of::<Message>(), full),
-        ("compact message", std::mem::size_of::<Compact>(), compact),
-    ] {
+    let runs = [
+        (
+            "reactor_message",
+            std::mem::size_of::<Message>(),
+            round_trips::<Message>(*a, *b, duration)?,
+        ),
+        (
+            "compact_message",
+            std::mem::size_of::<Compact>(),
+            round_trips::<Compact>(*a, *b, duration)?,
+        ),
+    ];
+    let mut report = json!({"in_flight": IN_FLIGHT, "batch": BATCH});
+    for (key, bytes, per_s) in runs {
         println!(
-            "lanes, {name} ({bytes} B): {:.1} M round trips/s, {:.1} ns per round trip on each core",
+            "lanes, {} ({bytes} B): {:.1} M round trips/s, {:.1} ns per round trip on each core",
+            key.replace('_', " "),
             per_s / 1e6,
             1e9 / per_s
         );
+        report[key] = json!({"message_bytes": bytes, "round_trips_per_s": per_s,
+                             "ns_per_round_trip_per_core": 1e9 / per_s});
     }
-    Ok(value)
+    Ok(json!({ "lanes": report }))
 }
 
 fn round_trips<T: Payload>(a: usize, b: usize, duration: Duration) -> anyhow::Result<f64> {
@@ -130,10 +132,7 @@ fn drive<T: Payload>(mut lanes: Lanes<T>, core: usize, duration: Duration) -> an
     let start = Instant::now();
     let mut done = 0u64;
     loop {
-        let mut taken = 0;
-        while taken < TAKE {
-            let Some(msg) = lanes.pop(0) else { break };
-            taken += 1;
+        let taken = pass(&mut lanes, 1, &mut out, |msg| {
             let (id, trip) = (msg.id() as usize, msg.trip());
             anyhow::ensure!(
                 trips.get(id) == Some(&trip),
@@ -141,12 +140,8 @@ fn drive<T: Payload>(mut lanes: Lanes<T>, core: usize, duration: Duration) -> an
                 trips.get(id)
             );
             trips[id] = trip + 1;
-            out.push(T::new(id as u32, trip + 1));
-            if out.len() >= BATCH {
-                lanes.push_batch(1, &mut out);
-            }
-        }
-        lanes.push_batch(1, &mut out);
+            Ok(T::new(id as u32, trip + 1))
+        })?;
         let before = done;
         done += taken as u64;
         // The clock is read once every 4096 round trips.
@@ -162,18 +157,31 @@ fn echo<T: Payload>(mut lanes: Lanes<T>, core: usize, stop: &AtomicBool) -> anyh
     pin(core)?;
     let mut out: Vec<T> = Vec::with_capacity(IN_FLIGHT);
     while !stop.load(Ordering::Relaxed) {
-        let mut taken = 0;
-        while taken < TAKE {
-            let Some(msg) = lanes.pop(0) else { break };
-            taken += 1;
-            out.push(msg);
-            if out.len() >= BATCH {
-                lanes.push_batch(0, &mut out);
-            }
-        }
-        lanes.push_batch(0, &mut out);
+        pass(&mut lanes, 0, &mut out, Ok)?;
     }
     Ok(())
+}
+
+/// One pass of a poll loop, as a reactor does it: takes at most [`TAKE`] messages off the one
+/// incoming lane, sends `reply(message)` for each towards peer `to`, [`BATCH`] at a time and
+/// what is left at the end. Returns how many it took.
+fn pass<T: Payload>(
+    lanes: &mut Lanes<T>,
+    to: usize,
+    out: &mut Vec<T>,
+    mut reply: impl FnMut(T) -> anyhow::Result<T>,
+) -> anyhow::Result<usize> {
+    let mut taken = 0;
+    while taken < TAKE {
+        let Some(msg) = lanes.pop(0) else { break };
+        taken += 1;
+        out.push(reply(msg)?);
+        if out.len() >= BATCH {
+            lanes.push_batch(to, out);
+        }
+    }
+    lanes.push_batch(to, out);
+    Ok(taken)
 }
 
 fn pin(core: usize) -> anyhow::Result<()> {

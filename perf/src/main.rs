@@ -4,8 +4,9 @@
 //! places one job per bdev (round-robin over the reactors; every reactor with `-C`), prints a
 //! live line each second, then per-job and total IOPS, MiB/s and latency percentiles. `--bench
 //! ping` and `--bench idle` measure the reactors themselves, `--bench rpc` a JSON-RPC server
-//! (see `bench`), `--bench lanes` the rings between reactors alone (see `lanes`). `-r SOCKET` serves JSON-RPC during the jobs, as bdevperf does, so a control
-//! flood can be measured against the I/O it must not disturb.
+//! (see `bench`), `--bench lanes` the rings between reactors alone (see `lanes`). `-r SOCKET`
+//! serves JSON-RPC during the jobs, as bdevperf does, so a control flood can be measured
+//! against the I/O it must not disturb.
 #![forbid(unsafe_code)]
 
 mod bench;

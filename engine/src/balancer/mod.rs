@@ -103,20 +103,48 @@ impl Balancer {
             .enumerate()
             .map(|(r, x)| json!({"core": cores.get(r).copied().unwrap_or(r), "score": (x * 1000.0).round() / 1000.0}))
             .collect();
-        json!({
-            "enabled": o.enabled,
-            "interval_ms": o.interval_ns / 1_000_000,
-            "imbalance_threshold": o.imbalance_threshold,
-            "sustain_samples": o.sustain_samples,
-            "cooldown_ms": o.cooldown_ns / 1_000_000,
-            "max_concurrent": o.max_concurrent,
-            "weights": {"requests": o.weight_requests, "bytes": o.weight_bytes, "busy": o.weight_busy},
-            "scores": scores,
-            "last_verdict": s.last_verdict,
-            "moves": s.moves,
-            "decisions": s.decisions.iter().cloned().collect::<Vec<_>>(),
-        })
+        let weights =
+            json!({"requests": o.weight_requests, "bytes": o.weight_bytes, "busy": o.weight_busy});
+        let decisions: Vec<_> = s.decisions.iter().cloned().collect();
+        let mut status = scalar_options(o);
+        status.extend([
+            ("weights".to_string(), weights),
+            ("scores".to_string(), json!(scores)),
+            ("last_verdict".to_string(), json!(s.last_verdict)),
+            ("moves".to_string(), json!(s.moves)),
+            ("decisions".to_string(), json!(decisions)),
+        ]);
+        Value::Object(status)
     }
+
+    /// `save_config`'s `balancer` subsystem: one `balancer_set_options` with every option, so
+    /// that a daemon started from the saved config balances as this one does.
+    pub fn config_entries(&self) -> Vec<Value> {
+        let o = self.options();
+        let mut params = scalar_options(&o);
+        params.extend([
+            ("weight_requests".to_string(), json!(o.weight_requests)),
+            ("weight_bytes".to_string(), json!(o.weight_bytes)),
+            ("weight_busy".to_string(), json!(o.weight_busy)),
+        ]);
+        vec![json!({"method": "balancer_set_options", "params": params})]
+    }
+}
+
+/// The options `balancer_get_status` shows and `balancer_set_options` takes under the same
+/// names (the weights differ: nested in the status, flat in the method).
+fn scalar_options(o: &Options) -> serde_json::Map<String, Value> {
+    [
+        ("enabled", json!(o.enabled)),
+        ("interval_ms", json!(o.interval_ns / 1_000_000)),
+        ("imbalance_threshold", json!(o.imbalance_threshold)),
+        ("sustain_samples", json!(o.sustain_samples)),
+        ("cooldown_ms", json!(o.cooldown_ns / 1_000_000)),
+        ("max_concurrent", json!(o.max_concurrent)),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value))
+    .collect()
 }
 
 impl Drop for Balancer {

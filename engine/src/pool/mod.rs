@@ -947,10 +947,10 @@ impl PoolService {
     }
 
     /// `save_config` entries: `migration_set_options` with the copies' options, then one
-    /// `pool_import` per pool, naming every member. A pool whose
-    /// members all live in RAM (malloc, null) has nothing to import after a restart: it is
-    /// saved as the `pool_create` and `volume_create`s that make the same layout again,
-    /// empty (an import would fail and stop the daemon's start-up).
+    /// `pool_import` per pool, naming every member. A pool whose members all live in RAM
+    /// (malloc, null) has nothing to import after a restart: it is saved as the `pool_create`
+    /// and `volume_create`s that make the same layout again, empty (an import would fail and
+    /// stop the daemon's start-up).
     pub fn config_entries(&self) -> Vec<Value> {
         let volatile = |id: &Option<BdevId>| {
             id.and_then(|id| self.registry.get(id)).is_some_and(|b| {

@@ -21,22 +21,6 @@ pub fn methods() -> Vec<Method> {
     ]
 }
 
-/// The `balancer` subsystem's entries for `save_config`: one `balancer_set_options` with
-/// every option, so that a daemon started from the saved config balances as this one does.
-pub fn config_entries(o: &Options) -> Vec<Value> {
-    vec![json!({"method": "balancer_set_options", "params": {
-        "enabled": o.enabled,
-        "interval_ms": o.interval_ns / 1_000_000,
-        "imbalance_threshold": o.imbalance_threshold,
-        "sustain_samples": o.sustain_samples,
-        "cooldown_ms": o.cooldown_ns / 1_000_000,
-        "max_concurrent": o.max_concurrent,
-        "weight_requests": o.weight_requests,
-        "weight_bytes": o.weight_bytes,
-        "weight_busy": o.weight_busy,
-    }})]
-}
-
 /// Every field is optional: what is not given keeps its value.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -71,7 +71,7 @@ fn save_config(
     Ok(crate::config::save(
         &services.registry,
         services.pools.config_entries(),
-        super::balancer::config_entries(&services.balancer.options()),
+        services.balancer.config_entries(),
         services.nbd.config_entries(),
     ))
 }
