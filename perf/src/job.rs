@@ -155,8 +155,7 @@ impl Job {
             spare,
             rng: Rng::new(spec.seed ^ (spec.index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             next_seq_block: 0,
-            latency_ns: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .expect("static histogram bounds are valid"),
+            latency_ns: crate::report::latency_histogram(),
             ios: 0,
             errors: 0,
             inflight: 0,

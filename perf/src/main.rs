@@ -487,7 +487,7 @@ fn run_io(
     }
     results.sort_by_key(|r| r.index);
 
-    let mut total_hist: Histogram<u64> = Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?;
+    let mut total_hist = report::latency_histogram();
     let mut rows = Vec::new();
     let (mut total_iops, mut total_errors) = (0.0, 0u64);
     for r in &results {
