@@ -14,6 +14,9 @@
 //! - `volume_create` places shards with [`placement`] and registers the volume as a bdev
 //!   (see [`crate::volume`]); `volume_delete` refuses a volume in use (an NBD export
 //!   claims it) and frees its extents.
+//! - `pool_delete` wipes both slots of every member. If a wipe fails partway, the pool's
+//!   description is written back to every member at a newer generation and the pool stays,
+//!   whole, in memory and after a restart.
 //!
 //! Control calls are serialized by one mutex; metadata I/O runs on reactor 0 through
 //! [`Engine::read_blocks`] and friends, with deadlines.
@@ -493,14 +496,19 @@ impl PoolService {
     fn wipe(&self, ids: &[Option<BdevId>], bs: u32, slots: &[u64]) -> Result<(), PoolError> {
         let zero = vec![0u8; bs as usize];
         for id in ids.iter().flatten() {
+            let name = || {
+                self.registry
+                    .get(*id)
+                    .map_or_else(|| format!("bdev #{id}"), |b| b.info().name.clone())
+            };
             for &slot in slots {
                 self.engine
                     .write_blocks(*id, slot * slot_blocks(bs), &zero, IO_DEADLINE)
-                    .map_err(io_error("wiping pool metadata".to_string()))?;
+                    .map_err(|e| io_error(format!("wiping pool metadata on '{}'", name()))(e))?;
             }
             self.engine
                 .flush_wait(*id, IO_DEADLINE)
-                .map_err(io_error("flushing a wiped member".to_string()))?;
+                .map_err(|e| io_error(format!("flushing '{}' after wiping it", name()))(e))?;
         }
         Ok(())
     }
@@ -724,7 +732,19 @@ impl PoolService {
                 names.join(", ")
             )));
         }
-        self.wipe(&pool.members, pool.record.block_size, &[0, 1])?;
+        if let Err(e) = self.wipe(&pool.members, pool.record.block_size, &[0, 1]) {
+            // Members wiped before the failure would come back without the pool, and the
+            // others with it: write the description back to every member, at a newer
+            // generation (best effort), and keep the pool, as a failed change does.
+            let pool = pools.get_mut(name).expect("looked up above");
+            let generation = pool.generation + 1;
+            if let Err(again) = self.write_generation(&pool.record, generation, &pool.members) {
+                log::error!("pool '{name}': writing its description back failed too: {again}");
+            }
+            pool.generation = generation;
+            log::error!("pool '{name}': not deleted: {e}");
+            return Err(PoolError::Io(format!("pool '{name}' not deleted: {e}")));
+        }
         let pool = pools.remove(name).expect("looked up above");
         let user = pool.claim_name();
         for m in &pool.record.members {

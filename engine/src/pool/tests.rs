@@ -592,6 +592,43 @@ fn a_volume_delete_whose_metadata_write_fails_changes_nothing_and_later_changes_
 }
 
 #[test]
+fn a_pool_delete_whose_wipe_fails_keeps_the_whole_pool_now_and_after_a_restart() {
+    let (fa, fb) = files("failed-pool-delete");
+    let up = |first: bool| boot_on_a_and_ee_b(&fa, &fb, first);
+    let first = up(true);
+    let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
+    // A's two slots are wiped, then EE_B's first wipe fails.
+    fail_writes(&first, "EE_B", 1);
+    let err = first.pools.delete("p").unwrap_err().to_string();
+    assert!(err.contains("not deleted") && err.contains("EE_B"), "{err}");
+    // The pool is still here, whole: listed, its members claimed, and it takes a volume.
+    let pools = pools_json(&first);
+    assert_eq!(pools[0]["name"], "p");
+    assert_eq!(pools[0]["state"], "online", "{pools}");
+    assert_eq!(pools[0]["generation"].as_u64().unwrap(), generation + 1);
+    assert!(create(&first, "q", &["A"], 1024).is_err());
+    volume(&first, "p", "v", 1).unwrap();
+    write(&first, "v", 0, 256, 3).unwrap();
+    first
+        .engine
+        .flush_wait(id(&first, "v"), Duration::from_secs(5))
+        .unwrap();
+    drop(first);
+
+    // After a restart both members still describe it (A from the description written back).
+    let second = up(false);
+    let pools = pools_json(&second);
+    assert_eq!(pools[0]["state"], "online", "{pools}");
+    assert_eq!(pools[0]["volumes"], json!(["v"]));
+    assert!(read_matches(&second, "v", 0, 256, 3));
+    // A delete that can write goes through, and frees the members.
+    second.pools.delete_volume("v").unwrap();
+    second.pools.delete("p").unwrap();
+    assert!(pools_json(&second).as_array().unwrap().is_empty());
+    create(&second, "q", &["A"], 1024).unwrap();
+}
+
+#[test]
 fn a_removed_member_whose_metadata_survived_is_not_taken_back_on_import() {
     let (fa, fb) = files("stale-member");
     let fc = temp_file("stale-member-c", FILE_BYTES);
