@@ -341,7 +341,8 @@ mod tests {
     #[test]
     fn latency_summary_in_microseconds() {
         let l = LatencyUs::from_ns(&sample());
-        assert!((l.p50 - 5000.0).abs() < 10.0, "{l:?}");
+        // Within the histogram's precision: 1/128 of the value.
+        assert!((l.p50 - 5000.0).abs() <= 5000.0 / 128.0, "{l:?}");
         assert!((l.avg - 5000.5).abs() < 5.0);
         assert!((l.min - 1.0).abs() < 0.01);
     }
