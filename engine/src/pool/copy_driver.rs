@@ -213,6 +213,7 @@ impl PoolService {
         }
         let mut pools = self.lock();
         let pool = pool_of(&mut pools, volume_name)?;
+        pool.check_changes_allowed()?;
         let (vol_id, volume) = pool.volumes[volume_name].clone();
         let vi = pool.record_index(volume_name);
         let placed = pool.record.volumes[vi].shards[shard];

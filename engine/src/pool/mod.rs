@@ -14,6 +14,10 @@
 //! - `volume_create` places shards with [`placement`] and registers the volume as a bdev
 //!   (see [`crate::volume`]); `volume_delete` refuses a volume in use (an NBD export
 //!   claims it) and frees its extents.
+//! - A metadata write that times out may still land: the call fails with
+//!   [`PoolError::Unknown`], nothing is written back (it could race with the late write), and
+//!   the pool is suspended: it refuses changes until it is imported again, which picks the
+//!   newest whole generation, whichever that turned out to be.
 //! - `pool_delete` wipes both slots of every member. If a wipe fails partway, the pool's
 //!   description is written back to every member at a newer generation and the pool stays,
 //!   whole, in memory and after a restart.
@@ -39,6 +43,7 @@ use metadata::{MemberRecord, PoolRecord, Slot, VolumeRecord, DATA_START_BYTES, S
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +81,13 @@ pub enum PoolError {
     Bdev(#[from] BdevError),
     #[error("{0}")]
     Io(String),
+    /// A metadata write did not complete in time and may still land: its outcome is
+    /// unknown until the pool is imported again.
+    #[error("{0}")]
+    Unknown(String),
+    /// The pool refuses changes (see [`PoolError::Unknown`]).
+    #[error("{0}")]
+    Suspended(String),
 }
 
 fn invalid(param: &'static str, reason: impl Into<String>) -> PoolError {
@@ -142,9 +154,33 @@ struct Pool {
     reserved: Vec<(u32, u64)>,
     /// The member being emptied by `pool_remove_bdev`, and why the drain stopped if it did.
     draining: Option<(u32, Option<String>)>,
+    /// Why the pool refuses changes: a metadata write timed out and may still land, so
+    /// neither the old description nor the new one is known to be on the members; writing
+    /// either could race with it. Cleared by importing the pool again (a restart).
+    suspended: Option<String>,
 }
 
 impl Pool {
+    /// Refuses a change while the pool is suspended.
+    fn check_changes_allowed(&self) -> Result<(), PoolError> {
+        match &self.suspended {
+            Some(why) => Err(PoolError::Suspended(format!(
+                "pool '{}' refuses changes until it is imported again (restart the daemon): {why}",
+                self.record.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Suspends the pool after `e`, a metadata write whose outcome is unknown.
+    fn suspend(&mut self, e: &PoolError) {
+        log::error!(
+            "pool '{}': suspended, it refuses changes until it is imported again: {e}",
+            self.record.name
+        );
+        self.suspended = Some(e.to_string());
+    }
+
     /// The index the present member `id` has now (a member removal renumbers the rest).
     fn member_index_of(&self, id: BdevId) -> Option<u32> {
         self.members
@@ -201,6 +237,8 @@ pub struct PoolService {
     pools: Mutex<BTreeMap<String, Pool>>,
     /// Data migrations, running and recent (see `copy_driver`).
     migrations: copy_driver::Migrations,
+    /// The deadline of one metadata I/O, in ms.
+    deadline_ms: AtomicU64,
 }
 
 /// Blocks in one metadata slot.
@@ -209,7 +247,12 @@ fn slot_blocks(block_size: u32) -> u64 {
 }
 
 fn io_error(what: String) -> impl FnOnce(BlockingIoError) -> PoolError {
-    move |e| PoolError::Io(format!("{what}: {e}"))
+    move |e| match e {
+        BlockingIoError::Timeout(_) => PoolError::Unknown(format!(
+            "{what}: {e}; the write may still land, so whether the change was made is unknown"
+        )),
+        e => PoolError::Io(format!("{what}: {e}")),
+    }
 }
 
 impl PoolService {
@@ -219,7 +262,19 @@ impl PoolService {
             registry,
             pools: Mutex::new(BTreeMap::new()),
             migrations: copy_driver::Migrations::default(),
+            deadline_ms: AtomicU64::new(IO_DEADLINE.as_millis() as u64),
         }
+    }
+
+    /// How long one metadata I/O may take ([`IO_DEADLINE`]; tests shorten it).
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed))
+    }
+
+    #[cfg(test)]
+    fn set_deadline(&self, d: Duration) {
+        self.deadline_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Pool>> {
@@ -283,7 +338,7 @@ impl PoolService {
         for slot in 0..2 {
             let buf = self
                 .engine
-                .read_blocks(id, slot * blocks, blocks as u32, IO_DEADLINE)
+                .read_blocks(id, slot * blocks, blocks as u32, self.deadline())
                 .map_err(io_error(format!("reading metadata slot {slot}")))?;
             slots.push(metadata::decode(buf.as_slice()));
         }
@@ -297,7 +352,7 @@ impl PoolService {
         for slot in 0..2 {
             let buf = self
                 .engine
-                .read_blocks(id, slot * slot_blocks(block_size), 1, IO_DEADLINE)
+                .read_blocks(id, slot * slot_blocks(block_size), 1, self.deadline())
                 .map_err(io_error(format!("reading metadata slot {slot}")))?;
             if metadata::has_magic(buf.as_slice()) {
                 return Ok(true);
@@ -321,14 +376,14 @@ impl PoolService {
                 .map_err(|e| PoolError::NoSpace(e.to_string()))?;
             let name = &record.members[index].bdev_name;
             self.engine
-                .write_blocks(id, at, &bytes, IO_DEADLINE)
+                .write_blocks(id, at, &bytes, self.deadline())
                 .map_err(io_error(format!("writing pool metadata to '{name}'")))?;
         }
         for (index, id) in members.iter().enumerate() {
             let Some(id) = *id else { continue };
             let name = &record.members[index].bdev_name;
             self.engine
-                .flush_wait(id, IO_DEADLINE)
+                .flush_wait(id, self.deadline())
                 .map_err(io_error(format!("flushing pool metadata on '{name}'")))?;
         }
         Ok(())
@@ -343,8 +398,15 @@ impl PoolService {
     /// moves past the failed one, so no later write can be outranked by a stale copy that
     /// landed on some member (the next record goes out as generation + 2).
     fn persist(&self, pool: &mut Pool, record: PoolRecord) -> Result<(), PoolError> {
+        pool.check_changes_allowed()?;
         let generation = pool.generation + 1;
         if let Err(e) = self.write_generation(&record, generation, &pool.members) {
+            if matches!(e, PoolError::Unknown(_)) {
+                // Writing the old description back could race with the late write.
+                pool.generation = generation;
+                pool.suspend(&e);
+                return Err(e);
+            }
             if let Err(again) = self.write_generation(&pool.record, generation, &pool.members) {
                 log::error!(
                     "pool '{}': writing the previous description back failed too: {again}",
@@ -472,6 +534,7 @@ impl PoolService {
                 volumes: BTreeMap::new(),
                 reserved: Vec::new(),
                 draining: None,
+                suspended: None,
             })
         })();
         match result {
@@ -503,11 +566,11 @@ impl PoolService {
             };
             for &slot in slots {
                 self.engine
-                    .write_blocks(*id, slot * slot_blocks(bs), &zero, IO_DEADLINE)
+                    .write_blocks(*id, slot * slot_blocks(bs), &zero, self.deadline())
                     .map_err(|e| io_error(format!("wiping pool metadata on '{}'", name()))(e))?;
             }
             self.engine
-                .flush_wait(*id, IO_DEADLINE)
+                .flush_wait(*id, self.deadline())
                 .map_err(|e| io_error(format!("flushing '{}' after wiping it", name()))(e))?;
         }
         Ok(())
@@ -633,6 +696,7 @@ impl PoolService {
             volumes: BTreeMap::new(),
             reserved: Vec::new(),
             draining: None,
+            suspended: None,
         };
         // Rewrite the description at a new generation: heals a torn slot, a member that
         // missed the last update, and records the members' current names.
@@ -725,6 +789,7 @@ impl PoolService {
         let pool = pools
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.to_string()))?;
+        pool.check_changes_allowed()?;
         if !pool.volumes.is_empty() {
             let names: Vec<&str> = pool.volumes.keys().map(String::as_str).collect();
             return Err(PoolError::Busy(format!(
@@ -737,6 +802,10 @@ impl PoolService {
             // others with it: write the description back to every member, at a newer
             // generation (best effort), and keep the pool, as a failed change does.
             let pool = pools.get_mut(name).expect("looked up above");
+            if matches!(e, PoolError::Unknown(_)) {
+                pool.suspend(&e);
+                return Err(e);
+            }
             let generation = pool.generation + 1;
             if let Err(again) = self.write_generation(&pool.record, generation, &pool.members) {
                 log::error!("pool '{name}': writing its description back failed too: {again}");
@@ -763,6 +832,7 @@ impl PoolService {
         if self.registry.lookup(&p.name).is_some() {
             return Err(BdevError::Exists(p.name.clone()).into());
         }
+        pool.check_changes_allowed()?;
         if pool.degraded() {
             return Err(PoolError::Degraded(format!(
                 "pool '{}' is degraded (a member is missing); new volumes need every member",
@@ -822,6 +892,7 @@ impl PoolService {
     pub fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
         let mut pools = self.lock();
         let pool = pool_of(&mut pools, name)?;
+        pool.check_changes_allowed()?;
         let (id, volume) = pool.volumes[name].clone();
         // Copies register under the pools lock, so none can start while this runs.
         if self.migrations.running_for_volume(name) {
@@ -894,7 +965,8 @@ impl PoolService {
                     "block_size": r.block_size, "shard_size_kib": (r.shard_blocks * bs) >> 10,
                     "generation": p.generation, "volumes": p.volumes.keys().collect::<Vec<_>>(),
                     "members": members,
-                    "drain_error": p.draining.as_ref().and_then(|d| d.1.clone())})
+                    "drain_error": p.draining.as_ref().and_then(|d| d.1.clone()),
+                    "suspended": p.suspended})
             })
             .collect();
         Ok(Value::Array(rows))

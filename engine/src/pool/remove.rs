@@ -41,6 +41,7 @@ impl PoolService {
                         format!("'{}' is not a member of pool '{}'", p.bdev, p.pool),
                     )
                 })? as u32;
+            pool.check_changes_allowed()?;
             if pool.degraded() {
                 return Err(PoolError::Degraded(format!(
                     "pool '{}' is degraded; bring every member back before removing one",
@@ -203,11 +204,17 @@ impl PoolService {
         let mut members = p.members.clone();
         let gone = members.remove(m);
         // Written to the remaining members only; the removed one is wiped after.
+        p.check_changes_allowed()?;
         let generation = p.generation + 1;
         let written = self.write_generation(&record, generation, &members);
         // Past whatever landed, even on failure (see `persist`).
         p.generation = generation;
-        written?;
+        if let Err(e) = written {
+            if matches!(e, PoolError::Unknown(_)) {
+                p.suspend(&e);
+            }
+            return Err(e);
+        }
         p.record = record;
         p.members = members;
         for r in &mut p.reserved {

@@ -116,6 +116,22 @@ fn fail_writes(b: &Boot, name: &str, n: u32) {
     injection.inject(InjectTarget::Write, ErrorKind::Failure, n);
 }
 
+/// Holds the next `n` writes that reach error bdev `name` until [`release_held`].
+fn hold_writes(b: &Boot, name: &str, n: u32) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    let bdev = b.registry.lookup(name).unwrap().1;
+    let injection = bdev.as_error_bdev().unwrap().injection();
+    injection.inject(InjectTarget::Write, ErrorKind::Pending, n);
+}
+
+/// Lets the I/Os held on error bdev `name` go on to its base.
+fn release_held(b: &Boot, name: &str) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    let bdev = b.registry.lookup(name).unwrap().1;
+    let injection = bdev.as_error_bdev().unwrap().injection();
+    injection.inject(InjectTarget::Clear, ErrorKind::Failure, 0);
+}
+
 #[test]
 fn a_pool_and_its_volume_come_back_after_a_restart() {
     let (fa, fb) = files("restart");
@@ -626,6 +642,57 @@ fn a_pool_delete_whose_wipe_fails_keeps_the_whole_pool_now_and_after_a_restart()
     second.pools.delete("p").unwrap();
     assert!(pools_json(&second).as_array().unwrap().is_empty());
     create(&second, "q", &["A"], 1024).unwrap();
+}
+
+#[test]
+fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again() {
+    let (fa, fb) = files("timed-out-persist");
+    let up = |first: bool| boot_on_a_and_ee_b(&fa, &fb, first);
+    let first = up(true);
+    volume(&first, "p", "kept", 1).unwrap();
+    first.pools.set_deadline(Duration::from_millis(300));
+    // The new description reaches A; EE_B holds it past the deadline: it may still land.
+    hold_writes(&first, "EE_B", 1);
+    let err = volume(&first, "p", "late", 1).unwrap_err();
+    assert!(matches!(err, PoolError::Unknown(_)), "{err}");
+    assert!(err.to_string().contains("EE_B") && err.to_string().contains("unknown"));
+    assert!(first.registry.lookup("late").is_none());
+    // Suspended, with the reason shown; every change is refused and changes nothing.
+    let suspended = pools_json(&first)[0]["suspended"].clone();
+    assert!(
+        suspended.as_str().is_some_and(|s| s.contains("EE_B")),
+        "{suspended}"
+    );
+    let refused = [
+        volume(&first, "p", "other", 1).unwrap_err(),
+        first.pools.delete_volume("kept").unwrap_err(),
+        first.pools.delete("p").unwrap_err(),
+    ];
+    for e in refused {
+        assert!(matches!(e, PoolError::Suspended(_)), "{e}");
+        assert!(e.to_string().contains("imported again"), "{e}");
+    }
+    assert!(first.registry.lookup("kept").is_some());
+    assert!(first.registry.lookup("other").is_none());
+    // Its volumes still serve I/O.
+    write(&first, "kept", 0, 256, 4).unwrap();
+    first
+        .engine
+        .flush_wait(id(&first, "kept"), Duration::from_secs(5))
+        .unwrap();
+    // The held write lands late, as a slow device's would.
+    release_held(&first, "EE_B");
+    drop(first);
+
+    // Imported again, the pool takes changes. Both members now hold the description with
+    // "late": the outcome the first call could not know.
+    let second = up(false);
+    let pools = pools_json(&second);
+    assert!(pools[0]["suspended"].is_null(), "{pools}");
+    assert_eq!(pools[0]["volumes"], json!(["kept", "late"]));
+    assert!(read_matches(&second, "kept", 0, 256, 4));
+    volume(&second, "p", "other", 1).unwrap();
+    second.pools.delete_volume("late").unwrap();
 }
 
 #[test]

@@ -153,6 +153,9 @@ impl From<PoolError> for RpcError {
             PoolError::NoSpace(_) => -libc::ENOSPC,
             PoolError::InvalidParam { .. } => INVALID_PARAMS,
             PoolError::Io(_) => -libc::EIO,
+            // The outcome of the call is not known: SPDK's way of saying "timed out".
+            PoolError::Unknown(_) => -libc::ETIMEDOUT,
+            PoolError::Suspended(_) => -libc::EROFS,
         };
         RpcError::new(code, e.to_string())
     }
