@@ -512,6 +512,18 @@ fn nbd_methods_refuse_bad_input_and_exports_hold_their_bdev() {
     d.tpctl_ok(&["nbd_server_stop"]);
     assert!(code(&["nbd_server_stop"]).contains("-19"));
     assert!(code(&["nbd_server_start", "-a", "nonsense"]).contains("-32602"));
+    // A socket path no client could connect to (sun_path holds 107 bytes and a NUL).
+    let long = format!("{}/{}.sock", s.path.display(), "n".repeat(120));
+    let err = code(&["nbd_server_start", "-a", &format!("unix:{long}")]);
+    assert!(
+        err.contains("-32602") && err.contains("limited to 107"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&long).exists());
+    assert!(
+        code(&["nbd_server_stop"]).contains("-19"),
+        "no server was started"
+    );
     drop(d);
 
     let d2 = Daemon::start(&s, "rpc2", &["--json", &saved]);

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use tidepool_tests::{bin, run, text, Daemon, Scratch};
+use tidepool_tests::{bin, external, run, text, Daemon, Scratch};
 
 fn python_scenario(d: &Daemon, s: &Scratch, scenario: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/rpc_raw.py");
@@ -323,6 +323,23 @@ fn socket_is_private_exclusive_and_stale_ones_are_replaced() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+
+    // A path too long to connect to is refused: a daemon there could not be reached, and a
+    // live one there would have looked stale and been replaced.
+    let long = s.join(&format!("{}.sock", "r".repeat(120)));
+    // Under `timeout`: a daemon that took the path would otherwise run on.
+    let daemon = bin("tidepoold").to_string_lossy().into_owned();
+    let out = external("timeout", &["10", &daemon, "-r", &long]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limited to 107"), "{}", text(&out));
+    assert!(!std::path::Path::new(&long).exists());
+    let left: Vec<_> = std::fs::read_dir(&s.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tidepool-rpc"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

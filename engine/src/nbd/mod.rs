@@ -437,12 +437,17 @@ impl Listener {
                 });
             }
             let path = PathBuf::from(path);
-            clear_stale_socket(&path).map_err(|taken| {
-                fail(match taken {
-                    PathTaken::InUse => "another server is listening there".into(),
-                    PathTaken::NotASocket => "the path exists and is not a socket".into(),
-                    PathTaken::Io(e) => e.to_string(),
-                })
+            clear_stale_socket(&path).map_err(|taken| match taken {
+                PathTaken::TooLong(len) => NbdError::InvalidParam {
+                    param: "listen_address",
+                    reason: format!(
+                        "the path is {len} bytes; Unix socket paths are limited to {}",
+                        crate::socket_path::MAX_SOCKET_PATH_BYTES
+                    ),
+                },
+                PathTaken::InUse => fail("another server is listening there".into()),
+                PathTaken::NotASocket => fail("the path exists and is not a socket".into()),
+                PathTaken::Io(e) => fail(e.to_string()),
             })?;
             let l = UnixListener::bind(&path).map_err(|e| fail(e.to_string()))?;
             Listener::Unix(l, path)

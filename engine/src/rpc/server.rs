@@ -42,6 +42,8 @@ pub enum ServerError {
     InUse(PathBuf),
     #[error("'{0}' exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    #[error("socket path '{path}' is {len} bytes; Unix socket paths are limited to {max} (pick a shorter one with -r)", max = crate::socket_path::MAX_SOCKET_PATH_BYTES, path = .0.display(), len = .1)]
+    TooLong(PathBuf, usize),
     #[error("socket '{path}': {reason}")]
     Io { path: PathBuf, reason: String },
 }
@@ -237,6 +239,7 @@ fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
     clear_stale_socket(path).map_err(|taken| match taken {
         PathTaken::InUse => ServerError::InUse(path.to_path_buf()),
         PathTaken::NotASocket => ServerError::NotASocket(path.to_path_buf()),
+        PathTaken::TooLong(len) => ServerError::TooLong(path.to_path_buf(), len),
         PathTaken::Io(e) => io_error(path, e),
     })?;
     let parent = match path.parent() {
