@@ -961,7 +961,13 @@ impl PoolService {
                     })
                     .collect();
                 json!({"name": r.name, "uuid": r.uuid,
-                    "state": if p.degraded() { "degraded" } else { "online" },
+                    "state": if p.suspended.is_some() {
+                        "suspended"
+                    } else if p.degraded() {
+                        "degraded"
+                    } else {
+                        "online"
+                    },
                     "block_size": r.block_size, "shard_size_kib": (r.shard_blocks * bs) >> 10,
                     "generation": p.generation, "volumes": p.volumes.keys().collect::<Vec<_>>(),
                     "members": members,
