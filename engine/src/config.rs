@@ -11,7 +11,7 @@
 
 use crate::bdev::delay::{DelayBdev, DelayCreateParams};
 use crate::bdev::error::{ErrorBdev, ErrorCreateParams};
-use crate::bdev::malloc::{MallocBdev, MallocCreateParams};
+use crate::bdev::malloc::{free_default_name, MallocBdev, MallocCreateParams};
 use crate::bdev::null::{NullBdev, NullCreateParams};
 use crate::bdev::uring::{UringBdev, UringCreateParams};
 use crate::bdev::{BdevError, BdevId, BdevRef, BdevRegistry};
@@ -101,7 +101,11 @@ pub fn create_bdev(
     let bdev: BdevRef = match method {
         "bdev_null_create" => Arc::new(NullBdev::create(&params::<NullCreateParams>(value)?)?),
         "bdev_malloc_create" => {
-            Arc::new(MallocBdev::create(&params::<MallocCreateParams>(value)?)?)
+            let mut p: MallocCreateParams = params(value)?;
+            if p.name.is_none() {
+                p.name = Some(free_default_name(|n| registry.lookup(n).is_some()));
+            }
+            Arc::new(MallocBdev::create(&p)?)
         }
         "bdev_uring_create" => Arc::new(UringBdev::create(&params::<UringCreateParams>(value)?)?),
         "bdev_error_create" => {

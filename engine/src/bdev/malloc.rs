@@ -40,6 +40,20 @@ pub struct MallocCreateParams {
 /// Counter for default names; only uniqueness matters, so relaxed.
 static NEXT_DEFAULT_NAME: AtomicU32 = AtomicU32::new(0);
 
+/// The next default name, `MallocN`, that `taken` does not report in use: a user may have
+/// given one of them to a bdev of their own.
+pub fn free_default_name(taken: impl Fn(&str) -> bool) -> String {
+    loop {
+        let name = format!(
+            "Malloc{}",
+            NEXT_DEFAULT_NAME.fetch_add(1, Ordering::Relaxed)
+        );
+        if !taken(&name) {
+            return name;
+        }
+    }
+}
+
 /// The largest RAM disk tidepool makes: a typo in `num_blocks` should not eat the host.
 pub const MAX_MALLOC_BYTES: u64 = 1 << 40;
 
@@ -65,10 +79,8 @@ impl MallocBdev {
         let name = match &p.name {
             Some(n) if n.is_empty() => return Err(BdevError::invalid("name", "must not be empty")),
             Some(n) => n.clone(),
-            None => format!(
-                "Malloc{}",
-                NEXT_DEFAULT_NAME.fetch_add(1, Ordering::Relaxed)
-            ),
+            // Callers with a registry pick a free one first (see `config::create_bdev`).
+            None => free_default_name(|_| false),
         };
         let memory = DeviceMemory::new(bytes as usize)
             .map_err(|e| BdevError::os(format!("mapping {bytes} bytes for '{name}'"), e))?;

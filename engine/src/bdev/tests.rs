@@ -122,6 +122,26 @@ fn check_read_back(rig: &mut Rig, bdev: BdevId, bs: usize, keeps_data: bool) {
 }
 
 #[test]
+fn default_malloc_names_skip_names_already_in_use() {
+    let reg = BdevRegistry::new();
+    let malloc = |reg: &BdevRegistry| {
+        let p = json!({"num_blocks": 8, "block_size": 512});
+        create_bdev(reg, "bdev_malloc_create", p).unwrap().1
+    };
+    let first = malloc(&reg);
+    let n: u32 = first.strip_prefix("Malloc").unwrap().parse().unwrap();
+    // A user takes the next fifty default names for bdevs of their own.
+    let taken: Vec<String> = (n + 1..n + 51).map(|i| format!("Malloc{i}")).collect();
+    for name in &taken {
+        let p = json!({"name": name, "num_blocks": 8, "block_size": 512});
+        create_bdev(&reg, "bdev_null_create", p).unwrap();
+    }
+    let next = malloc(&reg);
+    assert!(!taken.contains(&next) && next != first, "{next}");
+    assert!(reg.lookup(&next).is_some());
+}
+
+#[test]
 fn null_completes_everything_and_moves_no_data() {
     let mut rig = Rig::new();
     let b = rig.create(
