@@ -103,7 +103,7 @@ pub fn create_bdev(
         "bdev_malloc_create" => {
             let mut p: MallocCreateParams = params(value)?;
             if p.name.is_none() {
-                p.name = Some(free_default_name(|n| registry.lookup(n).is_some()));
+                p.name = Some(free_default_name(|n| registry.lookup(n).is_some())?);
             }
             Arc::new(MallocBdev::create(&p)?)
         }

@@ -40,3 +40,36 @@ pub(crate) fn clear_stale_socket(path: &Path) -> Result<(), PathTaken> {
         Err(e) => Err(PathTaken::Io(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A path of exactly `len` bytes in this test process's scratch directory.
+    fn path_of_len(len: usize) -> std::path::PathBuf {
+        let dir = crate::testkit::temp_file("sock-len-probe", 0)
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let prefix = dir.as_os_str().len() + 1;
+        dir.join("s".repeat(len - prefix))
+    }
+
+    #[test]
+    fn the_longest_path_a_client_can_reach_is_accepted_and_one_more_byte_refused() {
+        let fits = path_of_len(MAX_SOCKET_PATH_BYTES);
+        assert_eq!(fits.as_os_str().len(), 107);
+        clear_stale_socket(&fits).unwrap();
+        // It really is reachable: bound and connected to.
+        let _listener = UnixListener::bind(&fits).unwrap();
+        UnixStream::connect(&fits).unwrap();
+
+        let over = path_of_len(MAX_SOCKET_PATH_BYTES + 1);
+        assert!(matches!(
+            clear_stale_socket(&over),
+            Err(PathTaken::TooLong(108))
+        ));
+        assert!(UnixListener::bind(&over).is_err(), "the OS refuses it too");
+    }
+}

@@ -26,8 +26,8 @@ pub struct Slice {
 }
 
 fn interval_histogram() -> Histogram<u64> {
-    // Two significant digits, up to an hour: small enough to send ten times a second.
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("static histogram bounds")
+    // The jobs' own kind (two digits, up to an hour): small enough to send ten times a second.
+    crate::report::latency_histogram()
 }
 
 /// The job side.

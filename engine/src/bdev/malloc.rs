@@ -40,18 +40,25 @@ pub struct MallocCreateParams {
 /// Counter for default names; only uniqueness matters, so relaxed.
 static NEXT_DEFAULT_NAME: AtomicU32 = AtomicU32::new(0);
 
+/// Default names tried before giving up: more in use in a row is not a user's doing.
+const DEFAULT_NAME_TRIES: u32 = 1 << 16;
+
 /// The next default name, `MallocN`, that `taken` does not report in use: a user may have
 /// given one of them to a bdev of their own.
-pub fn free_default_name(taken: impl Fn(&str) -> bool) -> String {
-    loop {
+pub fn free_default_name(taken: impl Fn(&str) -> bool) -> Result<String, BdevError> {
+    for _ in 0..DEFAULT_NAME_TRIES {
         let name = format!(
             "Malloc{}",
             NEXT_DEFAULT_NAME.fetch_add(1, Ordering::Relaxed)
         );
         if !taken(&name) {
-            return name;
+            return Ok(name);
         }
     }
+    Err(BdevError::invalid(
+        "name",
+        format!("the next {DEFAULT_NAME_TRIES} default names are all in use; give one"),
+    ))
 }
 
 /// The largest RAM disk tidepool makes: a typo in `num_blocks` should not eat the host.
@@ -80,7 +87,7 @@ impl MallocBdev {
             Some(n) if n.is_empty() => return Err(BdevError::invalid("name", "must not be empty")),
             Some(n) => n.clone(),
             // Callers with a registry pick a free one first (see `config::create_bdev`).
-            None => free_default_name(|_| false),
+            None => free_default_name(|_| false)?,
         };
         let memory = DeviceMemory::new(bytes as usize)
             .map_err(|e| BdevError::os(format!("mapping {bytes} bytes for '{name}'"), e))?;

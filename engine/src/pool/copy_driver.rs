@@ -153,6 +153,18 @@ fn lock(r: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How a copy that did not complete ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The copy itself gave up (target writes failed past its restarts, or a source read
+    /// failed): the target is kept out of later moves, as before.
+    CopyFailed,
+    /// The commit was refused or failed before the new placement was written.
+    Refused,
+    /// The new placement's write timed out: it may still land (see `PoolError::Unknown`).
+    Unknown,
+}
+
 impl PoolService {
     pub fn migration_options(&self) -> MigrationOptions {
         self.migrations.lock().options.clone()
@@ -354,7 +366,7 @@ impl PoolService {
 
     /// Watches one copy until it is committed or abandoned.
     fn drive(&self, rec: &Arc<Mutex<Record>>, job: Commit) {
-        let outcome = loop {
+        let outcome: Result<(), (String, Ending)> = loop {
             std::thread::sleep(DRIVER_TICK);
             let state = lock(rec)
                 .handle
@@ -364,7 +376,7 @@ impl PoolService {
                 .clone();
             match state {
                 CopyState::Copying => continue,
-                CopyState::Abandoned(why) => break Err(why),
+                CopyState::Abandoned(why) => break Err((why, Ending::CopyFailed)),
                 CopyState::Copied => {
                     lock(rec).copied_ns.get_or_insert_with(time::now);
                     match self.commit(rec, &job) {
@@ -374,11 +386,39 @@ impl PoolService {
                             lock(rec).copied_ns = None;
                             continue;
                         }
-                        Err(e) => break Err(e.to_string()),
+                        Err(e @ PoolError::Unknown(_)) => {
+                            break Err((e.to_string(), Ending::Unknown))
+                        }
+                        Err(e) => break Err((e.to_string(), Ending::Refused)),
                     }
                 }
             }
         };
+        if let Err((why, Ending::Unknown)) = &outcome {
+            // The new placement may still land, and an import would then read the shard from
+            // the target: the copy keeps mirroring the shard's writes there, and keeps its
+            // extent, until the pool is imported again (the pool is suspended meanwhile).
+            log::error!(
+                "volume '{}': shard {} may or may not have moved to '{}' ({why}); its writes \
+                 go to both until the pool is imported again",
+                job.volume,
+                job.shard,
+                lock(rec).target
+            );
+            let mut inner = self.migrations.lock();
+            {
+                let mut r = lock(rec);
+                r.finished_ns = Some(time::now());
+                r.state = "undecided".into();
+                r.error = Some(why.clone());
+            }
+            inner.running.retain(|r| !Arc::ptr_eq(r, rec));
+            if inner.finished.len() == KEPT {
+                inner.finished.pop_front();
+            }
+            inner.finished.push_back(Arc::clone(rec));
+            return;
+        }
         // The copy is over either way: stop it (releasing held writes) and free the extent.
         let (vol, shard) = (job.vol_id, job.shard as u32);
         let _ = self
@@ -402,10 +442,12 @@ impl PoolService {
             r.finished_ns = Some(time::now());
             match &outcome {
                 Ok(()) => r.state = "completed".into(),
-                Err(why) => {
+                Err((why, ending)) => {
                     r.state = "abandoned".into();
                     r.error = Some(why.clone());
-                    if !inner.flagged.contains(&r.target) {
+                    // Only a copy that failed keeps its target out of later moves; a refused
+                    // commit (a suspended pool, a volume gone) says nothing against it.
+                    if *ending == Ending::CopyFailed && !inner.flagged.contains(&r.target) {
                         inner.flagged.push(r.target.clone());
                     }
                 }

@@ -4,8 +4,8 @@
 //! shard's extent and owner) in [`metadata`] slots on every member. Every change is written
 //! to every present member and flushed before the call that made it returns, and the
 //! in-memory state changes only after that succeeded: a call that fails changes nothing
-//! (if persisting fails halfway, the previous description is written back at a newer
-//! generation, best effort, and the error says so).
+//! (if persisting fails halfway, the previous description is written back, best effort,
+//! and the error says so), except that a write that times out suspends the pool (below).
 //!
 //! - `pool_create` formats its members (refusing bdevs that already carry tidepool metadata
 //!   unless forced); `pool_import` finds a pool on its members at start-up, picks the newest
@@ -14,13 +14,15 @@
 //! - `volume_create` places shards with [`placement`] and registers the volume as a bdev
 //!   (see [`crate::volume`]); `volume_delete` refuses a volume in use (an NBD export
 //!   claims it) and frees its extents.
-//! - A metadata write that times out may still land: the call fails with
-//!   [`PoolError::Unknown`], nothing is written back (it could race with the late write), and
-//!   the pool is suspended: it refuses changes until it is imported again, which picks the
-//!   newest whole generation, whichever that turned out to be.
+//! - A metadata write or flush that times out may still land: the call fails with
+//!   [`PoolError::Unknown`], nothing is written back to that member (it could race with the
+//!   late write), and the pool is suspended: it refuses changes until it is imported again,
+//!   which picks the newest whole generation, whichever that turned out to be. A copy whose
+//!   commit timed out keeps mirroring the shard's writes to its target meanwhile, since the
+//!   late write may place the shard there.
 //! - `pool_delete` wipes both slots of every member. If a wipe fails partway, the pool's
-//!   description is written back to every member at a newer generation and the pool stays,
-//!   whole, in memory and after a restart.
+//!   description is written back (best effort) to every member but one whose wipe timed
+//!   out, at a newer generation, and the pool stays.
 //!
 //! Control calls are serialized by one mutex; metadata I/O runs on reactor 0 through
 //! [`Engine::read_blocks`] and friends, with deadlines.
@@ -81,7 +83,7 @@ pub enum PoolError {
     Bdev(#[from] BdevError),
     #[error("{0}")]
     Io(String),
-    /// A metadata write did not complete in time and may still land: its outcome is
+    /// A metadata write or flush did not complete in time and may still land: its outcome is
     /// unknown until the pool is imported again.
     #[error("{0}")]
     Unknown(String),
@@ -247,6 +249,12 @@ fn slot_blocks(block_size: u32) -> u64 {
 }
 
 fn io_error(what: String) -> impl FnOnce(BlockingIoError) -> PoolError {
+    move |e| PoolError::Io(format!("{what}: {e}"))
+}
+
+/// As [`io_error`], for a metadata write or flush: one that timed out may still land, so
+/// its outcome is unknown ([`PoolError::Unknown`]).
+fn write_error(what: String) -> impl FnOnce(BlockingIoError) -> PoolError {
     move |e| match e {
         BlockingIoError::Timeout(_) => PoolError::Unknown(format!(
             "{what}: {e}; the write may still land, so whether the change was made is unknown"
@@ -377,20 +385,21 @@ impl PoolService {
             let name = &record.members[index].bdev_name;
             self.engine
                 .write_blocks(id, at, &bytes, self.deadline())
-                .map_err(io_error(format!("writing pool metadata to '{name}'")))?;
+                .map_err(write_error(format!("writing pool metadata to '{name}'")))?;
         }
         for (index, id) in members.iter().enumerate() {
             let Some(id) = *id else { continue };
             let name = &record.members[index].bdev_name;
             self.engine
                 .flush_wait(id, self.deadline())
-                .map_err(io_error(format!("flushing pool metadata on '{name}'")))?;
+                .map_err(write_error(format!("flushing pool metadata on '{name}'")))?;
         }
         Ok(())
     }
 
     /// Persists `record` as the pool's next generation; on failure writes the current
-    /// description back (best effort) and leaves the pool as it was.
+    /// description back (best effort) and leaves the pool as it was. A write that timed out
+    /// is not written over (it may still land): the pool is suspended instead.
     ///
     /// The write back goes under the same generation, into the slot the failed write used:
     /// the slot holding the last good generation is never touched, so a write back that is
@@ -407,13 +416,9 @@ impl PoolService {
                 pool.suspend(&e);
                 return Err(e);
             }
-            if let Err(again) = self.write_generation(&pool.record, generation, &pool.members) {
-                log::error!(
-                    "pool '{}': writing the previous description back failed too: {again}",
-                    pool.record.name
-                );
-            }
-            pool.generation = generation;
+            // Under the same generation, into the slot the failed write used (see above).
+            pool.generation = generation - 1;
+            self.write_back(pool, |_| true);
             log::error!("pool '{}': {e}", pool.record.name);
             return Err(e);
         }
@@ -523,8 +528,11 @@ impl PoolService {
             self.wipe(&ids, bs, &[0])?;
             if let Err(e) = self.write_generation(&record, 1, &ids) {
                 // Leave no half-written pool behind (best effort): a retry without `force`
-                // would be refused for metadata this failed call wrote.
-                let _ = self.wipe(&ids, bs, &[1]);
+                // would be refused for metadata this failed call wrote. Not after a write
+                // whose outcome is unknown: a wipe would race with it.
+                if !matches!(e, PoolError::Unknown(_)) {
+                    let _ = self.wipe(&ids, bs, &[1]);
+                }
                 return Err(e);
             }
             Ok(Pool {
@@ -557,23 +565,69 @@ impl PoolService {
 
     /// Zeroes the first block of the given slots on every present member.
     fn wipe(&self, ids: &[Option<BdevId>], bs: u32, slots: &[u64]) -> Result<(), PoolError> {
+        self.wipe_in_order(ids, bs, slots).map_err(|(_, e)| e)
+    }
+
+    /// [`PoolService::wipe`], member after member; on failure, also the index in `ids` of
+    /// the member it stopped at (those before it are wiped, those after it untouched).
+    fn wipe_in_order(
+        &self,
+        ids: &[Option<BdevId>],
+        bs: u32,
+        slots: &[u64],
+    ) -> Result<(), (usize, PoolError)> {
         let zero = vec![0u8; bs as usize];
-        for id in ids.iter().flatten() {
+        for (index, id) in ids.iter().enumerate() {
+            let Some(id) = *id else { continue };
             let name = || {
                 self.registry
-                    .get(*id)
+                    .get(id)
                     .map_or_else(|| format!("bdev #{id}"), |b| b.info().name.clone())
             };
             for &slot in slots {
                 self.engine
-                    .write_blocks(*id, slot * slot_blocks(bs), &zero, self.deadline())
-                    .map_err(|e| io_error(format!("wiping pool metadata on '{}'", name()))(e))?;
+                    .write_blocks(id, slot * slot_blocks(bs), &zero, self.deadline())
+                    .map_err(|e| {
+                        (
+                            index,
+                            write_error(format!("wiping pool metadata on '{}'", name()))(e),
+                        )
+                    })?;
             }
-            self.engine
-                .flush_wait(*id, self.deadline())
-                .map_err(|e| io_error(format!("flushing '{}' after wiping it", name()))(e))?;
+            self.engine.flush_wait(id, self.deadline()).map_err(|e| {
+                (
+                    index,
+                    write_error(format!("flushing '{}' after wiping it", name()))(e),
+                )
+            })?;
         }
         Ok(())
+    }
+
+    /// Writes `pool`'s current description, at the next generation, to each of its members
+    /// that `to` selects, one at a time so that one failing does not keep it from the
+    /// others (best effort: failures are logged). The pool's generation moves past it
+    /// whatever happens. Suspends the pool if a write's outcome is unknown.
+    fn write_back(&self, pool: &mut Pool, to: impl Fn(usize) -> bool) {
+        let generation = pool.generation + 1;
+        pool.generation = generation;
+        let members = pool.members.clone();
+        for (index, id) in members.iter().enumerate() {
+            if id.is_none() || !to(index) {
+                continue;
+            }
+            let mut only = vec![None; members.len()];
+            only[index] = *id;
+            if let Err(e) = self.write_generation(&pool.record, generation, &only) {
+                log::error!(
+                    "pool '{}': writing its description back failed: {e}",
+                    pool.record.name
+                );
+                if matches!(e, PoolError::Unknown(_)) {
+                    pool.suspend(&e);
+                }
+            }
+        }
     }
 
     /// Brings up the pool found on `base_bdevs` (see the module docs).
@@ -797,20 +851,20 @@ impl PoolService {
                 names.join(", ")
             )));
         }
-        if let Err(e) = self.wipe(&pool.members, pool.record.block_size, &[0, 1]) {
+        if let Err((stopped_at, e)) =
+            self.wipe_in_order(&pool.members, pool.record.block_size, &[0, 1])
+        {
             // Members wiped before the failure would come back without the pool, and the
-            // others with it: write the description back to every member, at a newer
-            // generation (best effort), and keep the pool, as a failed change does.
+            // others with it: write the description back (best effort) and keep the pool, as
+            // a failed change does. Not to the member whose wipe timed out: that wipe may
+            // still land, and the pool is suspended.
             let pool = pools.get_mut(name).expect("looked up above");
-            if matches!(e, PoolError::Unknown(_)) {
+            let unknown = matches!(e, PoolError::Unknown(_));
+            self.write_back(pool, |i| !(unknown && i == stopped_at));
+            if unknown {
                 pool.suspend(&e);
                 return Err(e);
             }
-            let generation = pool.generation + 1;
-            if let Err(again) = self.write_generation(&pool.record, generation, &pool.members) {
-                log::error!("pool '{name}': writing its description back failed too: {again}");
-            }
-            pool.generation = generation;
             log::error!("pool '{name}': not deleted: {e}");
             return Err(PoolError::Io(format!("pool '{name}' not deleted: {e}")));
         }

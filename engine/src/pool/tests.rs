@@ -2,6 +2,7 @@
 //! so that a "restart" is a new engine and registry reading the same files.
 
 use super::*;
+use crate::bdev::error::{ErrorKind, InjectTarget};
 use crate::bdev::IoStatus;
 use crate::config::create_bdev;
 use crate::reactor::{BlockingIoError, EngineConfig};
@@ -108,28 +109,26 @@ fn boot_on_a_and_ee_b(fa: &Path, fb: &Path, first: bool) -> Boot {
     b
 }
 
-/// Fails the next `n` writes that reach error bdev `name`.
-fn fail_writes(b: &Boot, name: &str, n: u32) {
-    use crate::bdev::error::{ErrorKind, InjectTarget};
+/// Arms `kind` for the next `n` I/Os of `target` that reach error bdev `name`.
+fn inject(b: &Boot, name: &str, target: InjectTarget, kind: ErrorKind, n: u32) {
     let bdev = b.registry.lookup(name).unwrap().1;
     let injection = bdev.as_error_bdev().unwrap().injection();
-    injection.inject(InjectTarget::Write, ErrorKind::Failure, n);
+    injection.inject(target, kind, n);
+}
+
+/// Fails the next `n` writes that reach error bdev `name`.
+fn fail_writes(b: &Boot, name: &str, n: u32) {
+    inject(b, name, InjectTarget::Write, ErrorKind::Failure, n);
 }
 
 /// Holds the next `n` writes that reach error bdev `name` until [`release_held`].
 fn hold_writes(b: &Boot, name: &str, n: u32) {
-    use crate::bdev::error::{ErrorKind, InjectTarget};
-    let bdev = b.registry.lookup(name).unwrap().1;
-    let injection = bdev.as_error_bdev().unwrap().injection();
-    injection.inject(InjectTarget::Write, ErrorKind::Pending, n);
+    inject(b, name, InjectTarget::Write, ErrorKind::Pending, n);
 }
 
 /// Lets the I/Os held on error bdev `name` go on to its base.
 fn release_held(b: &Boot, name: &str) {
-    use crate::bdev::error::{ErrorKind, InjectTarget};
-    let bdev = b.registry.lookup(name).unwrap().1;
-    let injection = bdev.as_error_bdev().unwrap().injection();
-    injection.inject(InjectTarget::Clear, ErrorKind::Failure, 0);
+    inject(b, name, InjectTarget::Clear, ErrorKind::Failure, 0);
 }
 
 #[test]
@@ -617,26 +616,21 @@ fn a_pool_delete_whose_wipe_fails_keeps_the_whole_pool_now_and_after_a_restart()
     fail_writes(&first, "EE_B", 1);
     let err = first.pools.delete("p").unwrap_err().to_string();
     assert!(err.contains("not deleted") && err.contains("EE_B"), "{err}");
-    // The pool is still here, whole: listed, its members claimed, and it takes a volume.
+    // The pool is still here, whole: listed, online, its members claimed.
     let pools = pools_json(&first);
     assert_eq!(pools[0]["name"], "p");
     assert_eq!(pools[0]["state"], "online", "{pools}");
     assert_eq!(pools[0]["generation"].as_u64().unwrap(), generation + 1);
     assert!(create(&first, "q", &["A"], 1024).is_err());
-    volume(&first, "p", "v", 1).unwrap();
-    write(&first, "v", 0, 256, 3).unwrap();
-    first
-        .engine
-        .flush_wait(id(&first, "v"), Duration::from_secs(5))
-        .unwrap();
     drop(first);
 
-    // After a restart both members still describe it (A from the description written back).
+    // Restarted at once (nothing else written since): A describes the pool again, from the
+    // description written back.
     let second = up(false);
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "online", "{pools}");
-    assert_eq!(pools[0]["volumes"], json!(["v"]));
-    assert!(read_matches(&second, "v", 0, 256, 3));
+    assert_eq!(pools[0]["members"][0]["state"], "online", "{pools}");
+    volume(&second, "p", "v", 1).unwrap();
     // A delete that can write goes through, and frees the members.
     second.pools.delete_volume("v").unwrap();
     second.pools.delete("p").unwrap();
@@ -647,22 +641,28 @@ fn a_pool_delete_whose_wipe_fails_keeps_the_whole_pool_now_and_after_a_restart()
 #[test]
 fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again() {
     let (fa, fb) = files("timed-out-persist");
-    let up = |first: bool| boot_on_a_and_ee_b(&fa, &fb, first);
-    let first = up(true);
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create_bdev(
+        &first.registry,
+        "bdev_error_create",
+        json!({"base_name": "B"}),
+    )
+    .unwrap();
+    // EE_B first: the new description goes to it before A.
+    create(&first, "p", &["EE_B", "A"], 1024).unwrap();
     volume(&first, "p", "kept", 1).unwrap();
     first.pools.set_deadline(Duration::from_millis(300));
-    // The new description reaches A; EE_B holds it past the deadline: it may still land.
+    // EE_B holds the new description past the deadline: it may still land. A never gets it.
     hold_writes(&first, "EE_B", 1);
     let err = volume(&first, "p", "late", 1).unwrap_err();
     assert!(matches!(err, PoolError::Unknown(_)), "{err}");
     assert!(err.to_string().contains("EE_B") && err.to_string().contains("unknown"));
     assert!(first.registry.lookup("late").is_none());
     // Suspended, with the reason shown; every change is refused and changes nothing.
-    let suspended = pools_json(&first)[0]["suspended"].clone();
-    assert!(
-        suspended.as_str().is_some_and(|s| s.contains("EE_B")),
-        "{suspended}"
-    );
+    let pools = pools_json(&first);
+    assert_eq!(pools[0]["state"], "suspended");
+    let why = &pools[0]["suspended"];
+    assert!(why.as_str().is_some_and(|s| s.contains("EE_B")), "{why}");
     let refused = [
         volume(&first, "p", "other", 1).unwrap_err(),
         first.pools.delete_volume("kept").unwrap_err(),
@@ -684,15 +684,53 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
     release_held(&first, "EE_B");
     drop(first);
 
-    // Imported again, the pool takes changes. Both members now hold the description with
-    // "late": the outcome the first call could not know.
-    let second = up(false);
+    // Imported again, the pool takes changes. Only EE_B holds the description with "late",
+    // from the write that landed late, and it is the newest: the outcome the first call
+    // could not know.
+    let second = boot(&[("A", &fa), ("B", &fb)]);
+    create_bdev(
+        &second.registry,
+        "bdev_error_create",
+        json!({"base_name": "B"}),
+    )
+    .unwrap();
+    second.pools.import(&["EE_B".into(), "A".into()]).unwrap();
     let pools = pools_json(&second);
+    assert_eq!(pools[0]["state"], "online", "{pools}");
     assert!(pools[0]["suspended"].is_null(), "{pools}");
     assert_eq!(pools[0]["volumes"], json!(["kept", "late"]));
     assert!(read_matches(&second, "kept", 0, 256, 4));
     volume(&second, "p", "other", 1).unwrap();
     second.pools.delete_volume("late").unwrap();
+}
+
+#[test]
+fn a_pool_delete_whose_wipe_times_out_writes_the_wiped_members_back_and_suspends() {
+    let (fa, fb) = files("timed-out-pool-delete");
+    let up = |first: bool| boot_on_a_and_ee_b(&fa, &fb, first);
+    let first = up(true);
+    first.pools.set_deadline(Duration::from_millis(300));
+    // A's two slots are wiped; EE_B holds its first wipe past the deadline.
+    hold_writes(&first, "EE_B", 1);
+    let err = first.pools.delete("p").unwrap_err();
+    assert!(matches!(err, PoolError::Unknown(_)), "{err}");
+    let pools = pools_json(&first);
+    assert_eq!(pools[0]["state"], "suspended", "{pools}");
+    assert!(matches!(
+        first.pools.delete("p").unwrap_err(),
+        PoolError::Suspended(_)
+    ));
+    // The held wipe lands late.
+    release_held(&first, "EE_B");
+    drop(first);
+
+    // A, wiped, got the description back; the pool comes up whole with both members.
+    let second = up(false);
+    let pools = pools_json(&second);
+    assert_eq!(pools[0]["state"], "online", "{pools}");
+    assert_eq!(pools[0]["members"][0]["state"], "online", "{pools}");
+    assert_eq!(pools[0]["members"][1]["state"], "online", "{pools}");
+    second.pools.delete("p").unwrap();
 }
 
 #[test]

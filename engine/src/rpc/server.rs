@@ -42,7 +42,8 @@ pub enum ServerError {
     InUse(PathBuf),
     #[error("'{0}' exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
-    #[error("socket path '{path}' is {len} bytes; Unix socket paths are limited to {max} (pick a shorter one with -r)", max = crate::socket_path::MAX_SOCKET_PATH_BYTES, path = .0.display(), len = .1)]
+    /// The path, or the one it is bound at before it is renamed into place, is too long.
+    #[error("socket path '{path}' is {len} bytes; Unix socket paths are limited to {max} (the socket is bound in its directory first, so that directory's path must leave room; pick a shorter path with -r)", max = crate::socket_path::MAX_SOCKET_PATH_BYTES, path = .0.display(), len = .1)]
     TooLong(PathBuf, usize),
     #[error("socket '{path}': {reason}")]
     Io { path: PathBuf, reason: String },
@@ -236,22 +237,30 @@ impl Drop for RpcServer {
 
 /// Binds the socket so that it is never reachable with looser permissions than 0600.
 fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let private = parent.join(format!(".tidepool-rpc-{}", std::process::id()));
+    // Bound there first: that path must be short enough too (checked before anything on disk
+    // is touched).
+    let staged = private.join("sock");
+    if staged.as_os_str().len() > crate::socket_path::MAX_SOCKET_PATH_BYTES {
+        return Err(ServerError::TooLong(
+            staged.clone(),
+            staged.as_os_str().len(),
+        ));
+    }
     clear_stale_socket(path).map_err(|taken| match taken {
         PathTaken::InUse => ServerError::InUse(path.to_path_buf()),
         PathTaken::NotASocket => ServerError::NotASocket(path.to_path_buf()),
         PathTaken::TooLong(len) => ServerError::TooLong(path.to_path_buf(), len),
         PathTaken::Io(e) => io_error(path, e),
     })?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let private = parent.join(format!(".tidepool-rpc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&private);
     std::fs::create_dir(&private).map_err(|e| io_error(&private, e))?;
     let result = (|| {
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
-        let staged = private.join("sock");
         let listener = UnixListener::bind(&staged)?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&staged, path)?;
