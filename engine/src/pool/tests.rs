@@ -705,6 +705,70 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
 }
 
 #[test]
+fn a_copy_whose_commit_times_out_keeps_both_places_written_until_the_pool_is_imported_again() {
+    let (fa, fb) = files("timed-out-commit");
+    let up = || {
+        let b = boot(&[("A", &fa), ("B", &fb)]);
+        create_bdev(&b.registry, "bdev_error_create", json!({"base_name": "B"})).unwrap();
+        b
+    };
+    let first = up();
+    // EE_B first: the commit's new description goes to it before A.
+    create(&first, "p", &["EE_B", "A"], 1024).unwrap();
+    volume(&first, "p", "vol", 2).unwrap();
+    write(&first, "vol", 0, 2 * 256, 3).unwrap();
+    let shards = first.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
+    let moving = shards
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["bdev"] == "EE_B")
+        .unwrap() as u32;
+    first.pools.set_deadline(Duration::from_millis(300));
+    // Nothing else writes to EE_B meanwhile: the copy reads it and writes A. The commit's
+    // description is held on EE_B past the deadline.
+    hold_writes(&first, "EE_B", 1);
+    first
+        .pools
+        .migrate_shard(&ShardMigrateParams {
+            volume: "vol".into(),
+            shard: moving,
+            target_core: None,
+            target_bdev: Some("A".into()),
+        })
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let st = first.pools.migrations_json(Some("vol"))[0].clone();
+        let done = ["completed", "abandoned", "undecided"].map(Value::from);
+        if done.contains(&st["state"]) || std::time::Instant::now() > until {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status["state"], "undecided", "{status}");
+    assert_eq!(pools_json(&first)[0]["state"], "suspended");
+    // The route still reads the source, and a write lands on both places.
+    let base = moving as u64 * 256;
+    write(&first, "vol", base, 256, 9).unwrap();
+    first
+        .engine
+        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
+        .unwrap();
+    assert!(read_matches(&first, "vol", base, 256, 9));
+    // The held description lands: after a restart the shard is read from the target, and
+    // it holds the write made after the commit timed out.
+    release_held(&first, "EE_B");
+    drop(first);
+    let second = up();
+    second.pools.import(&["EE_B".into(), "A".into()]).unwrap();
+    let now = second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
+    assert_eq!(now[moving as usize]["bdev"], "A", "{now}");
+    assert!(read_matches(&second, "vol", base, 256, 9));
+    assert_eq!(pools_json(&second)[0]["state"], "online");
+}
+
+#[test]
 fn a_pool_delete_whose_wipe_times_out_writes_the_wiped_members_back_and_suspends() {
     let (fa, fb) = files("timed-out-pool-delete");
     let up = |first: bool| boot_on_a_and_ee_b(&fa, &fb, first);
