@@ -141,7 +141,7 @@ pub struct MemberState {
     pub bdev: BdevId,
     pub name: String,
     pub free_extents: u64,
-    /// Not being drained, not flagged by an abandoned copy.
+    /// Not being drained, not flagged by an abandoned copy, its pool not suspended.
     pub open: bool,
 }
 
@@ -1073,7 +1073,7 @@ impl PoolService {
                     bdev,
                     name: m.bdev_name.clone(),
                     free_extents: free[i].len() as u64,
-                    open: open[i] && !flagged.contains(&m.bdev_name),
+                    open: open[i] && !flagged.contains(&m.bdev_name) && p.suspended.is_none(),
                 });
             }
         }

@@ -661,6 +661,10 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
     // Suspended, with the reason shown; every change is refused and changes nothing.
     let pools = pools_json(&first);
     assert_eq!(pools[0]["state"], "suspended");
+    assert!(
+        first.pools.members().iter().all(|m| !m.open),
+        "no moves into it"
+    );
     let why = &pools[0]["suspended"];
     assert!(why.as_str().is_some_and(|s| s.contains("EE_B")), "{why}");
     let refused = [
