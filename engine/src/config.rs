@@ -223,9 +223,13 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
             if list.is_empty() || is_deferred(name) {
                 continue;
             }
+            let allowed: Vec<String> = std::iter::once("bdev")
+                .chain(DEFERRED_SUBSYSTEMS.iter().map(|(n, _)| *n))
+                .map(|n| format!("'{n}'"))
+                .collect();
             return Err(shape(&format!(
-                "subsystem '{name}' is not supported (only 'bdev', 'pool', 'balancer' and \
-                 'nbd' may have entries)"
+                "subsystem '{name}' is not supported (only {} may have entries)",
+                allowed.join(", ")
             )));
         }
         entries.extend(list.iter().cloned());

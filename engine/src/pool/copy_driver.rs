@@ -119,6 +119,17 @@ struct Inner {
     flagged: Vec<String>,
 }
 
+impl Inner {
+    /// Moves a copy that ended from the running list to the recent ones.
+    fn retire(&mut self, rec: &Arc<Mutex<Record>>) {
+        self.running.retain(|r| !Arc::ptr_eq(r, rec));
+        if self.finished.len() == KEPT {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(Arc::clone(rec));
+    }
+}
+
 #[derive(Default)]
 pub struct Migrations {
     inner: Mutex<Inner>,
@@ -412,11 +423,7 @@ impl PoolService {
                 r.state = "undecided".into();
                 r.error = Some(why.clone());
             }
-            inner.running.retain(|r| !Arc::ptr_eq(r, rec));
-            if inner.finished.len() == KEPT {
-                inner.finished.pop_front();
-            }
-            inner.finished.push_back(Arc::clone(rec));
+            inner.retire(rec);
             return;
         }
         // The copy is over either way: stop it (releasing held writes) and free the extent.
@@ -462,11 +469,7 @@ impl PoolService {
                     .map_or("completed".to_string(), |e| format!("abandoned: {e}"))
             );
         }
-        inner.running.retain(|r| !Arc::ptr_eq(r, rec));
-        if inner.finished.len() == KEPT {
-            inner.finished.pop_front();
-        }
-        inner.finished.push_back(Arc::clone(rec));
+        inner.retire(rec);
     }
 
     /// Holds the shard's writes, and once the copy is whole with nothing in flight, flushes

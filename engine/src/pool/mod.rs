@@ -174,13 +174,18 @@ impl Pool {
         }
     }
 
-    /// Suspends the pool after `e`, a metadata write whose outcome is unknown.
-    fn suspend(&mut self, e: &PoolError) {
+    /// Suspends the pool if `e`, the failure of a metadata write, leaves its outcome
+    /// unknown ([`PoolError::Unknown`]); says whether it did.
+    fn suspend_if_unknown(&mut self, e: &PoolError) -> bool {
+        if !matches!(e, PoolError::Unknown(_)) {
+            return false;
+        }
         log::error!(
             "pool '{}': suspended, it refuses changes until it is imported again: {e}",
             self.record.name
         );
         self.suspended = Some(e.to_string());
+        true
     }
 
     /// The index the present member `id` has now (a member removal renumbers the rest).
@@ -410,10 +415,9 @@ impl PoolService {
         pool.check_changes_allowed()?;
         let generation = pool.generation + 1;
         if let Err(e) = self.write_generation(&record, generation, &pool.members) {
-            if matches!(e, PoolError::Unknown(_)) {
+            if pool.suspend_if_unknown(&e) {
                 // Writing the old description back could race with the late write.
                 pool.generation = generation;
-                pool.suspend(&e);
                 return Err(e);
             }
             // Under the same generation, into the slot the failed write used (see above).
@@ -623,9 +627,7 @@ impl PoolService {
                     "pool '{}': writing its description back failed: {e}",
                     pool.record.name
                 );
-                if matches!(e, PoolError::Unknown(_)) {
-                    pool.suspend(&e);
-                }
+                pool.suspend_if_unknown(&e);
             }
         }
     }
@@ -861,8 +863,7 @@ impl PoolService {
             let pool = pools.get_mut(name).expect("looked up above");
             let unknown = matches!(e, PoolError::Unknown(_));
             self.write_back(pool, |i| !(unknown && i == stopped_at));
-            if unknown {
-                pool.suspend(&e);
+            if pool.suspend_if_unknown(&e) {
                 return Err(e);
             }
             log::error!("pool '{name}': not deleted: {e}");

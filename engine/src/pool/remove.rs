@@ -210,9 +210,7 @@ impl PoolService {
         // Past whatever landed, even on failure (see `persist`).
         p.generation = generation;
         if let Err(e) = written {
-            if matches!(e, PoolError::Unknown(_)) {
-                p.suspend(&e);
-            }
+            p.suspend_if_unknown(&e);
             return Err(e);
         }
         p.record = record;

@@ -92,15 +92,32 @@ fn read_matches(b: &Boot, bdev: &str, offset: u64, blocks: u64, seed: u8) -> boo
         })
 }
 
+/// The index of the first shard of `volume` placed on `bdev`.
+fn first_shard_on(b: &Boot, volume: &str, bdev: &str) -> u32 {
+    let shards = b.pools.volumes_json(Some(volume)).unwrap()[0]["shards"].clone();
+    shards
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["bdev"] == bdev)
+        .unwrap() as u32
+}
+
 fn pools_json(b: &Boot) -> Value {
     b.pools.pools_json(None).unwrap()
 }
 
-/// Boots on files A and B with an error bdev `EE_B` stacked on B: the first time it makes
-/// pool "p" on A and EE_B (1 MiB shards), later it imports it.
-fn boot_on_a_and_ee_b(fa: &Path, fb: &Path, first: bool) -> Boot {
+/// Boots on files A and B with an error bdev `EE_B` stacked on B.
+fn boot_with_ee_b(fa: &Path, fb: &Path) -> Boot {
     let b = boot(&[("A", fa), ("B", fb)]);
     create_bdev(&b.registry, "bdev_error_create", json!({"base_name": "B"})).unwrap();
+    b
+}
+
+/// [`boot_with_ee_b`]: the first time it makes pool "p" on A and EE_B (1 MiB shards), later
+/// it imports it.
+fn boot_on_a_and_ee_b(fa: &Path, fb: &Path, first: bool) -> Boot {
+    let b = boot_with_ee_b(fa, fb);
     if first {
         create(&b, "p", &["A", "EE_B"], 1024).unwrap();
     } else {
@@ -479,13 +496,7 @@ fn a_shard_copied_to_another_member_survives_target_failures_and_a_restart() {
     };
     let first = up(true);
     write(&first, "vol", 0, 4 * 256, 3).unwrap();
-    let shards = first.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
-    let moving = shards
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|s| s["bdev"] == "A")
-        .unwrap() as u32;
+    let moving = first_shard_on(&first, "vol", "A");
     let migrate = |b: &Boot, bdev: &str, core: Option<usize>| {
         b.pools.migrate_shard(&ShardMigrateParams {
             volume: "vol".into(),
@@ -641,13 +652,7 @@ fn a_pool_delete_whose_wipe_fails_keeps_the_whole_pool_now_and_after_a_restart()
 #[test]
 fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again() {
     let (fa, fb) = files("timed-out-persist");
-    let first = boot(&[("A", &fa), ("B", &fb)]);
-    create_bdev(
-        &first.registry,
-        "bdev_error_create",
-        json!({"base_name": "B"}),
-    )
-    .unwrap();
+    let first = boot_with_ee_b(&fa, &fb);
     // EE_B first: the new description goes to it before A.
     create(&first, "p", &["EE_B", "A"], 1024).unwrap();
     volume(&first, "p", "kept", 1).unwrap();
@@ -691,13 +696,7 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
     // Imported again, the pool takes changes. Only EE_B holds the description with "late",
     // from the write that landed late, and it is the newest: the outcome the first call
     // could not know.
-    let second = boot(&[("A", &fa), ("B", &fb)]);
-    create_bdev(
-        &second.registry,
-        "bdev_error_create",
-        json!({"base_name": "B"}),
-    )
-    .unwrap();
+    let second = boot_with_ee_b(&fa, &fb);
     second.pools.import(&["EE_B".into(), "A".into()]).unwrap();
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "online", "{pools}");
@@ -711,23 +710,12 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
 #[test]
 fn a_copy_whose_commit_times_out_keeps_both_places_written_until_the_pool_is_imported_again() {
     let (fa, fb) = files("timed-out-commit");
-    let up = || {
-        let b = boot(&[("A", &fa), ("B", &fb)]);
-        create_bdev(&b.registry, "bdev_error_create", json!({"base_name": "B"})).unwrap();
-        b
-    };
-    let first = up();
+    let first = boot_with_ee_b(&fa, &fb);
     // EE_B first: the commit's new description goes to it before A.
     create(&first, "p", &["EE_B", "A"], 1024).unwrap();
     volume(&first, "p", "vol", 2).unwrap();
     write(&first, "vol", 0, 2 * 256, 3).unwrap();
-    let shards = first.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
-    let moving = shards
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|s| s["bdev"] == "EE_B")
-        .unwrap() as u32;
+    let moving = first_shard_on(&first, "vol", "EE_B");
     first.pools.set_deadline(Duration::from_millis(300));
     // Nothing else writes to EE_B meanwhile: the copy reads it and writes A. The commit's
     // description is held on EE_B past the deadline.
@@ -764,7 +752,7 @@ fn a_copy_whose_commit_times_out_keeps_both_places_written_until_the_pool_is_imp
     // it holds the write made after the commit timed out.
     release_held(&first, "EE_B");
     drop(first);
-    let second = up();
+    let second = boot_with_ee_b(&fa, &fb);
     second.pools.import(&["EE_B".into(), "A".into()]).unwrap();
     let now = second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
     assert_eq!(now[moving as usize]["bdev"], "A", "{now}");
@@ -862,13 +850,7 @@ fn a_volume_or_member_in_a_migration_cannot_be_removed_until_the_copy_is_done() 
     let b = boot(&[("A", &fa), ("B", &fb)]);
     create(&b, "p", &["A", "B"], 1024).unwrap();
     volume(&b, "p", "vol", 2).unwrap();
-    let table = b.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
-    let on_a = table
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|s| s["bdev"] == "A")
-        .unwrap();
+    let on_a = first_shard_on(&b, "vol", "A") as usize;
     // 1 MiB at 2 MiB/s: the copy runs for about half a second.
     b.pools
         .set_migration_options(MigrationOptions {
