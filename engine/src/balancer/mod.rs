@@ -6,7 +6,8 @@
 //!
 //! It runs on its own thread rather than as a reactor poller because a move persists the
 //! new placement on every member, and those writes wait for the reactors. Its moves go
-//! through the same path as `shard_migrate` ([`PoolService::migrate_shard`]). Off until
+//! through the same path as `shard_migrate` ([`PoolService::migrate_shard`]); it leaves the
+//! shards and members of a suspended pool alone (that pool refuses every change). Off until
 //! `balancer_set_options {"enabled": true}`; `balancer_get_status` shows the options, the
 //! latest scores and the last decisions with their reasons.
 
@@ -174,7 +175,8 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
             continue;
         }
         let snapshot = engine.state_table().snapshot();
-        let volumes = pools.volumes();
+        // A suspended pool's shards are no candidates: their moves could only fail.
+        let volumes = pools.movable_volumes();
         let places: Vec<ShardPlace> = volumes
             .iter()
             .flat_map(|(id, _, v)| {

@@ -1083,9 +1083,20 @@ impl PoolService {
 
     /// Every volume with its registry id and name.
     pub fn volumes(&self) -> Vec<(BdevId, String, Arc<Volume>)> {
+        self.volumes_where(|_| true)
+    }
+
+    /// The volumes whose shards may be moved: those of pools that take changes (a suspended
+    /// pool refuses the placement a move would persist, so the balancer leaves it alone).
+    pub fn movable_volumes(&self) -> Vec<(BdevId, String, Arc<Volume>)> {
+        self.volumes_where(|p| p.suspended.is_none())
+    }
+
+    fn volumes_where(&self, keep: impl Fn(&Pool) -> bool) -> Vec<(BdevId, String, Arc<Volume>)> {
         let pools = self.lock();
         pools
             .values()
+            .filter(|p| keep(p))
             .flat_map(|p| p.volumes.iter())
             .map(|(name, (id, v))| (*id, name.clone(), Arc::clone(v)))
             .collect()

@@ -670,6 +670,11 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
         first.pools.members().iter().all(|m| !m.open),
         "no moves into it"
     );
+    assert!(
+        first.pools.movable_volumes().is_empty(),
+        "no moves of its shards"
+    );
+    assert_eq!(first.pools.volumes().len(), 1);
     let why = &pools[0]["suspended"];
     assert!(why.as_str().is_some_and(|s| s.contains("EE_B")), "{why}");
     let refused = [
