@@ -19,7 +19,9 @@
 //!   late write), and the pool is suspended: it refuses changes until it is imported again,
 //!   which picks the newest whole generation, whichever that turned out to be. A copy whose
 //!   commit timed out keeps mirroring the shard's writes to its target meanwhile, since the
-//!   late write may place the shard there.
+//!   late write may place the shard there. A `pool_create` whose write timed out leaves the
+//!   pool listed and suspended, its members claimed (formatted again, they could take the
+//!   late write over a new pool), and out of `save_config`.
 //! - `pool_delete` wipes both slots of every member. If a wipe fails partway, the pool's
 //!   description is written back (best effort) to every member but one whose wipe timed
 //!   out, at a newer generation, and the pool stays.
@@ -160,6 +162,10 @@ struct Pool {
     /// neither the old description nor the new one is known to be on the members; writing
     /// either could race with it. Cleared by importing the pool again (a restart).
     suspended: Option<String>,
+    /// `pool_create` itself timed out: the members may hold this pool or nothing. Such a
+    /// pool keeps its members claimed and suspended, and is left out of `save_config` (its
+    /// `pool_import` could fail the next start-up); `pool_import` finds it if it landed.
+    creation_unknown: bool,
 }
 
 impl Pool {
@@ -506,6 +512,15 @@ impl PoolService {
                 self.registry.release(name, &user);
             }
         };
+        let record = PoolRecord {
+            name: p.name.clone(),
+            uuid: new_uuid(),
+            block_size: bs,
+            shard_blocks,
+            members,
+            volumes: Vec::new(),
+        };
+        let ids: Vec<Option<BdevId>> = found.iter().map(|(id, _)| Some(*id)).collect();
         let result = (|| {
             if !p.force {
                 for (id, info) in &found {
@@ -518,15 +533,6 @@ impl PoolService {
                     }
                 }
             }
-            let record = PoolRecord {
-                name: p.name.clone(),
-                uuid: new_uuid(),
-                block_size: bs,
-                shard_blocks,
-                members,
-                volumes: Vec::new(),
-            };
-            let ids: Vec<Option<BdevId>> = found.iter().map(|(id, _)| Some(*id)).collect();
             // Generation 1 goes to slot 1; slot 0 is wiped so that a forced format leaves
             // nothing of an older pool behind.
             self.wipe(&ids, bs, &[0])?;
@@ -539,18 +545,20 @@ impl PoolService {
                 }
                 return Err(e);
             }
-            Ok(Pool {
-                record,
-                generation: 1,
-                members: ids,
-                volumes: BTreeMap::new(),
-                reserved: Vec::new(),
-                draining: None,
-                suspended: None,
-            })
+            Ok(())
         })();
+        let mut pool = Pool {
+            record,
+            generation: 1,
+            members: ids,
+            volumes: BTreeMap::new(),
+            reserved: Vec::new(),
+            draining: None,
+            suspended: None,
+            creation_unknown: false,
+        };
         match result {
-            Ok(pool) => {
+            Ok(()) => {
                 log::info!(
                     "pool '{}': created on {} with {} MiB shards",
                     p.name,
@@ -559,6 +567,13 @@ impl PoolService {
                 );
                 pools.insert(p.name.clone(), pool);
                 Ok(())
+            }
+            Err(e) if pool.suspend_if_unknown(&e) => {
+                // A write that may still land keeps its members: released, they could be
+                // formatted again (`force`) and the late write land over the new pool.
+                pool.creation_unknown = true;
+                pools.insert(p.name.clone(), pool);
+                Err(e)
             }
             Err(e) => {
                 release();
@@ -753,6 +768,7 @@ impl PoolService {
             reserved: Vec::new(),
             draining: None,
             suspended: None,
+            creation_unknown: false,
         };
         // Rewrite the description at a new generation: heals a torn slot, a member that
         // missed the last update, and records the members' current names.
@@ -1126,7 +1142,7 @@ impl PoolService {
         // The copies' options first, as SPDK puts a subsystem's `*_set_options` first.
         let mut entries = vec![json!({"method": "migration_set_options",
                                       "params": self.migration_options()})];
-        for p in self.lock().values() {
+        for p in self.lock().values().filter(|p| !p.creation_unknown) {
             let names: Vec<&str> = p
                 .record
                 .members

@@ -713,6 +713,49 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
 }
 
 #[test]
+fn a_pool_create_that_times_out_keeps_its_members_until_the_pool_is_imported_again() {
+    let (fa, fb) = files("timed-out-create");
+    let first = boot_with_ee_b(&fa, &fb);
+    first.pools.set_deadline(Duration::from_millis(300));
+    // EE_B first: its first write (the wipe of slot 0) is held past the deadline.
+    hold_writes(&first, "EE_B", 1);
+    let err = create(&first, "p", &["EE_B", "A"], 1024).unwrap_err();
+    assert!(matches!(err, PoolError::Unknown(_)), "{err}");
+    // Listed and suspended; its members stay claimed, so no new pool can be made on them
+    // for the late write to land over; it is not saved (its import could fail a start-up).
+    let pools = pools_json(&first);
+    assert_eq!(pools[0]["name"], "p");
+    assert_eq!(pools[0]["state"], "suspended", "{pools}");
+    let again = first.pools.create(&PoolCreateParams {
+        name: "q".into(),
+        base_bdevs: vec!["A".into(), "EE_B".into()],
+        shard_size_mib: None,
+        shard_size_kib: Some(1024),
+        force: true,
+    });
+    let again = again.unwrap_err().to_string();
+    assert!(
+        again.contains("'A'") && again.contains("pool 'p'"),
+        "{again}"
+    );
+    let saved = first.pools.config_entries();
+    assert!(
+        saved.iter().all(|e| e["method"] == "migration_set_options"),
+        "{saved:?}"
+    );
+    let refused = first.pools.delete("p").unwrap_err();
+    assert!(matches!(refused, PoolError::Suspended(_)), "{refused}");
+    // The held write lands late; the pool was never written whole, so after a restart
+    // there is none to import, and the members are free for a new one.
+    release_held(&first, "EE_B");
+    drop(first);
+    let second = boot_with_ee_b(&fa, &fb);
+    assert!(second.pools.import(&["EE_B".into(), "A".into()]).is_err());
+    create(&second, "p", &["EE_B", "A"], 1024).unwrap();
+    assert_eq!(pools_json(&second)[0]["state"], "online");
+}
+
+#[test]
 fn a_copy_whose_commit_times_out_keeps_both_places_written_until_the_pool_is_imported_again() {
     let (fa, fb) = files("timed-out-commit");
     let first = boot_with_ee_b(&fa, &fb);
