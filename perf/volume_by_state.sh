@@ -16,7 +16,7 @@ STATE=${1:?usage: perf/volume_by_state.sh far|close [GROUPS] [SECONDS] [WORKLOAD
 GROUPS_WANTED=${2:-4}
 T=${3:-1.5}
 W=${4:-randwrite}
-FAR_PING_US=0.6
+. perf/volume_common.sh
 case "$STATE" in far | close) ;; *) echo "STATE must be far or close, not '$STATE'" >&2; exit 2 ;; esac
 cargo build --release -p tidepool-perf
 PERF=./target/release/tidepool-perf
@@ -30,8 +30,8 @@ in_state() { "$PERF" --bench ping -t 0.1 -m 0x3 --json "$RES/ping.json" >/dev/nu
              python3 -c 'import json,sys
 p50 = json.load(open(sys.argv[1]))["ping"]["latency_us"]["p50"]
 sys.exit(0 if (p50 > float(sys.argv[3])) == (sys.argv[2] == "far") else 1)' "$RES/ping.json" "$STATE" "$FAR_PING_US"; }
-raw() { iops -c etc/volume-malloc-raw.json; }
-vol() { iops -c etc/volume-malloc-pool.json -C -b vol0; }
+raw() { iops -c "$RAW_CFG"; }
+vol() { iops -c "$VOLUME_CFG" -C -b vol0; }
 
 ratios=()
 for _ in $(seq 1 300); do

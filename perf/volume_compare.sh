@@ -18,16 +18,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-5}
 ROUNDS=${2:-6}
-FAR_PING_US=0.6
+. perf/volume_common.sh
 OUT=${OUT:-BENCHMARKS.md}
 cargo build --release -p tidepool-perf
 PERF=./target/release/tidepool-perf
 RES=$(mktemp -d)
 trap 'rm -rf "$RES"' EXIT
-
-# The configs, shared with perf/volume_by_state.sh.
-VOLUME_CFG=etc/volume-malloc-pool.json
-RAW_CFG=etc/volume-malloc-raw.json
 
 tp() { local out=$1; shift; "$PERF" "$@" -t "$T" -q 128 -o 4096 -m 0x3 --json "$out" >/dev/null; }
 ping() { "$PERF" --bench ping -t 0.3 -m 0x3 --json "$1" >/dev/null; }
@@ -41,12 +37,13 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RES" "$OUT" "$T" "$ROUNDS" "$FAR_PING_US" <<'PY'
+python3 - "$RES" "$OUT" "$T" "$ROUNDS" "$FAR_PING_US" "$RAW_CFG" "$VOLUME_CFG" <<'PY'
 import glob, json, os, statistics, sys
 sys.path.insert(0, "perf")
 from bench_section import put_section
 res, out, T, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 far_us = float(sys.argv[5])
+raw_cfg, volume_cfg = sys.argv[6], sys.argv[7]
 def runs(pattern):
     # In round order, so that raw and volume runs of one round pair up.
     paths = glob.glob(os.path.join(res, pattern))
@@ -88,9 +85,9 @@ Two reactors (`-m 0x3`), 4 KiB random I/O, q128 per reactor, {T} s per run, {rou
 each round runs raw then volume back to back, and the ratio is the median of the rounds'
 ratios (this machine's speed drifts by more than 10 % between minutes).
 
-- Raw: `tidepool-perf -c etc/volume-malloc-raw.json -m 0x3 -q 128 -o 4096 -w W`, two 512 MiB
+- Raw: `tidepool-perf -c {raw_cfg} -m 0x3 -q 128 -o 4096 -w W`, two 512 MiB
   malloc bdevs, one job on each reactor.
-- Volume: `tidepool-perf -c etc/volume-malloc-pool.json -m 0x3 -C -b vol0 -q 128 -o 4096 -w W`,
+- Volume: `tidepool-perf -c {volume_cfg} -m 0x3 -C -b vol0 -q 128 -o 4096 -w W`,
   a 1 GiB volume
   (16 shards of 64 MiB) on a pool of two malloc members, one job on each reactor, each over
   its half of the volume. A piece of I/O whose shard the other reactor owns crosses the rings
