@@ -416,6 +416,7 @@ fn bad_command_lines_and_configs_exit_non_zero_and_say_why() {
 
 /// A pool on RAM bdevs has no metadata to import after a restart: save_config writes the
 /// pool_create and volume_create that make its layout again, and the daemon starts with it.
+/// A member stacked on a RAM bdev (an error bdev, as in the demo config) is one too.
 #[test]
 fn save_config_of_a_pool_on_ram_bdevs_starts_again_with_the_same_layout() {
     let s = Scratch::new("rpc-save-ram-pool");
@@ -425,10 +426,11 @@ fn save_config_of_a_pool_on_ram_bdevs_starts_again_with_the_same_layout() {
         for m in ["M0", "M1"] {
             d.tpctl_ok(&["bdev_malloc_create", "-b", m, "80", "4096"]);
         }
+        d.tpctl_ok(&["bdev_error_create", "M1"]);
         d.tpctl_ok(&[
             "call",
             "pool_create",
-            r#"{"name":"p","base_bdevs":["M0","M1"],"shard_size_mib":16}"#,
+            r#"{"name":"p","base_bdevs":["M0","EE_M1"],"shard_size_mib":16}"#,
         ]);
         d.tpctl_ok(&[
             "call",

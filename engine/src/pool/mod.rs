@@ -40,7 +40,7 @@ pub use copy_driver::MigrationOptions;
 pub use migrate::ShardMigrateParams;
 pub use remove::PoolRemoveBdevParams;
 
-use crate::bdev::{new_uuid, BdevError, BdevId, BdevInfo, BdevRegistry, IoTypeSet};
+use crate::bdev::{new_uuid, BdevError, BdevId, BdevInfo, BdevRef, BdevRegistry, IoTypeSet};
 use crate::reactor::{BlockingIoError, Engine};
 use crate::volume::{ShardRoute, ShardState, Volume, VolumeBdev};
 use metadata::{MemberRecord, PoolRecord, Slot, VolumeRecord, DATA_START_BYTES, SLOT_BYTES};
@@ -1128,16 +1128,13 @@ impl PoolService {
 
     /// `save_config` entries: `migration_set_options` with the copies' options, then one
     /// `pool_import` per pool, naming every member. A pool whose members all live in RAM
-    /// (malloc, null) has nothing to import after a restart: it is saved as the `pool_create`
+    /// (malloc, null, or error and delay bdevs on them) has nothing to import after a restart: it is saved as the `pool_create`
     /// and `volume_create`s that make the same layout again, empty (an import would fail and
     /// stop the daemon's start-up).
     pub fn config_entries(&self) -> Vec<Value> {
         let volatile = |id: &Option<BdevId>| {
-            id.and_then(|id| self.registry.get(id)).is_some_and(|b| {
-                let product = b.info().product_name;
-                product == crate::bdev::malloc::PRODUCT_NAME
-                    || product == crate::bdev::null::PRODUCT_NAME
-            })
+            id.and_then(|id| self.registry.get(id))
+                .is_some_and(|b| lives_in_ram(&self.registry, &b))
         };
         // The copies' options first, as SPDK puts a subsystem's `*_set_options` first.
         let mut entries = vec![json!({"method": "migration_set_options",
@@ -1165,6 +1162,22 @@ impl PoolService {
         }
         entries
     }
+}
+
+/// Whether `bdev`'s blocks live in RAM only, gone at a restart: a malloc or null bdev, or one
+/// stacked (error, delay) on such bdevs only.
+fn lives_in_ram(registry: &BdevRegistry, bdev: &BdevRef) -> bool {
+    let product = bdev.info().product_name;
+    if product == crate::bdev::malloc::PRODUCT_NAME || product == crate::bdev::null::PRODUCT_NAME {
+        return true;
+    }
+    let bases = bdev.base_bdevs();
+    !bases.is_empty()
+        && bases.iter().all(|name| {
+            registry
+                .lookup(name)
+                .is_some_and(|(_, base)| lives_in_ram(registry, &base))
+        })
 }
 
 #[cfg(test)]
