@@ -36,6 +36,11 @@ struct SetOptions {
     weight_busy: Option<f64>,
 }
 
+/// Weights are relative; bounded so that their sum, and the scores, stay finite (three
+/// weights near `f64::MAX` summed to infinity, every score came out NaN and NaN read as
+/// balanced: the balancer never moved anything).
+const MAX_WEIGHT: f64 = 1e6;
+
 fn check(ok: bool, param: &str, reason: &str) -> Result<(), RpcError> {
     if ok {
         Ok(())
@@ -80,7 +85,11 @@ fn apply(mut o: Options, p: &SetOptions) -> Result<Options, RpcError> {
         (p.weight_busy, "weight_busy", &mut o.weight_busy),
     ] {
         if let Some(v) = v {
-            check(v.is_finite() && v >= 0.0, name, "must be a number >= 0")?;
+            check(
+                (0.0..=MAX_WEIGHT).contains(&v),
+                name,
+                "must be a number from 0 to 1000000",
+            )?;
             *field = v;
         }
     }
@@ -113,4 +122,26 @@ fn balancer_get_status(
 ) -> Result<Value, RpcError> {
     parse_params::<NoParams>(params)?;
     Ok(services.balancer.status(&services.engine.cores()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(json: Value) -> Result<Options, RpcError> {
+        apply(Options::default(), &serde_json::from_value(json).unwrap())
+    }
+
+    #[test]
+    fn weights_are_bounded_so_that_scores_stay_finite() {
+        let huge = json!({"weight_requests": 1e308, "weight_bytes": 1e308, "weight_busy": 1e308});
+        let e = set(huge).unwrap_err();
+        assert!(format!("{e:?}").contains("weight_requests"), "{e:?}");
+        for bad in [-1.0, 1e6 + 1.0] {
+            assert!(set(json!({ "weight_busy": bad })).is_err(), "{bad}");
+        }
+        let o =
+            set(json!({"weight_requests": 1e6, "weight_bytes": 1e6, "weight_busy": 1e6})).unwrap();
+        assert!((o.weight_requests + o.weight_bytes + o.weight_busy).is_finite());
+    }
 }
