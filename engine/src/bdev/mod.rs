@@ -239,6 +239,12 @@ pub trait Bdev: Send + Sync {
         Vec::new()
     }
 
+    /// The file or block device holding this bdev's blocks, when it has one: the registry
+    /// refuses a second bdev on the same one (they would write over each other's blocks).
+    fn backing(&self) -> Option<&Backing> {
+        None
+    }
+
     /// The `{"method", "params"}` entry that recreates this bdev, for saved configs; null
     /// when something else recreates it (a volume comes back with its pool).
     fn config_entry(&self) -> serde_json::Value;
@@ -301,6 +307,23 @@ impl BdevError {
             reason: err.to_string(),
         }
     }
+}
+
+/// Where a bdev's blocks live on this host, compared by identity rather than by path (two
+/// paths, or a symlink, can name one file or device).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backing {
+    /// The path the bdev was created with, for messages.
+    pub path: String,
+    pub id: BackingId,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackingId {
+    /// A block device, by its device number.
+    Device(u64),
+    /// A regular file, by its filesystem's device number and its inode.
+    File { dev: u64, ino: u64 },
 }
 
 /// Checks a block size the way every backend wants it: a power of two from 512 to 64 KiB.

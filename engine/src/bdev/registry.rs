@@ -69,6 +69,25 @@ impl BdevRegistry {
         if inner.names.contains_key(&name) {
             return Err(BdevError::Exists(name));
         }
+        if let Some(backing) = bdev.backing() {
+            let twin = inner
+                .slots
+                .iter()
+                .flatten()
+                .find(|e| e.bdev.backing().is_some_and(|b| b.id == backing.id));
+            if let Some(twin) = twin {
+                return Err(BdevError::invalid(
+                    "filename",
+                    format!(
+                        "'{}' is already open as bdev '{}' ('{}'); two bdevs on one file or \
+                         device would write over each other's blocks",
+                        backing.path,
+                        twin.bdev.info().name,
+                        twin.bdev.backing().map_or("", |b| b.path.as_str())
+                    ),
+                ));
+            }
+        }
         let bases = bdev.base_bdevs();
         for base in &bases {
             let entry = inner

@@ -200,6 +200,30 @@ fn uring_rig(file: &str, extra: serde_json::Value) -> (Rig, BdevId, std::path::P
     (rig, b, path)
 }
 
+/// Two bdevs on one file (by its path, or another path to it) would write over each other's
+/// blocks, and a pool would take them as two members: the second is refused.
+#[test]
+fn a_second_uring_bdev_on_the_same_file_is_refused() {
+    let (rig, _, path) = uring_rig("uring-twice", json!({}));
+    let link = path.with_extension("link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    for filename in [&path, &link] {
+        let again = json!({"name": "U2", "filename": filename, "block_size": 4096});
+        let e = create_bdev(&rig.reg, "bdev_uring_create", again)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already open as bdev 'U'"), "{e}");
+        assert!(rig.reg.lookup("U2").is_none());
+    }
+    // Once the first is gone, the file is free again.
+    rig.reg.unregister("U").unwrap();
+    let again = json!({"name": "U2", "filename": link, "block_size": 4096});
+    create_bdev(&rig.reg, "bdev_uring_create", again).unwrap();
+    std::fs::remove_file(link).unwrap();
+    std::fs::remove_file(path).unwrap();
+}
+
 #[test]
 fn uring_with_o_direct_reads_back_what_was_written() {
     let (mut rig, b, path) = uring_rig("uring-rb", json!({}));

@@ -7,14 +7,14 @@
 //! on a block device), write-zeroes is fallocate ZERO_RANGE.
 
 use super::{
-    check_block_size, check_uuid, new_uuid, Bdev, BdevChannel, BdevError, BdevInfo, Completion,
-    IoRequest, IoStatus, IoType, IoTypeSet,
+    check_block_size, check_uuid, new_uuid, Backing, BackingId, Bdev, BdevChannel, BdevError,
+    BdevInfo, Completion, IoRequest, IoStatus, IoType, IoTypeSet,
 };
 use crate::time::Nanos;
 use serde::Deserialize;
 use serde_json::json;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 use tidepool_bindings::os;
 use tidepool_bindings::uring::{UringConfig, UringOp, UringQueue};
@@ -76,6 +76,7 @@ pub struct UringCreateParams {
 pub struct UringBdev {
     info: BdevInfo,
     params: UringCreateParams,
+    backing: Backing,
     file: Arc<File>,
     ring: UringConfig,
 }
@@ -120,6 +121,17 @@ impl UringBdev {
         let meta = file
             .metadata()
             .map_err(|e| BdevError::os(format!("stat '{}'", p.filename), e))?;
+        let backing = Backing {
+            path: p.filename.clone(),
+            id: if meta.file_type().is_block_device() {
+                BackingId::Device(meta.rdev())
+            } else {
+                BackingId::File {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                }
+            },
+        };
         let (size, device_block) = if meta.file_type().is_block_device() {
             let size = os::block_device_size(&file)
                 .map_err(|e| BdevError::os(format!("size of '{}'", p.filename), e))?;
@@ -181,6 +193,7 @@ impl UringBdev {
                 submit_batch: Some(submit_batch),
                 ..p.clone()
             },
+            backing,
             file: Arc::new(file),
             ring,
         })
@@ -190,6 +203,10 @@ impl UringBdev {
 impl Bdev for UringBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn backing(&self) -> Option<&Backing> {
+        Some(&self.backing)
     }
 
     fn open_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
