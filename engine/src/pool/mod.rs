@@ -648,6 +648,42 @@ impl PoolService {
     }
 
     /// Brings up the pool found on `base_bdevs` (see the module docs).
+    /// Refuses an import that leaves out a member that is present: the pool would come up
+    /// degraded without it, the bdev unclaimed (an export or another pool could write over
+    /// its shards), and nothing could add it back until the pool is imported again.
+    fn check_no_member_left_out(
+        &self,
+        record: &PoolRecord,
+        members: &[Option<BdevId>],
+        base_bdevs: &[String],
+    ) -> Result<(), PoolError> {
+        for (index, m) in record.members.iter().enumerate() {
+            if members[index].is_some() || base_bdevs.contains(&m.bdev_name) {
+                continue;
+            }
+            let Some((id, bdev)) = self.registry.lookup(&m.bdev_name) else {
+                continue;
+            };
+            let holds_it = self
+                .read_newest(id, bdev.info().block_size)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.record.uuid == record.uuid && s.member_index as usize == index);
+            if holds_it {
+                return Err(invalid(
+                    "base_bdevs",
+                    format!(
+                        "'{}' is member {index} of pool '{}' and is present: list every \
+                         present member (left out, it would stay unclaimed and the pool \
+                         degraded)",
+                        m.bdev_name, record.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn import(&self, base_bdevs: &[String]) -> Result<String, PoolError> {
         if base_bdevs.is_empty() || base_bdevs.len() > MAX_MEMBERS {
             return Err(invalid(
@@ -745,6 +781,7 @@ impl PoolService {
             members[index] = Some(*id);
             record.members[index].bdev_name = name.clone();
         }
+        self.check_no_member_left_out(&record, &members, base_bdevs)?;
         let mut pools = self.lock();
         if pools.contains_key(&record.name) {
             return Err(PoolError::Exists(record.name.clone()));

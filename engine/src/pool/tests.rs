@@ -283,6 +283,25 @@ fn a_missing_member_brings_the_pool_up_degraded_with_clear_errors() {
     assert!(matches!(err, PoolError::Degraded(_)), "{err}");
 }
 
+/// An import that leaves out a member that is present is refused: the member would stay
+/// unclaimed (free to be exported or pooled and written over) and the pool degraded.
+#[test]
+fn an_import_that_leaves_out_a_present_member_is_refused() {
+    let (fa, fb) = files("left-out");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "p", &["A", "B"], 1024).unwrap();
+    volume(&first, "p", "vol", 4).unwrap();
+    drop(first);
+    let second = boot(&[("A", &fa), ("B", &fb)]);
+    let e = second.pools.import(&["A".into()]).unwrap_err().to_string();
+    assert!(e.contains("'B' is member 1 of pool 'p'"), "{e}");
+    assert_eq!(pools_json(&second), json!([]));
+    assert!(second.registry.lookup("vol").is_none());
+    // Nothing was claimed: the full import goes through, with both members online.
+    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    assert_eq!(pools_json(&second)[0]["state"], "online");
+}
+
 #[test]
 fn bad_requests_get_clear_errors_and_change_nothing() {
     let (fa, fb) = files("bad");
