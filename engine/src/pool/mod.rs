@@ -43,7 +43,9 @@ pub use remove::PoolRemoveBdevParams;
 use crate::bdev::{new_uuid, BdevError, BdevId, BdevInfo, BdevRef, BdevRegistry, IoTypeSet};
 use crate::reactor::{BlockingIoError, Engine};
 use crate::volume::{ShardRoute, ShardState, Volume, VolumeBdev};
-use metadata::{MemberRecord, PoolRecord, Slot, VolumeRecord, DATA_START_BYTES, SLOT_BYTES};
+use metadata::{
+    MemberRecord, PoolRecord, ShardRecord, Slot, VolumeRecord, DATA_START_BYTES, SLOT_BYTES,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -62,6 +64,8 @@ pub const DEFAULT_SHARD_SIZE_MIB: u64 = 64;
 pub const MAX_EXTENTS_PER_MEMBER: u64 = 1 << 20;
 /// Longest pool or volume name.
 const MAX_NAME_LEN: usize = 128;
+/// Largest shard: 1 TiB.
+const MAX_SHARD_BYTES: u64 = 1 << 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -389,10 +393,16 @@ impl PoolService {
     ) -> Result<(), PoolError> {
         let bs = record.block_size;
         let at = metadata::slot_of(generation) * slot_blocks(bs);
+        // Every member's slot is encoded before any is written: a description too big for a
+        // slot fails here, with nothing written (see `persist`).
+        let mut slots = Vec::new();
         for (index, id) in members.iter().enumerate() {
             let Some(id) = *id else { continue };
             let bytes = metadata::encode(record, index as u32, generation, bs)
                 .map_err(|e| PoolError::NoSpace(e.to_string()))?;
+            slots.push((index, id, bytes));
+        }
+        for (index, id, bytes) in slots {
             let name = &record.members[index].bdev_name;
             self.engine
                 .write_blocks(id, at, &bytes, self.deadline())
@@ -421,6 +431,10 @@ impl PoolService {
         pool.check_changes_allowed()?;
         let generation = pool.generation + 1;
         if let Err(e) = self.write_generation(&record, generation, &pool.members) {
+            if matches!(e, PoolError::NoSpace(_)) {
+                // The description does not fit a slot: refused before anything was written.
+                return Err(e);
+            }
             if pool.suspend_if_unknown(&e) {
                 // Writing the old description back could race with the late write.
                 pool.generation = generation;
@@ -439,17 +453,36 @@ impl PoolService {
 
     pub fn create(&self, p: &PoolCreateParams) -> Result<(), PoolError> {
         check_name("name", &p.name)?;
-        let shard_bytes = match (p.shard_size_mib, p.shard_size_kib) {
+        // The parameter the size came from, for messages, as the user gave it.
+        let (param, given, shard_bytes) = match (p.shard_size_mib, p.shard_size_kib) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "shard_size_mib",
                     "give shard_size_mib or shard_size_kib, not both",
                 ))
             }
-            (_, Some(kib)) => kib.saturating_mul(1024),
-            (mib, None) => mib
-                .unwrap_or(DEFAULT_SHARD_SIZE_MIB)
-                .saturating_mul(1 << 20),
+            (_, Some(kib)) => (
+                "shard_size_kib",
+                format!("{kib} KiB"),
+                kib.checked_mul(1024),
+            ),
+            (mib, None) => {
+                let mib = mib.unwrap_or(DEFAULT_SHARD_SIZE_MIB);
+                (
+                    "shard_size_mib",
+                    format!("{mib} MiB"),
+                    mib.checked_mul(1 << 20),
+                )
+            }
+        };
+        let shard_bytes = match shard_bytes {
+            Some(b) if b > 0 && b <= MAX_SHARD_BYTES => b,
+            _ => {
+                return Err(invalid(
+                    param,
+                    format!("{given} is not from 1 byte to 1 TiB"),
+                ))
+            }
         };
         let mut pools = self.lock();
         if pools.contains_key(&p.name) {
@@ -466,10 +499,10 @@ impl PoolService {
                 ),
             ));
         }
-        if shard_bytes == 0 || shard_bytes % bs as u64 != 0 || shard_bytes > 1 << 40 {
+        if shard_bytes % bs as u64 != 0 {
             return Err(invalid(
-                "shard_size",
-                format!("{shard_bytes} bytes is not a positive multiple of the {bs}-byte block"),
+                param,
+                format!("{given} is not a multiple of the {bs}-byte block"),
             ));
         }
         let shard_blocks = shard_bytes / bs as u64;
@@ -479,9 +512,9 @@ impl PoolService {
             let extents = bytes.saturating_sub(DATA_START_BYTES) / shard_bytes;
             if extents > MAX_EXTENTS_PER_MEMBER {
                 return Err(invalid(
-                    "shard_size",
+                    param,
                     format!(
-                        "'{}' would hold {extents} shards of {shard_bytes} bytes; a member holds \
+                        "'{}' would hold {extents} shards of {given}; a member holds \
                          at most {MAX_EXTENTS_PER_MEMBER}: use larger shards",
                         info.name
                     ),
@@ -503,6 +536,7 @@ impl PoolService {
                 extents,
             });
         }
+        check_description_fits(param, &p.name, bs, shard_blocks, &members)?;
         let user = format!("pool '{}'", p.name);
         let claimed: Vec<(BdevId, String)> =
             found.iter().map(|(id, i)| (*id, i.name.clone())).collect();
@@ -560,10 +594,10 @@ impl PoolService {
         match result {
             Ok(()) => {
                 log::info!(
-                    "pool '{}': created on {} with {} MiB shards",
+                    "pool '{}': created on {} with {} KiB shards",
                     p.name,
                     p.base_bdevs.join(", "),
-                    shard_bytes >> 20
+                    shard_bytes >> 10
                 );
                 pools.insert(p.name.clone(), pool);
                 Ok(())
@@ -1198,6 +1232,54 @@ impl PoolService {
             }
         }
         entries
+    }
+}
+
+/// Refuses a pool whose description could not hold one volume filling it (a slot holds
+/// [`SLOT_BYTES`]; each shard takes some 40 bytes of it): its capacity would be
+/// advertised and never usable.
+fn check_description_fits(
+    param: &'static str,
+    name: &str,
+    block_size: u32,
+    shard_blocks: u64,
+    members: &[MemberRecord],
+) -> Result<(), PoolError> {
+    let shards = members
+        .iter()
+        .enumerate()
+        .flat_map(|(m, r)| {
+            (0..r.extents).map(move |extent| ShardRecord {
+                member: m as u32,
+                extent,
+                owner: 0,
+            })
+        })
+        .collect::<Vec<_>>();
+    let full = PoolRecord {
+        name: name.to_string(),
+        uuid: new_uuid(),
+        block_size,
+        shard_blocks,
+        members: members.to_vec(),
+        volumes: vec![VolumeRecord {
+            name: "v".repeat(MAX_NAME_LEN),
+            uuid: new_uuid(),
+            num_blocks: shards.len() as u64 * shard_blocks,
+            shards,
+        }],
+    };
+    match metadata::encode(&full, 0, 1, block_size) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(invalid(
+            param,
+            format!(
+                "{} shards of {} KiB: the pool's description, full, would not fit its \
+                 metadata slot ({e}); use larger shards",
+                full.volumes[0].shards.len(),
+                shard_blocks * block_size as u64 / 1024
+            ),
+        )),
     }
 }
 

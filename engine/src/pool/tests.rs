@@ -302,6 +302,37 @@ fn an_import_that_leaves_out_a_present_member_is_refused() {
     assert_eq!(pools_json(&second)[0]["state"], "online");
 }
 
+/// Shards so small that the pool's description, with one volume filling it, would not fit a
+/// metadata slot: refused at pool_create (its capacity could never be used), nothing claimed.
+#[test]
+fn a_pool_whose_full_description_would_not_fit_a_slot_is_refused() {
+    let size = DATA_START_BYTES + (64 << 20);
+    let (fa, fb) = (temp_file("full-a", size), temp_file("full-b", size));
+    let b = boot(&[("A", &fa), ("B", &fb)]);
+    // 2 x 16384 shards of 4 KiB: some 40 bytes each, more than a 1 MiB slot.
+    let e = create(&b, "p", &["A", "B"], 4).unwrap_err().to_string();
+    assert!(
+        e.contains("shard_size_kib") && e.contains("32768 shards of 4 KiB"),
+        "{e}"
+    );
+    assert_eq!(pools_json(&b), json!([]));
+    // A size past the range is named as given, not as the saturated byte count.
+    let huge = b.pools.create(&PoolCreateParams {
+        name: "p".into(),
+        base_bdevs: vec!["A".into(), "B".into()],
+        shard_size_mib: Some(1 << 63),
+        shard_size_kib: None,
+        force: false,
+    });
+    let e = huge.unwrap_err().to_string();
+    assert!(
+        e.contains("shard_size_mib") && e.contains("9223372036854775808 MiB"),
+        "{e}"
+    );
+    create(&b, "p", &["A", "B"], 64).unwrap();
+    volume(&b, "p", "all", 128).unwrap();
+}
+
 #[test]
 fn bad_requests_get_clear_errors_and_change_nothing() {
     let (fa, fb) = files("bad");
