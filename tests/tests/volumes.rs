@@ -250,6 +250,10 @@ fn pool_and_volume_errors_are_clear_and_change_nothing() {
             vec!["-19", "volume 'nope' not found"],
         ),
         (
+            vec!["migration_get_status", "-n", "nope"],
+            vec!["-19", "volume 'nope' not found"],
+        ),
+        (
             vec!["bdev_error_create", "v"],
             vec!["-32602", "cannot be stacked on volumes"],
         ),

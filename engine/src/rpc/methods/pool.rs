@@ -5,7 +5,7 @@
 
 use super::{Method, NameParam};
 use crate::pool::{
-    MigrationOptions, PoolCreateParams, PoolRemoveBdevParams, ShardMigrateParams,
+    MigrationOptions, PoolCreateParams, PoolError, PoolRemoveBdevParams, ShardMigrateParams,
     VolumeCreateParams,
 };
 use crate::rpc::{parse_params, RpcError, Services};
@@ -149,7 +149,16 @@ fn migration_get_status(
     params: Option<Value>,
 ) -> Result<Value, RpcError> {
     let p: MigrationStatusParams = parse_params(params)?;
-    Ok(services.pools.migrations_json(p.volume.as_deref()))
+    let rows = services.pools.migrations_json(p.volume.as_deref());
+    // An unknown volume is an error, as in the other get methods; a deleted one's copies
+    // are still listed while they are kept.
+    if let Some(name) = &p.volume {
+        let listed = rows.as_array().is_some_and(|r| !r.is_empty());
+        if !listed && services.pools.volume(name).is_none() {
+            return Err(PoolError::VolumeNotFound(name.clone()).into());
+        }
+    }
+    Ok(rows)
 }
 
 /// Every field optional: what is not given keeps its value.
