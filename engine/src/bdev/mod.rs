@@ -283,6 +283,8 @@ pub trait BdevChannel {
 pub enum BdevError {
     #[error("bdev '{0}' already exists")]
     Exists(String),
+    #[error("uuid {uuid} is already the uuid of bdev '{name}'")]
+    UuidExists { uuid: String, name: String },
     #[error("bdev '{0}' not found")]
     NotFound(String),
     #[error("bdev '{name}' is in use by {user}")]

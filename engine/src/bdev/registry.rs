@@ -9,6 +9,9 @@ use super::{BdevError, BdevRef};
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+/// Longest bdev name, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
 /// Index of a bdev in its registry.
 pub type BdevId = u32;
 
@@ -62,12 +65,31 @@ impl BdevRegistry {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a bdev and claims the bdevs it is stacked on; all or nothing.
+    /// Adds a bdev and claims the bdevs it is stacked on; all or nothing. Names and uuids
+    /// are unique (a uuid names a bdev as well as its name does, as in SPDK).
     pub fn register(&self, bdev: BdevRef) -> Result<BdevId, BdevError> {
         let mut inner = self.write();
         let name = bdev.info().name.clone();
+        if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+            return Err(BdevError::invalid(
+                "name",
+                format!("must be 1 to {MAX_NAME_BYTES} bytes of printable characters"),
+            ));
+        }
         if inner.names.contains_key(&name) {
             return Err(BdevError::Exists(name));
+        }
+        let uuid = &bdev.info().uuid;
+        if let Some(twin) = inner
+            .slots
+            .iter()
+            .flatten()
+            .find(|e| e.bdev.info().uuid.eq_ignore_ascii_case(uuid))
+        {
+            return Err(BdevError::UuidExists {
+                uuid: uuid.clone(),
+                name: twin.bdev.info().name.clone(),
+            });
         }
         if let Some(backing) = bdev.backing() {
             let twin = inner

@@ -200,6 +200,33 @@ fn uring_rig(file: &str, extra: serde_json::Value) -> (Rig, BdevId, std::path::P
     (rig, b, path)
 }
 
+/// A uuid names a bdev as its name does: a second bdev with a uuid in use is refused, and so
+/// are names that are empty, too long or not printable.
+#[test]
+fn uuids_are_unique_and_names_printable() {
+    let reg = BdevRegistry::new();
+    let uuid = "0b7f3f6e-2a53-4b8e-9d4c-3f1e2d5c6b7a";
+    let malloc = |name: &str, uuid: Option<&str>| {
+        let mut p = json!({"name": name, "num_blocks": 8, "block_size": 512});
+        if let Some(u) = uuid {
+            p["uuid"] = json!(u);
+        }
+        create_bdev(&reg, "bdev_malloc_create", p)
+    };
+    malloc("M0", Some(uuid)).unwrap();
+    let e = malloc("M1", Some(&uuid.to_uppercase())).unwrap_err();
+    assert!(
+        e.to_string().contains("already the uuid of bdev 'M0'"),
+        "{e}"
+    );
+    for bad in ["", "a\nb", &"x".repeat(256)] {
+        let e = malloc(bad, None).unwrap_err().to_string();
+        assert!(e.contains("invalid parameter name"), "{bad:?}: {e}");
+    }
+    assert_eq!(reg.list().len(), 1, "nothing else registered");
+    malloc(&"x".repeat(255), None).unwrap();
+}
+
 /// Two bdevs on one file (by its path, or another path to it) would write over each other's
 /// blocks, and a pool would take them as two members: the second is refused.
 #[test]

@@ -70,7 +70,7 @@ impl RpcError {
 impl From<BdevError> for RpcError {
     fn from(e: BdevError) -> RpcError {
         let code = match &e {
-            BdevError::Exists(_) => -libc::EEXIST,
+            BdevError::Exists(_) | BdevError::UuidExists { .. } => -libc::EEXIST,
             BdevError::NotFound(_) => -libc::ENODEV,
             BdevError::InUse { .. } => -libc::EBUSY,
             BdevError::InvalidParam { .. } => INVALID_PARAMS,
