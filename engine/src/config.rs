@@ -155,7 +155,8 @@ pub fn load_file(path: &str, registry: &BdevRegistry) -> Result<Loaded, ConfigEr
         path: path.to_string(),
         reason: e.to_string(),
     })?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| ConfigError::Json(e.to_string()))?;
+    let value: Value = crate::json_strict::from_slice(text.as_bytes())
+        .map_err(|e| ConfigError::Json(e.to_string()))?;
     let deferred = deferred_entries(&value)?;
     let bdevs = apply(&value, registry)?;
     Ok(Loaded { bdevs, deferred })

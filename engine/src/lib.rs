@@ -26,6 +26,7 @@ pub mod balancer;
 pub mod bdev;
 pub mod config;
 pub mod cpuset;
+pub mod json_strict;
 pub mod load;
 pub mod nbd;
 pub mod pool;

@@ -163,6 +163,11 @@ def scenario_errors(scratch):
     check(resp.get("id") == 6, "the invalid request's id comes back")
     c.send("[]")
     error(c.recv(), -32600, "empty batch")
+    # A key given twice is ambiguous: refused, nothing made (serde_json alone keeps the last).
+    c.send('{"jsonrpc":"2.0","id":9,"method":"bdev_null_create","params":{"name":"D1","name":"D2","num_blocks":8,"block_size":512}}')
+    error(c.recv(), -32700, "duplicate key", "duplicate key 'name'")
+    names = [b["name"] for b in result(c.call("bdev_get_bdevs"), "bdevs after a duplicate key")]
+    check("D1" not in names and "D2" not in names, "a request with a duplicate key makes nothing", names)
     error(c.call("no_such_method"), -32601, "unknown method", "no_such_method")
     error(c.call("bdev_null_create", {"name": "E", "num_blocks": "many", "block_size": 512}), -32602, "num_blocks a string", "num_blocks")
     error(c.call("bdev_null_create", {"name": "E", "block_size": 512}), -32602, "num_blocks missing", "num_blocks")

@@ -15,7 +15,7 @@ pub const MAX_BATCH: usize = 1024;
 
 /// Handles one complete JSON value from a connection; `None` when nothing is to be sent.
 pub fn handle(services: &Services, methods: &[Method], raw: &[u8]) -> Option<Vec<u8>> {
-    let value: Value = match serde_json::from_slice(raw) {
+    let value: Value = match crate::json_strict::from_slice(raw) {
         Ok(v) => v,
         Err(e) => {
             return Some(encode(&error_response(
