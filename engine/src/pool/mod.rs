@@ -831,9 +831,15 @@ impl PoolService {
             .map(|(id, name, _)| (*id, name.clone()))
             .collect();
         self.claim_all(&claimed, &user)?;
+        // The rewrite below skips two generations. Generation + 1 may be on a member that
+        // is not here (written there just before a crash, not yet elsewhere): writing another
+        // description as generation + 1 would make two of one generation, and a later import
+        // would pick between them by the order of its list. Generation + 2 would go to the
+        // slot that holds the newest whole description; + 3 is newer than both and goes to
+        // the other slot.
         let mut pool = Pool {
             record: record.clone(),
-            generation,
+            generation: generation + 2,
             members,
             volumes: BTreeMap::new(),
             reserved: Vec::new(),
