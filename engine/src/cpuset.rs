@@ -13,13 +13,22 @@ pub enum CpuSetError {
     NoSuchCore { core: usize, last: usize },
     #[error("core {0} is listed twice")]
     Duplicate(usize),
+    #[error("core {0} is past the highest core number tidepool takes ({MAX_CORE})")]
+    TooHigh(usize),
 }
+
+/// The highest core number a list may name; checked before a range is expanded, so that
+/// `0-99999999999` is an error rather than a list of a hundred billion cores.
+pub const MAX_CORE: usize = 4095;
 
 /// Parses `-m`: `0x3`, `3` (hex without prefix, as SPDK takes it) or `[0,1]`.
 pub fn parse_mask(mask: &str) -> Result<Vec<usize>, CpuSetError> {
     let m = mask.trim();
     if let Some(list) = m.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        return parse_list(list).map_err(|_| CpuSetError::BadMask(mask.to_string()));
+        return parse_list(list).map_err(|e| match e {
+            CpuSetError::TooHigh(core) => CpuSetError::TooHigh(core),
+            _ => CpuSetError::BadMask(mask.to_string()),
+        });
     }
     let hex = m
         .strip_prefix("0x")
@@ -48,9 +57,18 @@ pub fn parse_list(list: &str) -> Result<Vec<usize>, CpuSetError> {
                 if a > b {
                     return Err(bad());
                 }
+                if b > MAX_CORE {
+                    return Err(CpuSetError::TooHigh(b));
+                }
                 cores.extend(a..=b);
             }
-            None => cores.push(part.parse().map_err(|_| bad())?),
+            None => {
+                let core: usize = part.parse().map_err(|_| bad())?;
+                if core > MAX_CORE {
+                    return Err(CpuSetError::TooHigh(core));
+                }
+                cores.push(core);
+            }
         }
     }
     for (i, c) in cores.iter().enumerate() {
@@ -102,6 +120,17 @@ mod tests {
         assert_eq!(parse_list("0,,1"), Err(CpuSetError::BadList("0,,1".into())));
         assert_eq!(parse_list("3-1"), Err(CpuSetError::BadList("3-1".into())));
         assert_eq!(parse_list("0,0"), Err(CpuSetError::Duplicate(0)));
+        // Ranges are bounded before they are expanded (this one would not fit in memory).
+        assert_eq!(
+            parse_list("0-99999999999"),
+            Err(CpuSetError::TooHigh(99999999999))
+        );
+        assert_eq!(parse_list("4096"), Err(CpuSetError::TooHigh(4096)));
+        assert_eq!(
+            parse_mask("[0-99999999999]"),
+            Err(CpuSetError::TooHigh(99999999999))
+        );
+        assert_eq!(parse_list("0-4095").map(|c| c.len()), Ok(4096));
         assert!(matches!(
             check_available(&[4096]),
             Err(CpuSetError::NoSuchCore { core: 4096, .. })
