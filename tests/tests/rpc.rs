@@ -403,6 +403,36 @@ fn bad_command_lines_and_configs_exit_non_zero_and_say_why() {
     let out = run("tpctl", &["-s", &sock, "rpc_get_methods"]);
     assert_eq!(out.status.code(), Some(2), "no daemon: {}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    // Numbers JSON cannot carry, ambiguous JSON and sizes past u64 are refused by tpctl
+    // itself, naming what is wrong (NaN used to go out as null and read as "not given").
+    for (args, needle) in [
+        (
+            vec!["balancer_set_options", "--imbalance-threshold", "NaN"],
+            "not a finite number",
+        ),
+        (
+            vec!["balancer_set_options", "--weight-bytes", "inf"],
+            "not a finite number",
+        ),
+        (
+            vec!["call", "bdev_malloc_create", r#"{"name":"D1","name":"D2"}"#],
+            "duplicate key 'name'",
+        ),
+        (
+            vec!["bdev_malloc_create", "99999999999999999999", "4096"],
+            "too large",
+        ),
+    ] {
+        let mut full = vec!["-s", sock.as_str()];
+        full.extend(args.iter());
+        let out = run("tpctl", &full);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?} should say '{needle}': {}",
+            text(&out)
+        );
+    }
     for t in ["1e30", "1e-12", "0", "NaN"] {
         let out = run("tpctl", &["-s", &sock, "-t", t, "rpc_get_methods"]);
         assert_eq!(out.status.code(), Some(2), "-t {t}: {}", text(&out));

@@ -229,7 +229,7 @@ enum Method {
         enabled: Option<bool>,
         #[arg(long = "interval-ms")]
         interval_ms: Option<u64>,
-        #[arg(long = "imbalance-threshold")]
+        #[arg(long = "imbalance-threshold", value_parser = finite)]
         imbalance_threshold: Option<f64>,
         #[arg(long = "sustain-samples")]
         sustain_samples: Option<u32>,
@@ -237,11 +237,11 @@ enum Method {
         cooldown_ms: Option<u64>,
         #[arg(long = "max-concurrent")]
         max_concurrent: Option<u32>,
-        #[arg(long = "weight-requests")]
+        #[arg(long = "weight-requests", value_parser = finite)]
         weight_requests: Option<f64>,
-        #[arg(long = "weight-bytes")]
+        #[arg(long = "weight-bytes", value_parser = finite)]
         weight_bytes: Option<f64>,
-        #[arg(long = "weight-busy")]
+        #[arg(long = "weight-busy", value_parser = finite)]
         weight_busy: Option<f64>,
     },
     /// The balancer's options, scores and last decisions
@@ -284,6 +284,16 @@ enum Method {
 /// Bytes in a MiB, for rpc.py's sizes.
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// A number option: NaN and infinities are refused here (JSON has no such numbers; sent,
+/// they would become null, which the daemon reads as "not given").
+fn finite(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err(format!("'{text}' is not a finite number")),
+        Err(e) => Err(format!("'{text}': {e}")),
+    }
+}
+
 fn num_blocks(total_size_mib: f64, block_size: u32) -> Result<u64, String> {
     if !(total_size_mib.is_finite() && total_size_mib > 0.0) {
         return Err(format!(
@@ -293,7 +303,11 @@ fn num_blocks(total_size_mib: f64, block_size: u32) -> Result<u64, String> {
     if block_size == 0 {
         return Err("block_size must be above 0".into());
     }
-    Ok((total_size_mib * MIB / block_size as f64) as u64)
+    let blocks = total_size_mib * MIB / block_size as f64;
+    if blocks >= u64::MAX as f64 {
+        return Err(format!("total_size {total_size_mib} MiB is too large"));
+    }
+    Ok(blocks as u64)
 }
 
 /// Params as an object without its null members (absent options are not sent); none when
@@ -313,7 +327,7 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             let params = match params {
                 None => None,
                 Some(text) => Some(
-                    serde_json::from_str::<Value>(&text)
+                    tidepool::json_strict::from_slice(text.as_bytes())
                         .map_err(|e| format!("params are not valid JSON: {e}"))?,
                 ),
             };
