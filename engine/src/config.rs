@@ -162,8 +162,58 @@ pub fn load_file(path: &str, registry: &BdevRegistry) -> Result<Loaded, ConfigEr
     Ok(Loaded { bdevs, deferred })
 }
 
+/// Refuses keys the format does not have at its three structural levels (the top level,
+/// a subsystem, an entry): a typo such as `"confg"` would otherwise drop a whole subsystem
+/// without a word. (Unknown keys inside `params` are refused by each method.)
+fn check_known_keys(config: &Value) -> Result<(), ConfigError> {
+    let known = |v: &Value, keys: &[&str], at: &str| -> Result<(), ConfigError> {
+        match v
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !keys.contains(&k.as_str())))
+        {
+            Some(k) => Err(ConfigError::Shape(format!(
+                "{at}: unknown key \"{k}\" (expected {})",
+                keys.iter()
+                    .map(|k| format!("\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            None => Ok(()),
+        }
+    };
+    known(config, &["subsystems"], "top level")?;
+    for sub in config
+        .get("subsystems")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = sub.get("subsystem").and_then(Value::as_str).unwrap_or("?");
+        known(
+            sub,
+            &["subsystem", "config"],
+            &format!("subsystem '{name}'"),
+        )?;
+        for (index, entry) in sub
+            .get("config")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            known(
+                entry,
+                &["method", "params"],
+                &format!("subsystem '{name}', entry {index}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The entries of the [`DEFERRED_SUBSYSTEMS`], checked for shape only, in their run order.
 pub fn deferred_entries(config: &Value) -> Result<Vec<(String, Value)>, ConfigError> {
+    check_known_keys(config)?;
     let mut out = Vec::new();
     let subsystems: Vec<&Value> = config
         .get("subsystems")
@@ -199,6 +249,7 @@ pub fn deferred_entries(config: &Value) -> Result<Vec<(String, Value)>, ConfigEr
 
 /// Applies a parsed config, all or nothing.
 pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, ConfigError> {
+    check_known_keys(config)?;
     let shape = |m: &str| ConfigError::Shape(m.to_string());
     let subsystems = config
         .get("subsystems")
@@ -349,6 +400,19 @@ mod tests {
 
         for (bad, needle) in [
             (json!({}), "subsystems"),
+            // Typos in the structure itself are named, not skipped.
+            (
+                json!({"subsystems": [{"subsystem": "bdev", "confg": []}]}),
+                "unknown key \"confg\"",
+            ),
+            (
+                cfg(json!([{"method": "bdev_null_create", "paramz": null}])),
+                "unknown key \"paramz\"",
+            ),
+            (
+                json!({"subsystems": [], "bogus": 1}),
+                "unknown key \"bogus\"",
+            ),
             (cfg(json!([{"method": "bdev_nope"}])), "unknown method"),
             (
                 cfg(json!([{"method": "bdev_null_create", "params": {"name": "x"}}])),
