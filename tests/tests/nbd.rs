@@ -533,3 +533,62 @@ fn nbd_methods_refuse_bad_input_and_exports_hold_their_bdev() {
         &["-f", "raw", &uri(&sock, "m0"), "-c", "read -P 0 0 4k"],
     );
 }
+
+/// Deleting an export whose client still waits for a write (held by an error bdev) does not
+/// give the bdev away: after the drain the call fails -16, the export is closed to new
+/// clients and keeps its bdev claimed, so no new user can have data the late write would land
+/// on. Once the write is let through, deleting again releases it.
+#[test]
+fn an_export_with_io_in_flight_keeps_its_bdev_until_the_io_is_back() {
+    let s = Scratch::new("nbd-stuck-delete");
+    let (d, sock) = serve(
+        &s,
+        "stuck",
+        &[
+            &["bdev_malloc_create", "-b", "M", "8", "4096"],
+            &["bdev_error_create", "M"],
+        ],
+        &[("ee", "EE_M")],
+    );
+    d.tpctl_ok(&[
+        "bdev_error_inject_error",
+        "EE_M",
+        "write",
+        "pending",
+        "-n",
+        "1",
+    ]);
+    let mut writer = Command::new("qemu-io")
+        .args(["-f", "raw", &uri(&sock, "ee"), "-c", "write -P 0xab 0 4k"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-io");
+    wait_until("the write to reach the export", || {
+        export_stats(&d, "ee")["connections"] == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = d.tpctl(&["nbd_export_delete", "ee"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        err.contains("-16") && err.contains("still wait for I/O"),
+        "{err}"
+    );
+    assert_eq!(export_stats(&d, "ee")["closing"], true);
+    let bdev = d.tpctl_ok(&["bdev_get_bdevs", "-b", "EE_M"]);
+    assert_eq!(bdev[0]["claimed"], true, "{bdev}");
+    let taken = d.tpctl(&["nbd_export_create", "other", "EE_M"]);
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("-16"),
+        "{}",
+        text(&taken)
+    );
+    // The write goes through; the client gets its answer and leaves; the delete completes.
+    d.tpctl_ok(&["bdev_error_inject_error", "EE_M", "clear", "failure"]);
+    assert!(writer.wait().expect("qemu-io").success());
+    d.tpctl_ok(&["nbd_export_delete", "ee"]);
+    let bdev = d.tpctl_ok(&["bdev_get_bdevs", "-b", "EE_M"]);
+    assert_eq!(bdev[0]["claimed"], false, "{bdev}");
+    d.tpctl_ok(&["nbd_export_create", "other", "EE_M"]);
+}

@@ -65,6 +65,8 @@ pub enum NbdError {
     Running(String),
     #[error("the NBD server is not running")]
     NotRunning,
+    #[error("{0}")]
+    Busy(String),
     #[error("invalid parameter {param}: {reason}")]
     InvalidParam { param: &'static str, reason: String },
     #[error("{0}")]
@@ -104,6 +106,7 @@ impl Export {
             "connections": self.connections.load(Ordering::Relaxed),
             "bytes_read": self.bytes_read.load(Ordering::Relaxed),
             "bytes_written": self.bytes_written.load(Ordering::Relaxed),
+            "closing": self.closing.load(Ordering::Relaxed),
         })
     }
 }
@@ -256,22 +259,37 @@ impl NbdService {
 
     /// Removes an export: its clients are disconnected once their I/O is done; then the bdev
     /// is released.
+    /// Closes the export to new clients, waits up to [`DRAIN_TIMEOUT`] for its connections
+    /// to finish their I/O and close, then removes it and releases its bdev. A connection
+    /// closes only once every I/O it started is back, so if one is still open at the
+    /// deadline (a device that does not answer), the export stays, closed and listed, with
+    /// its bdev claimed, and the call fails -16: released, the bdev could go to a new user
+    /// and the late write land on that user's data. Calling again finishes the job.
     pub fn delete_export(&self, name: &str) -> Result<(), NbdError> {
         let export = self
             .exports
-            .write()
+            .read()
             .expect("export table")
-            .remove(name)
+            .get(name)
+            .cloned()
             .ok_or_else(|| NbdError::NotFound(name.to_string()))?;
         export.closing.store(true, Ordering::Release);
         self.wait_for_connections(|| export.connections.load(Ordering::Acquire));
         let left = export.connections.load(Ordering::Acquire);
         if left > 0 {
-            log::warn!("nbd: export '{name}' deleted with {left} connection(s) still closing");
+            log::warn!("nbd: export '{name}' closed, but {left} connection(s) still wait for I/O");
+            return Err(NbdError::Busy(format!(
+                "export '{name}' is closed to new clients, but {left} connection(s) still \
+                 wait for I/O on '{}'; it keeps the bdev until they finish (delete it again)",
+                export.bdev_name
+            )));
         }
-        self.registry
-            .release(&export.bdev_name, &format!("NBD export '{name}'"));
-        log::info!("nbd: export '{name}' deleted");
+        let removed = self.exports.write().expect("export table").remove(name);
+        if removed.is_some_and(|e| Arc::ptr_eq(&e, &export)) {
+            self.registry
+                .release(&export.bdev_name, &format!("NBD export '{name}'"));
+            log::info!("nbd: export '{name}' deleted");
+        }
         Ok(())
     }
 

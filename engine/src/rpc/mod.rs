@@ -130,6 +130,7 @@ impl From<NbdError> for RpcError {
             NbdError::Exists(_) | NbdError::Running(_) => -libc::EEXIST,
             NbdError::NotFound(_) | NbdError::NotRunning => -libc::ENODEV,
             NbdError::InvalidParam { .. } => INVALID_PARAMS,
+            NbdError::Busy(_) => -libc::EBUSY,
             NbdError::Bdev(_) => unreachable!("converted above"),
             NbdError::Listen { .. } => -libc::EADDRINUSE,
         };
