@@ -71,6 +71,11 @@ pub struct PoolRecord {
     pub shard_blocks: u64,
     pub members: Vec<MemberRecord>,
     pub volumes: Vec<VolumeRecord>,
+    /// `pool_delete` began: this generation marks the pool for deletion before any slot is
+    /// wiped, so that an import after a crash part-way finishes the deletion instead of
+    /// bringing back an older generation. Left out of the encoding when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 /// A slot that passed every check.
@@ -244,6 +249,7 @@ mod tests {
                     },
                 ],
             }],
+            deleting: false,
         }
     }
 

@@ -22,7 +22,9 @@
 //!   late write may place the shard there. A `pool_create` whose write timed out leaves the
 //!   pool listed and suspended, its members claimed (formatted again, they could take the
 //!   late write over a new pool), and out of `save_config`.
-//! - `pool_delete` wipes both slots of every member. If a wipe fails partway, the pool's
+//! - `pool_delete` first writes a generation that marks the pool for deletion, then wipes
+//!   both slots of every member (the marked one last); an import that finds the mark (a
+//!   crash part-way) finishes the deletion. If a wipe fails partway, the pool's
 //!   description is written back (best effort) to every member but one whose wipe timed
 //!   out, at a newer generation, and the pool stays.
 //!
@@ -256,6 +258,9 @@ pub struct PoolService {
     migrations: copy_driver::Migrations,
     /// The deadline of one metadata I/O, in ms.
     deadline_ms: AtomicU64,
+    /// Tests: runs in `pool_delete` between the marking generation and the wipes.
+    #[cfg(test)]
+    before_wipe: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 /// Blocks in one metadata slot.
@@ -286,12 +291,19 @@ impl PoolService {
             pools: Mutex::new(BTreeMap::new()),
             migrations: copy_driver::Migrations::default(),
             deadline_ms: AtomicU64::new(IO_DEADLINE.as_millis() as u64),
+            #[cfg(test)]
+            before_wipe: Mutex::new(None),
         }
     }
 
     /// How long one metadata I/O may take ([`IO_DEADLINE`]; tests shorten it).
     fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed))
+    }
+
+    #[cfg(test)]
+    fn set_before_wipe(&self, f: impl Fn() + Send + 'static) {
+        *self.before_wipe.lock().unwrap() = Some(Box::new(f));
     }
 
     #[cfg(test)]
@@ -553,6 +565,7 @@ impl PoolService {
             shard_blocks,
             members,
             volumes: Vec::new(),
+            deleting: false,
         };
         let ids: Vec<Option<BdevId>> = found.iter().map(|(id, _)| Some(*id)).collect();
         let result = (|| {
@@ -763,6 +776,28 @@ impl PoolService {
                 ),
             ));
         }
+        if record.deleting {
+            // pool_delete stopped part-way (a crash): finish it. The marked slot goes last.
+            let ids: Vec<Option<BdevId>> = slots
+                .iter()
+                .filter(|(_, _, s)| s.record.uuid == record.uuid)
+                .map(|(id, _, _)| Some(*id))
+                .collect();
+            let last = metadata::slot_of(generation);
+            let finished = self.wipe(&ids, record.block_size, &[1 - last, last]);
+            return Err(PoolError::NoPool(match finished {
+                Ok(()) => format!(
+                    "pool '{}' was being deleted when tidepool stopped; the deletion is \
+                     finished now",
+                    record.name
+                ),
+                Err(e) => format!(
+                    "pool '{}' was being deleted when tidepool stopped; finishing the deletion \
+                     failed: {e}",
+                    record.name
+                ),
+            }));
+        }
         // A member's slot is trusted where the chosen record lists the same bdev at its index:
         // a slot left on a bdev that was removed from the pool (its wipe failed, or the
         // process died before it) names an older numbering, and must not stand in for the
@@ -946,14 +981,28 @@ impl PoolService {
                 names.join(", ")
             )));
         }
+        // First a generation that marks the pool for deletion, on every member: an import
+        // after a crash part-way through the wipes finishes the deletion rather than bringing
+        // back the generation before it (a deleted volume, or a degraded pool). Then each
+        // member's older slot, then the marked one.
+        let pool = pools.get_mut(name).expect("looked up above");
+        let mut marked = pool.record.clone();
+        marked.deleting = true;
+        self.persist(pool, marked)?;
+        #[cfg(test)]
+        if let Some(f) = self.before_wipe.lock().unwrap().as_ref() {
+            f();
+        }
+        let newest = metadata::slot_of(pool.generation);
         if let Err((stopped_at, e)) =
-            self.wipe_in_order(&pool.members, pool.record.block_size, &[0, 1])
+            self.wipe_in_order(&pool.members, pool.record.block_size, &[1 - newest, newest])
         {
             // Members wiped before the failure would come back without the pool, and the
             // others with it: write the description back (best effort) and keep the pool, as
             // a failed change does. Not to the member whose wipe timed out: that wipe may
             // still land, and the pool is suspended.
             let pool = pools.get_mut(name).expect("looked up above");
+            pool.record.deleting = false;
             let unknown = matches!(e, PoolError::Unknown(_));
             self.write_back(pool, |i| !(unknown && i == stopped_at));
             if pool.suspend_if_unknown(&e) {
@@ -1274,6 +1323,7 @@ fn check_description_fits(
             num_blocks: shards.len() as u64 * shard_blocks,
             shards,
         }],
+        deleting: false,
     };
     match metadata::encode(&full, 0, 1, block_size) {
         Ok(_) => Ok(()),

@@ -107,6 +107,7 @@ mod tests {
                 })
                 .collect(),
             volumes: Vec::new(),
+            deleting: false,
         }
     }
 

@@ -138,6 +138,16 @@ fn fail_writes(b: &Boot, name: &str, n: u32) {
     inject(b, name, InjectTarget::Write, ErrorKind::Failure, n);
 }
 
+/// Injects `kind` into the next write to error bdev `name` once `pool_delete` has marked the
+/// pool, so that it hits a wipe.
+fn at_first_wipe(b: &Boot, name: &str, kind: ErrorKind) {
+    let bdev = b.registry.lookup(name).unwrap().1;
+    b.pools.set_before_wipe(move || {
+        let injection = bdev.as_error_bdev().unwrap().injection();
+        injection.inject(InjectTarget::Write, kind, 1);
+    });
+}
+
 /// Holds the next `n` writes that reach error bdev `name` until [`release_held`].
 fn hold_writes(b: &Boot, name: &str, n: u32) {
     inject(b, name, InjectTarget::Write, ErrorKind::Pending, n);
@@ -390,6 +400,48 @@ fn a_degraded_import_never_writes_a_generation_a_missing_member_may_hold() {
         );
         drop(b);
     }
+}
+
+/// A crash part-way through pool_delete: the marking generation reached a member (here A
+/// only, the first one written), and nothing was wiped yet. An import finishes the deletion
+/// rather than bring back the generation before it (with a deleted volume, in the probe that
+/// found this).
+#[test]
+fn an_import_after_a_crash_in_pool_delete_finishes_the_deletion() {
+    let (fa, fb) = files("crashed-delete");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "p", &["A", "B"], 1024).unwrap();
+    volume(&first, "p", "gone", 2).unwrap();
+    first.pools.delete_volume("gone").unwrap();
+    let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
+    drop(first);
+    let read_slot = |path: &Path, at: u64| {
+        let mut bytes = vec![0u8; SLOT_BYTES as usize];
+        std::fs::File::open(path)
+            .unwrap()
+            .read_exact_at(&mut bytes, at * SLOT_BYTES)
+            .unwrap();
+        bytes
+    };
+    let mut marked = metadata::decode(&read_slot(&fa, metadata::slot_of(generation)))
+        .unwrap()
+        .record;
+    marked.deleting = true;
+    let bytes = metadata::encode(&marked, 0, generation + 1, BS).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&fa).unwrap();
+    f.write_all_at(&bytes, metadata::slot_of(generation + 1) * SLOT_BYTES)
+        .unwrap();
+    drop(f);
+
+    let second = boot(&[("A", &fa), ("B", &fb)]);
+    let e = second.pools.import(&["A".into(), "B".into()]).unwrap_err();
+    assert!(e.to_string().contains("was being deleted"), "{e}");
+    assert_eq!(pools_json(&second), json!([]));
+    // Both members are clean: a pool can be made on them without force.
+    create(&second, "q", &["A", "B"], 1024).unwrap();
+    drop(second);
+    let third = boot(&[("A", &fa), ("B", &fb)]);
+    assert_eq!(third.pools.import(&["A".into(), "B".into()]).unwrap(), "q");
 }
 
 #[test]
@@ -732,15 +784,17 @@ fn a_pool_delete_whose_wipe_fails_keeps_the_whole_pool_now_and_after_a_restart()
     let up = |first: bool| boot_on_a_and_ee_b(&fa, &fb, first);
     let first = up(true);
     let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
-    // A's two slots are wiped, then EE_B's first wipe fails.
-    fail_writes(&first, "EE_B", 1);
+    // The pool is marked for deletion; A's two slots are wiped, then EE_B's first wipe
+    // fails.
+    at_first_wipe(&first, "EE_B", ErrorKind::Failure);
     let err = first.pools.delete("p").unwrap_err().to_string();
     assert!(err.contains("not deleted") && err.contains("EE_B"), "{err}");
-    // The pool is still here, whole: listed, online, its members claimed.
+    // The pool is still here, whole: listed, online, its members claimed; the description
+    // written back is newer than the mark.
     let pools = pools_json(&first);
     assert_eq!(pools[0]["name"], "p");
     assert_eq!(pools[0]["state"], "online", "{pools}");
-    assert_eq!(pools[0]["generation"].as_u64().unwrap(), generation + 1);
+    assert_eq!(pools[0]["generation"].as_u64().unwrap(), generation + 2);
     assert!(create(&first, "q", &["A"], 1024).is_err());
     drop(first);
 
@@ -923,8 +977,9 @@ fn a_pool_delete_whose_wipe_times_out_writes_the_wiped_members_back_and_suspends
     let up = |first: bool| boot_on_a_and_ee_b(&fa, &fb, first);
     let first = up(true);
     first.pools.set_deadline(Duration::from_millis(300));
-    // A's two slots are wiped; EE_B holds its first wipe past the deadline.
-    hold_writes(&first, "EE_B", 1);
+    // Marked for deletion; A's two slots are wiped; EE_B holds its first wipe past the
+    // deadline.
+    at_first_wipe(&first, "EE_B", ErrorKind::Pending);
     let err = first.pools.delete("p").unwrap_err();
     assert!(matches!(err, PoolError::Unknown(_)), "{err}");
     let pools = pools_json(&first);
