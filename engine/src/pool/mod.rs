@@ -802,24 +802,30 @@ impl PoolService {
         // a slot left on a bdev that was removed from the pool (its wipe failed, or the
         // process died before it) names an older numbering, and must not stand in for the
         // member that now holds that index.
+        //
+        // A member is known by the name its own slot gives it, and takes the index the chosen
+        // record gives that name: a member that missed a renumbering (a crash during
+        // `pool_remove_bdev`'s last write) holds its old index, and must not be lost for it.
         let chosen = record.clone();
-        slots.retain(|(_, name, s)| {
+        slots.retain_mut(|(_, name, s)| {
             let index = s.member_index as usize;
-            let same = chosen.members.get(index).is_some_and(|m| {
-                s.record
-                    .members
-                    .get(index)
-                    .is_some_and(|own| own.bdev_name == m.bdev_name)
-            });
-            if !same {
-                log::warn!(
-                    "pool_import: '{name}' holds generation {} as member {index}, which the \
-                     newest description (generation {generation}) gives to another bdev; \
-                     treated as not a member",
-                    s.generation
-                );
+            let own = s.record.members.get(index).map(|m| m.bdev_name.as_str());
+            let now = own.and_then(|own| chosen.members.iter().position(|m| m.bdev_name == own));
+            match now {
+                Some(now) => {
+                    s.member_index = now as u32;
+                    true
+                }
+                None => {
+                    log::warn!(
+                        "pool_import: '{name}' holds generation {} as member {index}, which \
+                         the newest description (generation {generation}) does not list; \
+                         treated as not a member",
+                        s.generation
+                    );
+                    false
+                }
             }
-            same
         });
         let mut members: Vec<Option<BdevId>> = vec![None; record.members.len()];
         for (id, name, s) in &slots {

@@ -444,6 +444,40 @@ fn an_import_after_a_crash_in_pool_delete_finishes_the_deletion() {
     assert_eq!(third.pools.import(&["A".into(), "B".into()]).unwrap(), "q");
 }
 
+/// A crash during pool_remove_bdev's last write: the renumbered description (A gone, B and C
+/// now members 0 and 1) reached B only. C still says it is member 2; it is taken back as
+/// member 1 by its name, not dropped for its old number (the pool came up degraded for good).
+#[test]
+fn a_member_that_missed_a_renumbering_is_taken_back_by_its_name() {
+    let (fa, fb) = files("renumbered");
+    let fc = temp_file("renumbered-c", FILE_BYTES);
+    let first = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
+    create(&first, "p", &["A", "B", "C"], 1024).unwrap();
+    let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
+    drop(first);
+    let mut slot = vec![0u8; SLOT_BYTES as usize];
+    let at = metadata::slot_of(generation) * SLOT_BYTES;
+    std::fs::File::open(&fb)
+        .unwrap()
+        .read_exact_at(&mut slot, at)
+        .unwrap();
+    let mut renumbered = metadata::decode(&slot).unwrap().record;
+    renumbered.members.remove(0);
+    let bytes = metadata::encode(&renumbered, 0, generation + 1, BS).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&fb).unwrap();
+    f.write_all_at(&bytes, metadata::slot_of(generation + 1) * SLOT_BYTES)
+        .unwrap();
+    drop(f);
+
+    let second = boot(&[("B", &fb), ("C", &fc)]);
+    second.pools.import(&["B".into(), "C".into()]).unwrap();
+    let pools = pools_json(&second);
+    assert_eq!(pools[0]["state"], "online", "{pools}");
+    assert_eq!(pools[0]["members"].as_array().unwrap().len(), 2, "{pools}");
+    assert_eq!(pools[0]["members"][1]["name"], "C", "{pools}");
+    volume(&second, "p", "v", 2).unwrap();
+}
+
 #[test]
 fn bad_requests_get_clear_errors_and_change_nothing() {
     let (fa, fb) = files("bad");
