@@ -8,7 +8,9 @@
 //! and the error says so), except that a write that times out suspends the pool (below).
 //!
 //! - `pool_create` formats its members (refusing bdevs that already carry tidepool metadata
-//!   unless forced); `pool_import` finds a pool on its members at start-up, picks the newest
+//!   unless forced), writing the description as generation 1 and then 2 on every member: a
+//!   pool found at generation 1 only is one whose creation did not finish, and import
+//!   refuses it; `pool_import` finds a pool on its members at start-up, picks the newest
 //!   whole generation, brings the pool up degraded when a member is missing (its shards
 //!   fail I/O with ENODEV) and rewrites the description to heal torn or stale slots.
 //! - `volume_create` places shards with [`placement`] and registers the volume as a bdev
@@ -581,22 +583,26 @@ impl PoolService {
                 }
             }
             // Generation 1 goes to slot 1; slot 0 is wiped so that a forced format leaves
-            // nothing of an older pool behind.
+            // nothing of an older pool behind. Then the same description again as generation
+            // 2, once every member has 1: a pool whose newest generation is 1 is one whose
+            // creation did not finish (a crash between members), and import refuses it.
             self.wipe(&ids, bs, &[0])?;
-            if let Err(e) = self.write_generation(&record, 1, &ids) {
-                // Leave no half-written pool behind (best effort): a retry without `force`
-                // would be refused for metadata this failed call wrote. Not after a write
-                // whose outcome is unknown: a wipe would race with it.
-                if !matches!(e, PoolError::Unknown(_)) {
-                    let _ = self.wipe(&ids, bs, &[1]);
+            for generation in [1, 2] {
+                if let Err(e) = self.write_generation(&record, generation, &ids) {
+                    // Leave no half-written pool behind (best effort): a retry without
+                    // `force` would be refused for metadata this failed call wrote. Not after
+                    // a write whose outcome is unknown: a wipe would race with it.
+                    if !matches!(e, PoolError::Unknown(_)) {
+                        let _ = self.wipe(&ids, bs, &[0, 1]);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
             Ok(())
         })();
         let mut pool = Pool {
             record,
-            generation: 1,
+            generation: 2,
             members: ids,
             volumes: BTreeMap::new(),
             reserved: Vec::new(),
@@ -767,6 +773,15 @@ impl PoolService {
             )));
         };
         let (generation, mut record) = (best.2.generation, best.2.record.clone());
+        if generation == 1 {
+            // See `create`: generation 2 follows 1 on every member before pool_create returns.
+            return Err(PoolError::NoPool(format!(
+                "pool '{}' on {}: its pool_create did not finish (generation 1 only); make it \
+                 again with pool_create and force: true",
+                record.name,
+                base_bdevs.join(", ")
+            )));
+        }
         if let Some((_, name, s)) = slots.iter().find(|(_, _, s)| s.record.uuid != record.uuid) {
             return Err(invalid(
                 "base_bdevs",

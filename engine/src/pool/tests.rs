@@ -197,8 +197,8 @@ fn a_pool_and_its_volume_come_back_after_a_restart() {
     assert!(read_matches(&second, "vol", 0, 6 * 256, 7));
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "online");
-    // Create 1, volume 2, import's heal 5 (it skips two, see `import`).
-    assert_eq!(pools[0]["generation"], 5, "create, volume, import's heal");
+    // Create 1 and 2, volume 3, import's heal 6 (it skips two, see `import`).
+    assert_eq!(pools[0]["generation"], 6, "create, volume, import's heal");
     assert_eq!(
         second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"],
         v[0]["shards"]
@@ -217,7 +217,7 @@ fn a_corrupt_slot_falls_back_to_the_other_and_is_healed() {
     create(&first, "p", &["A", "B"], 1024).unwrap();
     volume(&first, "p", "vol", 2).unwrap();
     drop(first);
-    // Generation 2 (with the volume) is in slot 0 of both members. Corrupt it on A only:
+    // Generation 3 (with the volume) is in slot 1 of both members. Corrupt it on A only:
     // B still holds it, so the volume survives and A is rewritten.
     let flip = |path: &Path, at: u64| {
         let f = std::fs::OpenOptions::new()
@@ -229,19 +229,19 @@ fn a_corrupt_slot_falls_back_to_the_other_and_is_healed() {
         f.read_exact_at(&mut byte, at).unwrap();
         f.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
     };
-    flip(&fa, 100);
+    flip(&fa, SLOT_BYTES + 100);
     let second = boot(&[("A", &fa), ("B", &fb)]);
     second.pools.import(&["A".into(), "B".into()]).unwrap();
     assert!(second.pools.volume("vol").is_some());
     drop(second);
-    // Import wrote generation 5 to slot 1 everywhere. Tear it on both members: generation
-    // 2 in slot 0 of B is what remains whole.
-    flip(&fa, SLOT_BYTES + 200);
-    flip(&fb, SLOT_BYTES + 150);
+    // Import wrote generation 6 to slot 0 everywhere. Tear it on both members: generation
+    // 3 in slot 1 of B is what remains whole.
+    flip(&fa, 200);
+    flip(&fb, 150);
     let third = boot(&[("A", &fa), ("B", &fb)]);
     third.pools.import(&["A".into(), "B".into()]).unwrap();
     assert!(third.pools.volume("vol").is_some());
-    assert_eq!(pools_json(&third)[0]["generation"], 5);
+    assert_eq!(pools_json(&third)[0]["generation"], 6);
     drop(third);
     // Both slots of both members ruined: nothing to import, and nothing changes.
     for f in [&fa, &fb] {
@@ -355,8 +355,9 @@ fn a_degraded_import_never_writes_a_generation_a_missing_member_may_hold() {
     create(&first, "p", &["A", "B"], 1024).unwrap();
     volume(&first, "p", "vol", 2).unwrap();
     let on_b = first_shard_on(&first, "vol", "B");
+    let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
     drop(first);
-    // Generation 3 lands on A only: it moves B's shard to a free extent of A.
+    // Generation + 1 lands on A only: it moves B's shard to a free extent of A.
     let slot_bytes = |path: &Path, generation: u64| {
         let f = std::fs::File::open(path).unwrap();
         let mut bytes = vec![0u8; SLOT_BYTES as usize];
@@ -364,7 +365,9 @@ fn a_degraded_import_never_writes_a_generation_a_missing_member_may_hold() {
         f.read_exact_at(&mut bytes, at).unwrap();
         bytes
     };
-    let mut moved = metadata::decode(&slot_bytes(&fa, 2)).unwrap().record;
+    let mut moved = metadata::decode(&slot_bytes(&fa, generation))
+        .unwrap()
+        .record;
     assert_eq!(moved.members[1].bdev_name, "B");
     let used: Vec<u64> = moved.volumes[0]
         .shards
@@ -377,9 +380,9 @@ fn a_degraded_import_never_writes_a_generation_a_missing_member_may_hold() {
         .unwrap();
     moved.volumes[0].shards[on_b as usize].member = 0;
     moved.volumes[0].shards[on_b as usize].extent = free;
-    let late = metadata::encode(&moved, 0, 3, BS).unwrap();
+    let late = metadata::encode(&moved, 0, generation + 1, BS).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&fa).unwrap();
-    f.write_all_at(&late, metadata::slot_of(3) * SLOT_BYTES)
+    f.write_all_at(&late, metadata::slot_of(generation + 1) * SLOT_BYTES)
         .unwrap();
     drop(f);
     // A is away: B comes up degraded, and the shard on B takes a write.
@@ -476,6 +479,48 @@ fn a_member_that_missed_a_renumbering_is_taken_back_by_its_name() {
     assert_eq!(pools[0]["members"].as_array().unwrap().len(), 2, "{pools}");
     assert_eq!(pools[0]["members"][1]["name"], "C", "{pools}");
     volume(&second, "p", "v", 2).unwrap();
+}
+
+/// A crash during pool_create, after generation 1 reached A and before B: not a pool (it
+/// came up degraded, B present but unclaimed), refused by import with what to do.
+#[test]
+fn an_import_refuses_a_pool_whose_creation_did_not_finish() {
+    let (fa, fb) = files("half-created");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "p", &["A", "B"], 1024).unwrap();
+    drop(first);
+    let mut slot = vec![0u8; SLOT_BYTES as usize];
+    let at = metadata::slot_of(2) * SLOT_BYTES;
+    std::fs::File::open(&fa)
+        .unwrap()
+        .read_exact_at(&mut slot, at)
+        .unwrap();
+    let record = metadata::decode(&slot).unwrap().record;
+    let zero = vec![0u8; 2 * SLOT_BYTES as usize];
+    for path in [&fa, &fb] {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&zero, 0).unwrap();
+    }
+    let first_generation = metadata::encode(&record, 0, 1, BS).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&fa).unwrap();
+    f.write_all_at(&first_generation, metadata::slot_of(1) * SLOT_BYTES)
+        .unwrap();
+    drop(f);
+
+    let second = boot(&[("A", &fa), ("B", &fb)]);
+    let e = second.pools.import(&["A".into(), "B".into()]).unwrap_err();
+    assert!(e.to_string().contains("did not finish"), "{e}");
+    assert_eq!(pools_json(&second), json!([]));
+    second
+        .pools
+        .create(&PoolCreateParams {
+            name: "p".into(),
+            base_bdevs: vec!["A".into(), "B".into()],
+            shard_size_mib: None,
+            shard_size_kib: Some(1024),
+            force: true,
+        })
+        .unwrap();
 }
 
 #[test]
