@@ -315,3 +315,39 @@ fn pool_and_volume_errors_are_clear_and_change_nothing() {
     d.tpctl_ok(&["bdev_malloc_delete", "M0"]);
     d.tpctl_ok(&["pool_create", "again", "-b", "M1", "--shard-size-mib", "4"]);
 }
+
+/// A `--json` config is all or nothing on the devices too: when an entry fails, the pool an
+/// earlier entry formatted is wiped again before tidepoold exits, so the same config, mended,
+/// starts on the devices as they were (it was refused: "already carries tidepool metadata").
+#[test]
+fn a_config_that_fails_leaves_no_pool_on_the_devices() {
+    let s = Scratch::new("vol-config-undo");
+    let fa = s.join("a.img");
+    std::fs::File::create(&fa)
+        .and_then(|h| h.set_len(MEMBER_BYTES))
+        .expect("member file");
+    let config = |size_mib: u64| {
+        let mut cfg: Value = serde_json::from_str(
+            &std::fs::read_to_string(bdev_config(&s, "cfg.json", &[("A", &fa)])).unwrap(),
+        )
+        .unwrap();
+        cfg["subsystems"].as_array_mut().unwrap().push(json!({"subsystem": "pool", "config": [
+            {"method": "pool_create", "params": {"name": "p", "base_bdevs": ["A"], "shard_size_mib": 4}},
+            {"method": "volume_create", "params": {"pool": "p", "name": "v", "size_mib": size_mib}}
+        ]}));
+        s.file("cfg.json", &cfg.to_string())
+    };
+    let sock = s.join("undo.sock");
+    let too_big = config(99_999);
+    let out = tidepool_tests::run("tidepoold", &["-r", &sock, "--json", &too_big]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("volume_create"),
+        "{}",
+        text(&out)
+    );
+    let mended = config(16);
+    let d = Daemon::start(&s, "mended", &["--json", &mended]);
+    let v = d.tpctl_ok(&["call", "volume_get_volumes", "{}"]);
+    assert_eq!(v[0]["name"], "v", "{v}");
+}

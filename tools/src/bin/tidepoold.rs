@@ -10,6 +10,7 @@
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,10 +114,24 @@ fn run(args: Args) -> anyhow::Result<()> {
     log::info!("{} reactor(s) on cores {cores:?}", engine.reactor_count());
     let services = Arc::new(Services::new(&engine, &registry));
     let methods = methods::all();
+    // All or nothing: if an entry fails, what the entries before it wrote on the devices is
+    // undone (a pool formatted, a volume added to an imported pool) before tidepoold exits,
+    // so that the same config, mended, starts on the devices as they were.
+    let mut done: Vec<(String, Value)> = Vec::new();
     for (method, params) in deferred {
         let shown = params.to_string();
-        dispatch::call(&services, &methods, &method, Some(params))
-            .with_context(|| format!("config entry {method} {shown}"))?;
+        match dispatch::call(&services, &methods, &method, Some(params.clone())) {
+            Ok(_) => done.push((method, params)),
+            Err(e) => {
+                for (undo, undo_params) in done.iter().rev().filter_map(|(m, p)| undo_of(m, p)) {
+                    match dispatch::call(&services, &methods, undo, Some(undo_params.clone())) {
+                        Ok(_) => log::info!("config: undone with {undo} {undo_params}"),
+                        Err(e) => log::warn!("config: {undo} {undo_params} failed: {e}"),
+                    }
+                }
+                return Err(anyhow::Error::new(e).context(format!("config entry {method} {shown}")));
+            }
+        }
     }
     let server = RpcServer::for_services_on(socket, Arc::clone(&services), args.max_rpc_clients)?;
 
@@ -148,5 +163,16 @@ fn flush_all(engine: &Engine, registry: &BdevRegistry) {
             Ok(()) => log::info!("flushed bdev '{name}'"),
             Err(e) => log::warn!("flushing bdev '{name}' failed: {e}"),
         }
+    }
+}
+
+/// The call that takes back what a config entry wrote on the devices, if anything (the
+/// other entries change only the running daemon, which exits).
+fn undo_of(method: &str, params: &Value) -> Option<(&'static str, Value)> {
+    let name = params.get("name")?.clone();
+    match method {
+        "pool_create" => Some(("pool_delete", serde_json::json!({ "name": name }))),
+        "volume_create" => Some(("volume_delete", serde_json::json!({ "name": name }))),
+        _ => None,
     }
 }
