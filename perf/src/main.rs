@@ -165,10 +165,39 @@ fn write_json(path: &Option<String>, value: &serde_json::Value) -> anyhow::Resul
     Ok(())
 }
 
+/// Checks the output files before the run rather than after it (a bad path used to cost the
+/// whole run's results): each can be created, and no two are the same file.
+fn check_outputs(args: &Args) -> anyhow::Result<()> {
+    let outputs = [
+        ("--json", &args.json),
+        ("--hgrm", &args.hgrm),
+        ("--plot", &args.plot),
+        ("--timeline", &args.timeline),
+        ("--timeline-plot", &args.timeline_plot),
+    ];
+    let given: Vec<(&str, &String)> = outputs
+        .iter()
+        .filter_map(|(flag, p)| p.as_ref().map(|p| (*flag, p)))
+        .collect();
+    for (i, (flag, path)) in given.iter().enumerate() {
+        if let Some((other, _)) = given[..i].iter().find(|(_, p)| p == path) {
+            bail!("{flag} and {other} name the same file '{path}'");
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("{flag} '{path}' cannot be written"))?;
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> anyhow::Result<i32> {
     if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
         bail!("-t must be above 0 and at most 86400 seconds");
     }
+    check_outputs(args)?;
     let duration = Duration::from_secs_f64(args.seconds);
     let registry = Arc::new(BdevRegistry::new());
     let mut deferred = Vec::new();

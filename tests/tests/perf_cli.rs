@@ -161,6 +161,7 @@ fn bad_flags_and_configs_are_refused_with_a_named_reason() {
     let s = Scratch::new("perf-bad");
     let good = s.file("good.json", NULL);
     let not_json = s.file("bad1.json", "{\"subsystems\": [");
+    let same = s.join("same.out");
     let bad_bs = s.file(
         "bad2.json",
         r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_null_create","params":{"name":"N","num_blocks":8,"block_size":1000}}]}]}"#,
@@ -198,6 +199,15 @@ fn bad_flags_and_configs_are_refused_with_a_named_reason() {
         (vec!["-c", &not_json, "-t", "1"], "JSON"),
         (vec!["-c", &bad_bs, "-t", "1"], "block_size"),
         (vec!["-c", &unknown, "-t", "1"], "bdev_frobnicate_create"),
+        // Output files are checked before the run, not after it.
+        (
+            vec!["-c", &good, "-t", "30", "--json", "/nonexistent/r.json"],
+            "--json '/nonexistent/r.json' cannot be written",
+        ),
+        (
+            vec!["-c", &good, "-t", "30", "--json", &same, "--plot", &same],
+            "name the same file",
+        ),
     ];
     for (args, needle) in cases {
         let out = run("tidepool-perf", &args);

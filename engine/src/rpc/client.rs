@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot connect to tidepoold at '{socket}': {reason} (is it running? -s picks the socket)"
+        "cannot connect to tidepoold at '{socket}': {reason} (is it running, on that socket?)"
     )]
     Connect { socket: String, reason: String },
     #[error("sending the request: {0}")]
