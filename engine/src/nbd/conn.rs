@@ -11,7 +11,8 @@
 //! reply, in order). Replies go out in completion order, as the protocol allows.
 //!
 //! Bounds: at most [`MAX_REQUESTS`] requests in flight, chunk buffers from a fixed pool, and
-//! no reading while more than [`OUT_HIGH_WATER`] bytes of replies wait for the socket. Each
+//! no reading while the replies waiting for the socket hold more than [`OUT_HIGH_WATER`]
+//! bytes (their data and their bookkeeping: see `Replies::held`). Each
 //! bound stops the reading, never drops a request, so a fast client is slowed down, not failed.
 //!
 //! Durability: a write is answered only after the bdev completed it, and with FUA only after a
@@ -606,11 +607,11 @@ impl Task for Connection {
         }
         let mut net = 0;
         let mut work = 0;
-        if self.replies.pending() >= OUT_HIGH_WATER {
+        if self.replies.held() >= OUT_HIGH_WATER {
             // Make room before reading (see the module header for why reading comes first).
             net += self.send();
         }
-        if self.closing.is_none() && self.replies.pending() < OUT_HIGH_WATER {
+        if self.closing.is_none() && self.replies.held() < OUT_HIGH_WATER {
             net += self.receive();
             work += self.process(ctx);
         }

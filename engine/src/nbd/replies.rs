@@ -53,6 +53,13 @@ impl Replies {
         self.pending
     }
 
+    /// Memory the queue holds: the bytes waiting and each reply's bookkeeping. What bounds
+    /// the queue (a refused request's reply is 16 bytes on the wire but some 60 in memory,
+    /// so a client sending bad requests and reading nothing held 2.5 times the bound).
+    pub fn held(&self) -> usize {
+        self.pending + self.queue.len() * std::mem::size_of::<Reply>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
@@ -167,8 +174,19 @@ mod tests {
         }
         assert_eq!(w.got, expected);
         assert_eq!(r.pending(), 0);
+        assert_eq!(r.held(), 0);
         assert_eq!(spent.len(), 6, "every sent buffer is handed back");
         drop(spent);
         assert_eq!(pool.available(), 8);
+    }
+
+    #[test]
+    fn held_counts_each_reply_s_bookkeeping_not_only_its_wire_bytes() {
+        let mut r = Replies::default();
+        for cookie in 0..1000 {
+            r.push(22, cookie, Vec::new());
+        }
+        assert_eq!(r.pending(), 1000 * SIMPLE_REPLY_BYTES);
+        assert!(r.held() >= 1000 * (SIMPLE_REPLY_BYTES + 32), "{}", r.held());
     }
 }
