@@ -84,7 +84,11 @@ pub fn negotiate<S: Read + Write>(
         s.read_exact(&mut data)?;
         match option {
             OPT_EXPORT_NAME => {
-                let name = String::from_utf8_lossy(&data).into_owned();
+                // A name that is not UTF-8 names no export (as for GO): not the export whose
+                // name its lossy decoding happens to give.
+                let Ok(name) = String::from_utf8(data) else {
+                    return Err(violation("EXPORT_NAME of a name that is not UTF-8"));
+                };
                 let Some(export) = exports.find(&name) else {
                     // The protocol has no error reply for EXPORT_NAME: the server closes.
                     return Err(violation(format!("EXPORT_NAME of unknown export '{name}'")));
@@ -332,6 +336,13 @@ mod tests {
         let mut script = FLAG_C_FIXED_NEWSTYLE.to_be_bytes().to_vec();
         script.extend(option(OPT_EXPORT_NAME, b"other"));
         assert!(matches!(run(script).0, Err(HandshakeError::Protocol(_))));
+        // Not UTF-8: no export, whatever its lossy decoding ("\u{FFFD}") would name.
+        let mut script = FLAG_C_FIXED_NEWSTYLE.to_be_bytes().to_vec();
+        script.extend(option(OPT_EXPORT_NAME, b"\xff"));
+        match run(script).0 {
+            Err(HandshakeError::Protocol(why)) => assert!(why.contains("not UTF-8"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
