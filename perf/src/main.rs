@@ -233,7 +233,13 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 .as_deref()
                 .ok_or_else(|| anyhow::anyhow!("--bench rpc needs --rpc-target SOCKET"))?;
             let cores = match &args.client_cores {
-                Some(list) => cpuset::parse_list(list)?,
+                Some(list) => {
+                    let cores = cpuset::parse_list(list)
+                        .with_context(|| format!("--client-cores '{list}'"))?;
+                    cpuset::check_available(&cores)
+                        .with_context(|| format!("--client-cores '{list}'"))?;
+                    cores
+                }
                 None => Vec::new(),
             };
             let value = bench::rpc(target, args.clients, &cores, duration)?;
@@ -291,6 +297,17 @@ fn plan_jobs(
             })
             .collect()
     } else {
+        if let Some((i, twice)) = args
+            .bdevs
+            .iter()
+            .enumerate()
+            .find(|(i, n)| args.bdevs[..*i].contains(n))
+        {
+            bail!(
+                "-b names bdev '{twice}' twice (entry {}): one job per bdev",
+                i + 1
+            );
+        }
         args.bdevs
             .iter()
             .map(|name| {

@@ -199,6 +199,21 @@ fn bad_flags_and_configs_are_refused_with_a_named_reason() {
         (vec!["-c", &not_json, "-t", "1"], "JSON"),
         (vec!["-c", &bad_bs, "-t", "1"], "block_size"),
         (vec!["-c", &unknown, "-t", "1"], "bdev_frobnicate_create"),
+        (
+            vec!["-c", &good, "-b", "Null0,Null0", "-t", "1"],
+            "names bdev 'Null0' twice",
+        ),
+        (
+            vec![
+                "--bench",
+                "rpc",
+                "--rpc-target",
+                "/nonexistent.sock",
+                "--client-cores",
+                "4095",
+            ],
+            "--client-cores '4095'",
+        ),
         // Output files are checked before the run, not after it.
         (
             vec!["-c", &good, "-t", "30", "--json", "/nonexistent/r.json"],
