@@ -150,6 +150,11 @@ impl Migrations {
         self.any_running(|r| r.target == target)
     }
 
+    /// Whether a copy reads from member `source`.
+    pub fn running_from(&self, source: &str) -> bool {
+        self.any_running(|r| r.source == source)
+    }
+
     /// Whether a shard of `volume` is being copied.
     pub fn running_for_volume(&self, volume: &str) -> bool {
         self.any_running(|r| r.volume == volume)

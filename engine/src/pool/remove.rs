@@ -5,7 +5,9 @@
 //!
 //! The call returns once the drain has started; `pool_get_pools` shows the member as
 //! `draining` until it is gone, or the reason the drain stopped (a migration abandoned: the
-//! member stays, with the shards not yet moved). A draining member takes no new shards.
+//! member stays, with the shards not yet moved); calling it again starts the drain again. A
+//! draining member takes no new shards. It is refused while a copy reads from or writes to
+//! the member.
 
 use super::{invalid, PoolError, PoolService};
 use serde::Deserialize;
@@ -56,7 +58,17 @@ impl PoolService {
                     p.bdev
                 )));
             }
-            if pool.draining.is_some() {
+            // A copy from the member is a move the drain would make too: the drain's own
+            // move of that shard would be refused and stop it.
+            if self.migrations.running_from(&p.bdev) {
+                return Err(PoolError::Busy(format!(
+                    "a migration is copying a shard from '{}'; remove it once that is done",
+                    p.bdev
+                )));
+            }
+            // A drain that stopped (its reason shown) may be started again, for this member
+            // or another; one still running may not.
+            if matches!(pool.draining, Some((_, None))) {
                 return Err(PoolError::Busy(format!(
                     "pool '{}' is already draining a member",
                     p.pool

@@ -1135,6 +1135,50 @@ fn a_removed_member_whose_metadata_survived_is_not_taken_back_on_import() {
     second.registry.claim("C", "test").unwrap();
 }
 
+/// A drain that stopped (its copy abandoned: the target failed every write) can be started
+/// again once the cause is gone; it used to stay `draining` until a restart.
+#[test]
+fn a_stopped_drain_can_be_started_again() {
+    let (fa, fb) = files("drain-again");
+    let b = boot_with_ee_b(&fa, &fb);
+    create(&b, "p", &["A", "EE_B"], 1024).unwrap();
+    volume(&b, "p", "vol", 2).unwrap();
+    b.pools
+        .set_migration_options(MigrationOptions {
+            max_restarts: 1,
+            ..MigrationOptions::default()
+        })
+        .unwrap();
+    fail_writes(&b, "EE_B", 1000);
+    let remove_a = || {
+        b.pools.remove_member(&remove::PoolRemoveBdevParams {
+            pool: "p".into(),
+            bdev: "A".into(),
+        })
+    };
+    remove_a().unwrap();
+    let wait = |what: &str, done: &dyn Fn(&Value) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let pools = pools_json(&b);
+            if done(&pools[0]) {
+                return pools;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {pools}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let stopped = wait("the drain to stop", &|p| !p["drain_error"].is_null());
+    assert_eq!(stopped[0]["members"][0]["state"], "draining", "{stopped}");
+    inject(&b, "EE_B", InjectTarget::Clear, ErrorKind::Failure, 0);
+    remove_a().unwrap();
+    let done = wait("the drain to finish", &|p| {
+        p["members"].as_array().unwrap().len() == 1
+    });
+    assert_eq!(done[0]["members"][0]["name"], "EE_B", "{done}");
+    assert!(done[0]["drain_error"].is_null(), "{done}");
+}
+
 #[test]
 fn a_volume_or_member_in_a_migration_cannot_be_removed_until_the_copy_is_done() {
     let (fa, fb) = files("delete-while-copying");
@@ -1171,6 +1215,20 @@ fn a_volume_or_member_in_a_migration_cannot_be_removed_until_the_copy_is_done() 
         .unwrap_err();
     assert!(err.to_string().contains("copying a shard to 'B'"), "{err}");
     assert_eq!(pools_json(&b)[0]["members"][1]["state"], "online");
+    // Nor the member it reads from: the drain's own move of that shard would be refused, and
+    // the member used to stay `draining` with nothing to retry it.
+    let err = b
+        .pools
+        .remove_member(&remove::PoolRemoveBdevParams {
+            pool: "p".into(),
+            bdev: "A".into(),
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("copying a shard from 'A'"),
+        "{err}"
+    );
+    assert_eq!(pools_json(&b)[0]["members"][0]["state"], "online");
     // A rate cap whose byte rate would overflow is refused, and the options stay.
     let err = b
         .pools
