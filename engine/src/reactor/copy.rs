@@ -174,7 +174,12 @@ impl Copy {
         self.generation_start = self.now_hint;
         if self.restarts > self.spec.max_restarts {
             self.active = false;
-            let reason = format!("abandoned after {} restarts: {why}", self.spec.max_restarts);
+            // `restarts` counts the target's failures, chunks in flight together included,
+            // so it ends one past `max_restarts`: say which failure ended it.
+            let reason = format!(
+                "abandoned after {} restarts, at the target's failure {}: {why}",
+                self.spec.max_restarts, self.restarts
+            );
             self.publish(Some(CopyState::Abandoned(reason)), Some(why));
         } else {
             self.publish(Some(CopyState::Copying), Some(why));

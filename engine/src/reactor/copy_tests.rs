@@ -138,7 +138,10 @@ fn a_copy_whose_target_keeps_failing_is_abandoned_and_clients_never_see_it() {
     let crate::reactor::CopyState::Abandoned(why) = s.state else {
         unreachable!()
     };
-    assert!(why.contains("abandoned after 2 restarts"), "{why}");
+    assert!(
+        why.contains("abandoned after 2 restarts, at the target's failure 3"),
+        "{why}"
+    );
     assert_eq!(s.restarts, 3);
     // Abandoned: no longer mirrored; client writes go on to the source alone.
     rig.submit(0, rig.vol, IoType::Write, COPIED_SHARD * SHARD, 4, 9);
