@@ -438,7 +438,23 @@ impl PoolService {
             .call_wait(job.owner, Duration::from_secs(5), move |r| {
                 r.ctx().stop_copy(vol, shard)
             });
-        {
+        let stalled = lock(rec)
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .target_stalled;
+        if stalled {
+            // A write to the target extent had no answer and may still land: the extent stays
+            // reserved (no new shard placed there) until the pool is imported again.
+            log::error!(
+                "volume '{}': shard {}'s target extent {} on '{}' stays reserved until a \
+                 restart: a write to it had no answer and may still land",
+                job.volume,
+                job.shard,
+                job.extent,
+                lock(rec).target
+            );
+        } else {
             // Only this pool's reservation: another pool may have reserved the same member
             // index and extent. The index is looked up again (a member removal renumbers).
             let mut pools = self.lock();

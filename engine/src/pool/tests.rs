@@ -1135,6 +1135,58 @@ fn a_removed_member_whose_metadata_survived_is_not_taken_back_on_import() {
     second.registry.claim("C", "test").unwrap();
 }
 
+/// A copy whose target holds a write without answering is abandoned (after the engine's
+/// `TARGET_ANSWER_NS`, 200 ms in tests), and the target extent stays reserved: the held
+/// write may still land, and must not land on a shard placed there later.
+#[test]
+fn a_copy_to_a_target_that_does_not_answer_is_abandoned_and_keeps_its_extent() {
+    let (fa, fb) = files("stalled-target");
+    let b = boot_with_ee_b(&fa, &fb);
+    create(&b, "p", &["A", "EE_B"], 1024).unwrap();
+    volume(&b, "p", "vol", 2).unwrap();
+    let on_a = first_shard_on(&b, "vol", "A");
+    let free = |b: &Boot| {
+        pools_json(b)[0]["members"][1]["free_shards"]
+            .as_u64()
+            .unwrap()
+    };
+    let free_before = free(&b);
+    hold_writes(&b, "EE_B", 1);
+    b.pools
+        .migrate_shard(&ShardMigrateParams {
+            volume: "vol".into(),
+            shard: on_a,
+            target_core: None,
+            target_bdev: Some("EE_B".into()),
+        })
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.pools.running_migrations() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the copy did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = b.pools.migrations_json(Some("vol"));
+    assert_eq!(status[0]["state"], "abandoned", "{status}");
+    assert!(
+        status[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer"),
+        "{status}"
+    );
+    assert_eq!(
+        first_shard_on(&b, "vol", "A"),
+        on_a,
+        "the shard stays on its source"
+    );
+    assert_eq!(
+        free(&b),
+        free_before - 1,
+        "the target extent stays reserved"
+    );
+    release_held(&b, "EE_B");
+}
+
 /// A drain that stopped (its copy abandoned: the target failed every write) can be started
 /// again once the cause is gone; it used to stay `draining` until a restart.
 #[test]

@@ -34,7 +34,10 @@
 //! block (a new generation; older chunks are let finish and ignored). The client's write is
 //! acknowledged from the source: a target failure never reaches a client. After
 //! `max_restarts` restarts the copy is abandoned, with the reason in its status, and stops
-//! mirroring.
+//! mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy too
+//! (a late write could land over a newer chunk, so it cannot restart): from then on client
+//! writes go to the source alone, and those held behind that chunk go on at once. (A client
+//! write whose own target half is the one held still waits for it: the buffer is in it.)
 
 use super::router::{Hop, ROUTER_TASK};
 use super::Ctx;
@@ -52,6 +55,11 @@ const COPY_SHIFT: u32 = 20;
 const SLOT_MASK: u64 = (1 << COPY_SHIFT) - 1;
 /// Chunks a copy may start per poll iteration.
 pub const CHUNKS_PER_POLL: usize = 1;
+/// Longest a write to a copy's target may go unanswered before the copy is abandoned.
+#[cfg(not(test))]
+pub const TARGET_ANSWER_NS: u64 = 5_000_000_000;
+#[cfg(test)]
+pub const TARGET_ANSWER_NS: u64 = 200_000_000;
 
 /// What to copy and how.
 #[derive(Clone, Debug)]
@@ -83,6 +91,9 @@ pub struct CopyStatus {
     pub total_blocks: u64,
     pub restarts: u32,
     pub last_error: Option<String>,
+    /// Abandoned with a write to the target unanswered: it may still land, so the target
+    /// extent must stay reserved (see `pool::copy_driver`).
+    pub target_stalled: bool,
 }
 
 pub type CopyHandle = Arc<Mutex<CopyStatus>>;
@@ -91,6 +102,8 @@ struct Chunk {
     start: u64,
     blocks: u32,
     generation: u32,
+    /// When its write went to the target (none while it is read from the source).
+    target_since: Option<u64>,
 }
 
 /// A client piece being mirrored: what the router changed in it, to put back.
@@ -100,6 +113,8 @@ struct Mirror {
     start: u64,
     end: u64,
     source_status: IoStatus,
+    /// When its target half was sent.
+    target_since: Option<u64>,
 }
 
 pub(super) struct Copy {
@@ -255,6 +270,7 @@ impl Ctx {
             total_blocks: shard_blocks,
             restarts: 0,
             last_error: None,
+            target_stalled: false,
         }));
         let copy = Copy {
             spec,
@@ -334,6 +350,7 @@ impl Ctx {
             start: range.0,
             end: range.1,
             source_status: IoStatus::Success,
+            target_since: None,
         });
         piece.origin = IoOrigin {
             reactor: self.id,
@@ -375,6 +392,7 @@ impl Ctx {
             m.source_status = status;
             if status.is_success() && copy.active {
                 // The source has it; now the target, with the same buffer.
+                m.target_since = Some(self.now);
                 io.offset_blocks = copy.spec.target_offset_blocks + m.start;
                 io.origin.tag = tag(ci, true, true, slot);
                 let target = copy.spec.target;
@@ -404,6 +422,9 @@ impl Ctx {
         let current = chunk.generation == copy.generation && copy.active;
         let writing = io.io_type == IoType::Write;
         if !writing && current && status.is_success() {
+            let now = self.now;
+            let chunk = copy.chunks[slot].as_mut().expect("a live chunk");
+            chunk.target_since = Some(now);
             io.io_type = IoType::Write;
             io.offset_blocks = copy.spec.target_offset_blocks + chunk.start;
             let target = copy.spec.target;
@@ -495,6 +516,7 @@ impl Ctx {
                 start: copy.cursor,
                 blocks: n as u32,
                 generation: copy.generation,
+                target_since: None,
             });
             let origin = IoOrigin {
                 reactor: self.id,
@@ -515,9 +537,40 @@ impl Ctx {
     pub(super) fn pump_copies(&mut self) -> usize {
         let n = self.copies.len();
         for ci in 0..n {
+            self.abandon_if_target_stalled(ci);
             self.pump_copy(ci);
         }
         self.copies.iter().flatten().filter(|c| c.active).count()
+    }
+
+    /// Abandons copy `ci` if a write to its target has gone unanswered for
+    /// [`TARGET_ANSWER_NS`], and lets the client writes held behind its chunks go on.
+    fn abandon_if_target_stalled(&mut self, ci: usize) {
+        let now = self.now;
+        let Some(c) = self.copies[ci].as_mut().filter(|c| c.active) else {
+            return;
+        };
+        let oldest = c
+            .chunks
+            .iter()
+            .flatten()
+            .filter_map(|ch| ch.target_since)
+            .chain(c.mirrors.iter().flatten().filter_map(|m| m.target_since))
+            .min();
+        if oldest.is_none_or(|t| now.saturating_sub(t) <= TARGET_ANSWER_NS) {
+            return;
+        }
+        c.active = false;
+        c.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .target_stalled = true;
+        let why = format!(
+            "a write to the target has had no answer for {} ms",
+            TARGET_ANSWER_NS / 1_000_000
+        );
+        c.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
+        self.release_deferred(ci);
     }
 
     /// Holds new write-like pieces of a shard being copied (`freeze`), or lets them go.

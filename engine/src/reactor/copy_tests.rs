@@ -527,3 +527,48 @@ fn simulated_migrations_under_load_keep_every_acknowledged_write() {
         simulate(seed);
     }
 }
+
+/// A target that holds a chunk's write and never answers: the copy is abandoned after
+/// `TARGET_ANSWER_NS` (not restarted: the held write could land over a newer copy of its
+/// chunk), and a client write held behind that chunk goes on to the source. It used to stay
+/// `copying`, no error shown, with the client's write waiting as long as the device.
+#[test]
+fn a_target_that_does_not_answer_abandons_the_copy_and_frees_held_writes() {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    let (mut rig, _, ee) = copy_rig();
+    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
+    let injection = Arc::clone(b.as_error_bdev().unwrap().injection());
+    injection.inject(InjectTarget::Write, ErrorKind::Pending, 1);
+    let vol = rig.vol;
+    let mut spec = copy_spec(vol, ee, 5);
+    spec.max_inflight = 1;
+    let status = rig.rs[1].ctx().start_copy(spec).unwrap();
+    // The first chunk's write is held; a client write into that chunk waits behind it.
+    poll_rounds(&mut rig, 50);
+    let first = COPIED_SHARD * SHARD;
+    let before = rig.done();
+    rig.submit(1, vol, IoType::Write, first + 2, 2, 42);
+    poll_rounds(&mut rig, 50);
+    assert_eq!(rig.done(), before, "held behind the chunk");
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || {
+        matches!(
+            st.lock().unwrap().state,
+            crate::reactor::CopyState::Abandoned(_)
+        )
+    });
+    let why = status
+        .lock()
+        .unwrap()
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(why.contains("no answer"), "{why}");
+    assert_eq!(status.lock().unwrap().restarts, 0);
+    rig.settle(before + 1);
+    rig.all_success();
+    rig.release();
+    rig.check(first + 2, 2, 42);
+    injection.inject(InjectTarget::Clear, ErrorKind::Pending, 0);
+    poll_rounds(&mut rig, 50);
+}
