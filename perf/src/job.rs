@@ -183,6 +183,27 @@ impl Job {
         let chunk = if self.spec.workload.random() {
             // Lemire's multiply-shift: uniform in [0, span) without a division.
             ((self.rng.next_u64() as u128 * span as u128) >> 64) as u64
+        } else if self.spec.workload == Workload::Verify {
+            // Never a position another slot still has in flight (its write and read-back):
+            // completions come back out of order (on a volume, pieces on other reactors), so
+            // the cycle can lap a slow slot. `span` >= the queue depth (checked at start-up)
+            // leaves a free one within as many tries as there are slots.
+            let busy = |c: u64| {
+                let at = self.spec.first_block + c * self.spec.io_blocks as u64;
+                self.slots
+                    .iter()
+                    .zip(&self.spare)
+                    .any(|(s, spare)| spare.is_none() && s.offset_blocks == at)
+            };
+            let mut c = self.next_seq_block;
+            for _ in 0..span {
+                if !busy(c) {
+                    break;
+                }
+                c = (c + 1) % span;
+            }
+            self.next_seq_block = (c + 1) % span;
+            c
         } else {
             let c = self.next_seq_block;
             self.next_seq_block = (c + 1) % span;
