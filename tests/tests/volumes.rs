@@ -316,9 +316,11 @@ fn pool_and_volume_errors_are_clear_and_change_nothing() {
     d.tpctl_ok(&["pool_create", "again", "-b", "M1", "--shard-size-mib", "4"]);
 }
 
-/// A `--json` config is all or nothing on the devices too: when an entry fails, the pool an
-/// earlier entry formatted is wiped again before tidepoold exits, so the same config, mended,
-/// starts on the devices as they were (it was refused: "already carries tidepool metadata").
+/// A `--json` config is all or nothing on the devices too: when an entry fails, what earlier
+/// entries made is taken back in reverse (an export, which claims its volume, then the volume,
+/// then the pool, whose metadata is wiped) before tidepoold exits, so that the same config,
+/// mended, starts on the devices as they were (it was refused: "already carries tidepool
+/// metadata").
 #[test]
 fn a_config_that_fails_leaves_no_pool_on_the_devices() {
     let s = Scratch::new("vol-config-undo");
@@ -326,28 +328,39 @@ fn a_config_that_fails_leaves_no_pool_on_the_devices() {
     std::fs::File::create(&fa)
         .and_then(|h| h.set_len(MEMBER_BYTES))
         .expect("member file");
-    let config = |size_mib: u64| {
+    let nbd = s.join("undo-nbd.sock");
+    let config = |bad: bool| {
         let mut cfg: Value = serde_json::from_str(
             &std::fs::read_to_string(bdev_config(&s, "cfg.json", &[("A", &fa)])).unwrap(),
         )
         .unwrap();
-        cfg["subsystems"].as_array_mut().unwrap().push(json!({"subsystem": "pool", "config": [
+        let subsystems = cfg["subsystems"].as_array_mut().unwrap();
+        subsystems.push(json!({"subsystem": "pool", "config": [
             {"method": "pool_create", "params": {"name": "p", "base_bdevs": ["A"], "shard_size_mib": 4}},
-            {"method": "volume_create", "params": {"pool": "p", "name": "v", "size_mib": size_mib}}
+            {"method": "volume_create", "params": {"pool": "p", "name": "v", "size_mib": 8}}
         ]}));
+        let mut exports = vec![
+            json!({"method": "nbd_server_start", "params": {"listen_address": format!("unix:{nbd}")}}),
+            json!({"method": "nbd_export_create", "params": {"name": "v", "bdev_name": "v"}}),
+        ];
+        if bad {
+            exports.push(json!({"method": "nbd_export_create", "params": {"name": "w", "bdev_name": "nope"}}));
+        }
+        subsystems.push(json!({"subsystem": "nbd", "config": exports}));
         s.file("cfg.json", &cfg.to_string())
     };
     let sock = s.join("undo.sock");
-    let too_big = config(99_999);
-    let out = tidepool_tests::run("tidepoold", &["-r", &sock, "--json", &too_big]);
+    let failing = config(true);
+    let out = tidepool_tests::run("tidepoold", &["-r", &sock, "--json", &failing]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("volume_create"),
+        String::from_utf8_lossy(&out.stderr).contains("nope"),
         "{}",
         text(&out)
     );
-    let mended = config(16);
+    let mended = config(false);
     let d = Daemon::start(&s, "mended", &["--json", &mended]);
     let v = d.tpctl_ok(&["call", "volume_get_volumes", "{}"]);
     assert_eq!(v[0]["name"], "v", "{v}");
+    assert_eq!(d.tpctl_ok(&["nbd_get_exports"])[0]["name"], "v");
 }

@@ -433,22 +433,38 @@ impl PoolService {
         }
         // The copy is over either way: stop it (releasing held writes) and free the extent.
         let (vol, shard) = (job.vol_id, job.shard as u32);
-        let _ = self
+        let mut target_busy = self
             .engine
             .call_wait(job.owner, Duration::from_secs(5), move |r| {
-                r.ctx().stop_copy(vol, shard)
-            });
+                r.ctx().stop_copy(vol, shard);
+                r.ctx().copy_target_busy(vol, shard)
+            })
+            .unwrap_or(true);
+        // Writes still out usually come back at once; give them a second.
+        for _ in 0..100 {
+            if !target_busy || outcome.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            target_busy = self
+                .engine
+                .call_wait(job.owner, Duration::from_secs(5), move |r| {
+                    r.ctx().copy_target_busy(vol, shard)
+                })
+                .unwrap_or(true);
+        }
         let stalled = lock(rec)
             .handle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .target_stalled;
-        if stalled {
-            // A write to the target extent had no answer and may still land: the extent stays
-            // reserved (no new shard placed there) until the pool is imported again.
+        if outcome.is_err() && (stalled || target_busy) {
+            // A write to the target extent is still out (unanswered, or just slow) and may
+            // still land: the extent stays reserved (no new shard placed there, the member
+            // not removed) until the pool is imported again.
             log::error!(
                 "volume '{}': shard {}'s target extent {} on '{}' stays reserved until a \
-                 restart: a write to it had no answer and may still land",
+                 restart: a write to it is still out and may still land",
                 job.volume,
                 job.shard,
                 job.extent,

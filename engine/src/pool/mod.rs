@@ -717,11 +717,18 @@ impl PoolService {
             let Some((id, bdev)) = self.registry.lookup(&m.bdev_name) else {
                 continue;
             };
+            // Known by the name its own slot gives it, as import takes members back.
             let holds_it = self
                 .read_newest(id, bdev.info().block_size)
                 .ok()
                 .flatten()
-                .is_some_and(|s| s.record.uuid == record.uuid && s.member_index as usize == index);
+                .is_some_and(|s| {
+                    s.record.uuid == record.uuid
+                        && s.record
+                            .members
+                            .get(s.member_index as usize)
+                            .is_some_and(|own| own.bdev_name == m.bdev_name)
+                });
             if holds_it {
                 return Err(invalid(
                     "base_bdevs",
@@ -1000,6 +1007,14 @@ impl PoolService {
             return Err(PoolError::Busy(format!(
                 "pool '{name}' holds volume(s) {}; delete them first",
                 names.join(", ")
+            )));
+        }
+        // An extent still reserved (no volume, so no copy runs) is an abandoned copy's, whose
+        // write may still land: the members must not go to another user before a restart.
+        if !pool.reserved.is_empty() {
+            return Err(PoolError::Busy(format!(
+                "pool '{name}': a write from an abandoned copy may still land on a member; \
+                 delete the pool after a restart"
             )));
         }
         // First a generation that marks the pool for deletion, on every member: an import

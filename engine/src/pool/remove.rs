@@ -66,6 +66,15 @@ impl PoolService {
                     p.bdev
                 )));
             }
+            // An extent kept reserved with no copy running is an abandoned copy's, whose write
+            // may still land there: the member must not go to another user before a restart.
+            if pool.reserved.iter().any(|&(i, _)| i == m) {
+                return Err(PoolError::Busy(format!(
+                    "a write to '{}' from an abandoned copy may still land; remove it after a \
+                     restart",
+                    p.bdev
+                )));
+            }
             // A drain that stopped (its reason shown) may be started again, for this member
             // or another; one still running may not.
             if matches!(pool.draining, Some((_, None))) {

@@ -1184,6 +1184,15 @@ fn a_copy_to_a_target_that_does_not_answer_is_abandoned_and_keeps_its_extent() {
         free_before - 1,
         "the target extent stays reserved"
     );
+    // Nor can the member leave the pool (to a new user) while that write may land.
+    let err = b
+        .pools
+        .remove_member(&remove::PoolRemoveBdevParams {
+            pool: "p".into(),
+            bdev: "EE_B".into(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("may still land"), "{err}");
     release_held(&b, "EE_B");
 }
 

@@ -312,6 +312,23 @@ impl Ctx {
         true
     }
 
+    /// Whether a copy of this shard on this reactor, stopped or not, still has a write out to
+    /// its target (a chunk's or a mirrored one): until it is back, it may land on the target
+    /// extent.
+    pub fn copy_target_busy(&self, volume: BdevId, shard: u32) -> bool {
+        self.copies
+            .iter()
+            .flatten()
+            .filter(|c| c.spec.volume == volume && c.spec.shard == shard)
+            .any(|c| {
+                c.chunks
+                    .iter()
+                    .flatten()
+                    .any(|ch| ch.target_since.is_some())
+                    || c.mirrors.iter().flatten().any(|m| m.target_since.is_some())
+            })
+    }
+
     /// The active copy of a shard on this reactor.
     pub(super) fn copy_of(&self, volume: BdevId, shard: u64) -> Option<usize> {
         self.copies.iter().position(|c| {

@@ -173,6 +173,9 @@ fn undo_of(method: &str, params: &Value) -> Option<(&'static str, Value)> {
     match method {
         "pool_create" => Some(("pool_delete", serde_json::json!({ "name": name }))),
         "volume_create" => Some(("volume_delete", serde_json::json!({ "name": name }))),
+        // An export claims its volume: deleted first (undone in reverse order), or the
+        // volume, and so the pool, could not be.
+        "nbd_export_create" => Some(("nbd_export_delete", serde_json::json!({ "name": name }))),
         _ => None,
     }
 }
