@@ -369,6 +369,19 @@ const DEMO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/tidepool.
 fn bad_command_lines_and_configs_exit_non_zero_and_say_why() {
     let s = Scratch::new("rpc-bad");
     let sock = s.join("bad.sock");
+    // Runs `program` on the test's socket with `args`: it must fail and say `needle`.
+    let refused = |program: &str, args: &[&str], needle: &str| {
+        let flag = if program == "tpctl" { "-s" } else { "-r" };
+        let mut full = vec![flag, sock.as_str()];
+        full.extend(args.iter());
+        let out = run(program, &full);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{program} {args:?} should say '{needle}': {}",
+            text(&out)
+        );
+    };
     for (args, needle) in [
         (vec!["-m", "0xZZ"], "0xZZ"),
         (vec!["--cores", "0,99"], "99"),
@@ -379,15 +392,7 @@ fn bad_command_lines_and_configs_exit_non_zero_and_say_why() {
         (vec!["-L", "loud"], "loud"),
         (vec!["--bogus"], "--bogus"),
     ] {
-        let mut full = vec!["-r", sock.as_str()];
-        full.extend(args.iter());
-        let out = run("tidepoold", &full);
-        assert!(!out.status.success(), "{args:?}: {}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(needle),
-            "{args:?} should mention '{needle}': {}",
-            text(&out)
-        );
+        refused("tidepoold", &args, needle);
         assert!(
             !std::path::Path::new(&sock).exists(),
             "no socket left behind"
@@ -423,15 +428,7 @@ fn bad_command_lines_and_configs_exit_non_zero_and_say_why() {
             "too large",
         ),
     ] {
-        let mut full = vec!["-s", sock.as_str()];
-        full.extend(args.iter());
-        let out = run("tpctl", &full);
-        assert!(!out.status.success(), "{args:?}: {}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(needle),
-            "{args:?} should say '{needle}': {}",
-            text(&out)
-        );
+        refused("tpctl", &args, needle);
     }
     for t in ["1e30", "1e-12", "0", "NaN"] {
         let out = run("tpctl", &["-s", &sock, "-t", t, "rpc_get_methods"]);

@@ -433,25 +433,26 @@ impl PoolService {
         }
         // The copy is over either way: stop it (releasing held writes) and free the extent.
         let (vol, shard) = (job.vol_id, job.shard as u32);
-        let mut target_busy = self
+        let _ = self
             .engine
             .call_wait(job.owner, Duration::from_secs(5), move |r| {
-                r.ctx().stop_copy(vol, shard);
-                r.ctx().copy_target_busy(vol, shard)
-            })
-            .unwrap_or(true);
-        // Writes still out usually come back at once; give them a second.
+                r.ctx().stop_copy(vol, shard)
+            });
+        // After an abandoned copy, writes still out to its target usually come back at once;
+        // give them a second. (A committed copy's extent is the shard's now.)
+        let mut target_busy = outcome.is_err();
         for _ in 0..100 {
-            if !target_busy || outcome.is_ok() {
+            target_busy = target_busy
+                && self
+                    .engine
+                    .call_wait(job.owner, Duration::from_secs(5), move |r| {
+                        r.ctx().copy_target_busy(vol, shard)
+                    })
+                    .unwrap_or(true);
+            if !target_busy {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
-            target_busy = self
-                .engine
-                .call_wait(job.owner, Duration::from_secs(5), move |r| {
-                    r.ctx().copy_target_busy(vol, shard)
-                })
-                .unwrap_or(true);
         }
         let stalled = lock(rec)
             .handle

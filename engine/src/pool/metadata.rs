@@ -86,6 +86,17 @@ pub struct Slot {
     pub record: PoolRecord,
 }
 
+impl Slot {
+    /// The name this slot's own description gives the member that holds it: how import knows
+    /// a member whose index has since changed (a removal renumbers the rest).
+    pub fn own_name(&self) -> Option<&str> {
+        self.record
+            .members
+            .get(self.member_index as usize)
+            .map(|m| m.bdev_name.as_str())
+    }
+}
+
 /// Why a slot was not accepted.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SlotError {

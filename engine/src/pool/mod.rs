@@ -723,11 +723,7 @@ impl PoolService {
                 .ok()
                 .flatten()
                 .is_some_and(|s| {
-                    s.record.uuid == record.uuid
-                        && s.record
-                            .members
-                            .get(s.member_index as usize)
-                            .is_some_and(|own| own.bdev_name == m.bdev_name)
+                    s.record.uuid == record.uuid && s.own_name() == Some(&m.bdev_name)
                 });
             if holds_it {
                 return Err(invalid(
@@ -831,8 +827,9 @@ impl PoolService {
         let chosen = record.clone();
         slots.retain_mut(|(_, name, s)| {
             let index = s.member_index as usize;
-            let own = s.record.members.get(index).map(|m| m.bdev_name.as_str());
-            let now = own.and_then(|own| chosen.members.iter().position(|m| m.bdev_name == own));
+            let now = s
+                .own_name()
+                .and_then(|own| chosen.members.iter().position(|m| m.bdev_name == own));
             match now {
                 Some(now) => {
                     s.member_index = now as u32;

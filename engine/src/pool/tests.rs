@@ -103,6 +103,26 @@ fn first_shard_on(b: &Boot, volume: &str, bdev: &str) -> u32 {
         .unwrap() as u32
 }
 
+/// The pool description in the slot that holds `generation` on member file `path`: what a
+/// crash test starts from to build the state a crash leaves.
+fn record_at(path: &Path, generation: u64) -> PoolRecord {
+    let mut bytes = vec![0u8; SLOT_BYTES as usize];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut bytes, metadata::slot_of(generation) * SLOT_BYTES)
+        .unwrap();
+    metadata::decode(&bytes).unwrap().record
+}
+
+/// Writes `record` as `generation` of member `index` into member file `path`, as a write that
+/// reached that member alone would have.
+fn write_generation_to(path: &Path, record: &PoolRecord, index: u32, generation: u64) {
+    let bytes = metadata::encode(record, index, generation, BS).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&bytes, metadata::slot_of(generation) * SLOT_BYTES)
+        .unwrap();
+}
+
 fn pools_json(b: &Boot) -> Value {
     b.pools.pools_json(None).unwrap()
 }
@@ -358,16 +378,7 @@ fn a_degraded_import_never_writes_a_generation_a_missing_member_may_hold() {
     let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
     drop(first);
     // Generation + 1 lands on A only: it moves B's shard to a free extent of A.
-    let slot_bytes = |path: &Path, generation: u64| {
-        let f = std::fs::File::open(path).unwrap();
-        let mut bytes = vec![0u8; SLOT_BYTES as usize];
-        let at = metadata::slot_of(generation) * SLOT_BYTES;
-        f.read_exact_at(&mut bytes, at).unwrap();
-        bytes
-    };
-    let mut moved = metadata::decode(&slot_bytes(&fa, generation))
-        .unwrap()
-        .record;
+    let mut moved = record_at(&fa, generation);
     assert_eq!(moved.members[1].bdev_name, "B");
     let used: Vec<u64> = moved.volumes[0]
         .shards
@@ -380,11 +391,7 @@ fn a_degraded_import_never_writes_a_generation_a_missing_member_may_hold() {
         .unwrap();
     moved.volumes[0].shards[on_b as usize].member = 0;
     moved.volumes[0].shards[on_b as usize].extent = free;
-    let late = metadata::encode(&moved, 0, generation + 1, BS).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&fa).unwrap();
-    f.write_all_at(&late, metadata::slot_of(generation + 1) * SLOT_BYTES)
-        .unwrap();
-    drop(f);
+    write_generation_to(&fa, &moved, 0, generation + 1);
     // A is away: B comes up degraded, and the shard on B takes a write.
     let second = boot(&[("B", &fb)]);
     second.pools.import(&["A".into(), "B".into()]).unwrap();
@@ -418,23 +425,9 @@ fn an_import_after_a_crash_in_pool_delete_finishes_the_deletion() {
     first.pools.delete_volume("gone").unwrap();
     let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
     drop(first);
-    let read_slot = |path: &Path, at: u64| {
-        let mut bytes = vec![0u8; SLOT_BYTES as usize];
-        std::fs::File::open(path)
-            .unwrap()
-            .read_exact_at(&mut bytes, at * SLOT_BYTES)
-            .unwrap();
-        bytes
-    };
-    let mut marked = metadata::decode(&read_slot(&fa, metadata::slot_of(generation)))
-        .unwrap()
-        .record;
+    let mut marked = record_at(&fa, generation);
     marked.deleting = true;
-    let bytes = metadata::encode(&marked, 0, generation + 1, BS).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&fa).unwrap();
-    f.write_all_at(&bytes, metadata::slot_of(generation + 1) * SLOT_BYTES)
-        .unwrap();
-    drop(f);
+    write_generation_to(&fa, &marked, 0, generation + 1);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
     let e = second.pools.import(&["A".into(), "B".into()]).unwrap_err();
@@ -458,19 +451,9 @@ fn a_member_that_missed_a_renumbering_is_taken_back_by_its_name() {
     create(&first, "p", &["A", "B", "C"], 1024).unwrap();
     let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
     drop(first);
-    let mut slot = vec![0u8; SLOT_BYTES as usize];
-    let at = metadata::slot_of(generation) * SLOT_BYTES;
-    std::fs::File::open(&fb)
-        .unwrap()
-        .read_exact_at(&mut slot, at)
-        .unwrap();
-    let mut renumbered = metadata::decode(&slot).unwrap().record;
+    let mut renumbered = record_at(&fb, generation);
     renumbered.members.remove(0);
-    let bytes = metadata::encode(&renumbered, 0, generation + 1, BS).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&fb).unwrap();
-    f.write_all_at(&bytes, metadata::slot_of(generation + 1) * SLOT_BYTES)
-        .unwrap();
-    drop(f);
+    write_generation_to(&fb, &renumbered, 0, generation + 1);
 
     let second = boot(&[("B", &fb), ("C", &fc)]);
     second.pools.import(&["B".into(), "C".into()]).unwrap();
@@ -489,23 +472,13 @@ fn an_import_refuses_a_pool_whose_creation_did_not_finish() {
     let first = boot(&[("A", &fa), ("B", &fb)]);
     create(&first, "p", &["A", "B"], 1024).unwrap();
     drop(first);
-    let mut slot = vec![0u8; SLOT_BYTES as usize];
-    let at = metadata::slot_of(2) * SLOT_BYTES;
-    std::fs::File::open(&fa)
-        .unwrap()
-        .read_exact_at(&mut slot, at)
-        .unwrap();
-    let record = metadata::decode(&slot).unwrap().record;
+    let record = record_at(&fa, 2);
     let zero = vec![0u8; 2 * SLOT_BYTES as usize];
     for path in [&fa, &fb] {
         let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
         f.write_all_at(&zero, 0).unwrap();
     }
-    let first_generation = metadata::encode(&record, 0, 1, BS).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&fa).unwrap();
-    f.write_all_at(&first_generation, metadata::slot_of(1) * SLOT_BYTES)
-        .unwrap();
-    drop(f);
+    write_generation_to(&fa, &record, 0, 1);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
     let e = second.pools.import(&["A".into(), "B".into()]).unwrap_err();
