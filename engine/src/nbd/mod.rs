@@ -284,13 +284,28 @@ impl NbdService {
                 export.bdev_name
             )));
         }
-        let removed = self.exports.write().expect("export table").remove(name);
-        if removed.is_some_and(|e| Arc::ptr_eq(&e, &export)) {
+        if self.remove_if_current(&export) {
             self.registry
                 .release(&export.bdev_name, &format!("NBD export '{name}'"));
             log::info!("nbd: export '{name}' deleted");
         }
         Ok(())
+    }
+
+    /// Takes `export` out of the table if it is still the one listed under its name, and
+    /// says whether it was. Two deletes of one export may both get here; by the time the
+    /// second does, the first may have removed it and a new export taken the name, which the
+    /// second must leave alone (its bdev stays claimed by it).
+    fn remove_if_current(&self, export: &Arc<Export>) -> bool {
+        let mut table = self.exports.write().expect("export table");
+        if !table
+            .get(&export.name)
+            .is_some_and(|listed| Arc::ptr_eq(listed, export))
+        {
+            return false;
+        }
+        table.remove(&export.name);
+        true
     }
 
     pub fn exports_json(&self, name: Option<&str>) -> Result<Value, NbdError> {
@@ -699,6 +714,31 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::time::Instant;
+
+    #[test]
+    fn a_late_second_delete_leaves_a_new_export_of_the_same_name_alone() {
+        let registry = Arc::new(BdevRegistry::new());
+        let malloc = serde_json::json!({"name": "M0", "num_blocks": 256, "block_size": 512});
+        crate::config::create_bdev(&registry, "bdev_malloc_create", malloc).unwrap();
+        let mut config = crate::reactor::EngineConfig::new(vec![0]);
+        config.pin = false;
+        let engine = Arc::new(Engine::start(config, Arc::clone(&registry)).unwrap());
+        let nbd = NbdService::new(Arc::clone(&engine), Arc::clone(&registry));
+        nbd.create_export("a", "M0", false).unwrap();
+        let first = nbd.exports.read().unwrap().get("a").cloned().unwrap();
+        // One delete finishes; a new export takes the name; then a second delete of the
+        // first export, which had waited for its connections, reaches the table.
+        nbd.delete_export("a").unwrap();
+        nbd.create_export("a", "M0", true).unwrap();
+        assert!(!nbd.remove_if_current(&first));
+        let listed = nbd.exports_json(Some("a")).unwrap();
+        assert_eq!(listed[0]["read_only"], true, "{listed}");
+        let err = nbd.create_export("b", "M0", false).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by NBD export 'a'"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_handshake_that_trickles_ends_at_its_deadline() {
