@@ -16,7 +16,8 @@ mod report;
 mod timeline;
 
 use anyhow::{bail, Context as _};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use hdrhistogram::Histogram;
 use job::{Job, JobLive, JobResult, JobSpec, Workload};
 use report::{LatencyUs, Report, Row};
@@ -114,8 +115,12 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
-    match run(&args) {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let checked = check_flags_apply(&args, |id| {
+        matches.value_source(id) == Some(ValueSource::CommandLine)
+    });
+    match checked.and_then(|()| run(&args)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("tidepool-perf: error: {e:#}");
@@ -140,6 +145,52 @@ fn parse_size(s: &str) -> anyhow::Result<usize> {
         bail!("-o must be above zero");
     }
     Ok(n * mult)
+}
+
+/// The `--bench` modes, and the flags each reads besides `-t` and `--json` (clap's ids: the
+/// field names of [`Args`], then the flag as the user writes it).
+const MODES: [&str; 5] = ["io", "ping", "idle", "rpc", "lanes"];
+const FLAG_MODES: [(&str, &str, &[&str]); 21] = [
+    ("config", "-c", &["io", "idle"]),
+    ("bdevs", "-b", &["io"]),
+    ("queue_depth", "-q", &["io"]),
+    ("io_size", "-o", &["io"]),
+    ("workload", "-w", &["io"]),
+    ("read_percent", "-M", &["io"]),
+    ("every_core", "-C", &["io"]),
+    ("remote", "--remote", &["io"]),
+    ("rpc_socket", "-r", &["io"]),
+    ("seed", "--seed", &["io"]),
+    ("hgrm", "--hgrm", &["io"]),
+    ("plot", "--plot", &["io"]),
+    ("timeline", "--timeline", &["io"]),
+    ("timeline_plot", "--timeline-plot", &["io"]),
+    ("timeline_interval_ms", "--timeline-interval-ms", &["io"]),
+    ("mask", "-m", &["io", "ping", "idle", "lanes"]),
+    ("cores", "--cores", &["io", "ping", "idle", "lanes"]),
+    ("no_park", "--no-park", &["io", "ping", "idle"]),
+    ("rpc_target", "--rpc-target", &["rpc"]),
+    ("clients", "--clients", &["rpc"]),
+    ("client_cores", "--client-cores", &["rpc"]),
+];
+
+/// Refuses a flag given on the command line that the chosen `--bench` mode does not read:
+/// ignored, it would make the user believe it shaped the figures (`-w randwrite` on
+/// `--bench ping`, `-q` on `--bench rpc`). `given(id)` says whether the user gave flag `id`.
+fn check_flags_apply(args: &Args, given: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    let mode = args.bench.as_str();
+    if !MODES.contains(&mode) {
+        bail!("--bench '{mode}' is not one of {}", MODES.join(", "));
+    }
+    for (id, flag, modes) in FLAG_MODES {
+        if given(id) && !modes.contains(&mode) {
+            bail!(
+                "{flag} does not apply to --bench {mode} (it is read by --bench {})",
+                modes.join(", --bench ")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn engine_config(args: &Args) -> anyhow::Result<EngineConfig> {
@@ -252,7 +303,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             write_json(&args.json, &value)?;
             Ok(0)
         }
-        other => bail!("--bench '{other}' is not one of io, ping, idle, rpc, lanes"),
+        other => unreachable!("check_flags_apply refused --bench '{other}'"),
     }
 }
 
@@ -607,4 +658,26 @@ fn route_counters(engine: &Engine) -> anyhow::Result<Option<report::Routing>> {
         total.forwarded += c.forwarded;
     }
     Ok((total.local + total.remote > 0).then_some(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag is in the table of modes (or read by every mode), so that a new flag
+    /// cannot be silently ignored by the modes that do not read it.
+    #[test]
+    fn every_flag_says_which_modes_read_it() {
+        let every_mode = ["seconds", "json", "bench", "help", "version"];
+        for arg in Args::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(
+                every_mode.contains(&id) || FLAG_MODES.iter().any(|(f, _, _)| *f == id),
+                "flag '{id}' is missing from FLAG_MODES"
+            );
+        }
+        for (id, _, modes) in FLAG_MODES {
+            assert!(modes.iter().all(|m| MODES.contains(m)), "{id}: {modes:?}");
+        }
+    }
 }

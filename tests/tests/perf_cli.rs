@@ -223,6 +223,19 @@ fn bad_flags_and_configs_are_refused_with_a_named_reason() {
             "two cores",
         ),
         (vec!["-c", &good, "--frobnicate"], "--frobnicate"),
+        // A flag the mode does not read is refused, not ignored.
+        (
+            vec!["--bench", "ping", "-w", "randwrite", "-t", "1"],
+            "-w does not apply to --bench ping",
+        ),
+        (
+            vec!["--bench", "rpc", "--rpc-target", "/x.sock", "-q", "4"],
+            "-q does not apply to --bench rpc",
+        ),
+        (
+            vec!["-c", &good, "--clients", "4", "-t", "1"],
+            "--clients does not apply to --bench io",
+        ),
         (vec!["-t", "1"], "no bdevs"),
         (vec!["-c", &missing, "-t", "1"], "nope.json"),
         (vec!["-c", &not_json, "-t", "1"], "JSON"),
