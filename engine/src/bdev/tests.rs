@@ -251,6 +251,30 @@ fn a_second_uring_bdev_on_the_same_file_is_refused() {
     std::fs::remove_file(path).unwrap();
 }
 
+/// A polled ring opens on any O_DIRECT file, but its I/O works only on a device that polls
+/// (NVMe poll queues): the create call tries a read and refuses what cannot poll. Where it
+/// can, the bdev offers reads and writes only (the kernel runs nothing else on such a ring).
+#[test]
+fn uring_iopoll_is_refused_where_the_device_cannot_poll() {
+    let path = temp_file("uring-iopoll", 1 << 20);
+    let reg = BdevRegistry::new();
+    let p = json!({"name": "P", "filename": path, "block_size": 4096, "iopoll": true});
+    match create_bdev(&reg, "bdev_uring_create", p) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("iopoll") && e.contains("polled read"), "{e}");
+            assert!(reg.lookup("P").is_none());
+        }
+        Ok((id, _)) => {
+            eprintln!("uring iopoll: this file's device polls; checking what it offers");
+            let supported = reg.get(id).unwrap().info().supported;
+            assert!(supported.contains(IoType::Read) && supported.contains(IoType::Write));
+            assert!(!supported.contains(IoType::Flush));
+        }
+    }
+    std::fs::remove_file(path).unwrap();
+}
+
 #[test]
 fn uring_with_o_direct_reads_back_what_was_written() {
     let (mut rig, b, path) = uring_rig("uring-rb", json!({}));

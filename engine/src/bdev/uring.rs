@@ -175,11 +175,25 @@ impl UringBdev {
         };
         // Probe once here, so a kernel or file that refuses the ring fails the create call
         // rather than the first I/O.
-        UringQueue::new(
+        let mut probe = UringQueue::new(
             Arc::new(file.try_clone().map_err(|e| BdevError::os("dup", e))?),
             &ring,
         )
         .map_err(|e| BdevError::os(format!("io_uring on '{}'", p.filename), e))?;
+        if p.iopoll {
+            // A polled ring opens on any O_DIRECT file, but its I/O fails unless the device
+            // completes by polling (NVMe poll queues): try one read.
+            polled_read(&mut probe, block_size).map_err(|e| {
+                BdevError::invalid(
+                    "iopoll",
+                    format!(
+                        "a polled read of '{}' failed ({e}): the device cannot complete I/O \
+                         by polling (NVMe needs poll queues, nvme.poll_queues)",
+                        p.filename
+                    ),
+                )
+            })?;
+        }
         Ok(UringBdev {
             info: BdevInfo {
                 name: p.name.clone(),
@@ -187,7 +201,13 @@ impl UringBdev {
                 block_size,
                 num_blocks,
                 uuid: p.uuid.clone().unwrap_or_else(new_uuid),
-                supported: IoTypeSet::all(),
+                supported: if p.iopoll {
+                    // The kernel runs only reads and writes on a polled ring (fsync and
+                    // fallocate fail EOPNOTSUPP).
+                    IoTypeSet::of(&[IoType::Read, IoType::Write])
+                } else {
+                    IoTypeSet::all()
+                },
             },
             params: UringCreateParams {
                 submit_batch: Some(submit_batch),
@@ -197,6 +217,32 @@ impl UringBdev {
             file: Arc::new(file),
             ring,
         })
+    }
+}
+
+/// Reads block 0 through `queue` and waits (up to a second) for it to complete.
+fn polled_read(queue: &mut UringQueue, block_size: u32) -> std::io::Result<()> {
+    let pool = tidepool_bindings::dma::DmaPool::new(block_size as usize, 1)?;
+    let buf = pool.take().expect("a fresh pool has a buffer");
+    if queue
+        .push(UringOp::Read, 0, block_size as u64, Some(buf), 0)
+        .is_err()
+    {
+        return Err(std::io::Error::other("the ring took no request"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut result = None;
+    while result.is_none() {
+        if std::time::Instant::now() > deadline {
+            // The queue's drop waits for the read (it owns the buffer until then).
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        }
+        queue.flush()?;
+        queue.reap(1, |c| result = Some(c.result));
+    }
+    match result {
+        Some(r) if r < 0 => Err(std::io::Error::from_raw_os_error(-r)),
+        _ => Ok(()),
     }
 }
 

@@ -44,7 +44,9 @@ pub use copy_driver::MigrationOptions;
 pub use migrate::ShardMigrateParams;
 pub use remove::PoolRemoveBdevParams;
 
-use crate::bdev::{new_uuid, BdevError, BdevId, BdevInfo, BdevRef, BdevRegistry, IoTypeSet};
+use crate::bdev::{
+    new_uuid, BdevError, BdevId, BdevInfo, BdevRef, BdevRegistry, IoType, IoTypeSet,
+};
 use crate::reactor::{BlockingIoError, Engine};
 use crate::volume::{ShardRoute, ShardState, Volume, VolumeBdev};
 use metadata::{
@@ -68,6 +70,9 @@ pub const DEFAULT_SHARD_SIZE_MIB: u64 = 64;
 pub const MAX_EXTENTS_PER_MEMBER: u64 = 1 << 20;
 /// Longest pool or volume name.
 const MAX_NAME_LEN: usize = 128;
+/// What a member must support: reads and writes carry the data and the metadata, a flush
+/// makes them durable.
+const MEMBER_NEEDS: [IoType; 3] = [IoType::Read, IoType::Write, IoType::Flush];
 /// Largest shard: 1 TiB.
 const MAX_SHARD_BYTES: u64 = 1 << 40;
 
@@ -318,8 +323,8 @@ impl PoolService {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Looks up would-be members: they must exist, be unclaimed, not be volumes, and be
-    /// named once each.
+    /// Picks the members named in a create or import call: devices, named once, present,
+    /// able to do what a member does ([`MEMBER_NEEDS`]), not claimed.
     fn members_for(&self, names: &[String]) -> Result<Vec<(BdevId, BdevInfo)>, PoolError> {
         if names.is_empty() || names.len() > MAX_MEMBERS {
             return Err(invalid(
@@ -341,6 +346,17 @@ impl PoolService {
                 return Err(invalid(
                     "base_bdevs",
                     format!("'{name}' is a volume; pools are made of devices"),
+                ));
+            }
+            let supported = l.bdev.info().supported;
+            if let Some(t) = MEMBER_NEEDS.iter().find(|t| !supported.contains(**t)) {
+                return Err(invalid(
+                    "base_bdevs",
+                    format!(
+                        "'{name}' does not support {} I/O; a pool member must read, write \
+                         and flush (its metadata is flushed on every change)",
+                        t.name()
+                    ),
                 ));
             }
             if let Some(user) = &l.claimed_by {

@@ -38,6 +38,26 @@ fn boot(files: &[(&str, &Path)]) -> Boot {
     }
 }
 
+/// A device that only reads and writes, for the pool's refusal of it (never opened).
+struct ReadWriteOnly(BdevInfo);
+
+impl crate::bdev::Bdev for ReadWriteOnly {
+    fn info(&self) -> &BdevInfo {
+        &self.0
+    }
+
+    fn open_channel(&self) -> Result<Box<dyn crate::bdev::BdevChannel>, BdevError> {
+        Err(BdevError::invalid(
+            "name",
+            "a test device that is never opened",
+        ))
+    }
+
+    fn config_entry(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
 fn files(test: &str) -> (PathBuf, PathBuf) {
     (
         temp_file(&format!("{test}-a"), FILE_BYTES),
@@ -518,6 +538,23 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     create_bdev(&b.registry, "bdev_null_create", p).unwrap();
     let err = create(&b, "p", &["Huge"], 4).unwrap_err();
     assert!(err.to_string().contains("use larger shards"), "{err}");
+    // A device that cannot flush (a polled uring ring, say) would leave metadata volatile.
+    b.registry
+        .register(Arc::new(ReadWriteOnly(BdevInfo {
+            name: "NoFlush".into(),
+            product_name: "read-write only",
+            block_size: BS,
+            num_blocks: FILE_BYTES / BS as u64,
+            uuid: crate::bdev::new_uuid(),
+            supported: IoTypeSet::of(&[IoType::Read, IoType::Write]),
+        })))
+        .unwrap();
+    let err = create(&b, "p", &["A", "NoFlush"], 1024).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("'NoFlush' does not support flush I/O; a pool member must"),
+        "{err}"
+    );
     let err = create(&b, "p", &["A", "Nope"], 1024).unwrap_err();
     assert!(
         matches!(err, PoolError::Bdev(BdevError::NotFound(_))),
