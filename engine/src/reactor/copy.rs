@@ -12,6 +12,10 @@
 //! in flight, and everything here runs on the one owner reactor:
 //! - a client piece that overlaps a chunk in flight waits (in `deferred`) until that chunk's
 //!   target write is back, then takes the normal path;
+//! - so does one that overlaps a mirrored write in flight: each half of a mirror goes out
+//!   when the one before it is back, so two overlapping writes in flight together could
+//!   land on the source in one order and on the target in the other, and the block would
+//!   change, unwritten, when the route flips to the target;
 //! - a chunk does not start over a range a mirrored write is still writing; it starts once
 //!   the mirror is back, and then reads a source that already holds the write.
 //!
@@ -36,8 +40,10 @@
 //! `max_restarts` restarts the copy is abandoned, with the reason in its status, and stops
 //! mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy too
 //! (a late write could land over a newer chunk, so it cannot restart): from then on client
-//! writes go to the source alone, and those held behind that chunk go on at once. (A client
-//! write whose own target half is the one held still waits for it: the buffer is in it.)
+//! writes go to the source alone, and those held behind that chunk go on at once. A client
+//! write whose own target half is held is answered then, from its source half, with a new
+//! buffer of the same size (its own stays with the held write until the device gives it
+//! back, and is dropped then).
 
 use super::router::{Hop, ROUTER_TASK};
 use super::Ctx;
@@ -109,12 +115,16 @@ struct Chunk {
 /// A client piece being mirrored: what the router changed in it, to put back.
 struct Mirror {
     origin: IoOrigin,
+    io_type: IoType,
     offset_blocks: u64,
     start: u64,
     end: u64,
     source_status: IoStatus,
     /// When its target half was sent.
     target_since: Option<u64>,
+    /// The client has its answer (the copy gave up on a target that does not answer); the
+    /// target half is only waited for, to drop its buffer.
+    answered: bool,
 }
 
 pub(super) struct Copy {
@@ -356,18 +366,20 @@ impl Ctx {
         };
         let c = self.copies[ci].as_mut().expect("active copy");
         let range = (hop.within, hop.within + piece.num_blocks as u64);
-        if c.frozen || c.chunk_overlaps(range) {
+        if c.frozen || c.chunk_overlaps(range) || c.mirror_overlaps(range) {
             c.deferred.push_back(piece);
             return None;
         }
         let slot = free_slot(&mut c.mirrors);
         c.mirrors[slot] = Some(Mirror {
             origin: piece.origin,
+            io_type: piece.io_type,
             offset_blocks: piece.offset_blocks,
             start: range.0,
             end: range.1,
             source_status: IoStatus::Success,
             target_since: None,
+            answered: false,
         });
         piece.origin = IoOrigin {
             reactor: self.id,
@@ -386,7 +398,10 @@ impl Ctx {
         let ci = ((t & !(COPY_TAG | MIRROR_BIT | TARGET_BIT)) >> COPY_SHIFT) as usize;
         let slot = (t & SLOT_MASK) as usize;
         let done = if t & MIRROR_BIT != 0 {
-            self.mirror_complete(ci, slot, t & TARGET_BIT != 0, c)
+            let done = self.mirror_complete(ci, slot, t & TARGET_BIT != 0, c);
+            // A mirror is done (or waits on): pieces held behind it may go.
+            self.release_deferred(ci);
+            done
         } else {
             self.chunk_complete(ci, slot, c);
             None
@@ -427,6 +442,9 @@ impl Ctx {
             ));
         }
         let m = copy.mirrors[slot].take().expect("a live mirror");
+        if m.answered {
+            return None;
+        }
         io.origin = m.origin;
         io.offset_blocks = m.offset_blocks;
         Some(Completion::new(io, m.source_status))
@@ -587,7 +605,37 @@ impl Ctx {
             TARGET_ANSWER_NS / 1_000_000
         );
         c.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
+        self.answer_held_mirrors(ci);
         self.release_deferred(ci);
+    }
+
+    /// Answers the clients of copy `ci`'s mirrored writes whose source half is done and whose
+    /// target half is still out, each with its source's status and a new buffer (the held
+    /// write keeps the client's). Where no buffer can be had, that client waits as before.
+    fn answer_held_mirrors(&mut self, ci: usize) {
+        let Some(c) = self.copies[ci].as_mut() else {
+            return;
+        };
+        let block_size = c.block_size;
+        for m in c.mirrors.iter_mut().flatten() {
+            if m.answered || m.target_since.is_none() {
+                continue;
+            }
+            let blocks = m.end - m.start;
+            let buf = match m.io_type.has_data() {
+                true => match DmaPool::new(blocks as usize * block_size, 1) {
+                    Ok(pool) => pool.take().map(|mut b| {
+                        b.set_len(blocks as usize * block_size);
+                        b
+                    }),
+                    Err(_) => continue,
+                },
+                false => None,
+            };
+            m.answered = true;
+            let io = IoRequest::new(m.io_type, m.offset_blocks, blocks as u32, buf, m.origin);
+            self.ready.push(Completion::new(io, m.source_status));
+        }
     }
 
     /// Holds new write-like pieces of a shard being copied (`freeze`), or lets them go.

@@ -572,3 +572,104 @@ fn a_target_that_does_not_answer_abandons_the_copy_and_frees_held_writes() {
     injection.inject(InjectTarget::Clear, ErrorKind::Pending, 0);
     poll_rounds(&mut rig, 50);
 }
+
+/// Runs the copy in `status` to `Copied` (every block on the target; writes still mirrored).
+fn run_to_copied(rig: &mut Rig, status: &crate::reactor::CopyHandle) {
+    let st = Arc::clone(status);
+    run_until(&mut rig.rs, || {
+        st.lock().unwrap().state == crate::reactor::CopyState::Copied
+    });
+}
+
+/// Two writes to one block in flight together while the shard is mirrored, on a source that
+/// answers the first after the second (a delay bdev, whose latency changes in between). Each
+/// mirror half went out when the one before it came back, so the target took them in the
+/// other order: the source held the second write, the target the first, and the block would
+/// have changed, unwritten, when the route flipped. A write overlapping a mirror in flight
+/// now waits for it, and both copies end with the second.
+#[test]
+fn overlapping_writes_land_in_one_order_on_source_and_target() {
+    use crate::bdev::delay::LatencyType;
+    let mut rig = rig_with(2, 4, |reg, m| {
+        if m == 1 {
+            let p = json!({"base_bdev_name": "M1", "name": "X1", "avg_read_latency": 10,
+                "p99_read_latency": 10, "avg_write_latency": 1000, "p99_write_latency": 1000});
+            create_bdev(reg, "bdev_delay_create", p).unwrap();
+        }
+    });
+    let p = json!({"name": "M2", "num_blocks": 4096, "block_size": BS});
+    let target = create_bdev(&rig.reg, "bdev_malloc_create", p).unwrap().0;
+    let vol = rig.vol;
+    let status = rig.rs[1]
+        .ctx()
+        .start_copy(copy_spec(vol, target, 0))
+        .unwrap();
+    run_to_copied(&mut rig, &status);
+    let (_, x1) = rig.reg.lookup("X1").unwrap();
+    let delay = x1.as_delay_bdev().unwrap().latencies();
+    let block = COPIED_SHARD * SHARD + 5;
+    let before = rig.done();
+    // The first write's answer takes 20 ms, the second's 1 ms (avg and p99 stay within 50x).
+    delay.update(LatencyType::P99Write, 20_000).unwrap();
+    delay.update(LatencyType::AvgWrite, 20_000).unwrap();
+    rig.submit(1, vol, IoType::Write, block, 1, 1);
+    poll_rounds(&mut rig, 20);
+    delay.update(LatencyType::AvgWrite, 1000).unwrap();
+    delay.update(LatencyType::P99Write, 1000).unwrap();
+    rig.submit(1, vol, IoType::Write, block, 1, 2);
+    rig.settle(before + 2);
+    rig.all_success();
+    rig.release();
+    rig.check(block, 1, 2);
+    let on_target = rig.read(target, TARGET_AT + 5, 1);
+    assert!(
+        on_target.iter().all(|&x| x == pattern(block, 2)),
+        "the target holds the first write"
+    );
+    assert_eq!(
+        status.lock().unwrap().state,
+        crate::reactor::CopyState::Copied
+    );
+    rig.rs[1].ctx().stop_copy(vol, COPIED_SHARD as u32);
+}
+
+/// A target that holds a mirrored write and never answers: when the copy is abandoned for
+/// it, the client's write is answered from the source (with a buffer of its size) instead of
+/// waiting as long as the target does; the held write, once the target lets it go, is
+/// dropped and the copy retired.
+#[test]
+fn a_client_write_whose_target_half_is_held_is_answered_when_the_copy_gives_up() {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    let (mut rig, _, ee) = copy_rig();
+    let vol = rig.vol;
+    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 5)).unwrap();
+    run_to_copied(&mut rig, &status);
+    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
+    let injection = Arc::clone(b.as_error_bdev().unwrap().injection());
+    injection.inject(InjectTarget::Write, ErrorKind::Pending, 1);
+    let block = COPIED_SHARD * SHARD + 9;
+    let before = rig.done();
+    rig.submit(1, vol, IoType::Write, block, 3, 77);
+    poll_rounds(&mut rig, 50);
+    assert_eq!(rig.done(), before, "waits for its target half");
+    rig.settle(before + 1);
+    let state = status.lock().unwrap().state.clone();
+    assert!(
+        matches!(state, crate::reactor::CopyState::Abandoned(ref why) if why.contains("no answer")),
+        "{state:?}"
+    );
+    rig.all_success();
+    {
+        let done = rig.rec[1].0.done.borrow();
+        let last = done.last().unwrap();
+        assert_eq!(last.buf.as_ref().map(|b| b.len()), Some(3 * BS as usize));
+    }
+    rig.release();
+    rig.check(block, 3, 77);
+    assert!(rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
+    injection.inject(InjectTarget::Clear, ErrorKind::Pending, 0);
+    poll_rounds(&mut rig, 50);
+    assert!(!rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
+    // (`check`'s reads take their own completions off the recorder.)
+    assert_eq!(rig.done(), before + 1, "no second answer to the write");
+}
