@@ -1195,6 +1195,13 @@ impl PoolService {
                     .enumerate()
                     .map(|(i, m)| {
                         let used = m.extents - free[i].len() as u64;
+                        // Extents held for copies to this member: taken, but not yet
+                        // shards of any volume (`volume_get_volumes` does not list them).
+                        let reserved = p
+                            .reserved
+                            .iter()
+                            .filter(|(at, _)| *at as usize == i)
+                            .count() as u64;
                         let state = match (p.members[i].is_some(), &p.draining) {
                             (false, _) => "missing",
                             (true, Some((d, _))) if *d as usize == i => "draining",
@@ -1203,7 +1210,8 @@ impl PoolService {
                         json!({"name": m.bdev_name, "index": i, "state": state,
                             "capacity_mib": (m.extents * r.shard_blocks * bs) >> 20,
                             "used_mib": (used * r.shard_blocks * bs) >> 20,
-                            "shard_count": used, "free_shards": free[i].len()})
+                            "shard_count": used - reserved, "reserved_shards": reserved,
+                            "free_shards": free[i].len()})
                     })
                     .collect();
                 json!({"name": r.name, "uuid": r.uuid,

@@ -1194,6 +1194,16 @@ fn a_copy_to_a_target_that_does_not_answer_is_abandoned_and_keeps_its_extent() {
         free_before - 1,
         "the target extent stays reserved"
     );
+    let target = &pools_json(&b)[0]["members"][1];
+    assert_eq!(target["reserved_shards"], 1, "{target}");
+    let shards = b.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
+    let placed = shards
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["bdev"] == "EE_B")
+        .count();
+    assert_eq!(target["shard_count"], placed, "{target}");
     // Nor can the member leave the pool (to a new user) while that write may land.
     let err = b
         .pools
