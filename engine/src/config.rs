@@ -107,7 +107,11 @@ pub fn create_bdev(
             }
             Arc::new(MallocBdev::create(&p)?)
         }
-        "bdev_uring_create" => Arc::new(UringBdev::create(&params::<UringCreateParams>(value)?)?),
+        "bdev_uring_create" => {
+            let p: UringCreateParams = params(value)?;
+            registry.check_path_free(&p.filename)?;
+            Arc::new(UringBdev::create(&p)?)
+        }
         "bdev_error_create" => {
             let p: ErrorCreateParams = params(value)?;
             let b = base(registry, &p.base_name)?;

@@ -328,6 +328,21 @@ pub enum BackingId {
     File { dev: u64, ino: u64 },
 }
 
+impl BackingId {
+    /// The identity of what `meta` (a stat of an open file or of a path) describes.
+    pub fn of(meta: &std::fs::Metadata) -> BackingId {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if meta.file_type().is_block_device() {
+            BackingId::Device(meta.rdev())
+        } else {
+            BackingId::File {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }
+        }
+    }
+}
+
 /// Checks a block size the way every backend wants it: a power of two from 512 to 64 KiB.
 pub fn check_block_size(block_size: u32) -> Result<(), BdevError> {
     if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {

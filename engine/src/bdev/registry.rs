@@ -5,7 +5,7 @@
 //! registered and releases them when it is removed; a claimed bdev cannot be removed, and a
 //! claim is exclusive, as in SPDK. Only the control path takes the lock.
 
-use super::{BdevError, BdevRef};
+use super::{BackingId, BdevError, BdevRef};
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -38,6 +38,28 @@ impl Inner {
             .expect("a named slot is live");
         Ok((id, entry))
     }
+
+    /// Refuses a second bdev on a file or device a bdev here already has open (`path` as
+    /// the new one names it): the two would write over each other's blocks.
+    fn check_backing_free(&self, path: &str, id: BackingId) -> Result<(), BdevError> {
+        let twin = self
+            .slots
+            .iter()
+            .flatten()
+            .find(|e| e.bdev.backing().is_some_and(|b| b.id == id));
+        match twin {
+            Some(twin) => Err(BdevError::invalid(
+                "filename",
+                format!(
+                    "'{path}' is already open as bdev '{}' ('{}'); two bdevs on one file or \
+                     device would write over each other's blocks",
+                    twin.bdev.info().name,
+                    twin.bdev.backing().map_or("", |b| b.path.as_str())
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One row of [`BdevRegistry::list`].
@@ -55,6 +77,17 @@ pub struct BdevRegistry {
 impl BdevRegistry {
     pub fn new() -> BdevRegistry {
         BdevRegistry::default()
+    }
+
+    /// [`Inner::check_backing_free`] for a file about to be opened as a bdev: run before the
+    /// open, so that the bdev that has it here is named (rather than the file's lock, taken
+    /// at the open, refusing without saying by whom).
+    pub fn check_path_free(&self, path: &str) -> Result<(), BdevError> {
+        match std::fs::metadata(path) {
+            Ok(meta) => self.read().check_backing_free(path, BackingId::of(&meta)),
+            // The open reports what is wrong with the path.
+            Err(_) => Ok(()),
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -92,23 +125,7 @@ impl BdevRegistry {
             });
         }
         if let Some(backing) = bdev.backing() {
-            let twin = inner
-                .slots
-                .iter()
-                .flatten()
-                .find(|e| e.bdev.backing().is_some_and(|b| b.id == backing.id));
-            if let Some(twin) = twin {
-                return Err(BdevError::invalid(
-                    "filename",
-                    format!(
-                        "'{}' is already open as bdev '{}' ('{}'); two bdevs on one file or \
-                         device would write over each other's blocks",
-                        backing.path,
-                        twin.bdev.info().name,
-                        twin.bdev.backing().map_or("", |b| b.path.as_str())
-                    ),
-                ));
-            }
+            inner.check_backing_free(&backing.path, backing.id)?;
         }
         let bases = bdev.base_bdevs();
         for base in &bases {

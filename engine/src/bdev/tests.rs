@@ -231,7 +231,7 @@ fn uuids_are_unique_and_names_printable() {
 /// blocks, and a pool would take them as two members: the second is refused.
 #[test]
 fn a_second_uring_bdev_on_the_same_file_is_refused() {
-    let (rig, _, path) = uring_rig("uring-twice", json!({}));
+    let (mut rig, _, path) = uring_rig("uring-twice", json!({}));
     let link = path.with_extension("link");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&path, &link).unwrap();
@@ -243,8 +243,9 @@ fn a_second_uring_bdev_on_the_same_file_is_refused() {
         assert!(e.contains("already open as bdev 'U'"), "{e}");
         assert!(rig.reg.lookup("U2").is_none());
     }
-    // Once the first is gone, the file is free again.
+    // Once the first is gone (with its channels), the file is free again.
     rig.reg.unregister("U").unwrap();
+    rig.reactor.clear();
     let again = json!({"name": "U2", "filename": link, "block_size": 4096});
     create_bdev(&rig.reg, "bdev_uring_create", again).unwrap();
     std::fs::remove_file(link).unwrap();
@@ -272,6 +273,24 @@ fn uring_iopoll_is_refused_where_the_device_cannot_poll() {
             assert!(!supported.contains(IoType::Flush));
         }
     }
+    std::fs::remove_file(path).unwrap();
+}
+
+/// A file a uring bdev has open is locked: another process (here, another registry with
+/// its own open of the file) cannot open it as a bdev until the first lets it go.
+#[test]
+fn a_file_open_as_a_uring_bdev_is_locked_against_other_processes() {
+    let (rig, _, path) = uring_rig("uring-locked", json!({}));
+    let other = BdevRegistry::new();
+    let p = json!({"name": "U", "filename": path, "block_size": 4096});
+    let e = create_bdev(&other, "bdev_uring_create", p.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is locked by another process"), "{e}");
+    assert!(other.lookup("U").is_none());
+    // Gone from the first registry and its reactors' channels closed: the file is free.
+    drop(rig);
+    create_bdev(&other, "bdev_uring_create", p).unwrap();
     std::fs::remove_file(path).unwrap();
 }
 

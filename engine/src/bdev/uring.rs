@@ -14,7 +14,7 @@ use crate::time::Nanos;
 use serde::Deserialize;
 use serde_json::json;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::Arc;
 use tidepool_bindings::os;
 use tidepool_bindings::uring::{UringConfig, UringOp, UringQueue};
@@ -118,19 +118,13 @@ impl UringBdev {
         let file = opts
             .open(&p.filename)
             .map_err(|e| BdevError::os(format!("opening '{}'", p.filename), e))?;
+        lock_exclusively(&file, &p.filename)?;
         let meta = file
             .metadata()
             .map_err(|e| BdevError::os(format!("stat '{}'", p.filename), e))?;
         let backing = Backing {
             path: p.filename.clone(),
-            id: if meta.file_type().is_block_device() {
-                BackingId::Device(meta.rdev())
-            } else {
-                BackingId::File {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                }
-            },
+            id: BackingId::of(&meta),
         };
         let (size, device_block) = if meta.file_type().is_block_device() {
             let size = os::block_device_size(&file)
@@ -219,6 +213,37 @@ impl UringBdev {
         })
     }
 }
+
+/// Takes an exclusive lock on `file` for as long as the bdev has it open: a second daemon
+/// on the same file (or device) would import its pool too and hand out the same extents.
+/// The kernel lets go of a file registered with a ring a little after the ring is closed, so
+/// a bdev deleted just before may hold it for some milliseconds: the lock is retried for
+/// [`LOCK_WAIT`].
+fn lock_exclusively(file: &File, path: &str) -> Result<(), BdevError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(BdevError::invalid(
+                    "filename",
+                    format!(
+                        "'{path}' is locked by another process (another tidepoold has it open)"
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(BdevError::os(format!("locking '{path}'"), e))
+            }
+        }
+    }
+}
+
+/// How long a uring bdev's create waits for its file's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads block 0 through `queue` and waits (up to a second) for it to complete.
 fn polled_read(queue: &mut UringQueue, block_size: u32) -> std::io::Result<()> {
