@@ -181,8 +181,9 @@ impl UringBdev {
                 BdevError::invalid(
                     "iopoll",
                     format!(
-                        "a polled read of '{}' failed ({e}): the device cannot complete I/O \
-                         by polling (NVMe needs poll queues, nvme.poll_queues)",
+                        "a polled read of '{}' failed ({e}): polled I/O needs a file system \
+                         and a device that complete it by polling (for NVMe, poll queues: \
+                         nvme.poll_queues)",
                         p.filename
                     ),
                 )

@@ -421,6 +421,12 @@ impl PoolService {
                 job.shard,
                 lock(rec).target
             );
+            let (vol, shard) = (job.vol_id, job.shard as u32);
+            let _ = self
+                .engine
+                .call_wait(job.owner, Duration::from_secs(5), move |r| {
+                    r.ctx().keep_copy_undecided(vol, shard)
+                });
             let mut inner = self.migrations.lock();
             {
                 let mut r = lock(rec);

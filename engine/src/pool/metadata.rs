@@ -78,6 +78,16 @@ pub struct PoolRecord {
     pub deleting: bool,
 }
 
+impl PoolRecord {
+    /// Whether a shard of some volume lives at extent `extent` of member `member`.
+    pub fn places_shard_at(&self, member: u32, extent: u64) -> bool {
+        self.volumes
+            .iter()
+            .flat_map(|v| &v.shards)
+            .any(|s| s.member == member && s.extent == extent)
+    }
+}
+
 /// A slot that passed every check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slot {

@@ -1195,12 +1195,15 @@ impl PoolService {
                     .enumerate()
                     .map(|(i, m)| {
                         let used = m.extents - free[i].len() as u64;
-                        // Extents held for copies to this member: taken, but not yet
-                        // shards of any volume (`volume_get_volumes` does not list them).
+                        // Extents held for copies to this member: taken, but not shards of
+                        // any volume (`volume_get_volumes` does not list them). A committed
+                        // copy's extent is a shard before its reservation goes.
                         let reserved = p
                             .reserved
                             .iter()
-                            .filter(|(at, _)| *at as usize == i)
+                            .filter(|&&(at, extent)| {
+                                at as usize == i && !r.places_shard_at(at, extent)
+                            })
                             .count() as u64;
                         let state = match (p.members[i].is_some(), &p.draining) {
                             (false, _) => "missing",

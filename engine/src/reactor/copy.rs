@@ -12,7 +12,8 @@
 //! in flight, and everything here runs on the one owner reactor:
 //! - a client piece that overlaps a chunk in flight waits (in `deferred`) until that chunk's
 //!   target write is back, then takes the normal path;
-//! - so does one that overlaps a mirrored write in flight: each half of a mirror goes out
+//! - so does one that overlaps a mirrored write in flight, or an earlier piece still
+//!   waiting (so that it cannot pass it): each half of a mirror goes out
 //!   when the one before it is back, so two overlapping writes in flight together could
 //!   land on the source in one order and on the target in the other, and the block would
 //!   change, unwritten, when the route flips to the target;
@@ -143,6 +144,8 @@ pub(super) struct Copy {
     active: bool,
     /// While set, write-like pieces wait (the control plane is committing the copy).
     frozen: bool,
+    /// The commit's outcome is unknown (see [`Ctx::keep_copy_undecided`]).
+    undecided: bool,
     /// Writes to the source that were in flight when the copy started have not all landed
     /// yet (see `Ctx::mark_channel`); no chunk is read before they have.
     settling: bool,
@@ -166,6 +169,17 @@ impl Copy {
             .iter()
             .flatten()
             .any(|c| overlaps(range, (c.start, c.start + c.blocks as u64)))
+    }
+
+    /// Whether a piece waiting in `deferred` overlaps `range`: a later write must not pass an
+    /// earlier one it overlaps (it could keep the earlier one waiting for as long as writes
+    /// keep coming, and they would land in the other order).
+    fn deferred_overlaps(&self, range: (u64, u64)) -> bool {
+        let shard_start = self.spec.shard as u64 * self.total;
+        self.deferred.iter().any(|p| {
+            let at = p.offset_blocks - shard_start;
+            overlaps(range, (at, at + p.num_blocks as u64))
+        })
     }
 
     fn mirror_overlaps(&self, range: (u64, u64)) -> bool {
@@ -296,6 +310,7 @@ impl Ctx {
             now_hint: self.now,
             active: true,
             frozen: false,
+            undecided: false,
             settling,
             generation_start: self.now,
             issued: 0,
@@ -317,8 +332,22 @@ impl Ctx {
         };
         let c = self.copies[ci].as_mut().expect("found above");
         c.active = false;
+        // The target's copy is discarded (or, after a flip, no mirror is out): clients
+        // whose write still waits for its target half get their answer from the source.
+        self.answer_held_mirrors(ci);
         self.release_deferred(ci);
         self.retire_copy(ci);
+        true
+    }
+
+    /// The new placement of a copied shard may or may not have landed (its write timed out):
+    /// every write must reach both members until the pool is imported again, so the copy is
+    /// not abandoned when its target is slow to answer (its clients wait for the target).
+    pub fn keep_copy_undecided(&mut self, volume: BdevId, shard: u32) -> bool {
+        let Some(ci) = self.copy_of(volume, shard as u64) else {
+            return false;
+        };
+        self.copies[ci].as_mut().expect("found above").undecided = true;
         true
     }
 
@@ -366,7 +395,11 @@ impl Ctx {
         };
         let c = self.copies[ci].as_mut().expect("active copy");
         let range = (hop.within, hop.within + piece.num_blocks as u64);
-        if c.frozen || c.chunk_overlaps(range) || c.mirror_overlaps(range) {
+        if c.frozen
+            || c.chunk_overlaps(range)
+            || c.mirror_overlaps(range)
+            || c.deferred_overlaps(range)
+        {
             c.deferred.push_back(piece);
             return None;
         }
@@ -399,8 +432,13 @@ impl Ctx {
         let slot = (t & SLOT_MASK) as usize;
         let done = if t & MIRROR_BIT != 0 {
             let done = self.mirror_complete(ci, slot, t & TARGET_BIT != 0, c);
-            // A mirror is done (or waits on): pieces held behind it may go.
-            self.release_deferred(ci);
+            let freed = self.copies[ci]
+                .as_ref()
+                .is_some_and(|c| c.mirrors[slot].is_none());
+            if freed {
+                // Pieces held behind this mirror may go.
+                self.release_deferred(ci);
+            }
             done
         } else {
             self.chunk_complete(ci, slot, c);
@@ -582,7 +620,10 @@ impl Ctx {
     /// [`TARGET_ANSWER_NS`], and lets the client writes held behind its chunks go on.
     fn abandon_if_target_stalled(&mut self, ci: usize) {
         let now = self.now;
-        let Some(c) = self.copies[ci].as_mut().filter(|c| c.active) else {
+        let Some(c) = self.copies[ci]
+            .as_mut()
+            .filter(|c| c.active && !c.undecided)
+        else {
             return;
         };
         let oldest = c
