@@ -38,9 +38,13 @@ pub const DATA_START_BYTES: u64 = 2 * SLOT_BYTES;
 /// One member as the pool remembers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
-    /// The bdev's name when this generation was written (for people; members are found by
-    /// the index in their own header).
+    /// The bdev's name when this generation was written (for people, and for `save_config`'s
+    /// `pool_import`; members are known by `uuid`, since device names shift).
     pub bdev_name: String,
+    /// The member's own identity, given at pool_create and kept through renumberings. (Empty
+    /// in pools made before it existed: those members are known by name.)
+    #[serde(default)]
+    pub uuid: String,
     pub num_blocks: u64,
     /// Shard extents the member holds.
     pub extents: u64,
@@ -97,13 +101,24 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// The name this slot's own description gives the member that holds it: how import knows
-    /// a member whose index has since changed (a removal renumbers the rest).
-    pub fn own_name(&self) -> Option<&str> {
-        self.record
+    /// The member that holds this slot, as its own description gives it.
+    fn own_member(&self) -> Option<&MemberRecord> {
+        self.record.members.get(self.member_index as usize)
+    }
+
+    /// The index description `chosen` (of the same pool) gives the member that holds this
+    /// slot: found by the member uuid its own description gives it, as its index may have
+    /// changed since (a removal renumbers the rest) and its bdev name too (device names shift
+    /// when a disk goes missing). Members of pools made before member uuids are found by name.
+    pub fn index_in(&self, chosen: &PoolRecord) -> Option<usize> {
+        let own = self.own_member()?;
+        chosen
             .members
-            .get(self.member_index as usize)
-            .map(|m| m.bdev_name.as_str())
+            .iter()
+            .position(|m| match own.uuid.is_empty() {
+                true => m.uuid.is_empty() && m.bdev_name == own.bdev_name,
+                false => m.uuid == own.uuid,
+            })
     }
 }
 
@@ -244,11 +259,13 @@ mod tests {
             members: vec![
                 MemberRecord {
                     bdev_name: "A".into(),
+                    uuid: "0123abcd-0000-4000-8000-00000000000a".into(),
                     num_blocks: 10_000,
                     extents: 38,
                 },
                 MemberRecord {
                     bdev_name: "B".into(),
+                    uuid: "0123abcd-0000-4000-8000-00000000000b".into(),
                     num_blocks: 10_000,
                     extents: 38,
                 },

@@ -562,6 +562,7 @@ impl PoolService {
             }
             members.push(MemberRecord {
                 bdev_name: info.name.clone(),
+                uuid: new_uuid(),
                 num_blocks: info.num_blocks,
                 extents,
             });
@@ -733,14 +734,12 @@ impl PoolService {
             let Some((id, bdev)) = self.registry.lookup(&m.bdev_name) else {
                 continue;
             };
-            // Known by the name its own slot gives it, as import takes members back.
+            // Known as import takes members back (see `Slot::index_in`).
             let holds_it = self
                 .read_newest(id, bdev.info().block_size)
                 .ok()
                 .flatten()
-                .is_some_and(|s| {
-                    s.record.uuid == record.uuid && s.own_name() == Some(&m.bdev_name)
-                });
+                .is_some_and(|s| s.record.uuid == record.uuid && s.index_in(record) == Some(index));
             if holds_it {
                 return Err(invalid(
                     "base_bdevs",
@@ -837,16 +836,14 @@ impl PoolService {
         // process died before it) names an older numbering, and must not stand in for the
         // member that now holds that index.
         //
-        // A member is known by the name its own slot gives it, and takes the index the chosen
-        // record gives that name: a member that missed a renumbering (a crash during
-        // `pool_remove_bdev`'s last write) holds its old index, and must not be lost for it.
+        // A member is known by the identity its own slot gives it (`Slot::index_in`), and
+        // takes the index the chosen record gives it: a member that missed a renumbering (a
+        // crash during `pool_remove_bdev`'s last write) holds its old index, and must not be
+        // lost for it; a bdev that took a missing member's name must not stand in for it.
         let chosen = record.clone();
         slots.retain_mut(|(_, name, s)| {
             let index = s.member_index as usize;
-            let now = s
-                .own_name()
-                .and_then(|own| chosen.members.iter().position(|m| m.bdev_name == own));
-            match now {
+            match s.index_in(&chosen) {
                 Some(now) => {
                     s.member_index = now as u32;
                     true
@@ -1326,12 +1323,14 @@ impl PoolService {
         let mut entries = vec![json!({"method": "migration_set_options",
                                       "params": self.migration_options()})];
         for p in self.lock().values().filter(|p| !p.creation_unknown) {
-            let names: Vec<&str> = p
-                .record
-                .members
-                .iter()
-                .map(|m| m.bdev_name.as_str())
-                .collect();
+            // Each name once: a missing member keeps the name it last had, which a present
+            // member may have taken since (device names shift when a disk goes missing).
+            let mut names: Vec<&str> = Vec::new();
+            for m in &p.record.members {
+                if !names.contains(&m.bdev_name.as_str()) {
+                    names.push(&m.bdev_name);
+                }
+            }
             if !p.members.iter().all(volatile) {
                 entries.push(json!({"method": "pool_import", "params": {"base_bdevs": names}}));
                 continue;

@@ -102,6 +102,7 @@ mod tests {
                 .iter()
                 .map(|&e| MemberRecord {
                     bdev_name: "m".into(),
+                    uuid: String::new(),
                     num_blocks: 0,
                     extents: e,
                 })

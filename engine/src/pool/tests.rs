@@ -484,6 +484,68 @@ fn a_member_that_missed_a_renumbering_is_taken_back_by_its_name() {
     volume(&second, "p", "v", 2).unwrap();
 }
 
+/// Device names shift when a disk goes missing: with B's file gone, A's file comes up under
+/// the name "B". It is still member 0 (it used to take the index the newest description gave
+/// the name "B", and be served as member 1, another member's data with no error), B's shards
+/// fail, and with the files back under their own names the whole pool returns with its data.
+#[test]
+fn a_member_is_known_by_its_identity_not_by_a_name_another_device_took() {
+    let (fa, fb) = files("shifted");
+    let fc = temp_file("shifted-c", FILE_BYTES);
+    let first = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
+    create(&first, "p", &["A", "B", "C"], 1024).unwrap();
+    volume(&first, "p", "vol", 3).unwrap();
+    let on = |b: &Boot, member: &str| first_shard_on(b, "vol", member) as u64 * 256;
+    let (at_a, at_b, at_c) = (on(&first, "A"), on(&first, "B"), on(&first, "C"));
+    for (at, seed) in [(at_a, 1), (at_b, 2), (at_c, 3)] {
+        write(&first, "vol", at, 256, seed).unwrap();
+    }
+    first
+        .engine
+        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
+        .unwrap();
+    drop(first);
+
+    // B's file is missing; A's comes up as "B".
+    let second = boot(&[("B", &fa), ("C", &fc)]);
+    second.pools.import(&["B".into(), "C".into()]).unwrap();
+    assert_eq!(pools_json(&second)[0]["state"], "degraded");
+    assert!(read_matches(&second, "vol", at_a, 256, 1));
+    assert!(second
+        .engine
+        .read_blocks(id(&second, "vol"), at_b, 1, Duration::from_secs(5))
+        .is_err());
+    let saved = second.pools.config_entries();
+    assert_eq!(
+        saved[1]["params"]["base_bdevs"],
+        json!(["B", "C"]),
+        "{saved:?}"
+    );
+    drop(second);
+
+    // A's file is missing; B's and C's are back under their own names.
+    let third = boot(&[("B", &fb), ("C", &fc)]);
+    third.pools.import(&["B".into(), "C".into()]).unwrap();
+    assert_eq!(pools_json(&third)[0]["state"], "degraded");
+    assert!(read_matches(&third, "vol", at_b, 256, 2));
+    assert!(read_matches(&third, "vol", at_c, 256, 3));
+    assert!(third
+        .engine
+        .read_blocks(id(&third, "vol"), at_a, 1, Duration::from_secs(5))
+        .is_err());
+    drop(third);
+
+    let fourth = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
+    fourth
+        .pools
+        .import(&["A".into(), "B".into(), "C".into()])
+        .unwrap();
+    assert_eq!(pools_json(&fourth)[0]["state"], "online");
+    for (at, seed) in [(at_a, 1), (at_b, 2), (at_c, 3)] {
+        assert!(read_matches(&fourth, "vol", at, 256, seed), "{at}");
+    }
+}
+
 /// A crash during pool_create, after generation 1 reached A and before B: not a pool (it
 /// came up degraded, B present but unclaimed), refused by import with what to do.
 #[test]
