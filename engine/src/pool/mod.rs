@@ -1006,12 +1006,28 @@ impl PoolService {
         Ok(())
     }
 
-    pub fn delete(&self, name: &str) -> Result<(), PoolError> {
+    pub fn delete(&self, name: &str, force: bool) -> Result<(), PoolError> {
         let mut pools = self.lock();
         let pool = pools
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.to_string()))?;
         pool.check_changes_allowed()?;
+        // A missing member keeps the pool's description: back, it would bring the pool (and
+        // the volumes it held) back with it. Deleting anyway is for a member that is gone
+        // for good.
+        let missing: Vec<&str> = (pool.members.iter())
+            .zip(&pool.record.members)
+            .filter(|(id, _)| id.is_none())
+            .map(|(_, m)| m.bdev_name.as_str())
+            .collect();
+        if !missing.is_empty() && !force {
+            return Err(PoolError::Busy(format!(
+                "pool '{name}' is degraded ({} missing): its description stays on what is \
+                 missing, which would bring the pool back when it returns; bring it back \
+                 first, or delete with force: true if it is gone for good",
+                missing.join(", ")
+            )));
+        }
         if !pool.volumes.is_empty() {
             let names: Vec<&str> = pool.volumes.keys().map(String::as_str).collect();
             return Err(PoolError::Busy(format!(

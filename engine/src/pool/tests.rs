@@ -484,6 +484,29 @@ fn a_member_that_missed_a_renumbering_is_taken_back_by_its_name() {
     volume(&second, "p", "v", 2).unwrap();
 }
 
+/// A degraded pool is not deleted unless forced: its missing member keeps the description
+/// and would bring the pool back when it returned (a deleted pool, and the volumes deleted
+/// before it, came back that way).
+#[test]
+fn deleting_a_degraded_pool_needs_force() {
+    let (fa, fb) = files("delete-degraded");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "p", &["A", "B"], 1024).unwrap();
+    drop(first);
+    let second = boot(&[("A", &fa)]);
+    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    let err = second.pools.delete("p", false).unwrap_err().to_string();
+    assert!(err.contains("is degraded (B missing)"), "{err}");
+    assert!(err.contains("force: true"), "{err}");
+    assert_eq!(pools_json(&second)[0]["state"], "degraded");
+    second.pools.delete("p", true).unwrap();
+    assert_eq!(pools_json(&second), json!([]));
+    drop(second);
+    let third = boot(&[("A", &fa)]);
+    let err = third.pools.import(&["A".into()]).unwrap_err();
+    assert!(matches!(err, PoolError::NoPool(_)), "{err}");
+}
+
 /// Device names shift when a disk goes missing: with B's file gone, A's file comes up under
 /// the name "B". It is still member 0 (it used to take the index the newest description gave
 /// the name "B", and be served as member 1, another member's data with no error), B's shards
@@ -664,7 +687,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         matches!(err, PoolError::Bdev(BdevError::Exists(_))),
         "{err}"
     );
-    let err = b.pools.delete("p").unwrap_err();
+    let err = b.pools.delete("p", false).unwrap_err();
     assert!(
         matches!(err, PoolError::Busy(_)) && err.to_string().contains("volume(s) v"),
         "{err}"
@@ -682,7 +705,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     assert!(b.registry.lookup("v").is_none());
     let err = b.pools.delete_volume("v").unwrap_err();
     assert!(matches!(err, PoolError::VolumeNotFound(_)), "{err}");
-    b.pools.delete("p").unwrap();
+    b.pools.delete("p", false).unwrap();
     assert_eq!(pools_json(&b), json!([]));
     // The members are free, and their metadata is gone: a new pool needs no force.
     create(&b, "p2", &["A", "B"], 1024).unwrap();
@@ -938,7 +961,7 @@ fn a_pool_delete_whose_wipe_fails_keeps_the_whole_pool_now_and_after_a_restart()
     // The pool is marked for deletion; A's two slots are wiped, then EE_B's first wipe
     // fails.
     at_first_wipe(&first, "EE_B", ErrorKind::Failure);
-    let err = first.pools.delete("p").unwrap_err().to_string();
+    let err = first.pools.delete("p", false).unwrap_err().to_string();
     assert!(err.contains("not deleted") && err.contains("EE_B"), "{err}");
     // The pool is still here, whole: listed, online, its members claimed; the description
     // written back is newer than the mark.
@@ -958,7 +981,7 @@ fn a_pool_delete_whose_wipe_fails_keeps_the_whole_pool_now_and_after_a_restart()
     volume(&second, "p", "v", 1).unwrap();
     // A delete that can write goes through, and frees the members.
     second.pools.delete_volume("v").unwrap();
-    second.pools.delete("p").unwrap();
+    second.pools.delete("p", false).unwrap();
     assert!(pools_json(&second).as_array().unwrap().is_empty());
     create(&second, "q", &["A"], 1024).unwrap();
 }
@@ -994,7 +1017,7 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
     let refused = [
         volume(&first, "p", "other", 1).unwrap_err(),
         first.pools.delete_volume("kept").unwrap_err(),
-        first.pools.delete("p").unwrap_err(),
+        first.pools.delete("p", false).unwrap_err(),
     ];
     for e in refused {
         assert!(matches!(e, PoolError::Suspended(_)), "{e}");
@@ -1057,7 +1080,7 @@ fn a_pool_create_that_times_out_keeps_its_members_until_the_pool_is_imported_aga
         saved.iter().all(|e| e["method"] == "migration_set_options"),
         "{saved:?}"
     );
-    let refused = first.pools.delete("p").unwrap_err();
+    let refused = first.pools.delete("p", false).unwrap_err();
     assert!(matches!(refused, PoolError::Suspended(_)), "{refused}");
     // The held write lands late; the pool was never written whole, so after a restart
     // there is none to import, and the members are free for a new one.
@@ -1131,12 +1154,12 @@ fn a_pool_delete_whose_wipe_times_out_writes_the_wiped_members_back_and_suspends
     // Marked for deletion; A's two slots are wiped; EE_B holds its first wipe past the
     // deadline.
     at_first_wipe(&first, "EE_B", ErrorKind::Pending);
-    let err = first.pools.delete("p").unwrap_err();
+    let err = first.pools.delete("p", false).unwrap_err();
     assert!(matches!(err, PoolError::Unknown(_)), "{err}");
     let pools = pools_json(&first);
     assert_eq!(pools[0]["state"], "suspended", "{pools}");
     assert!(matches!(
-        first.pools.delete("p").unwrap_err(),
+        first.pools.delete("p", false).unwrap_err(),
         PoolError::Suspended(_)
     ));
     // The held wipe lands late.
@@ -1149,7 +1172,7 @@ fn a_pool_delete_whose_wipe_times_out_writes_the_wiped_members_back_and_suspends
     assert_eq!(pools[0]["state"], "online", "{pools}");
     assert_eq!(pools[0]["members"][0]["state"], "online", "{pools}");
     assert_eq!(pools[0]["members"][1]["state"], "online", "{pools}");
-    second.pools.delete("p").unwrap();
+    second.pools.delete("p", false).unwrap();
 }
 
 #[test]

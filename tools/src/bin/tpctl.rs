@@ -175,8 +175,12 @@ enum Method {
         )]
         base_bdevs: Vec<String>,
     },
-    /// Delete a pool that holds no volume
-    PoolDelete { name: String },
+    /// Delete a pool that holds no volume (--force: even with a member missing)
+    PoolDelete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// List pools, or one
     PoolGetPools {
         #[arg(short = 'n', long = "name")]
@@ -416,7 +420,9 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
                 "shard_size_kib": shard_size_kib, "force": force}),
         ),
         Method::PoolImport { base_bdevs } => ("pool_import", json!({"base_bdevs": base_bdevs})),
-        Method::PoolDelete { name } => ("pool_delete", json!({"name": name})),
+        Method::PoolDelete { name, force } => {
+            ("pool_delete", json!({"name": name, "force": force}))
+        }
         Method::PoolGetPools { name } => ("pool_get_pools", json!({"name": name})),
         Method::VolumeCreate {
             pool,

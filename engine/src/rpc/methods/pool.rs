@@ -95,9 +95,18 @@ fn pool_import(s: &Services, _: &[Method], params: Option<Value>) -> Result<Valu
     Ok(json!(s.pools.import(&p.base_bdevs)?))
 }
 
+/// `pool_delete` params: `force` deletes a degraded pool (see `PoolService::delete`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolDeleteParams {
+    name: String,
+    #[serde(default)]
+    force: bool,
+}
+
 fn pool_delete(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
-    let p: NameParam = parse_params(params)?;
-    s.pools.delete(&p.name)?;
+    let p: PoolDeleteParams = parse_params(params)?;
+    s.pools.delete(&p.name, p.force)?;
     Ok(json!(true))
 }
 
