@@ -45,6 +45,11 @@ pub struct MemberRecord {
     /// in pools made before it existed: those members are known by name.)
     #[serde(default)]
     pub uuid: String,
+    /// Missing when this generation was written, since the import at `Some(g)` that found it
+    /// gone: it holds at most generation `g` of this description's history. A newer one on
+    /// it was written elsewhere (see `PoolService::import`'s check for a divided pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absent_since: Option<u64>,
     pub num_blocks: u64,
     /// Shard extents the member holds.
     pub extents: u64,
@@ -82,6 +87,17 @@ pub struct PoolRecord {
     pub deleting: bool,
 }
 
+impl MemberRecord {
+    /// Whether `other` (from another description of the same pool) is this member: the same
+    /// member uuid, or for pools made before member uuids, the same name.
+    pub fn is(&self, other: &MemberRecord) -> bool {
+        match other.uuid.is_empty() {
+            true => self.uuid.is_empty() && self.bdev_name == other.bdev_name,
+            false => self.uuid == other.uuid,
+        }
+    }
+}
+
 impl PoolRecord {
     /// Whether a shard of some volume lives at extent `extent` of member `member`.
     pub fn places_shard_at(&self, member: u32, extent: u64) -> bool {
@@ -112,13 +128,7 @@ impl Slot {
     /// when a disk goes missing). Members of pools made before member uuids are found by name.
     pub fn index_in(&self, chosen: &PoolRecord) -> Option<usize> {
         let own = self.own_member()?;
-        chosen
-            .members
-            .iter()
-            .position(|m| match own.uuid.is_empty() {
-                true => m.uuid.is_empty() && m.bdev_name == own.bdev_name,
-                false => m.uuid == own.uuid,
-            })
+        chosen.members.iter().position(|m| m.is(own))
     }
 }
 
@@ -260,12 +270,14 @@ mod tests {
                 MemberRecord {
                     bdev_name: "A".into(),
                     uuid: "0123abcd-0000-4000-8000-00000000000a".into(),
+                    absent_since: None,
                     num_blocks: 10_000,
                     extents: 38,
                 },
                 MemberRecord {
                     bdev_name: "B".into(),
                     uuid: "0123abcd-0000-4000-8000-00000000000b".into(),
+                    absent_since: None,
                     num_blocks: 10_000,
                     extents: 38,
                 },

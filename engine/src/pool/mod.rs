@@ -563,6 +563,7 @@ impl PoolService {
             members.push(MemberRecord {
                 bdev_name: info.name.clone(),
                 uuid: new_uuid(),
+                absent_since: None,
                 num_blocks: info.num_blocks,
                 extents,
             });
@@ -755,7 +756,10 @@ impl PoolService {
         Ok(())
     }
 
-    pub fn import(&self, base_bdevs: &[String]) -> Result<String, PoolError> {
+    /// `pool_import`: brings up the pool on `base_bdevs` from the newest description on them.
+    /// `force` keeps that description even where the pool was divided (see [`divided`]):
+    /// what the other part saw since is lost.
+    pub fn import(&self, base_bdevs: &[String], force: bool) -> Result<String, PoolError> {
         if base_bdevs.is_empty() || base_bdevs.len() > MAX_MEMBERS {
             return Err(invalid(
                 "base_bdevs",
@@ -889,6 +893,18 @@ impl PoolService {
             record.members[index].bdev_name = name.clone();
         }
         self.check_no_member_left_out(&record, &members, base_bdevs)?;
+        if let Some(why) = divided(&record, generation, &slots) {
+            if !force {
+                return Err(invalid("base_bdevs", why));
+            }
+            log::warn!("pool_import (force): {why}");
+        }
+        for (m, id) in record.members.iter_mut().zip(&members) {
+            m.absent_since = match id {
+                Some(_) => None,
+                None => m.absent_since.or(Some(generation)),
+            };
+        }
         let mut pools = self.lock();
         if pools.contains_key(&record.name) {
             return Err(PoolError::Exists(record.name.clone()));
@@ -1416,6 +1432,53 @@ fn check_description_fits(
 
 /// Whether `bdev`'s blocks live in RAM only, gone at a restart: a malloc or null bdev, or one
 /// stacked (error, delay) on such bdevs only.
+/// Whether the pool was divided: brought up twice, each time with members the other time
+/// had missing, and changed on both sides. `chosen` (the newest description, at
+/// `generation`) marks a member absent since generation `g`; if that member holds a newer
+/// generation, written while members `chosen` was written to were missing, the two histories
+/// went apart at `g`, and taking `chosen` would silently lose what the other side saw since
+/// (a shard moved there, say, and written). A member that merely holds an unfinished newer
+/// write (a crash part-way through a change) has no members marked missing in it. Says which.
+fn divided(
+    chosen: &PoolRecord,
+    generation: u64,
+    slots: &[(BdevId, String, Slot)],
+) -> Option<String> {
+    for (_, name, s) in slots {
+        let Some(since) = chosen.members[s.member_index as usize].absent_since else {
+            continue;
+        };
+        if s.generation <= since {
+            continue;
+        }
+        let went_on_without: Vec<&str> = (s.record.members.iter())
+            .filter(|x| x.absent_since.is_some())
+            .filter_map(|x| chosen.members.iter().find(|c| c.is(x)))
+            .filter(|c| c.absent_since.is_none())
+            .map(|c| c.bdev_name.as_str())
+            .collect();
+        if went_on_without.is_empty() {
+            continue;
+        }
+        let holders: Vec<&str> = (slots.iter())
+            .filter(|(_, _, o)| o.generation == generation)
+            .map(|(_, n, _)| n.as_str())
+            .collect();
+        return Some(format!(
+            "pool '{}' was divided: '{name}' holds generation {}, written while {} were \
+             missing, and {} hold generation {generation}, written while '{name}' was missing \
+             (since generation {since}); each part changed the pool without the other. \
+             pool_import with force: true keeps generation {generation}, and what '{name}' \
+             saw after generation {since} is lost",
+            chosen.name,
+            s.generation,
+            went_on_without.join(", "),
+            holders.join(", "),
+        ));
+    }
+    None
+}
+
 fn lives_in_ram(registry: &BdevRegistry, bdev: &BdevRef) -> bool {
     let product = bdev.info().product_name;
     if product == crate::bdev::malloc::PRODUCT_NAME || product == crate::bdev::null::PRODUCT_NAME {

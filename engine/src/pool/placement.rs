@@ -103,6 +103,7 @@ mod tests {
                 .map(|&e| MemberRecord {
                     bdev_name: "m".into(),
                     uuid: String::new(),
+                    absent_since: None,
                     num_blocks: 0,
                     extents: e,
                 })

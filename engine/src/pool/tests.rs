@@ -161,7 +161,7 @@ fn boot_on_a_and_ee_b(fa: &Path, fb: &Path, first: bool) -> Boot {
     if first {
         create(&b, "p", &["A", "EE_B"], 1024).unwrap();
     } else {
-        b.pools.import(&["A".into(), "EE_B".into()]).unwrap();
+        b.pools.import(&["A".into(), "EE_B".into()], false).unwrap();
     }
     b
 }
@@ -233,7 +233,13 @@ fn a_pool_and_its_volume_come_back_after_a_restart() {
     drop(first);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    assert_eq!(second.pools.import(&["A".into(), "B".into()]).unwrap(), "p");
+    assert_eq!(
+        second
+            .pools
+            .import(&["A".into(), "B".into()], false)
+            .unwrap(),
+        "p"
+    );
     assert!(read_matches(&second, "vol", 0, 6 * 256, 7));
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "online");
@@ -271,7 +277,10 @@ fn a_corrupt_slot_falls_back_to_the_other_and_is_healed() {
     };
     flip(&fa, SLOT_BYTES + 100);
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    second
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap();
     assert!(second.pools.volume("vol").is_some());
     drop(second);
     // Import wrote generation 6 to slot 0 everywhere. Tear it on both members: generation
@@ -279,7 +288,10 @@ fn a_corrupt_slot_falls_back_to_the_other_and_is_healed() {
     flip(&fa, 200);
     flip(&fb, 150);
     let third = boot(&[("A", &fa), ("B", &fb)]);
-    third.pools.import(&["A".into(), "B".into()]).unwrap();
+    third
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap();
     assert!(third.pools.volume("vol").is_some());
     assert_eq!(pools_json(&third)[0]["generation"], 6);
     drop(third);
@@ -289,7 +301,10 @@ fn a_corrupt_slot_falls_back_to_the_other_and_is_healed() {
         flip(f, SLOT_BYTES + 70);
     }
     let fourth = boot(&[("A", &fa), ("B", &fb)]);
-    let err = fourth.pools.import(&["A".into(), "B".into()]).unwrap_err();
+    let err = fourth
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap_err();
     assert!(matches!(err, PoolError::NoPool(_)), "{err}");
     assert!(fourth.registry.lookup("vol").is_none());
     assert!(
@@ -308,7 +323,10 @@ fn a_missing_member_brings_the_pool_up_degraded_with_clear_errors() {
     drop(first);
     // B is gone: the config names it, but it does not exist.
     let second = boot(&[("A", &fa)]);
-    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    second
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap();
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "degraded");
     assert_eq!(pools[0]["members"][1]["state"], "missing");
@@ -344,12 +362,19 @@ fn an_import_that_leaves_out_a_present_member_is_refused() {
     volume(&first, "p", "vol", 4).unwrap();
     drop(first);
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    let e = second.pools.import(&["A".into()]).unwrap_err().to_string();
+    let e = second
+        .pools
+        .import(&["A".into()], false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("'B' is member 1 of pool 'p'"), "{e}");
     assert_eq!(pools_json(&second), json!([]));
     assert!(second.registry.lookup("vol").is_none());
     // Nothing was claimed: the full import goes through, with both members online.
-    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    second
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap();
     assert_eq!(pools_json(&second)[0]["state"], "online");
 }
 
@@ -414,7 +439,10 @@ fn a_degraded_import_never_writes_a_generation_a_missing_member_may_hold() {
     write_generation_to(&fa, &moved, 0, generation + 1);
     // A is away: B comes up degraded, and the shard on B takes a write.
     let second = boot(&[("B", &fb)]);
-    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    second
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap();
     write(&second, "vol", on_b as u64 * 256, 256, 9).unwrap();
     second
         .engine
@@ -423,7 +451,7 @@ fn a_degraded_import_never_writes_a_generation_a_missing_member_may_hold() {
     drop(second);
     for order in [["B", "A"], ["A", "B"]] {
         let b = boot(&[("A", &fa), ("B", &fb)]);
-        b.pools.import(&order.map(String::from)).unwrap();
+        b.pools.import(&order.map(String::from), false).unwrap();
         assert!(
             read_matches(&b, "vol", on_b as u64 * 256, 256, 9),
             "{order:?}"
@@ -450,14 +478,23 @@ fn an_import_after_a_crash_in_pool_delete_finishes_the_deletion() {
     write_generation_to(&fa, &marked, 0, generation + 1);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    let e = second.pools.import(&["A".into(), "B".into()]).unwrap_err();
+    let e = second
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap_err();
     assert!(e.to_string().contains("was being deleted"), "{e}");
     assert_eq!(pools_json(&second), json!([]));
     // Both members are clean: a pool can be made on them without force.
     create(&second, "q", &["A", "B"], 1024).unwrap();
     drop(second);
     let third = boot(&[("A", &fa), ("B", &fb)]);
-    assert_eq!(third.pools.import(&["A".into(), "B".into()]).unwrap(), "q");
+    assert_eq!(
+        third
+            .pools
+            .import(&["A".into(), "B".into()], false)
+            .unwrap(),
+        "q"
+    );
 }
 
 /// A crash during pool_remove_bdev's last write: the renumbered description (A gone, B and C
@@ -476,12 +513,77 @@ fn a_member_that_missed_a_renumbering_is_taken_back_by_its_name() {
     write_generation_to(&fb, &renumbered, 0, generation + 1);
 
     let second = boot(&[("B", &fb), ("C", &fc)]);
-    second.pools.import(&["B".into(), "C".into()]).unwrap();
+    second
+        .pools
+        .import(&["B".into(), "C".into()], false)
+        .unwrap();
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "online", "{pools}");
     assert_eq!(pools[0]["members"].as_array().unwrap().len(), 2, "{pools}");
     assert_eq!(pools[0]["members"][1]["name"], "C", "{pools}");
     volume(&second, "p", "v", 2).unwrap();
+}
+
+/// A pool brought up twice in two parts (A and B without C; then C alone), each changing
+/// it: the newest description came from one part and silently dropped what the other saw (a
+/// shard moved and written there read back its old data). Import refuses, saying which
+/// members went on without which; with force it keeps the newest description.
+#[test]
+fn a_pool_changed_in_two_parts_is_not_imported_without_force() {
+    let (fa, fb) = files("divided");
+    let fc = temp_file("divided-c", FILE_BYTES);
+    let names: Vec<String> = ["A", "B", "C"].iter().map(|s| s.to_string()).collect();
+    let first = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
+    create(&first, "p", &["A", "B", "C"], 1024).unwrap();
+    volume(&first, "p", "vol", 3).unwrap();
+    let on_a = first_shard_on(&first, "vol", "A");
+    write(&first, "vol", on_a as u64 * 256, 256, 1).unwrap();
+    drop(first);
+
+    // One part: A and B. A's shard moves to B and is written there.
+    let second = boot(&[("A", &fa), ("B", &fb)]);
+    second.pools.import(&names[..2], false).unwrap();
+    second
+        .pools
+        .migrate_shard(&ShardMigrateParams {
+            volume: "vol".into(),
+            shard: on_a,
+            target_core: None,
+            target_bdev: Some("B".into()),
+        })
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while second.pools.running_migrations() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the copy did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let shards = second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
+    assert_eq!(shards[on_a as usize]["bdev"], "B", "{shards}");
+    write(&second, "vol", on_a as u64 * 256, 256, 7).unwrap();
+    second
+        .engine
+        .flush_wait(id(&second, "vol"), Duration::from_secs(5))
+        .unwrap();
+    drop(second);
+
+    // The other part: C alone.
+    let third = boot(&[("C", &fc)]);
+    third.pools.import(&names[2..], false).unwrap();
+    drop(third);
+
+    let fourth = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
+    let err = fourth.pools.import(&names, false).unwrap_err().to_string();
+    assert!(
+        err.contains("pool 'p' was divided: 'C' holds generation"),
+        "{err}"
+    );
+    assert!(err.contains("written while A, B were missing"), "{err}");
+    assert_eq!(pools_json(&fourth), json!([]));
+    fourth.registry.claim("A", "test").unwrap();
+    fourth.registry.release("A", "test");
+    fourth.pools.import(&names, true).unwrap();
+    assert_eq!(pools_json(&fourth)[0]["state"], "online");
+    assert!(read_matches(&fourth, "vol", on_a as u64 * 256, 256, 7));
 }
 
 /// A degraded pool is not deleted unless forced: its missing member keeps the description
@@ -494,7 +596,10 @@ fn deleting_a_degraded_pool_needs_force() {
     create(&first, "p", &["A", "B"], 1024).unwrap();
     drop(first);
     let second = boot(&[("A", &fa)]);
-    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    second
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap();
     let err = second.pools.delete("p", false).unwrap_err().to_string();
     assert!(err.contains("is degraded (B missing)"), "{err}");
     assert!(err.contains("force: true"), "{err}");
@@ -503,7 +608,7 @@ fn deleting_a_degraded_pool_needs_force() {
     assert_eq!(pools_json(&second), json!([]));
     drop(second);
     let third = boot(&[("A", &fa)]);
-    let err = third.pools.import(&["A".into()]).unwrap_err();
+    let err = third.pools.import(&["A".into()], false).unwrap_err();
     assert!(matches!(err, PoolError::NoPool(_)), "{err}");
 }
 
@@ -531,7 +636,10 @@ fn a_member_is_known_by_its_identity_not_by_a_name_another_device_took() {
 
     // B's file is missing; A's comes up as "B".
     let second = boot(&[("B", &fa), ("C", &fc)]);
-    second.pools.import(&["B".into(), "C".into()]).unwrap();
+    second
+        .pools
+        .import(&["B".into(), "C".into()], false)
+        .unwrap();
     assert_eq!(pools_json(&second)[0]["state"], "degraded");
     assert!(read_matches(&second, "vol", at_a, 256, 1));
     assert!(second
@@ -548,7 +656,10 @@ fn a_member_is_known_by_its_identity_not_by_a_name_another_device_took() {
 
     // A's file is missing; B's and C's are back under their own names.
     let third = boot(&[("B", &fb), ("C", &fc)]);
-    third.pools.import(&["B".into(), "C".into()]).unwrap();
+    third
+        .pools
+        .import(&["B".into(), "C".into()], false)
+        .unwrap();
     assert_eq!(pools_json(&third)[0]["state"], "degraded");
     assert!(read_matches(&third, "vol", at_b, 256, 2));
     assert!(read_matches(&third, "vol", at_c, 256, 3));
@@ -561,7 +672,7 @@ fn a_member_is_known_by_its_identity_not_by_a_name_another_device_took() {
     let fourth = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
     fourth
         .pools
-        .import(&["A".into(), "B".into(), "C".into()])
+        .import(&["A".into(), "B".into(), "C".into()], false)
         .unwrap();
     assert_eq!(pools_json(&fourth)[0]["state"], "online");
     for (at, seed) in [(at_a, 1), (at_b, 2), (at_c, 3)] {
@@ -586,7 +697,10 @@ fn an_import_refuses_a_pool_whose_creation_did_not_finish() {
     write_generation_to(&fa, &record, 0, 1);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    let e = second.pools.import(&["A".into(), "B".into()]).unwrap_err();
+    let e = second
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap_err();
     assert!(e.to_string().contains("did not finish"), "{e}");
     assert_eq!(pools_json(&second), json!([]));
     second
@@ -738,9 +852,12 @@ fn formatting_a_member_of_another_pool_needs_force() {
     drop(second);
     // A now belongs to "new" alone; B still says "old": they cannot be imported together.
     let third = boot(&[("A", &fa), ("B", &fb)]);
-    let err = third.pools.import(&["A".into(), "B".into()]).unwrap_err();
+    let err = third
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap_err();
     assert!(err.to_string().contains("belongs to pool"), "{err}");
-    assert_eq!(third.pools.import(&["A".into()]).unwrap(), "new");
+    assert_eq!(third.pools.import(&["A".into()], false).unwrap(), "new");
     assert!(third.registry.lookup("vol").is_none());
 }
 
@@ -813,7 +930,10 @@ fn a_shard_handed_to_another_reactor_keeps_its_data_and_its_owner_after_a_restar
     drop(first);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    second.pools.import(&["A".into(), "B".into()]).unwrap();
+    second
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap();
     assert_eq!(owners(&second), want, "the new owner was persisted");
     assert!(read_matches(&second, "vol", 200, 200, 9));
     assert!(read_matches(&second, "vol", 0, 200, 3));
@@ -1039,7 +1159,10 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
     // from the write that landed late, and it is the newest: the outcome the first call
     // could not know.
     let second = boot_with_ee_b(&fa, &fb);
-    second.pools.import(&["EE_B".into(), "A".into()]).unwrap();
+    second
+        .pools
+        .import(&["EE_B".into(), "A".into()], false)
+        .unwrap();
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "online", "{pools}");
     assert!(pools[0]["suspended"].is_null(), "{pools}");
@@ -1087,7 +1210,10 @@ fn a_pool_create_that_times_out_keeps_its_members_until_the_pool_is_imported_aga
     release_held(&first, "EE_B");
     drop(first);
     let second = boot_with_ee_b(&fa, &fb);
-    assert!(second.pools.import(&["EE_B".into(), "A".into()]).is_err());
+    assert!(second
+        .pools
+        .import(&["EE_B".into(), "A".into()], false)
+        .is_err());
     create(&second, "p", &["EE_B", "A"], 1024).unwrap();
     assert_eq!(pools_json(&second)[0]["state"], "online");
 }
@@ -1138,7 +1264,10 @@ fn a_copy_whose_commit_times_out_keeps_both_places_written_until_the_pool_is_imp
     release_held(&first, "EE_B");
     drop(first);
     let second = boot_with_ee_b(&fa, &fb);
-    second.pools.import(&["EE_B".into(), "A".into()]).unwrap();
+    second
+        .pools
+        .import(&["EE_B".into(), "A".into()], false)
+        .unwrap();
     let now = second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
     assert_eq!(now[moving as usize]["bdev"], "A", "{now}");
     assert!(read_matches(&second, "vol", base, 256, 9));
@@ -1215,7 +1344,7 @@ fn a_removed_member_whose_metadata_survived_is_not_taken_back_on_import() {
         .unwrap();
 
     let second = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
-    second.pools.import(&names).unwrap();
+    second.pools.import(&names, false).unwrap();
     let pool = &pools_json(&second)[0];
     assert_eq!(pool["state"], "online");
     let members: Vec<&str> = pool["members"]

@@ -165,7 +165,8 @@ enum Method {
         #[arg(long)]
         force: bool,
     },
-    /// Bring up the pool found on these bdevs
+    /// Bring up the pool found on these bdevs (--force: even a divided one, from its newest
+    /// description)
     PoolImport {
         #[arg(
             short = 'b',
@@ -174,6 +175,8 @@ enum Method {
             required = true
         )]
         base_bdevs: Vec<String>,
+        #[arg(long)]
+        force: bool,
     },
     /// Delete a pool that holds no volume (--force: even with a member missing)
     PoolDelete {
@@ -419,7 +422,10 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             json!({"name": name, "base_bdevs": base_bdevs, "shard_size_mib": shard_size_mib,
                 "shard_size_kib": shard_size_kib, "force": force}),
         ),
-        Method::PoolImport { base_bdevs } => ("pool_import", json!({"base_bdevs": base_bdevs})),
+        Method::PoolImport { base_bdevs, force } => (
+            "pool_import",
+            json!({"base_bdevs": base_bdevs, "force": force}),
+        ),
         Method::PoolDelete { name, force } => {
             ("pool_delete", json!({"name": name, "force": force}))
         }

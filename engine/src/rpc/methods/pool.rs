@@ -76,6 +76,9 @@ pub fn methods() -> Vec<Method> {
 #[serde(deny_unknown_fields)]
 struct ImportParams {
     base_bdevs: Vec<String>,
+    /// Import a divided pool from its newest description (see `PoolService::import`).
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
@@ -92,7 +95,7 @@ fn pool_create(s: &Services, _: &[Method], params: Option<Value>) -> Result<Valu
 
 fn pool_import(s: &Services, _: &[Method], params: Option<Value>) -> Result<Value, RpcError> {
     let p: ImportParams = parse_params(params)?;
-    Ok(json!(s.pools.import(&p.base_bdevs)?))
+    Ok(json!(s.pools.import(&p.base_bdevs, p.force)?))
 }
 
 /// `pool_delete` params: `force` deletes a degraded pool (see `PoolService::delete`).
