@@ -150,21 +150,30 @@ impl Daemon {
     }
 
     /// Sends a signal and waits (up to 20 s) for the exit; returns the status and stderr.
-    pub fn signal_and_wait(mut self, signal: &str) -> (std::process::ExitStatus, String) {
+    pub fn signal_and_wait(self, signal: &str) -> (std::process::ExitStatus, String) {
+        self.signal_and_wait_within(signal, 20)
+    }
+
+    /// [`Daemon::signal_and_wait`] for a shutdown known to take long (its waits time out).
+    pub fn signal_and_wait_within(
+        mut self,
+        signal: &str,
+        seconds: u64,
+    ) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args([&format!("-{signal}"), &pid])
             .status()
             .expect("kill");
         assert!(sent.success(), "kill -{signal} {pid}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 break s;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "tidepoold did not exit within 20 s of SIG{signal}"
+                "tidepoold did not exit within {seconds} s of SIG{signal}"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };

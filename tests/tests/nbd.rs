@@ -534,6 +534,51 @@ fn nbd_methods_refuse_bad_input_and_exports_hold_their_bdev() {
     );
 }
 
+/// SIGTERM while a client's write is held (a delay bdev, 11 s) past the NBD drain (10 s):
+/// the daemon flushes and exits, and the write, which lands after that flush, is not
+/// acknowledged (it used to be, with no flush after it): the client sees its connection end.
+#[test]
+fn a_write_that_outlasts_the_shutdown_drain_is_not_acknowledged() {
+    let s = Scratch::new("nbd-late-ack");
+    let (d, sock) = serve(
+        &s,
+        "late",
+        &[
+            &["bdev_malloc_create", "-b", "M", "8", "4096"],
+            &[
+                "bdev_delay_create",
+                "-b",
+                "M",
+                "-d",
+                "D",
+                "-r",
+                "10",
+                "-t",
+                "10",
+                "-w",
+                "11000000",
+                "-n",
+                "11000000",
+            ],
+        ],
+        &[("slow", "D")],
+    );
+    let mut writer = Command::new("qemu-io")
+        .args(["-f", "raw", &uri(&sock, "slow"), "-c", "write -P 0xab 0 4k"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-io");
+    wait_until("the write to reach the export", || {
+        export_stats(&d, "slow")["bytes_written"].as_u64() == Some(4096)
+    });
+    let (status, log) = d.signal_and_wait_within("TERM", 40);
+    assert!(status.success(), "exit status {status}\n{log}");
+    assert!(log.contains("they are cut off"), "{log}");
+    let acknowledged = writer.wait().expect("qemu-io").success();
+    assert!(!acknowledged, "the late write was acknowledged\n{log}");
+}
+
 /// Deleting an export whose client still waits for a write (held by an error bdev) does not
 /// give the bdev away: after the drain the call fails -16, the export is closed to new
 /// clients and keeps its bdev claimed, so no new user can have data the late write would land

@@ -67,6 +67,14 @@ impl Stream {
         }
     }
 
+    /// Ends the connection both ways at once (the socket stays open until dropped).
+    pub fn shutdown(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        }
+    }
+
     pub fn set_timeouts(&self, t: Option<std::time::Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t).and_then(|_| s.set_write_timeout(t)),
@@ -604,6 +612,15 @@ impl Task for Connection {
     fn on_poll(&mut self, ctx: &mut Ctx) -> usize {
         if self.closing.is_none() && self.export.is_closing() {
             self.stop_reading("the export or the server is shutting down");
+        }
+        if !self.broken && self.export.replies_cut() {
+            // The daemon is stopping and has stopped waiting for this connection's I/O: its
+            // last flush may already be done, so nothing more is acknowledged (a write that
+            // lands now would be acknowledged without being durable). The client sees the
+            // connection end.
+            self.broken = true;
+            self.stop_reading("the daemon stopped before this connection's I/O came back");
+            let _ = self.stream.shutdown();
         }
         let mut net = 0;
         let mut work = 0;

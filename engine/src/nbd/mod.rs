@@ -86,6 +86,8 @@ pub struct Export {
     /// Deleted, or the server is stopping: connections stop reading and close.
     closing: AtomicBool,
     server_stopping: Arc<AtomicBool>,
+    /// See [`NbdService::stop_server`]: connections send nothing more.
+    replies_cut: Arc<AtomicBool>,
     pub connections: AtomicUsize,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
@@ -94,6 +96,10 @@ pub struct Export {
 impl Export {
     fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed) || self.server_stopping.load(Ordering::Relaxed)
+    }
+
+    fn replies_cut(&self) -> bool {
+        self.replies_cut.load(Ordering::Acquire)
     }
 
     fn to_json(&self) -> Value {
@@ -177,6 +183,7 @@ pub struct NbdService {
     tally: Arc<Tally>,
     server: Mutex<Option<NbdServer>>,
     server_stopping: Arc<AtomicBool>,
+    replies_cut: Arc<AtomicBool>,
 }
 
 impl NbdService {
@@ -188,6 +195,7 @@ impl NbdService {
             tally: Arc::new(Tally::default()),
             server: Mutex::new(None),
             server_stopping: Arc::new(AtomicBool::new(false)),
+            replies_cut: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -248,6 +256,7 @@ impl NbdService {
                 flags,
                 closing: AtomicBool::new(false),
                 server_stopping: Arc::clone(&self.server_stopping),
+                replies_cut: Arc::clone(&self.replies_cut),
                 connections: AtomicUsize::new(0),
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
@@ -328,6 +337,7 @@ impl NbdService {
             return Err(NbdError::Running(s.address.clone()));
         }
         self.server_stopping.store(false, Ordering::Release);
+        self.replies_cut.store(false, Ordering::Release);
         let listener = Listener::bind(address)?;
         let shared = Arc::new(Shared {
             engine: Arc::clone(&self.engine),
@@ -371,8 +381,16 @@ impl NbdService {
         let waker = server.stop_accepting();
         self.wait_for_connections(|| self.tally.total());
         if self.tally.total() > 0 {
+            // Their I/O may come back after the daemon's last flush: from now on they
+            // acknowledge nothing (see `Connection::on_poll`). Every reactor has seen the
+            // flag once its call returns, before anything that follows (that flush).
+            self.replies_cut.store(true, Ordering::Release);
+            for r in 0..self.engine.reactor_count() {
+                let _ = self.engine.call_wait(r, DRAIN_TIMEOUT, |_| {});
+            }
             log::warn!(
-                "nbd: {} connection(s) did not close in time",
+                "nbd: {} connection(s) did not close in time; they are cut off, and \
+                 what they still wait for is not acknowledged",
                 self.tally.total()
             );
         }
