@@ -35,7 +35,10 @@ struct State {
     last_scores: Vec<f64>,
     last_verdict: String,
     decisions: VecDeque<Value>,
+    /// Owner hand-offs made.
     moves: u64,
+    /// Data copies the balancer started (see `migration_get_status` for how they ended).
+    copies_started: u64,
     stop: bool,
 }
 
@@ -61,6 +64,7 @@ impl Balancer {
                 last_verdict: "not run yet".into(),
                 decisions: VecDeque::new(),
                 moves: 0,
+                copies_started: 0,
                 stop: false,
             }),
             wake: Condvar::new(),
@@ -113,6 +117,7 @@ impl Balancer {
             ("scores".to_string(), json!(scores)),
             ("last_verdict".to_string(), json!(s.last_verdict)),
             ("moves".to_string(), json!(s.moves)),
+            ("copies_started".to_string(), json!(s.copies_started)),
             ("decisions".to_string(), json!(decisions)),
         ]);
         Value::Object(status)
@@ -338,7 +343,10 @@ fn device_move_done(
 ) -> Value {
     let PlannedDeviceMove { mv, volume, .. } = planned;
     let outcome = match result {
-        Ok(_) => "copy started".to_string(),
+        Ok(_) => {
+            state.copies_started += 1;
+            "copy started".to_string()
+        }
         Err(e) => format!("failed: {e}"),
     };
     let cooldown = state.options.cooldown_ns;

@@ -1205,6 +1205,8 @@ impl PoolService {
 
     /// `pool_get_pools`: each pool with its state and members.
     pub fn pools_json(&self, name: Option<&str>) -> Result<Value, PoolError> {
+        // Members a copy to which was given up: the balancer sends it no more copies.
+        let flagged = self.flagged_members();
         let pools = self.lock();
         if let Some(n) = name {
             if !pools.contains_key(n) {
@@ -1243,6 +1245,7 @@ impl PoolService {
                             "capacity_mib": (m.extents * r.shard_blocks * bs) >> 20,
                             "used_mib": (used * r.shard_blocks * bs) >> 20,
                             "shard_count": used - reserved, "reserved_shards": reserved,
+                            "takes_copies": !flagged.contains(&m.bdev_name),
                             "free_shards": free[i].len()})
                     })
                     .collect();
