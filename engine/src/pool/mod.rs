@@ -1357,14 +1357,26 @@ impl PoolService {
         // The copies' options first, as SPDK puts a subsystem's `*_set_options` first.
         let mut entries = vec![json!({"method": "migration_set_options",
                                       "params": self.migration_options()})];
+        let listed = self.registry.list();
         for p in self.lock().values().filter(|p| !p.creation_unknown) {
-            // Each name once: a missing member keeps the name it last had, which a present
-            // member may have taken since (device names shift when a disk goes missing).
+            let user = format!("pool '{}'", p.record.name);
+            // Each name once, and a missing member's only while no one else holds a bdev of
+            // that name: a missing member keeps the name it last had, which a present member,
+            // or another pool's member, may have taken since (device names shift when a disk
+            // goes missing; a replaced disk is free to be used). Listed, that bdev would make
+            // the import at the next start fail as another pool's.
+            let taken_by_another = |name: &str| {
+                listed.iter().any(|l| {
+                    l.bdev.info().name == name && l.claimed_by.as_ref().is_some_and(|c| *c != user)
+                })
+            };
             let mut names: Vec<&str> = Vec::new();
-            for m in &p.record.members {
-                if !names.contains(&m.bdev_name.as_str()) {
-                    names.push(&m.bdev_name);
+            for (m, id) in p.record.members.iter().zip(&p.members) {
+                let name = m.bdev_name.as_str();
+                if names.contains(&name) || (id.is_none() && taken_by_another(name)) {
+                    continue;
                 }
+                names.push(name);
             }
             if !p.members.iter().all(volatile) {
                 entries.push(json!({"method": "pool_import", "params": {"base_bdevs": names}}));

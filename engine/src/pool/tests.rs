@@ -586,6 +586,48 @@ fn a_pool_changed_in_two_parts_is_not_imported_without_force() {
     assert!(read_matches(&fourth, "vol", on_a as u64 * 256, 256, 7));
 }
 
+/// A pool's member is replaced by a blank disk under the same name, and that disk goes to a
+/// new pool: save_config no longer lists the name for the old pool (the import at the next
+/// start failed on it as another pool's member, and with it the whole config).
+#[test]
+fn save_config_leaves_out_a_missing_member_s_name_another_pool_took() {
+    let (fa, fb) = files("name-taken");
+    let first = boot(&[("A", &fa), ("B", &fb)]);
+    create(&first, "p", &["A", "B"], 1024).unwrap();
+    drop(first);
+    let blank = temp_file("name-taken-new", FILE_BYTES);
+    let second = boot(&[("A", &fa), ("B", &blank)]);
+    second
+        .pools
+        .import(&["A".into(), "B".into()], false)
+        .unwrap();
+    assert_eq!(pools_json(&second)[0]["state"], "degraded");
+    create(&second, "q", &["B"], 1024).unwrap();
+    let saved = second.pools.config_entries();
+    let imports: Vec<&Value> = saved
+        .iter()
+        .filter(|e| e["method"] == "pool_import")
+        .collect();
+    assert_eq!(imports.len(), 2, "{saved:?}");
+    assert!(
+        imports
+            .iter()
+            .any(|e| e["params"]["base_bdevs"] == json!(["A"])),
+        "{saved:?}"
+    );
+    assert!(
+        imports
+            .iter()
+            .any(|e| e["params"]["base_bdevs"] == json!(["B"])),
+        "{saved:?}"
+    );
+    drop(second);
+    let third = boot(&[("A", &fa), ("B", &blank)]);
+    third.pools.import(&["B".into()], false).unwrap();
+    third.pools.import(&["A".into()], false).unwrap();
+    assert_eq!(pools_json(&third).as_array().unwrap().len(), 2);
+}
+
 /// A degraded pool is not deleted unless forced: its missing member keeps the description
 /// and would bring the pool back when it returned (a deleted pool, and the volumes deleted
 /// before it, came back that way).
