@@ -10,7 +10,9 @@
 //!    then the copy stops and the held writes go on to the target. A target failure while
 //!    writes drain restarts the copy: the driver lets the writes go and waits again.
 //! 2. *Abandoned* (more than `max_restarts` restarts, or the source failed): the placement
-//!    stays, the target member is flagged, and the reason is kept.
+//!    stays, the target member is flagged, and the reason is kept. The balancer sends a
+//!    flagged member no copies for [`FLAG_HOLD_NS`], or until a copy to it (one a user
+//!    asked for) completes.
 //!
 //! Crash safety: the placement on the members names the source until step 1 persists it,
 //! and by then every write acknowledged to a client is on the flushed target (writes were
@@ -115,9 +117,15 @@ struct Inner {
     options: MigrationOptions,
     running: Vec<Arc<Mutex<Record>>>,
     finished: VecDeque<Arc<Mutex<Record>>>,
-    /// Members whose copies were abandoned (never chosen again by the balancer).
-    flagged: Vec<String>,
+    /// Members a copy to which failed, and when: the balancer sends them no copies for
+    /// [`FLAG_HOLD_NS`].
+    flagged: Vec<(String, Nanos)>,
 }
+
+/// How long a member a copy to which failed gets no copies from the balancer: long enough
+/// not to retry a failing device over and over, short enough that a mended one is used again
+/// without a restart (it used to be flagged for the daemon's life, with nothing showing it).
+pub const FLAG_HOLD_NS: Nanos = 10 * 60 * 1_000_000_000;
 
 impl Inner {
     /// Moves a copy that ended from the running list to the recent ones.
@@ -223,7 +231,12 @@ impl PoolService {
 
     /// Members whose copies were abandoned.
     pub fn flagged_members(&self) -> Vec<String> {
-        self.migrations.lock().flagged.clone()
+        let now = time::now();
+        let mut inner = self.migrations.lock();
+        inner
+            .flagged
+            .retain(|(_, at)| now.saturating_sub(*at) < FLAG_HOLD_NS);
+        inner.flagged.iter().map(|(name, _)| name.clone()).collect()
     }
 
     /// Starts copying a shard to `target` (a member of its pool); returns at once.
@@ -492,14 +505,19 @@ impl PoolService {
             let mut r = lock(rec);
             r.finished_ns = Some(time::now());
             match &outcome {
-                Ok(()) => r.state = "completed".into(),
+                Ok(()) => {
+                    r.state = "completed".into();
+                    // The member takes copies again.
+                    inner.flagged.retain(|(name, _)| *name != r.target);
+                }
                 Err((why, ending)) => {
                     r.state = "abandoned".into();
                     r.error = Some(why.clone());
                     // Only a copy that failed keeps its target out of later moves; a refused
                     // commit (a suspended pool, a volume gone) says nothing against it.
-                    if *ending == Ending::CopyFailed && !inner.flagged.contains(&r.target) {
-                        inner.flagged.push(r.target.clone());
+                    if *ending == Ending::CopyFailed {
+                        inner.flagged.retain(|(name, _)| *name != r.target);
+                        inner.flagged.push((r.target.clone(), time::now()));
                     }
                 }
             }

@@ -1507,6 +1507,8 @@ fn a_stopped_drain_can_be_started_again() {
     };
     let stopped = wait("the drain to stop", &|p| !p["drain_error"].is_null());
     assert_eq!(stopped[0]["members"][0]["state"], "draining", "{stopped}");
+    // The failed copies' target gets no copies from the balancer for now, and says so.
+    assert_eq!(stopped[0]["members"][1]["takes_copies"], false, "{stopped}");
     inject(&b, "EE_B", InjectTarget::Clear, ErrorKind::Failure, 0);
     remove_a().unwrap();
     let done = wait("the drain to finish", &|p| {
@@ -1514,6 +1516,8 @@ fn a_stopped_drain_can_be_started_again() {
     });
     assert_eq!(done[0]["members"][0]["name"], "EE_B", "{done}");
     assert!(done[0]["drain_error"].is_null(), "{done}");
+    // A copy to it completed: it takes copies again (it used to be flagged until a restart).
+    assert_eq!(done[0]["members"][0]["takes_copies"], true, "{done}");
 }
 
 #[test]
