@@ -1137,6 +1137,7 @@ impl PoolService {
                 p.name, p.size_mib, p.pool
             ))
         })?;
+        self.clear_extents(pool, &placed)?;
         let volume = VolumeRecord {
             name: p.name.clone(),
             uuid: new_uuid(),
@@ -1159,6 +1160,48 @@ impl PoolService {
             p.size_mib,
             p.pool
         );
+        Ok(())
+    }
+
+    /// Clears the extents a new volume will take, so that it reads zeroes rather than what a
+    /// deleted volume left there (SPDK's lvols clear by default too): write-zeroes where a
+    /// member has it, else unmap (zeroes on malloc and on uring files and devices), else
+    /// nothing (a null member). Nothing names the extents yet, so a failure changes nothing;
+    /// but a clear that timed out may still land, over the data of a volume given those
+    /// extents later: they stay reserved until a restart.
+    fn clear_extents(&self, pool: &mut Pool, placed: &[ShardRecord]) -> Result<(), PoolError> {
+        let shard_blocks = pool.record.shard_blocks;
+        let first_block = DATA_START_BYTES / pool.record.block_size as u64;
+        for s in placed {
+            let Some(id) = pool.members[s.member as usize] else {
+                continue; // Not reached: new volumes need every member.
+            };
+            let supported = self.registry.get(id).map(|b| b.info().supported);
+            let how = match supported {
+                Some(t) if t.contains(IoType::WriteZeroes) => IoType::WriteZeroes,
+                Some(t) if t.contains(IoType::Unmap) => IoType::Unmap,
+                _ => continue,
+            };
+            let at = first_block + s.extent * shard_blocks;
+            let cleared =
+                self.engine
+                    .clear_blocks(id, how, at, shard_blocks as u32, self.deadline());
+            if let Err(e) = cleared {
+                let name = &pool.record.members[s.member as usize].bdev_name;
+                let what = format!(
+                    "clearing extent {} of '{name}' for the new volume",
+                    s.extent
+                );
+                if matches!(e, BlockingIoError::Timeout(_)) {
+                    pool.reserved.push((s.member, s.extent));
+                    return Err(PoolError::Io(format!(
+                        "{what}: {e}; it may still land, so the extent stays out of use until \
+                         a restart"
+                    )));
+                }
+                return Err(PoolError::Io(format!("{what}: {e}")));
+            }
+        }
         Ok(())
     }
 

@@ -628,6 +628,34 @@ fn save_config_leaves_out_a_missing_member_s_name_another_pool_took() {
     assert_eq!(pools_json(&third).as_array().unwrap().len(), 2);
 }
 
+/// A new volume reads zeroes where a deleted one was written (its extents are cleared
+/// before the placement is persisted); a clear that gets no answer fails the create and keeps
+/// its extent out of use, since it may still land on a later volume's data.
+#[test]
+fn a_new_volume_reads_zeroes_not_a_deleted_volume_s_data() {
+    let (fa, fb) = files("cleared");
+    let b = boot_with_ee_b(&fa, &fb);
+    create(&b, "p", &["A", "EE_B"], 1024).unwrap();
+    volume(&b, "p", "old", 2).unwrap();
+    write(&b, "old", 0, 512, 7).unwrap();
+    b.pools.delete_volume("old").unwrap();
+    volume(&b, "p", "new", 2).unwrap();
+    let zeroes = b
+        .engine
+        .read_blocks(id(&b, "new"), 0, 512, Duration::from_secs(5))
+        .unwrap();
+    assert!(zeroes.as_slice().iter().all(|&x| x == 0), "old data shows");
+    b.pools.delete_volume("new").unwrap();
+
+    b.pools.set_deadline(Duration::from_millis(300));
+    inject(&b, "EE_B", InjectTarget::WriteZeroes, ErrorKind::Pending, 1);
+    let err = volume(&b, "p", "held", 2).unwrap_err().to_string();
+    assert!(err.contains("stays out of use until a restart"), "{err}");
+    assert!(b.registry.lookup("held").is_none());
+    assert_eq!(pools_json(&b)[0]["members"][1]["reserved_shards"], 1);
+    release_held(&b, "EE_B");
+}
+
 /// A degraded pool is not deleted unless forced: its missing member keeps the description
 /// and would bring the pool back when it returned (a deleted pool, and the volumes deleted
 /// before it, came back that way).

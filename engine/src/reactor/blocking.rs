@@ -80,6 +80,21 @@ impl Engine {
         self.io_wait(bdev, io, timeout).map(drop)
     }
 
+    /// Zeroes (`IoType::WriteZeroes`) or deallocates (`IoType::Unmap`) `num_blocks` blocks
+    /// at `offset_blocks` of `bdev`.
+    pub fn clear_blocks(
+        &self,
+        bdev: BdevId,
+        how: IoType,
+        offset_blocks: u64,
+        num_blocks: u32,
+        timeout: Duration,
+    ) -> Result<(), BlockingIoError> {
+        assert!(matches!(how, IoType::WriteZeroes | IoType::Unmap));
+        self.io_wait(bdev, request(how, offset_blocks, num_blocks, None), timeout)
+            .map(drop)
+    }
+
     /// Flushes `bdev`.
     pub fn flush_wait(&self, bdev: BdevId, timeout: Duration) -> Result<(), BlockingIoError> {
         self.io_wait(bdev, request(IoType::Flush, 0, 0, None), timeout)
