@@ -10,9 +10,14 @@
 //! shards and members of a suspended pool alone (that pool refuses every change). Off until
 //! `balancer_set_options {"enabled": true}`; `balancer_get_status` shows the options, the
 //! latest scores and the last decisions with their reasons.
+//!
+//! It decides on the mean of the samples since its last move ([`history`]), not on the
+//! newest window, and leaves a pool alone while a copy runs in it (the copy's I/O is load
+//! of its own).
 
 pub mod decide;
 pub mod devices;
+mod history;
 
 use crate::pool::{PoolService, ShardMigrateParams};
 use crate::reactor::Engine;
@@ -30,6 +35,8 @@ const KEPT_DECISIONS: usize = 32;
 struct State {
     options: Options,
     memory: Memory,
+    /// The snapshots since the last move: decisions use their mean.
+    history: history::History,
     devices: devices::DeviceMemory,
     /// The latest evaluation: the reactors' scores and the verdict.
     last_scores: Vec<f64>,
@@ -59,6 +66,7 @@ impl Balancer {
             state: Mutex::new(State {
                 options: Options::default(),
                 memory: Memory::default(),
+                history: history::History::default(),
                 devices: devices::DeviceMemory::default(),
                 last_scores: Vec::new(),
                 last_verdict: "not run yet".into(),
@@ -179,7 +187,11 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
         if !guard.options.enabled {
             continue;
         }
-        let snapshot = engine.state_table().snapshot();
+        if pools.running_migrations() > 0 {
+            // What a copy's I/O adds is no one's load to balance: decide on what follows it.
+            guard.history.clear();
+        }
+        let snapshot = guard.history.push(engine.state_table().snapshot());
         // A suspended pool's shards are no candidates: their moves could only fail.
         let volumes = pools.movable_volumes();
         let places: Vec<ShardPlace> = volumes
@@ -245,6 +257,7 @@ fn run(shared: &Shared, engine: &Engine, pools: &Arc<PoolService>) {
             Ok(_) => {
                 guard.memory.moved(mv.key, now, cooldown);
                 guard.moves += 1;
+                guard.history.clear();
                 "moved".to_string()
             }
             Err(e) => {
@@ -310,7 +323,18 @@ fn plan_device_move(
     if pools.running_migrations() >= state.options.max_concurrent as usize {
         return None;
     }
-    let members = pools.members();
+    // A pool with a copy running is left alone until it ends: the copy's own reads and
+    // writes count as its members' load, and would make the next move look needed.
+    let copying: Vec<&str> = volumes
+        .iter()
+        .filter(|(_, name, _)| pools.migrating_volume(name))
+        .map(|(_, _, v)| v.pool())
+        .collect();
+    let members: Vec<_> = pools
+        .members()
+        .into_iter()
+        .filter(|m| !copying.contains(&m.pool.as_str()))
+        .collect();
     let mv = devices::evaluate(
         snapshot,
         &members,
@@ -345,6 +369,8 @@ fn device_move_done(
     let outcome = match result {
         Ok(_) => {
             state.copies_started += 1;
+            // The copy's own I/O, then the move, change what the members carry.
+            state.history.clear();
             "copy started".to_string()
         }
         Err(e) => format!("failed: {e}"),

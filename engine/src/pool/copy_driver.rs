@@ -224,6 +224,11 @@ impl PoolService {
         })
     }
 
+    /// Whether a shard of volume `name` is being copied or committed now.
+    pub fn migrating_volume(&self, name: &str) -> bool {
+        self.migrations.running_for_volume(name)
+    }
+
     /// Data migrations copying or committing now.
     pub fn running_migrations(&self) -> usize {
         self.migrations.lock().running.len()
