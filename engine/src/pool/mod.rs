@@ -1488,8 +1488,6 @@ fn check_description_fits(
     }
 }
 
-/// Whether `bdev`'s blocks live in RAM only, gone at a restart: a malloc or null bdev, or one
-/// stacked (error, delay) on such bdevs only.
 /// Whether the pool was divided: brought up twice, each time with members the other time
 /// had missing, and changed on both sides. `chosen` (the newest description, at
 /// `generation`) marks a member absent since generation `g`; if that member holds a newer
@@ -1522,21 +1520,34 @@ fn divided(
             .filter(|(_, _, o)| o.generation == generation)
             .map(|(_, n, _)| n.as_str())
             .collect();
+        // "'A' was", "'A', 'B' were": who went on without whom.
+        let were = |names: &[&str]| {
+            let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+            let verb = if names.len() == 1 { "was" } else { "were" };
+            format!("{} {verb}", quoted.join(", "))
+        };
+        let holds = if holders.len() == 1 { "holds" } else { "hold" };
         return Some(format!(
-            "pool '{}' was divided: '{name}' holds generation {}, written while {} were \
-             missing, and {} hold generation {generation}, written while '{name}' was missing \
+            "pool '{}' was divided: '{name}' holds generation {}, written while {} missing, \
+             and {} {holds} generation {generation}, written while '{name}' was missing \
              (since generation {since}); each part changed the pool without the other. \
              pool_import with force: true keeps generation {generation}, and what '{name}' \
              saw after generation {since} is lost",
             chosen.name,
             s.generation,
-            went_on_without.join(", "),
-            holders.join(", "),
+            were(&went_on_without),
+            holders
+                .iter()
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", "),
         ));
     }
     None
 }
 
+/// Whether `bdev`'s blocks live in RAM only, gone at a restart: a malloc or null bdev, or one
+/// stacked (error, delay) on such bdevs only.
 fn lives_in_ram(registry: &BdevRegistry, bdev: &BdevRef) -> bool {
     let product = bdev.info().product_name;
     if product == crate::bdev::malloc::PRODUCT_NAME || product == crate::bdev::null::PRODUCT_NAME {

@@ -577,7 +577,7 @@ fn a_pool_changed_in_two_parts_is_not_imported_without_force() {
         err.contains("pool 'p' was divided: 'C' holds generation"),
         "{err}"
     );
-    assert!(err.contains("written while A, B were missing"), "{err}");
+    assert!(err.contains("written while 'A', 'B' were missing"), "{err}");
     assert_eq!(pools_json(&fourth), json!([]));
     fourth.registry.claim("A", "test").unwrap();
     fourth.registry.release("A", "test");
