@@ -112,6 +112,19 @@ fn read_matches(b: &Boot, bdev: &str, offset: u64, blocks: u64, seed: u8) -> boo
         })
 }
 
+/// `pool_import` of the bdevs named, not forced.
+fn import(b: &Boot, names: &[&str]) -> Result<String, PoolError> {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    b.pools.import(&names, false)
+}
+
+/// Flushes bdev `name` (a volume, say), as a client does before it counts on its writes.
+fn flush(b: &Boot, name: &str) {
+    b.engine
+        .flush_wait(id(b, name), Duration::from_secs(5))
+        .unwrap();
+}
+
 /// The index of the first shard of `volume` placed on `bdev`.
 fn first_shard_on(b: &Boot, volume: &str, bdev: &str) -> u32 {
     let shards = b.pools.volumes_json(Some(volume)).unwrap()[0]["shards"].clone();
@@ -161,7 +174,7 @@ fn boot_on_a_and_ee_b(fa: &Path, fb: &Path, first: bool) -> Boot {
     if first {
         create(&b, "p", &["A", "EE_B"], 1024).unwrap();
     } else {
-        b.pools.import(&["A".into(), "EE_B".into()], false).unwrap();
+        import(&b, &["A", "EE_B"]).unwrap();
     }
     b
 }
@@ -217,10 +230,7 @@ fn a_pool_and_its_volume_come_back_after_a_restart() {
     let listed = first.registry.lookup("vol").unwrap().1;
     assert_eq!(listed.info().product_name, "tidepool volume");
     write(&first, "vol", 0, 6 * 256, 7).unwrap();
-    first
-        .engine
-        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
-        .unwrap();
+    flush(&first, "vol");
     let saved = first.pools.config_entries();
     assert_eq!(
         saved,
@@ -233,13 +243,7 @@ fn a_pool_and_its_volume_come_back_after_a_restart() {
     drop(first);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    assert_eq!(
-        second
-            .pools
-            .import(&["A".into(), "B".into()], false)
-            .unwrap(),
-        "p"
-    );
+    assert_eq!(import(&second, &["A", "B"]).unwrap(), "p");
     assert!(read_matches(&second, "vol", 0, 6 * 256, 7));
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "online");
@@ -277,10 +281,7 @@ fn a_corrupt_slot_falls_back_to_the_other_and_is_healed() {
     };
     flip(&fa, SLOT_BYTES + 100);
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    second
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap();
+    import(&second, &["A", "B"]).unwrap();
     assert!(second.pools.volume("vol").is_some());
     drop(second);
     // Import wrote generation 6 to slot 0 everywhere. Tear it on both members: generation
@@ -288,10 +289,7 @@ fn a_corrupt_slot_falls_back_to_the_other_and_is_healed() {
     flip(&fa, 200);
     flip(&fb, 150);
     let third = boot(&[("A", &fa), ("B", &fb)]);
-    third
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap();
+    import(&third, &["A", "B"]).unwrap();
     assert!(third.pools.volume("vol").is_some());
     assert_eq!(pools_json(&third)[0]["generation"], 6);
     drop(third);
@@ -301,10 +299,7 @@ fn a_corrupt_slot_falls_back_to_the_other_and_is_healed() {
         flip(f, SLOT_BYTES + 70);
     }
     let fourth = boot(&[("A", &fa), ("B", &fb)]);
-    let err = fourth
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap_err();
+    let err = import(&fourth, &["A", "B"]).unwrap_err();
     assert!(matches!(err, PoolError::NoPool(_)), "{err}");
     assert!(fourth.registry.lookup("vol").is_none());
     assert!(
@@ -323,10 +318,7 @@ fn a_missing_member_brings_the_pool_up_degraded_with_clear_errors() {
     drop(first);
     // B is gone: the config names it, but it does not exist.
     let second = boot(&[("A", &fa)]);
-    second
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap();
+    import(&second, &["A", "B"]).unwrap();
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "degraded");
     assert_eq!(pools[0]["members"][1]["state"], "missing");
@@ -362,19 +354,12 @@ fn an_import_that_leaves_out_a_present_member_is_refused() {
     volume(&first, "p", "vol", 4).unwrap();
     drop(first);
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    let e = second
-        .pools
-        .import(&["A".into()], false)
-        .unwrap_err()
-        .to_string();
+    let e = import(&second, &["A"]).unwrap_err().to_string();
     assert!(e.contains("'B' is member 1 of pool 'p'"), "{e}");
     assert_eq!(pools_json(&second), json!([]));
     assert!(second.registry.lookup("vol").is_none());
     // Nothing was claimed: the full import goes through, with both members online.
-    second
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap();
+    import(&second, &["A", "B"]).unwrap();
     assert_eq!(pools_json(&second)[0]["state"], "online");
 }
 
@@ -439,15 +424,9 @@ fn a_degraded_import_never_writes_a_generation_a_missing_member_may_hold() {
     write_generation_to(&fa, &moved, 0, generation + 1);
     // A is away: B comes up degraded, and the shard on B takes a write.
     let second = boot(&[("B", &fb)]);
-    second
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap();
+    import(&second, &["A", "B"]).unwrap();
     write(&second, "vol", on_b as u64 * 256, 256, 9).unwrap();
-    second
-        .engine
-        .flush_wait(id(&second, "vol"), Duration::from_secs(5))
-        .unwrap();
+    flush(&second, "vol");
     drop(second);
     for order in [["B", "A"], ["A", "B"]] {
         let b = boot(&[("A", &fa), ("B", &fb)]);
@@ -478,23 +457,14 @@ fn an_import_after_a_crash_in_pool_delete_finishes_the_deletion() {
     write_generation_to(&fa, &marked, 0, generation + 1);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    let e = second
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap_err();
+    let e = import(&second, &["A", "B"]).unwrap_err();
     assert!(e.to_string().contains("was being deleted"), "{e}");
     assert_eq!(pools_json(&second), json!([]));
     // Both members are clean: a pool can be made on them without force.
     create(&second, "q", &["A", "B"], 1024).unwrap();
     drop(second);
     let third = boot(&[("A", &fa), ("B", &fb)]);
-    assert_eq!(
-        third
-            .pools
-            .import(&["A".into(), "B".into()], false)
-            .unwrap(),
-        "q"
-    );
+    assert_eq!(import(&third, &["A", "B"]).unwrap(), "q");
 }
 
 /// A crash during pool_remove_bdev's last write: the renumbered description (A gone, B and C
@@ -513,10 +483,7 @@ fn a_member_that_missed_a_renumbering_is_taken_back_by_its_name() {
     write_generation_to(&fb, &renumbered, 0, generation + 1);
 
     let second = boot(&[("B", &fb), ("C", &fc)]);
-    second
-        .pools
-        .import(&["B".into(), "C".into()], false)
-        .unwrap();
+    import(&second, &["B", "C"]).unwrap();
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "online", "{pools}");
     assert_eq!(pools[0]["members"].as_array().unwrap().len(), 2, "{pools}");
@@ -560,10 +527,7 @@ fn a_pool_changed_in_two_parts_is_not_imported_without_force() {
     let shards = second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
     assert_eq!(shards[on_a as usize]["bdev"], "B", "{shards}");
     write(&second, "vol", on_a as u64 * 256, 256, 7).unwrap();
-    second
-        .engine
-        .flush_wait(id(&second, "vol"), Duration::from_secs(5))
-        .unwrap();
+    flush(&second, "vol");
     drop(second);
 
     // The other part: C alone.
@@ -597,10 +561,7 @@ fn save_config_leaves_out_a_missing_member_s_name_another_pool_took() {
     drop(first);
     let blank = temp_file("name-taken-new", FILE_BYTES);
     let second = boot(&[("A", &fa), ("B", &blank)]);
-    second
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap();
+    import(&second, &["A", "B"]).unwrap();
     assert_eq!(pools_json(&second)[0]["state"], "degraded");
     create(&second, "q", &["B"], 1024).unwrap();
     let saved = second.pools.config_entries();
@@ -623,8 +584,8 @@ fn save_config_leaves_out_a_missing_member_s_name_another_pool_took() {
     );
     drop(second);
     let third = boot(&[("A", &fa), ("B", &blank)]);
-    third.pools.import(&["B".into()], false).unwrap();
-    third.pools.import(&["A".into()], false).unwrap();
+    import(&third, &["B"]).unwrap();
+    import(&third, &["A"]).unwrap();
     assert_eq!(pools_json(&third).as_array().unwrap().len(), 2);
 }
 
@@ -666,10 +627,7 @@ fn deleting_a_degraded_pool_needs_force() {
     create(&first, "p", &["A", "B"], 1024).unwrap();
     drop(first);
     let second = boot(&[("A", &fa)]);
-    second
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap();
+    import(&second, &["A", "B"]).unwrap();
     let err = second.pools.delete("p", false).unwrap_err().to_string();
     assert!(err.contains("is degraded (B missing)"), "{err}");
     assert!(err.contains("force: true"), "{err}");
@@ -678,7 +636,7 @@ fn deleting_a_degraded_pool_needs_force() {
     assert_eq!(pools_json(&second), json!([]));
     drop(second);
     let third = boot(&[("A", &fa)]);
-    let err = third.pools.import(&["A".into()], false).unwrap_err();
+    let err = import(&third, &["A"]).unwrap_err();
     assert!(matches!(err, PoolError::NoPool(_)), "{err}");
 }
 
@@ -698,18 +656,12 @@ fn a_member_is_known_by_its_identity_not_by_a_name_another_device_took() {
     for (at, seed) in [(at_a, 1), (at_b, 2), (at_c, 3)] {
         write(&first, "vol", at, 256, seed).unwrap();
     }
-    first
-        .engine
-        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
-        .unwrap();
+    flush(&first, "vol");
     drop(first);
 
     // B's file is missing; A's comes up as "B".
     let second = boot(&[("B", &fa), ("C", &fc)]);
-    second
-        .pools
-        .import(&["B".into(), "C".into()], false)
-        .unwrap();
+    import(&second, &["B", "C"]).unwrap();
     assert_eq!(pools_json(&second)[0]["state"], "degraded");
     assert!(read_matches(&second, "vol", at_a, 256, 1));
     assert!(second
@@ -726,10 +678,7 @@ fn a_member_is_known_by_its_identity_not_by_a_name_another_device_took() {
 
     // A's file is missing; B's and C's are back under their own names.
     let third = boot(&[("B", &fb), ("C", &fc)]);
-    third
-        .pools
-        .import(&["B".into(), "C".into()], false)
-        .unwrap();
+    import(&third, &["B", "C"]).unwrap();
     assert_eq!(pools_json(&third)[0]["state"], "degraded");
     assert!(read_matches(&third, "vol", at_b, 256, 2));
     assert!(read_matches(&third, "vol", at_c, 256, 3));
@@ -740,10 +689,7 @@ fn a_member_is_known_by_its_identity_not_by_a_name_another_device_took() {
     drop(third);
 
     let fourth = boot(&[("A", &fa), ("B", &fb), ("C", &fc)]);
-    fourth
-        .pools
-        .import(&["A".into(), "B".into(), "C".into()], false)
-        .unwrap();
+    import(&fourth, &["A", "B", "C"]).unwrap();
     assert_eq!(pools_json(&fourth)[0]["state"], "online");
     for (at, seed) in [(at_a, 1), (at_b, 2), (at_c, 3)] {
         assert!(read_matches(&fourth, "vol", at, 256, seed), "{at}");
@@ -767,10 +713,7 @@ fn an_import_refuses_a_pool_whose_creation_did_not_finish() {
     write_generation_to(&fa, &record, 0, 1);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    let e = second
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap_err();
+    let e = import(&second, &["A", "B"]).unwrap_err();
     assert!(e.to_string().contains("did not finish"), "{e}");
     assert_eq!(pools_json(&second), json!([]));
     second
@@ -922,12 +865,9 @@ fn formatting_a_member_of_another_pool_needs_force() {
     drop(second);
     // A now belongs to "new" alone; B still says "old": they cannot be imported together.
     let third = boot(&[("A", &fa), ("B", &fb)]);
-    let err = third
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap_err();
+    let err = import(&third, &["A", "B"]).unwrap_err();
     assert!(err.to_string().contains("belongs to pool"), "{err}");
-    assert_eq!(third.pools.import(&["A".into()], false).unwrap(), "new");
+    assert_eq!(import(&third, &["A"]).unwrap(), "new");
     assert!(third.registry.lookup("vol").is_none());
 }
 
@@ -993,17 +933,11 @@ fn a_shard_handed_to_another_reactor_keeps_its_data_and_its_owner_after_a_restar
     write(&first, "vol", 200, 200, 9).unwrap();
     assert!(read_matches(&first, "vol", 200, 200, 9));
     assert!(read_matches(&first, "vol", 400, 624, 3));
-    first
-        .engine
-        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
-        .unwrap();
+    flush(&first, "vol");
     drop(first);
 
     let second = boot(&[("A", &fa), ("B", &fb)]);
-    second
-        .pools
-        .import(&["A".into(), "B".into()], false)
-        .unwrap();
+    import(&second, &["A", "B"]).unwrap();
     assert_eq!(owners(&second), want, "the new owner was persisted");
     assert!(read_matches(&second, "vol", 200, 200, 9));
     assert!(read_matches(&second, "vol", 0, 200, 3));
@@ -1086,10 +1020,7 @@ fn a_shard_copied_to_another_member_survives_target_failures_and_a_restart() {
     // One extent moved from A to EE_B.
     let members = pools_json(&first)[0]["members"].clone();
     assert_ne!(members, free_before);
-    first
-        .engine
-        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
-        .unwrap();
+    flush(&first, "vol");
     drop(first);
 
     let second = up(false);
@@ -1126,10 +1057,7 @@ fn a_volume_delete_whose_metadata_write_fails_changes_nothing_and_later_changes_
     volume(&first, "p", "added", 1).unwrap();
     let now = pools_json(&first)[0]["generation"].as_u64().unwrap();
     assert_eq!(now, generation + 2);
-    first
-        .engine
-        .flush_wait(id(&first, "kept"), Duration::from_secs(5))
-        .unwrap();
+    flush(&first, "kept");
     drop(first);
 
     let second = up(false);
@@ -1217,10 +1145,7 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
     assert!(first.registry.lookup("other").is_none());
     // Its volumes still serve I/O.
     write(&first, "kept", 0, 256, 4).unwrap();
-    first
-        .engine
-        .flush_wait(id(&first, "kept"), Duration::from_secs(5))
-        .unwrap();
+    flush(&first, "kept");
     // The held write lands late, as a slow device's would.
     release_held(&first, "EE_B");
     drop(first);
@@ -1229,10 +1154,7 @@ fn a_metadata_write_that_times_out_suspends_the_pool_until_it_is_imported_again(
     // from the write that landed late, and it is the newest: the outcome the first call
     // could not know.
     let second = boot_with_ee_b(&fa, &fb);
-    second
-        .pools
-        .import(&["EE_B".into(), "A".into()], false)
-        .unwrap();
+    import(&second, &["EE_B", "A"]).unwrap();
     let pools = pools_json(&second);
     assert_eq!(pools[0]["state"], "online", "{pools}");
     assert!(pools[0]["suspended"].is_null(), "{pools}");
@@ -1280,10 +1202,7 @@ fn a_pool_create_that_times_out_keeps_its_members_until_the_pool_is_imported_aga
     release_held(&first, "EE_B");
     drop(first);
     let second = boot_with_ee_b(&fa, &fb);
-    assert!(second
-        .pools
-        .import(&["EE_B".into(), "A".into()], false)
-        .is_err());
+    assert!(import(&second, &["EE_B", "A"]).is_err());
     create(&second, "p", &["EE_B", "A"], 1024).unwrap();
     assert_eq!(pools_json(&second)[0]["state"], "online");
 }
@@ -1324,20 +1243,14 @@ fn a_copy_whose_commit_times_out_keeps_both_places_written_until_the_pool_is_imp
     // The route still reads the source, and a write lands on both places.
     let base = moving as u64 * 256;
     write(&first, "vol", base, 256, 9).unwrap();
-    first
-        .engine
-        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
-        .unwrap();
+    flush(&first, "vol");
     assert!(read_matches(&first, "vol", base, 256, 9));
     // The held description lands: after a restart the shard is read from the target, and
     // it holds the write made after the commit timed out.
     release_held(&first, "EE_B");
     drop(first);
     let second = boot_with_ee_b(&fa, &fb);
-    second
-        .pools
-        .import(&["EE_B".into(), "A".into()], false)
-        .unwrap();
+    import(&second, &["EE_B", "A"]).unwrap();
     let now = second.pools.volumes_json(Some("vol")).unwrap()[0]["shards"].clone();
     assert_eq!(now[moving as usize]["bdev"], "A", "{now}");
     assert!(read_matches(&second, "vol", base, 256, 9));
@@ -1400,10 +1313,7 @@ fn a_removed_member_whose_metadata_survived_is_not_taken_back_on_import() {
         assert!(std::time::Instant::now() < deadline, "C was not removed");
         std::thread::sleep(Duration::from_millis(10));
     }
-    first
-        .engine
-        .flush_wait(id(&first, "vol"), Duration::from_secs(5))
-        .unwrap();
+    flush(&first, "vol");
     drop(first);
     // As if the wipe of C had failed: C still says it is member 2 of the three.
     std::fs::OpenOptions::new()
