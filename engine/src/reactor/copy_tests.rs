@@ -20,11 +20,46 @@ fn copy_rig() -> (Rig, BdevId, BdevId) {
     (rig, m2, ee)
 }
 
+/// Injects `kind` into the next `n` I/Os of type `what` on the copy's target, EE_M2.
+fn inject_target(
+    rig: &Rig,
+    what: crate::bdev::error::InjectTarget,
+    kind: crate::bdev::error::ErrorKind,
+    n: u32,
+) {
+    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
+    b.as_error_bdev().unwrap().injection().inject(what, kind, n);
+}
+
 fn fail_target_writes(rig: &Rig, n: u32) {
     use crate::bdev::error::{ErrorKind, InjectTarget};
-    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
-    let inj = b.as_error_bdev().unwrap().injection();
-    inj.inject(InjectTarget::Write, ErrorKind::Failure, n);
+    inject_target(rig, InjectTarget::Write, ErrorKind::Failure, n);
+}
+
+/// Holds the next `n` writes to the copy's target until [`release_target`].
+fn hold_target_writes(rig: &Rig, n: u32) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    inject_target(rig, InjectTarget::Write, ErrorKind::Pending, n);
+}
+
+fn release_target(rig: &Rig) {
+    use crate::bdev::error::{ErrorKind, InjectTarget};
+    inject_target(rig, InjectTarget::Clear, ErrorKind::Pending, 0);
+}
+
+/// Starts copying the copied shard to `target` on its owner and runs the copy to `Copied`
+/// (every block on the target; writes still mirrored).
+fn copy_to_copied(rig: &mut Rig, target: BdevId) -> crate::reactor::CopyHandle {
+    let vol = rig.vol;
+    let status = rig.rs[1]
+        .ctx()
+        .start_copy(copy_spec(vol, target, 5))
+        .unwrap();
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || {
+        st.lock().unwrap().state == crate::reactor::CopyState::Copied
+    });
+    status
 }
 
 fn copy_spec(vol: BdevId, target: BdevId, max_restarts: u32) -> crate::reactor::CopySpec {
@@ -534,11 +569,8 @@ fn simulated_migrations_under_load_keep_every_acknowledged_write() {
 /// `copying`, no error shown, with the client's write waiting as long as the device.
 #[test]
 fn a_target_that_does_not_answer_abandons_the_copy_and_frees_held_writes() {
-    use crate::bdev::error::{ErrorKind, InjectTarget};
     let (mut rig, _, ee) = copy_rig();
-    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
-    let injection = Arc::clone(b.as_error_bdev().unwrap().injection());
-    injection.inject(InjectTarget::Write, ErrorKind::Pending, 1);
+    hold_target_writes(&rig, 1);
     let vol = rig.vol;
     let mut spec = copy_spec(vol, ee, 5);
     spec.max_inflight = 1;
@@ -569,16 +601,8 @@ fn a_target_that_does_not_answer_abandons_the_copy_and_frees_held_writes() {
     rig.all_success();
     rig.release();
     rig.check(first + 2, 2, 42);
-    injection.inject(InjectTarget::Clear, ErrorKind::Pending, 0);
+    release_target(&rig);
     poll_rounds(&mut rig, 50);
-}
-
-/// Runs the copy in `status` to `Copied` (every block on the target; writes still mirrored).
-fn run_to_copied(rig: &mut Rig, status: &crate::reactor::CopyHandle) {
-    let st = Arc::clone(status);
-    run_until(&mut rig.rs, || {
-        st.lock().unwrap().state == crate::reactor::CopyState::Copied
-    });
 }
 
 /// Two writes to one block in flight together while the shard is mirrored, on a source that
@@ -600,11 +624,7 @@ fn overlapping_writes_land_in_one_order_on_source_and_target() {
     let p = json!({"name": "M2", "num_blocks": 4096, "block_size": BS});
     let target = create_bdev(&rig.reg, "bdev_malloc_create", p).unwrap().0;
     let vol = rig.vol;
-    let status = rig.rs[1]
-        .ctx()
-        .start_copy(copy_spec(vol, target, 0))
-        .unwrap();
-    run_to_copied(&mut rig, &status);
+    let status = copy_to_copied(&mut rig, target);
     let (_, x1) = rig.reg.lookup("X1").unwrap();
     let delay = x1.as_delay_bdev().unwrap().latencies();
     let block = COPIED_SHARD * SHARD + 5;
@@ -639,14 +659,10 @@ fn overlapping_writes_land_in_one_order_on_source_and_target() {
 /// dropped and the copy retired.
 #[test]
 fn a_client_write_whose_target_half_is_held_is_answered_when_the_copy_gives_up() {
-    use crate::bdev::error::{ErrorKind, InjectTarget};
     let (mut rig, _, ee) = copy_rig();
     let vol = rig.vol;
-    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 5)).unwrap();
-    run_to_copied(&mut rig, &status);
-    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
-    let injection = Arc::clone(b.as_error_bdev().unwrap().injection());
-    injection.inject(InjectTarget::Write, ErrorKind::Pending, 1);
+    let status = copy_to_copied(&mut rig, ee);
+    hold_target_writes(&rig, 1);
     let block = COPIED_SHARD * SHARD + 9;
     let before = rig.done();
     rig.submit(1, vol, IoType::Write, block, 3, 77);
@@ -667,26 +683,11 @@ fn a_client_write_whose_target_half_is_held_is_answered_when_the_copy_gives_up()
     rig.release();
     rig.check(block, 3, 77);
     assert!(rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
-    injection.inject(InjectTarget::Clear, ErrorKind::Pending, 0);
+    release_target(&rig);
     poll_rounds(&mut rig, 50);
     assert!(!rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
     // (`check`'s reads take their own completions off the recorder.)
     assert_eq!(rig.done(), before + 1, "no second answer to the write");
-}
-
-/// Holds the next `n` writes to the copy's target (EE_M2) until [`release_target`].
-fn hold_target_writes(rig: &Rig, n: u32) {
-    use crate::bdev::error::{ErrorKind, InjectTarget};
-    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
-    let inj = b.as_error_bdev().unwrap().injection();
-    inj.inject(InjectTarget::Write, ErrorKind::Pending, n);
-}
-
-fn release_target(rig: &Rig) {
-    use crate::bdev::error::{ErrorKind, InjectTarget};
-    let (_, b) = rig.reg.lookup("EE_M2").unwrap();
-    let inj = b.as_error_bdev().unwrap().injection();
-    inj.inject(InjectTarget::Clear, ErrorKind::Pending, 0);
 }
 
 /// A copied shard's target holds a mirrored write to block 0, and a write to blocks 0-7
@@ -697,8 +698,7 @@ fn release_target(rig: &Rig) {
 fn a_write_does_not_pass_an_earlier_one_waiting_behind_a_mirror() {
     let (mut rig, _, ee) = copy_rig();
     let vol = rig.vol;
-    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 5)).unwrap();
-    run_to_copied(&mut rig, &status);
+    copy_to_copied(&mut rig, ee);
     let first = COPIED_SHARD * SHARD;
     hold_target_writes(&rig, 1);
     rig.submit(1, vol, IoType::Write, first, 1, 1);
@@ -733,8 +733,7 @@ fn a_write_does_not_pass_an_earlier_one_waiting_behind_a_mirror() {
 fn stopping_a_copy_answers_writes_that_wait_for_its_target() {
     let (mut rig, _, ee) = copy_rig();
     let vol = rig.vol;
-    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 5)).unwrap();
-    run_to_copied(&mut rig, &status);
+    copy_to_copied(&mut rig, ee);
     let block = COPIED_SHARD * SHARD + 3;
     hold_target_writes(&rig, 1);
     rig.submit(1, vol, IoType::Write, block, 2, 9);
@@ -756,8 +755,7 @@ fn stopping_a_copy_answers_writes_that_wait_for_its_target() {
 fn an_undecided_copy_waits_for_a_slow_target_instead_of_giving_up() {
     let (mut rig, _, ee) = copy_rig();
     let vol = rig.vol;
-    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 5)).unwrap();
-    run_to_copied(&mut rig, &status);
+    let status = copy_to_copied(&mut rig, ee);
     assert!(rig.rs[1]
         .ctx()
         .keep_copy_undecided(vol, COPIED_SHARD as u32));
