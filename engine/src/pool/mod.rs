@@ -219,6 +219,15 @@ impl Pool {
         self.members.iter().any(Option::is_none)
     }
 
+    /// The names the description gives the members that are missing.
+    fn missing_names(&self) -> Vec<&str> {
+        (self.members.iter())
+            .zip(&self.record.members)
+            .filter(|(id, _)| id.is_none())
+            .map(|(_, m)| m.bdev_name.as_str())
+            .collect()
+    }
+
     fn present(&self) -> Vec<bool> {
         self.members.iter().map(Option::is_some).collect()
     }
@@ -956,13 +965,7 @@ impl PoolService {
             return Err(e);
         }
         let name = pool.record.name.clone();
-        let missing: Vec<String> = pool
-            .members
-            .iter()
-            .zip(&pool.record.members)
-            .filter(|(id, _)| id.is_none())
-            .map(|(_, m)| m.bdev_name.clone())
-            .collect();
+        let missing = pool.missing_names();
         if missing.is_empty() {
             log::info!(
                 "pool '{name}': imported at generation {} with {} volume(s)",
@@ -1031,11 +1034,7 @@ impl PoolService {
         // A missing member keeps the pool's description: back, it would bring the pool (and
         // the volumes it held) back with it. Deleting anyway is for a member that is gone
         // for good.
-        let missing: Vec<&str> = (pool.members.iter())
-            .zip(&pool.record.members)
-            .filter(|(id, _)| id.is_none())
-            .map(|(_, m)| m.bdev_name.as_str())
-            .collect();
+        let missing = pool.missing_names();
         if !missing.is_empty() && !force {
             return Err(PoolError::Busy(format!(
                 "pool '{name}' is degraded ({} missing): its description stays on what is \
@@ -1520,27 +1519,26 @@ fn divided(
             .filter(|(_, _, o)| o.generation == generation)
             .map(|(_, n, _)| n.as_str())
             .collect();
-        // "'A' was", "'A', 'B' were": who went on without whom.
-        let were = |names: &[&str]| {
-            let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
-            let verb = if names.len() == 1 { "was" } else { "were" };
-            format!("{} {verb}", quoted.join(", "))
+        let quoted = |names: &[&str]| {
+            let q: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+            q.join(", ")
+        };
+        let were = if went_on_without.len() == 1 {
+            "was"
+        } else {
+            "were"
         };
         let holds = if holders.len() == 1 { "holds" } else { "hold" };
         return Some(format!(
-            "pool '{}' was divided: '{name}' holds generation {}, written while {} missing, \
-             and {} {holds} generation {generation}, written while '{name}' was missing \
+            "pool '{}' was divided: '{name}' holds generation {}, written while {} {were} \
+             missing, and {} {holds} generation {generation}, written while '{name}' was missing \
              (since generation {since}); each part changed the pool without the other. \
              pool_import with force: true keeps generation {generation}, and what '{name}' \
              saw after generation {since} is lost",
             chosen.name,
             s.generation,
-            were(&went_on_without),
-            holders
-                .iter()
-                .map(|n| format!("'{n}'"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            quoted(&went_on_without),
+            quoted(&holders),
         ));
     }
     None

@@ -182,6 +182,16 @@ impl Copy {
         })
     }
 
+    /// When each write now out to the target (a chunk's or a mirror's) was sent.
+    fn target_writes_since(&self) -> impl Iterator<Item = u64> + '_ {
+        let chunks = self
+            .chunks
+            .iter()
+            .flatten()
+            .filter_map(|ch| ch.target_since);
+        chunks.chain(self.mirrors.iter().flatten().filter_map(|m| m.target_since))
+    }
+
     fn mirror_overlaps(&self, range: (u64, u64)) -> bool {
         self.mirrors
             .iter()
@@ -359,13 +369,7 @@ impl Ctx {
             .iter()
             .flatten()
             .filter(|c| c.spec.volume == volume && c.spec.shard == shard)
-            .any(|c| {
-                c.chunks
-                    .iter()
-                    .flatten()
-                    .any(|ch| ch.target_since.is_some())
-                    || c.mirrors.iter().flatten().any(|m| m.target_since.is_some())
-            })
+            .any(|c| c.target_writes_since().next().is_some())
     }
 
     /// The active copy of a shard on this reactor.
@@ -626,13 +630,7 @@ impl Ctx {
         else {
             return;
         };
-        let oldest = c
-            .chunks
-            .iter()
-            .flatten()
-            .filter_map(|ch| ch.target_since)
-            .chain(c.mirrors.iter().flatten().filter_map(|m| m.target_since))
-            .min();
+        let oldest = c.target_writes_since().min();
         if oldest.is_none_or(|t| now.saturating_sub(t) <= TARGET_ANSWER_NS) {
             return;
         }
