@@ -513,6 +513,7 @@ fn run_io(
     drop(slice_tx);
 
     // One live line a second; with a timeline, the volumes' routes are watched meanwhile.
+    let reactors_before = engine.stats();
     let start = Instant::now();
     let mut last_ios = 0u64;
     let mut tick = 1u32;
@@ -577,6 +578,11 @@ fn run_io(
         }
     }
     let routing = route_counters(&engine)?;
+    let reactors: Vec<report::ReactorBusy> = reactors_before
+        .iter()
+        .zip(engine.stats())
+        .map(|(before, after)| report::ReactorBusy::between(before, &after))
+        .collect();
     drop(services);
     match Arc::try_unwrap(engine) {
         Ok(engine) => engine.stop(),
@@ -620,7 +626,9 @@ fn run_io(
     if let Some(r) = &routing {
         report::print_routing(r);
     }
+    report::print_reactors(&reactors);
     let mut json = serde_json::to_value(&report)?;
+    json["reactors"] = serde_json::to_value(&reactors)?;
     if let Some(r) = &routing {
         json["routing"] = serde_json::to_value(r)?;
     }

@@ -5,6 +5,7 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Write as _;
+use tidepool::reactor::ReactorStats;
 
 /// A histogram for I/O latencies in nanoseconds, from 1 ns to an hour, with two significant
 /// digits: a value is kept to within 1/128 of itself (0.8 %), as fine as SPDK's latency
@@ -105,6 +106,44 @@ pub fn print_routing(r: &Routing) {
         r.crossed_percent(),
         r.forwarded
     );
+}
+
+/// One reactor's time over the run: the share of it spent on polls that did work. A reactor
+/// below 100 % waited for something (a volume's pieces on another reactor, say) with nothing
+/// of its own to do.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ReactorBusy {
+    pub reactor: u16,
+    pub core: usize,
+    pub busy_percent: f64,
+    pub polls: u64,
+}
+
+impl ReactorBusy {
+    /// The difference between two snapshots of one reactor's counters.
+    pub fn between(before: &ReactorStats, after: &ReactorStats) -> ReactorBusy {
+        let busy = after.busy_ns.saturating_sub(before.busy_ns);
+        let idle = after.idle_ns.saturating_sub(before.idle_ns);
+        ReactorBusy {
+            reactor: after.reactor,
+            core: after.core,
+            busy_percent: 100.0 * busy as f64 / (busy + idle).max(1) as f64,
+            polls: after.polls.saturating_sub(before.polls),
+        }
+    }
+}
+
+pub fn print_reactors(reactors: &[ReactorBusy]) {
+    let each: Vec<String> = reactors
+        .iter()
+        .map(|r| {
+            format!(
+                "{} (core {}) {:.1}% busy, {} polls",
+                r.reactor, r.core, r.busy_percent, r.polls
+            )
+        })
+        .collect();
+    println!("Reactors: {}", each.join("; "));
 }
 
 pub fn print_table(report: &Report) {

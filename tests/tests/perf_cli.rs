@@ -143,6 +143,21 @@ fn cross_core_and_ping_and_idle_benches_report() {
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(v["total"]["iops"].as_f64().unwrap() > 0.0);
+    // Each reactor's share of busy polls over the run: both ran I/O, so both polled and were
+    // busy part of the time; a share is a percentage.
+    let reactors = v["reactors"].as_array().expect("a reactors array");
+    assert_eq!(reactors.len(), 2, "{v}");
+    for (i, r) in reactors.iter().enumerate() {
+        assert_eq!(r["reactor"], i, "{v}");
+        let busy = r["busy_percent"].as_f64().unwrap();
+        assert!(busy > 0.0 && busy <= 100.0, "{v}");
+        assert!(r["polls"].as_u64().unwrap() > 0, "{v}");
+    }
+    assert!(
+        text(&out).contains("Reactors: 0 (core 0)"),
+        "{}",
+        text(&out)
+    );
 
     let out = run(
         "tidepool-perf",
