@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 /// One recorded completion.
 pub struct Done {
     pub tag: u64,
+    pub io_type: IoType,
+    pub offset_blocks: u64,
+    pub num_blocks: u32,
     pub status: IoStatus,
     pub buf: Option<DmaBuf>,
     /// `ctx.now()` when the completion ran.
@@ -39,6 +42,9 @@ impl Task for Recorder {
     fn on_complete(&mut self, ctx: &mut Ctx, c: Completion) {
         self.done.borrow_mut().push(Done {
             tag: c.io.origin.tag,
+            io_type: c.io.io_type,
+            offset_blocks: c.io.offset_blocks,
+            num_blocks: c.io.num_blocks,
             status: c.status,
             buf: c.io.buf,
             at: ctx.now(),

@@ -7,16 +7,19 @@
 //! left at the end of each pass, as reactors do. A round trip is one message each way: the
 //! transport part of one crossed request (its submit and its completion).
 //!
-//! It runs twice: with the reactors' own [`Message`] (a `Notify`, so every slot is the
-//! size the I/O messages use), and with a 16-byte message, for what a compact encoding would
-//! save. Compare the figure with a `--remote` I/O run on null bdevs, where every request
-//! crosses: the difference is the engine's own work per crossing, not the rings'.
+//! It runs three times, with the same traffic in slots of three sizes: the reactors' own
+//! lane message ([`LaneMsg`], a `Notify`, so every slot is the size the I/O messages use),
+//! the inbox's [`Message`] (which carries a whole request: what the lanes carried until
+//! requests went on them in a compact form), and a 16-byte message, for what a still more
+//! compact encoding would save. Compare the figure with a `--remote` I/O run on null bdevs,
+//! where every request crosses: the difference is the engine's own work per crossing, not
+//! the rings'.
 
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidepool::reactor::Message;
+use tidepool::reactor::{LaneMsg, Message};
 use tidepool::ring::Lanes;
 
 /// Messages kept in flight: the 256 requests of two q128 jobs.
@@ -33,6 +36,27 @@ trait Payload: Send + 'static {
     fn new(id: u32, trip: u64) -> Self;
     fn id(&self) -> u32;
     fn trip(&self) -> u64;
+}
+
+impl Payload for LaneMsg {
+    fn new(id: u32, trip: u64) -> LaneMsg {
+        LaneMsg::Notify {
+            task: id,
+            value: trip,
+        }
+    }
+    fn id(&self) -> u32 {
+        match self {
+            LaneMsg::Notify { task, .. } => *task,
+            _ => unreachable!("the benchmark sends only notifications"),
+        }
+    }
+    fn trip(&self) -> u64 {
+        match self {
+            LaneMsg::Notify { value, .. } => *value,
+            _ => unreachable!("the benchmark sends only notifications"),
+        }
+    }
 }
 
 impl Payload for Message {
@@ -71,14 +95,19 @@ impl Payload for Compact {
     }
 }
 
-/// Round trips per second between `cores[0]` and `cores[1]` for both message sizes.
+/// Round trips per second between `cores[0]` and `cores[1]` for each message size.
 pub fn lanes(cores: &[usize], duration: Duration) -> anyhow::Result<Value> {
     let [a, b, ..] = cores else {
         anyhow::bail!("--bench lanes needs two cores (-m 0x3, say)");
     };
     let runs = [
         (
-            "reactor_message",
+            "lane_message",
+            std::mem::size_of::<LaneMsg>(),
+            round_trips::<LaneMsg>(*a, *b, duration)?,
+        ),
+        (
+            "inbox_message",
             std::mem::size_of::<Message>(),
             round_trips::<Message>(*a, *b, duration)?,
         ),

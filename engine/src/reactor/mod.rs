@@ -21,12 +21,13 @@
 //! never called from inside a submit. Channels are opened lazily, one per bdev per reactor.
 //!
 //! Cross-reactor I/O: [`Ctx::submit_on`] sends the request to the reactor that should execute
-//! it on that reactor's lane (see `ring`); its completion comes back on the lane the other
-//! way and is run there.
+//! it on that reactor's lane (see `ring`), in a compact form whose rest the sender keeps (see
+//! `remote`); its completion comes back on the lane the other way and is run there.
 
 mod blocking;
 mod copy;
 pub mod engine;
+mod remote;
 mod router;
 mod timers;
 
@@ -42,6 +43,7 @@ use timers::Timers;
 pub use blocking::BlockingIoError;
 pub use copy::{CopyHandle, CopySpec, CopyState, CopyStatus};
 pub use engine::{Engine, EngineConfig, EngineError, ReactorStats};
+pub use remote::LaneMsg;
 pub use router::{RouteCounters, BOUNCE_CHUNK_BYTES};
 pub use timers::TimerId;
 
@@ -57,8 +59,9 @@ pub enum PollResult {
     Idle,
 }
 
-/// What reactors send each other. I/O messages carry the request by value (its buffer
-/// included): no allocation per I/O.
+/// What a reactor's inbox carries, and what [`Ctx::send`] takes. I/O messages carry the
+/// request by value (its buffer included): no allocation per I/O. Between reactors they go
+/// on the lanes in a compact form (see `remote`).
 pub enum Message {
     /// Execute this I/O here; the completion goes back to `io.origin.reactor`.
     Submit { bdev: BdevId, io: IoRequest },
@@ -184,10 +187,14 @@ pub struct Ctx {
     /// Every reactor's inbox: messages to this reactor itself, and the parking handshake.
     peers: Arc<[Arc<Inbox<Message>>]>,
     /// This reactor's lanes to and from every peer: all traffic between reactors.
-    lanes: Lanes<Message>,
-    /// Messages for each peer (this reactor's own index: for itself), in order, not yet on
-    /// its lane: a batch being gathered, or what a full lane refused.
-    outbox: Vec<Vec<Message>>,
+    lanes: Lanes<LaneMsg>,
+    /// Messages for each peer (empty at this reactor's own index), in order, not yet on its
+    /// lane: a batch being gathered, or what a full lane refused.
+    outbox: Vec<Vec<LaneMsg>>,
+    /// Messages for this reactor itself, on their way to its own inbox in the same way.
+    to_self: Vec<Message>,
+    /// Requests sent to other reactors, waiting for their completions (see `remote`).
+    remote: remote::RemoteSlots,
     registry: Arc<BdevRegistry>,
     /// Indexed by bdev id; opened lazily.
     channels: Vec<Option<Endpoint>>,
@@ -277,7 +284,7 @@ impl Ctx {
         if target == self.id {
             self.submit(bdev, io);
         } else {
-            self.send(target, Message::Submit { bdev, io });
+            self.send_io(target, bdev, io);
         }
     }
 
@@ -286,9 +293,28 @@ impl Ctx {
     /// batch published with one store and followed by one wake-up handshake (see `ring`):
     /// publishing every message on its own made the peer's core and this one trade the
     /// lane's index line for every message. While a lane is full, messages wait here, in
-    /// order (bounded by the I/O in flight).
-    #[inline]
+    /// order (bounded by the I/O in flight). A request or a completion for a peer goes in the
+    /// lane's compact form (see `remote`).
     pub fn send(&mut self, to: ReactorId, msg: Message) {
+        if to == self.id {
+            self.counters.messages_out += 1;
+            self.to_self.push(msg);
+            if self.to_self.len() >= SEND_BATCH {
+                self.push_outbox(to as usize);
+            }
+            return;
+        }
+        match msg {
+            Message::Submit { bdev, io } => self.send_io(to, bdev, io),
+            Message::Complete(c) => self.send_lane(to, LaneMsg::Complete(Box::new(c))),
+            Message::Notify { task, value } => self.send_lane(to, LaneMsg::Notify { task, value }),
+            Message::Call(f) => self.send_lane(to, LaneMsg::Call(f)),
+        }
+    }
+
+    /// [`Ctx::send`] to a peer, in the lane's form.
+    #[inline]
+    fn send_lane(&mut self, to: ReactorId, msg: LaneMsg) {
         self.counters.messages_out += 1;
         let queue = &mut self.outbox[to as usize];
         queue.push(msg);
@@ -300,11 +326,10 @@ impl Ctx {
     /// Moves what fits of peer `to`'s queued messages onto its lane (its own inbox for this
     /// reactor), then runs the peer's wake-up handshake. Returns how many went.
     fn push_outbox(&mut self, to: usize) -> usize {
-        let queue = &mut self.outbox[to];
         let pushed = if to == self.id as usize {
-            self.peers[to].push_batch(queue)
+            self.peers[to].push_batch(&mut self.to_self)
         } else {
-            self.lanes.push_batch(to, queue)
+            self.lanes.push_batch(to, &mut self.outbox[to])
         };
         if pushed > 0 {
             self.peers[to].wake_if_parked();
@@ -321,12 +346,15 @@ impl Ctx {
                 n += self.push_outbox(to);
             }
         }
+        if !self.to_self.is_empty() {
+            n += self.push_outbox(self.id as usize);
+        }
         n
     }
 
     /// Whether messages wait to go out.
     fn has_outgoing(&self) -> bool {
-        self.outbox.iter().any(|q| !q.is_empty())
+        !self.to_self.is_empty() || self.outbox.iter().any(|q| !q.is_empty())
     }
 
     /// Notifies a task on a reactor (this one included).
@@ -556,7 +584,7 @@ impl Reactor {
     pub fn new(
         id: ReactorId,
         peers: Arc<[Arc<Inbox<Message>>]>,
-        lanes: Lanes<Message>,
+        lanes: Lanes<LaneMsg>,
         registry: Arc<BdevRegistry>,
         config: ReactorConfig,
         state: Arc<StateTable>,
@@ -569,6 +597,8 @@ impl Reactor {
                 now: 0,
                 peers,
                 outbox: (0..peers_len).map(|_| Vec::new()).collect(),
+                to_self: Vec::new(),
+                remote: remote::RemoteSlots::default(),
                 lanes,
                 registry,
                 channels: Vec::new(),
@@ -737,7 +767,7 @@ impl Reactor {
                     break;
                 };
                 taken += 1;
-                self.take_message(msg);
+                self.take_lane_message(msg);
             }
             n += taken;
         }
@@ -748,21 +778,44 @@ impl Reactor {
         self.ctx.counters.messages_in += 1;
         match msg {
             Message::Submit { bdev, io } => self.ctx.submit(bdev, io),
-            Message::Complete(c) => {
-                self.dispatch(c);
-                self.settle_tasks();
-            }
-            Message::Notify { task, value } => {
-                if let Some(Some(t)) = self.tasks.get_mut(task as usize) {
-                    t.on_notify(&mut self.ctx, value);
-                }
-                self.settle_tasks();
-            }
-            Message::Call(f) => {
-                f(self);
-                self.settle_tasks();
-            }
+            Message::Complete(c) => self.complete(c),
+            Message::Notify { task, value } => self.notified(task, value),
+            Message::Call(f) => self.call(f),
         }
+    }
+
+    fn take_lane_message(&mut self, msg: LaneMsg) {
+        self.ctx.counters.messages_in += 1;
+        match msg {
+            LaneMsg::Io(wire) => {
+                let (bdev, io) = wire.into_request();
+                self.ctx.submit(bdev, io);
+            }
+            LaneMsg::Done(wire) => {
+                let c = self.ctx.take_done(wire);
+                self.complete(c);
+            }
+            LaneMsg::Complete(c) => self.complete(*c),
+            LaneMsg::Notify { task, value } => self.notified(task, value),
+            LaneMsg::Call(f) => self.call(f),
+        }
+    }
+
+    fn complete(&mut self, c: Completion) {
+        self.dispatch(c);
+        self.settle_tasks();
+    }
+
+    fn notified(&mut self, task: TaskId, value: u64) {
+        if let Some(Some(t)) = self.tasks.get_mut(task as usize) {
+            t.on_notify(&mut self.ctx, value);
+        }
+        self.settle_tasks();
+    }
+
+    fn call(&mut self, f: Box<dyn FnOnce(&mut Reactor) + Send>) {
+        f(self);
+        self.settle_tasks();
     }
 
     fn reap_channels(&mut self) -> usize {
@@ -838,7 +891,7 @@ impl Reactor {
         loop {
             let origin = c.io.origin;
             if origin.reactor != self.ctx.id {
-                self.ctx.send(origin.reactor, Message::Complete(c));
+                self.ctx.send_done(c);
                 return;
             }
             self.ctx.counters.ios_completed += 1;

@@ -7,8 +7,8 @@
 //! origin is this reactor's router ([`ROUTER_TASK`]) and whose tag names the parent (low 32
 //! bits) and the piece's distance from the parent's start in blocks (high 32 bits).
 //!
-//! - A piece is sent to the volume on its owner reactor (`Message::Submit` with the volume's
-//!   id). The owner looks the shard up again in its own view of the table: if it still owns
+//! - A piece is sent to the volume on its owner reactor (`Ctx::send_io` with the volume's
+//!   id; a piece on its way is marked as one, see `remote`). The owner looks the shard up again in its own view of the table: if it still owns
 //!   it, it translates the offset onto the member and submits on its own channel of that
 //!   member; if not, it forwards the piece to the owner it sees. Forwarding converges because
 //!   every reactor picks up the newest table as soon as it sees the epoch move.
@@ -26,7 +26,7 @@
 //!   a flush covers every write completed before it, whichever queue pair carried it.
 //! - A shard whose member is missing (degraded pool) fails its pieces with ENODEV.
 
-use super::{Ctx, Endpoint, Geometry, Message, TaskId};
+use super::{Ctx, Endpoint, Geometry, TaskId};
 use crate::bdev::iostat::IoStat;
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use crate::load::Window;
@@ -497,13 +497,7 @@ impl Ctx {
             } else {
                 self.route_counters.forwarded += 1;
             }
-            self.send(
-                hop.owner,
-                Message::Submit {
-                    bdev: vol,
-                    io: piece,
-                },
-            );
+            self.send_io(hop.owner, vol, piece);
             return;
         }
         if here {

@@ -268,6 +268,11 @@ fn a_piece_in_a_ring_when_its_shard_changes_owner_is_forwarded_not_failed() {
     rig.settle(16);
     rig.all_success();
     assert_eq!(rig.rs[1].ctx().route_counters().forwarded, 16);
+    // Reactor 1 sent them on from remote slots of its own, and their completions came back
+    // through it to reactor 0: no slot is left waiting anywhere.
+    for r in rig.rs.iter_mut() {
+        assert_eq!(r.ctx().remote.in_flight(), 0);
+    }
     assert!(rig.rs[2].ctx().iostat(rig.members[1]).unwrap().ops[IoType::Write as usize] >= 16);
     rig.check(SHARD, 128, 9);
     // Moved again, back to the reactor that takes the requests: they stay local.
