@@ -324,9 +324,12 @@ fn run_reactor(
             last_publish = after;
         }
     }
-    // Drain: I/O already taken completes before the reactor (and its channels) goes away.
+    // Drain: I/O already taken completes before the reactor (and its channels) goes away,
+    // and so does I/O it sent to other reactors: their completions come back through here
+    // (a piece this reactor passed on to a shard's new owner, say).
     let deadline = time::now() + DRAIN_DEADLINE_NS;
-    while reactor.ctx().io_outstanding() > 0 && time::now() < deadline {
+    let busy = |r: &mut Reactor| r.ctx().io_outstanding() > 0 || r.ctx().io_sent_away() > 0;
+    while busy(&mut reactor) && time::now() < deadline {
         reactor.poll(time::now());
     }
     published.busy_ns.store(busy_ns, Ordering::Relaxed);

@@ -90,3 +90,61 @@ fn a_message_on_a_lane_wakes_a_parked_peer() {
         "median round trip between parked reactors {median:?} (all: {trips:?})"
     );
 }
+
+/// Sends one read to reactor 1 when it starts and tells the test thread when it comes back.
+struct SendAway {
+    bdev: crate::bdev::BdevId,
+    pool: crate::DmaPool,
+    done: SyncSender<bool>,
+}
+
+impl Task for SendAway {
+    fn on_start(&mut self, ctx: &mut Ctx, id: TaskId) {
+        let mut buf = self.pool.take().expect("a buffer");
+        buf.set_len(512);
+        let origin = crate::bdev::IoOrigin {
+            reactor: ctx.reactor_id(),
+            task: id,
+            tag: 0,
+        };
+        let io = crate::bdev::IoRequest::new(crate::bdev::IoType::Read, 0, 1, Some(buf), origin);
+        ctx.submit_on(1, self.bdev, io);
+    }
+    fn on_complete(&mut self, _: &mut Ctx, c: Completion) {
+        let _ = self.done.send(c.status.is_success());
+    }
+}
+
+/// A reactor that stops while I/O it sent to another reactor is still out waits for the
+/// completion (it comes back through this reactor's remote slot), as it waits for its own.
+#[test]
+fn a_stopping_reactor_waits_for_io_it_sent_to_another() {
+    let registry = Arc::new(BdevRegistry::new());
+    let null = serde_json::json!({"name": "N0", "num_blocks": 64, "block_size": 512});
+    crate::config::create_bdev(&registry, "bdev_null_create", null).unwrap();
+    // 300 ms reads: the stop comes while the read is out on reactor 1.
+    let slow = serde_json::json!({"base_bdev_name": "N0", "name": "Slow",
+        "avg_read_latency": 300_000, "p99_read_latency": 300_000,
+        "avg_write_latency": 10, "p99_write_latency": 10});
+    let (bdev, _) = crate::config::create_bdev(&registry, "bdev_delay_create", slow).unwrap();
+    let mut config = EngineConfig::new(vec![0, 1]);
+    config.pin = false;
+    let engine = Engine::start(config, registry).unwrap();
+    let (tx, rx) = sync_channel(1);
+    let pool = crate::DmaPool::new(512, 1).unwrap();
+    let task = SendAway {
+        bdev,
+        pool,
+        done: tx,
+    };
+    engine
+        .call_wait(0, Duration::from_secs(5), move |r| r.spawn(Box::new(task)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    engine.stop();
+    assert_eq!(
+        rx.try_recv(),
+        Ok(true),
+        "the read's completion reached its task before reactor 0 stopped"
+    );
+}

@@ -107,13 +107,18 @@ impl RemoteSlots {
     }
 
     /// Requests sent and not yet back.
-    #[cfg(test)]
     pub(super) fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
     }
 }
 
 impl Ctx {
+    /// Requests this reactor sent to other reactors whose completions have not come back (a
+    /// stopping reactor waits for them: see `engine`).
+    pub fn io_sent_away(&self) -> usize {
+        self.remote.in_flight()
+    }
+
     /// Sends `io` to reactor `to` (another one) to be executed there on `bdev`; its
     /// completion comes back here.
     pub(super) fn send_io(&mut self, to: ReactorId, bdev: BdevId, io: IoRequest) {
