@@ -154,7 +154,9 @@ pub struct IoRequest {
     /// The data buffer for reads and writes, `num_blocks * block_size` bytes long.
     pub buf: Option<DmaBuf>,
     pub origin: IoOrigin,
-    /// When the executing reactor took the request (it sets this; callers leave 0).
+    /// When the executing reactor took the request (it sets this; callers leave 0). A
+    /// completion that comes back from another reactor carries the value the request was
+    /// sent with: the executing reactor's clock reading stays there.
     pub submit_time_ns: Nanos,
 }
 

@@ -13,7 +13,8 @@
 //!   member; if not, it forwards the piece to the owner it sees. Forwarding converges because
 //!   every reactor picks up the newest table as soon as it sees the epoch move.
 //! - Completions follow the piece's origin back to the parent's reactor (the reactor's normal
-//!   completion path) and are merged there: the first failure wins.
+//!   completion path; a forwarded piece's comes back through each reactor that passed it on,
+//!   see `remote`) and are merged there: the first failure wins.
 //! - A request inside one shard (the common case) is its own piece: the router keeps only
 //!   the fields it overwrites (origin, offset, submit time) in a small slot, sends the request
 //!   on with the caller's buffer (no copy), and restores them when the piece comes back. Its
