@@ -15,7 +15,7 @@ use crate::bdev::BdevRegistry;
 use crate::load::StateTable;
 use crate::ring::{Inbox, Lanes};
 use crate::time::{self, Nanos};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -108,6 +108,7 @@ impl Engine {
         let inboxes = Reactor::inboxes(config.cores.len(), config.reactor.inbox_capacity);
         let mut lanes = Lanes::mesh(config.cores.len(), config.reactor.inbox_capacity).into_iter();
         let stop = Arc::new(AtomicBool::new(false));
+        let draining = Arc::new(AtomicUsize::new(config.cores.len()));
         let state = StateTable::new(config.cores.len());
         let mut engine = Engine {
             inboxes: Arc::clone(&inboxes),
@@ -120,12 +121,13 @@ impl Engine {
             let published = Arc::new(Published::default());
             let lanes = lanes.next().expect("one element of the mesh per core");
             let thread = {
-                let (inboxes, registry, stop, published, state) = (
+                let (inboxes, registry, stop, published, state, draining) = (
                     Arc::clone(&inboxes),
                     Arc::clone(&registry),
                     Arc::clone(&stop),
                     Arc::clone(&published),
                     Arc::clone(&state),
+                    Arc::clone(&draining),
                 );
                 let config = config.clone();
                 std::thread::Builder::new()
@@ -139,7 +141,11 @@ impl Engine {
                             config.reactor.clone(),
                             state,
                         );
-                        run_reactor(reactor, core, &config, &stop, &published);
+                        let shared = Shutdown {
+                            stop: &stop,
+                            draining: &draining,
+                        };
+                        run_reactor(reactor, core, &config, shared, &published);
                     })
                     .map_err(|e| EngineError::Spawn(e.to_string()))?
             };
@@ -264,13 +270,22 @@ pub fn pin_current_thread(core: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id: core })
 }
 
+/// What the reactors share about stopping.
+struct Shutdown<'a> {
+    /// Set by [`Engine::stop`]: leave the poll loop and drain.
+    stop: &'a AtomicBool,
+    /// Reactors that still have I/O of their own in flight, sent away or waiting to go out.
+    draining: &'a AtomicUsize,
+}
+
 fn run_reactor(
     mut reactor: Reactor,
     core: usize,
     config: &EngineConfig,
-    stop: &AtomicBool,
+    shutdown: Shutdown,
     published: &Published,
 ) {
+    let stop = shutdown.stop;
     if config.pin {
         // Pinning can fail in a restricted cpuset; the reactor still runs, just unpinned.
         let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
@@ -324,18 +339,41 @@ fn run_reactor(
             last_publish = after;
         }
     }
-    // Drain: I/O already taken completes before the reactor (and its channels) goes away,
-    // and so does I/O it sent to other reactors: their completions come back through here
-    // (a piece this reactor passed on to a shard's new owner, say).
-    let deadline = time::now() + DRAIN_DEADLINE_NS;
-    let busy = |r: &mut Reactor| r.ctx().io_outstanding() > 0 || r.ctx().io_sent_away() > 0;
-    while busy(&mut reactor) && time::now() < deadline {
-        reactor.poll(time::now());
-    }
+    drain(&mut reactor, shutdown.draining);
     published.busy_ns.store(busy_ns, Ordering::Relaxed);
     published.idle_ns.store(idle_ns, Ordering::Relaxed);
     published.parks.store(parks, Ordering::Relaxed);
     published.polls.store(polls, Ordering::Relaxed);
+}
+
+/// Drains a stopping reactor: I/O already taken completes before the reactor (and its
+/// channels) goes away, and so does I/O it sent to other reactors, whose completions come
+/// back through it (a piece it passed on to a shard's new owner, say). It keeps polling until
+/// every reactor is done, so that a request a peer sends it late in the peer's own drain is
+/// served rather than stranded: a reactor counts itself out of `draining` while it has
+/// nothing of its own left (nothing in flight, sent away or waiting to go out) and back in
+/// when it has. Nothing it has sent can be lost when the count reaches zero: a request it
+/// sent keeps it counted until the completion is back, and a completion it sent keeps the
+/// receiver counted until it has run.
+fn drain(reactor: &mut Reactor, draining: &AtomicUsize) {
+    let deadline = time::now() + DRAIN_DEADLINE_NS;
+    let mut counted_in = true;
+    loop {
+        let ctx = reactor.ctx();
+        let busy = ctx.io_outstanding() > 0 || ctx.io_sent_away() > 0 || ctx.has_outgoing();
+        if busy != counted_in {
+            if busy {
+                draining.fetch_add(1, Ordering::SeqCst);
+            } else {
+                draining.fetch_sub(1, Ordering::SeqCst);
+            }
+            counted_in = busy;
+        }
+        if (!counted_in && draining.load(Ordering::SeqCst) == 0) || time::now() >= deadline {
+            return;
+        }
+        reactor.poll(time::now());
+    }
 }
 
 /// Longest a stopping reactor waits for its in-flight I/O.

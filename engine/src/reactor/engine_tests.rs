@@ -148,3 +148,77 @@ fn a_stopping_reactor_waits_for_io_it_sent_to_another() {
         "the read's completion reached its task before reactor 0 stopped"
     );
 }
+
+/// Reads from `slow` here when it starts; when that read is back, reads from `fast` on
+/// reactor 1, and tells the test thread when that one is back.
+struct LocalThenAway {
+    slow: crate::bdev::BdevId,
+    fast: crate::bdev::BdevId,
+    pool: crate::DmaPool,
+    done: SyncSender<bool>,
+}
+
+impl LocalThenAway {
+    fn read(&self, ctx: &mut Ctx, id: TaskId, tag: u64) -> crate::bdev::IoRequest {
+        let mut buf = self.pool.take().expect("a buffer");
+        buf.set_len(512);
+        let origin = crate::bdev::IoOrigin {
+            reactor: ctx.reactor_id(),
+            task: id,
+            tag,
+        };
+        crate::bdev::IoRequest::new(crate::bdev::IoType::Read, 0, 1, Some(buf), origin)
+    }
+}
+
+impl Task for LocalThenAway {
+    fn on_start(&mut self, ctx: &mut Ctx, id: TaskId) {
+        let io = self.read(ctx, id, 0);
+        ctx.submit(self.slow, io);
+    }
+    fn on_complete(&mut self, ctx: &mut Ctx, c: Completion) {
+        if c.io.origin.tag == 0 {
+            let io = self.read(ctx, c.io.origin.task, 1);
+            ctx.submit_on(1, self.fast, io);
+        } else {
+            let _ = self.done.send(c.status.is_success());
+        }
+    }
+}
+
+/// A reactor with nothing of its own to drain keeps serving its peers until they are done
+/// too: reactor 0 sends a request to reactor 1 only after its own slow read, well after the
+/// stop, and reactor 1 (idle at the stop) still executes it, at once.
+#[test]
+fn a_request_sent_late_in_a_peers_drain_is_served() {
+    let registry = Arc::new(BdevRegistry::new());
+    let null = serde_json::json!({"name": "N0", "num_blocks": 64, "block_size": 512});
+    let (fast, _) = crate::config::create_bdev(&registry, "bdev_null_create", null).unwrap();
+    let slow = serde_json::json!({"base_bdev_name": "N0", "name": "Slow",
+        "avg_read_latency": 300_000, "p99_read_latency": 300_000,
+        "avg_write_latency": 10, "p99_write_latency": 10});
+    let (slow, _) = crate::config::create_bdev(&registry, "bdev_delay_create", slow).unwrap();
+    let mut config = EngineConfig::new(vec![0, 1]);
+    config.pin = false;
+    let engine = Engine::start(config, registry).unwrap();
+    let (tx, rx) = sync_channel(1);
+    let pool = crate::DmaPool::new(512, 2).unwrap();
+    let task = LocalThenAway {
+        slow,
+        fast,
+        pool,
+        done: tx,
+    };
+    engine
+        .call_wait(0, Duration::from_secs(5), move |r| r.spawn(Box::new(task)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    engine.stop();
+    let took = started.elapsed();
+    assert_eq!(rx.try_recv(), Ok(true), "the late request was served");
+    assert!(
+        took < Duration::from_secs(5),
+        "the stop waited {took:?} (the drain's deadline is 10 s)"
+    );
+}
