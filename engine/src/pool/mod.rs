@@ -1283,7 +1283,10 @@ impl PoolService {
                             (true, Some((d, _))) if *d as usize == i => "draining",
                             _ => "online",
                         };
-                        json!({"name": m.bdev_name, "index": i, "state": state,
+                        // The member's identity, which outlives device names (none in pools
+                        // made before members had one).
+                        let uuid = (!m.uuid.is_empty()).then_some(&m.uuid);
+                        json!({"name": m.bdev_name, "uuid": uuid, "index": i, "state": state,
                             "capacity_mib": (m.extents * r.shard_blocks * bs) >> 20,
                             "used_mib": (used * r.shard_blocks * bs) >> 20,
                             "shard_count": used - reserved, "reserved_shards": reserved,

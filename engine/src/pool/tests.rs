@@ -657,12 +657,25 @@ fn a_member_is_known_by_its_identity_not_by_a_name_another_device_took() {
         write(&first, "vol", at, 256, seed).unwrap();
     }
     flush(&first, "vol");
+    let member_uuids = |b: &Boot| -> Vec<String> {
+        let pools = pools_json(b);
+        let members = pools[0]["members"].as_array().unwrap().clone();
+        members
+            .iter()
+            .map(|m| m["uuid"].as_str().expect("a member uuid").to_string())
+            .collect()
+    };
+    let uuids = member_uuids(&first);
+    assert!(uuids[0] != uuids[1] && uuids[1] != uuids[2] && uuids[0] != uuids[2]);
     drop(first);
 
     // B's file is missing; A's comes up as "B".
     let second = boot(&[("B", &fa), ("C", &fc)]);
     import(&second, &["B", "C"]).unwrap();
     assert_eq!(pools_json(&second)[0]["state"], "degraded");
+    // Two members may show one name now (the missing one keeps its last); their uuids tell
+    // them apart, and they are the ones pool_create gave.
+    assert_eq!(member_uuids(&second), uuids);
     assert!(read_matches(&second, "vol", at_a, 256, 1));
     assert!(second
         .engine

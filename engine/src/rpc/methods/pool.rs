@@ -31,7 +31,7 @@ pub fn methods() -> Vec<Method> {
         },
         Method {
             name: "pool_get_pools",
-            help: "Pools with their state and members (capacity, used space, shard count)",
+            help: "Pools with their state and members (uuid, capacity, used space, shard count)",
             handler: pool_get_pools,
         },
         Method {
