@@ -354,7 +354,9 @@ fn run_reactor(
 /// nothing of its own left (nothing in flight, sent away or waiting to go out) and back in
 /// when it has. Nothing it has sent can be lost when the count reaches zero: a request it
 /// sent keeps it counted until the completion is back, and a completion it sent keeps the
-/// receiver counted until it has run.
+/// receiver counted until it has run. (A request a task starts on a reactor that had already
+/// counted itself out may find its peers gone once the count touched zero: it waits for the
+/// deadline, as every request to another reactor did before the count.)
 fn drain(reactor: &mut Reactor, draining: &AtomicUsize) {
     let deadline = time::now() + DRAIN_DEADLINE_NS;
     let mut counted_in = true;
