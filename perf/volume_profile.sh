@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Where the volume's time goes, against raw devices: `perf record` of the reactor threads
+# during the commands of perf/volume_compare.sh, printed as reactor nanoseconds per I/O by
+# function, raw and volume side by side. Writes nothing.
+#
+#   perf/volume_profile.sh [WORKLOAD] [SECONDS] [STATE]
+#       defaults: randread, 2 s, any state. STATE far or close waits for a reactor ping that
+#       reads it and keeps the pair only if a ping after it does too (see volume_by_state.sh);
+#       it gives up after 10 tries.
+#
+# Samples at 8 kHz (cpu-clock) on the threads named reactor_*. A function's samples, divided
+# by the rate and by the run's I/Os, are its reactor nanoseconds per I/O; set-up done on the
+# reactors (the pool's formatting) is in them too, a few ns per I/O. The copy (`__memmove*`)
+# is the malloc bdev's work; everything else is the engine's and the benchmark job's.
+# Instructions are counted without noise by perf/router_instructions.sh; this is time.
+# linux-perf is installed from Debian if `perf` is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=${1:-randread}
+T=${2:-2}
+STATE=${3:-any}
+. perf/volume_common.sh
+case "$STATE" in far | close | any) ;; *) echo "STATE must be far, close or any, not '$STATE'" >&2; exit 2 ;; esac
+if ! command -v perf >/dev/null; then
+  echo "== installing linux-perf"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
+fi
+cargo build --release -p tidepool-perf
+PERF=./target/release/tidepool-perf
+RES=$(mktemp -d)
+trap 'rm -rf "$RES"' EXIT
+RATE=8000
+
+# Succeeds when a short ping reads STATE (always, for any).
+in_state() {
+  [ "$STATE" = any ] && return 0
+  "$PERF" --bench ping -t 0.1 -m 0x3 --json "$RES/ping.json" >/dev/null
+  python3 -c 'import json,sys
+p50 = json.load(open(sys.argv[1]))["ping"]["latency_us"]["p50"]
+sys.exit(0 if (p50 > float(sys.argv[3])) == (sys.argv[2] == "far") else 1)' "$RES/ping.json" "$STATE" "$FAR_PING_US"
+}
+profile() {
+  local name=$1; shift
+  perf record -q -e cpu-clock -F "$RATE" -o "$RES/$name.data" -- \
+    "$PERF" "$@" -m 0x3 -q 128 -o 4096 -w "$W" -t "$T" --json "$RES/$name.json" >/dev/null 2>&1
+  perf report -i "$RES/$name.data" --no-children --sort comm,symbol -F sample,comm,symbol \
+    --stdio 2>/dev/null >"$RES/$name.txt"
+}
+
+kept=0
+for _ in $(seq 1 10); do
+  for _ in $(seq 1 200); do in_state && break; sleep 1; done
+  profile raw -c "$RAW_CFG"
+  profile volume -c "$VOLUME_CFG" -C -b vol0
+  if in_state; then kept=1; break; fi
+  echo "== the state changed during the pair; again"
+done
+[ "$kept" = 1 ] || { echo "no pair stayed in state $STATE" >&2; exit 1; }
+
+python3 - "$RES" "$T" "$RATE" "$W" "$STATE" <<'PY'
+import json, os, sys
+res, seconds, rate, workload, state = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+def per_io(name):
+    ios = json.load(open(os.path.join(res, name + ".json")))["total"]["iops"] * seconds
+    by_fn = {}
+    for line in open(os.path.join(res, name + ".txt")):
+        parts = line.split(None, 3)
+        if len(parts) < 4 or not parts[0].isdigit() or not parts[1].startswith("reactor_"):
+            continue
+        fn = parts[3].strip()[:70]
+        by_fn[fn] = by_fn.get(fn, 0) + int(parts[0]) * 1e9 / rate / ios
+    return ios / seconds, by_fn
+raw_iops, raw = per_io("raw")
+vol_iops, vol = per_io("volume")
+copy = lambda d: sum(v for k, v in d.items() if "memmove" in k or "memcpy" in k)
+total = lambda d: sum(d.values())
+print(f"\n4 KiB {workload} q128 x2, {seconds:g} s, state {state}: raw {raw_iops / 1e6:.2f} M IOPS, "
+      f"volume {vol_iops / 1e6:.2f} M ({vol_iops / raw_iops:.2f}x)")
+print(f"reactor ns per I/O: raw {total(raw):.0f} (copy {copy(raw):.0f}), volume {total(vol):.0f} "
+      f"(copy {copy(vol):.0f}); the volume adds {total(vol) - copy(vol) - total(raw) + copy(raw):.0f} "
+      f"outside the copy")
+print(f"\n{'raw':>7} {'volume':>7} {'added':>7}  function (reactor ns per I/O)")
+keys = sorted(set(raw) | set(vol), key=lambda k: -abs(vol.get(k, 0) - raw.get(k, 0)))
+for k in keys[:20]:
+    print(f"{raw.get(k, 0):7.1f} {vol.get(k, 0):7.1f} {vol.get(k, 0) - raw.get(k, 0):+7.1f}  {k}")
+PY
