@@ -25,11 +25,6 @@ trap 'rm -rf "$RES"' EXIT
 
 iops() { "$PERF" "$@" -t "$T" -q 128 -o 4096 -m 0x3 -w "$W" --json "$RES/run.json" >/dev/null
          python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["total"]["iops"])' "$RES/run.json"; }
-# Succeeds when a short ping reads STATE.
-in_state() { "$PERF" --bench ping -t 0.1 -m 0x3 --json "$RES/ping.json" >/dev/null
-             python3 -c 'import json,sys
-p50 = json.load(open(sys.argv[1]))["ping"]["latency_us"]["p50"]
-sys.exit(0 if (p50 > float(sys.argv[3])) == (sys.argv[2] == "far") else 1)' "$RES/ping.json" "$STATE" "$FAR_PING_US"; }
 raw() { iops -c "$RAW_CFG"; }
 vol() { iops -c "$VOLUME_CFG" -C -b vol0; }
 

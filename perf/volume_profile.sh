@@ -5,13 +5,16 @@
 #
 #   perf/volume_profile.sh [WORKLOAD] [SECONDS] [STATE]
 #       defaults: randread, 2 s, any state. STATE far or close waits for a reactor ping that
-#       reads it and keeps the pair only if a ping after it does too (see volume_by_state.sh);
-#       it gives up after 10 tries.
+#       reads it, pings again between the raw and the volume run and after them, and keeps
+#       the pair only if every ping read STATE (see volume_by_state.sh); it gives up after
+#       300 pings or 10 pairs.
 #
-# Samples at 8 kHz (cpu-clock) on the threads named reactor_*. A function's samples, divided
-# by the rate and by the run's I/Os, are its reactor nanoseconds per I/O; set-up done on the
-# reactors (the pool's formatting) is in them too, a few ns per I/O. The copy (`__memmove*`)
-# is the malloc bdev's work; everything else is the engine's and the benchmark job's.
+# Samples cpu-clock at 8 kHz on the threads named reactor_*. Each sample's period is the CPU
+# time it stands for, in ns (so a throttled sample rate does not skew the figures); a
+# function's periods, divided by the run's I/Os, are its reactor nanoseconds per I/O. Set-up
+# done on the reactors (the pool's formatting) is in them too, a few ns per I/O. The copy
+# (`__memmove*`) is the malloc bdev's work; everything else is the engine's and the benchmark
+# job's. Prints the 20 functions whose time differs most between raw and volume.
 # Instructions are counted without noise by perf/router_instructions.sh; this is time.
 # linux-perf is installed from Debian if `perf` is missing.
 set -euo pipefail
@@ -23,7 +26,8 @@ STATE=${3:-any}
 case "$STATE" in far | close | any) ;; *) echo "STATE must be far, close or any, not '$STATE'" >&2; exit 2 ;; esac
 if ! command -v perf >/dev/null; then
   echo "== installing linux-perf"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
+  apt-get update -qq || { echo "apt-get update failed" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
 fi
 cargo build --release -p tidepool-perf
 PERF=./target/release/tidepool-perf
@@ -31,35 +35,46 @@ RES=$(mktemp -d)
 trap 'rm -rf "$RES"' EXIT
 RATE=8000
 
-# Succeeds when a short ping reads STATE (always, for any).
-in_state() {
-  [ "$STATE" = any ] && return 0
-  "$PERF" --bench ping -t 0.1 -m 0x3 --json "$RES/ping.json" >/dev/null
-  python3 -c 'import json,sys
-p50 = json.load(open(sys.argv[1]))["ping"]["latency_us"]["p50"]
-sys.exit(0 if (p50 > float(sys.argv[3])) == (sys.argv[2] == "far") else 1)' "$RES/ping.json" "$STATE" "$FAR_PING_US"
-}
+# perf's own messages go to $RES/NAME.perf.log, printed if it fails.
 profile() {
   local name=$1; shift
-  perf record -q -e cpu-clock -F "$RATE" -o "$RES/$name.data" -- \
-    "$PERF" "$@" -m 0x3 -q 128 -o 4096 -w "$W" -t "$T" --json "$RES/$name.json" >/dev/null 2>&1
-  perf report -i "$RES/$name.data" --no-children --sort comm,symbol -F sample,comm,symbol \
-    --stdio 2>/dev/null >"$RES/$name.txt"
+  if ! perf record -q --no-buildid-cache -e cpu-clock -F "$RATE" -o "$RES/$name.data" -- \
+    "$PERF" "$@" -m 0x3 -q 128 -o 4096 -w "$W" -t "$T" --json "$RES/$name.json" \
+    >/dev/null 2>"$RES/$name.perf.log"; then
+    cat "$RES/$name.perf.log" >&2
+    exit 1
+  fi
+  perf report -i "$RES/$name.data" --no-children --sort comm,symbol -F period,comm,symbol \
+    --stdio 2>>"$RES/$name.perf.log" >"$RES/$name.txt" || { cat "$RES/$name.perf.log" >&2; exit 1; }
+}
+
+# Waits for STATE, at most 300 pings in all; fails when they run out.
+pings_left=300
+wait_for_state() {
+  while [ "$pings_left" -gt 0 ]; do
+    pings_left=$((pings_left - 1))
+    in_state && return 0
+    sleep 1
+  done
+  echo "no moment in the '$STATE' state within 300 pings" >&2
+  exit 1
 }
 
 kept=0
 for _ in $(seq 1 10); do
-  for _ in $(seq 1 200); do in_state && break; sleep 1; done
+  wait_for_state
   profile raw -c "$RAW_CFG"
-  profile volume -c "$VOLUME_CFG" -C -b vol0
-  if in_state; then kept=1; break; fi
+  if in_state; then
+    profile volume -c "$VOLUME_CFG" -C -b vol0
+    if in_state; then kept=1; break; fi
+  fi
   echo "== the state changed during the pair; again"
 done
 [ "$kept" = 1 ] || { echo "no pair stayed in state $STATE" >&2; exit 1; }
 
-python3 - "$RES" "$T" "$RATE" "$W" "$STATE" <<'PY'
+python3 - "$RES" "$T" "$W" "$STATE" <<'PY'
 import json, os, sys
-res, seconds, rate, workload, state = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+res, seconds, workload, state = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 def per_io(name):
     ios = json.load(open(os.path.join(res, name + ".json")))["total"]["iops"] * seconds
     by_fn = {}
@@ -68,7 +83,7 @@ def per_io(name):
         if len(parts) < 4 or not parts[0].isdigit() or not parts[1].startswith("reactor_"):
             continue
         fn = parts[3].strip()[:70]
-        by_fn[fn] = by_fn.get(fn, 0) + int(parts[0]) * 1e9 / rate / ios
+        by_fn[fn] = by_fn.get(fn, 0) + int(parts[0]) / ios
     return ios / seconds, by_fn
 raw_iops, raw = per_io("raw")
 vol_iops, vol = per_io("volume")

@@ -1,7 +1,8 @@
 //! Pool tests of what happens under load and under faults: shards handed over and copied
 //! while written, metadata writes that fail or time out, copies whose target stops
-//! answering, and members or volumes removed while a copy runs. The boot and I/O helpers
-//! are `pool::tests`'.
+//! answering, members or volumes removed while a copy runs, a removed member whose old
+//! metadata survived (not taken back on import), and a stopped drain started again. The
+//! boot and I/O helpers are `pool::tests`'.
 
 use super::*;
 

@@ -2,8 +2,9 @@
 //! again after a suspension).
 //!
 //! Import reads both metadata slots of every named bdev, takes the newest whole generation
-//! of the pool's description, matches members by the name their own slot gives them (so a
-//! member that missed a renumbering is still taken back), and comes up degraded when a
+//! of the pool's description, matches members by the member uuid their own slot gives them
+//! (by name for pools made before member uuids; so a member that missed a renumbering, or
+//! whose device name shifted, is still taken back), and comes up degraded when a
 //! member is missing, marking it absent from that generation on. It then rewrites the
 //! description on every present member at a generation newer than any a missing member may
 //! hold, in the slot other than the newest whole one, healing torn or stale slots. It

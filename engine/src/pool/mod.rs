@@ -34,7 +34,8 @@
 //! [`Engine::read_blocks`] and friends, with deadlines.
 //!
 //! Here: create, delete, volumes, and persisting a change. Beside it: `import` (finding a
-//! pool on its members), `report` (listings and `save_config`), `remove`
+//! pool on its members), `report` (listings, `save_config`, and the members and volumes
+//! other parts read), `remove`
 //! (`pool_remove_bdev`), `migrate` and `copy_driver` (moving shards), [`placement`],
 //! [`metadata`] (the slots' format) and [`crc32c`].
 

@@ -1,7 +1,7 @@
 //! What the pool service shows: the `pool_get_pools` and `volume_get_volumes` listings, the
-//! `save_config` entries that bring the pools back at the next start, and the views of
-//! members and volumes that the balancer and the NBD server read. Nothing here changes a
-//! pool.
+//! `save_config` entries that bring the pools back at the next start, and the views other
+//! parts read: members and movable volumes for the balancer, one volume by name for the
+//! migration RPCs, every volume for tidepool-perf's timeline. Nothing here changes a pool.
 
 use super::{placement, MemberState, Pool, PoolError, PoolService};
 use crate::bdev::{BdevId, BdevRef, BdevRegistry};

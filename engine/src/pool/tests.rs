@@ -1,5 +1,7 @@
 //! Pool tests on a running engine (two unpinned reactors) with uring bdevs on scratch files,
-//! so that a "restart" is a new engine and registry reading the same files.
+//! so that a "restart" is a new engine and registry reading the same files. The tests under
+//! load and under faults (hand-overs, copies, failing or late metadata writes) are in
+//! `fault_tests.rs`, which shares the helpers here.
 
 use super::*;
 use crate::bdev::error::{ErrorKind, InjectTarget};
