@@ -1,6 +1,7 @@
 //! Every piece of FFI and raw memory that tidepool uses lives in this crate, so that the
 //! engine, the daemon and the benchmark can `#![forbid(unsafe_code)]`.
 //!
+//! - [`batch`]: moving a batch of messages into a ring's slots with one copy.
 //! - [`dma`]: pools of page-aligned I/O buffers, owned values handed to a device and back.
 //! - [`device_memory`]: a RAM region that several reactors read and write, the store behind the
 //!   `malloc` bdev.
@@ -12,6 +13,7 @@
 //!
 //! Every `unsafe` block carries a `// SAFETY:` line that says why it is sound.
 
+pub mod batch;
 pub mod device_memory;
 pub mod dma;
 pub mod epoll;

@@ -26,6 +26,7 @@ use crossbeam_utils::CachePadded;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
+use tidepool_bindings::batch;
 
 pub struct Inbox<T> {
     ring: ArrayQueue<T>,
@@ -164,8 +165,10 @@ const MIN_LANE_CAPACITY: usize = 64;
 pub struct Lanes<T> {
     /// `to[p]`: the producer of the lane towards peer `p`; `None` at this reactor's index.
     to: Vec<Option<CachePadded<rtrb::Producer<T>>>>,
-    /// The consumers of the lanes from the other peers.
+    /// The consumers of the lanes from the other peers, in the order of the peers' indices.
     from: Vec<CachePadded<rtrb::Consumer<T>>>,
+    /// This reactor's index: incoming lane `l` is from peer `l`, or `l + 1` from here on.
+    own: usize,
 }
 
 impl<T> Lanes<T> {
@@ -178,9 +181,10 @@ impl<T> Lanes<T> {
             .max(capacity.min(MIN_LANE_CAPACITY))
             .max(1);
         let mut lanes: Vec<Lanes<T>> = (0..n)
-            .map(|_| Lanes {
+            .map(|own| Lanes {
                 to: (0..n).map(|_| None).collect(),
                 from: Vec::with_capacity(n.saturating_sub(1)),
+                own,
             })
             .collect();
         for from in 0..n {
@@ -204,12 +208,14 @@ impl<T> Lanes<T> {
         // last saw is too small; asking for the free slots first (`slots()`) would read it
         // every batch and pull that line, which the consumer writes on every pop, across
         // cores each time.
+        // The messages move as bytes, in one copy per contiguous run of slots (see
+        // `tidepool_bindings::batch`).
         let n = match lane.write_chunk_uninit(queue.len()) {
-            Ok(chunk) => return chunk.fill_from_iter(queue.drain(..)),
+            Ok(chunk) => return batch::fill_chunk(chunk, queue),
             Err(rtrb::chunks::ChunkError::TooFewSlots(room)) => room,
         };
         match lane.write_chunk_uninit(n) {
-            Ok(chunk) => chunk.fill_from_iter(queue.drain(..n)),
+            Ok(chunk) => batch::fill_chunk(chunk, queue),
             Err(_) => 0,
         }
     }
@@ -217,6 +223,16 @@ impl<T> Lanes<T> {
     /// How many incoming lanes there are (peers minus one).
     pub fn incoming(&self) -> usize {
         self.from.len()
+    }
+
+    /// The peer whose messages incoming lane `lane` carries.
+    #[inline]
+    pub fn sender(&self, lane: usize) -> usize {
+        if lane < self.own {
+            lane
+        } else {
+            lane + 1
+        }
     }
 
     /// The next message on incoming lane `lane`, if any.

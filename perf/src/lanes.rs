@@ -7,13 +7,14 @@
 //! left at the end of each pass, as reactors do. A round trip is one message each way: the
 //! transport part of one crossed request (its submit and its completion).
 //!
-//! It runs three times, with the same traffic in slots of three sizes: the reactors' own
-//! lane message ([`LaneMsg`], a `Notify`, so every slot is the size the I/O messages use),
-//! the inbox's [`Message`] (which carries a whole request: what the lanes carried until
-//! requests went on them in a compact form), and a 16-byte message, for what a still more
-//! compact encoding would save. Compare the figure with a `--remote` I/O run on null bdevs,
-//! where every request crosses: the difference is the engine's own work per crossing, not
-//! the rings'.
+//! It runs five times, with the same traffic in slots of different kinds: the reactors' own
+//! lane message ([`LaneMsg`], a `Notify`, so every slot is the size the I/O messages use: 32
+//! bytes), the inbox's [`Message`] (which carries a whole request: what the lanes carried until
+//! requests went on them in a compact form), and plain values of 16, 32 and 40 bytes. The
+//! plain 32-byte value against the lane message is what the enum's handling costs (moves,
+//! matches, drop glue) at the same size; 16 bytes is what a still more compact encoding would
+//! save. Compare the figure with a `--remote` I/O run on null bdevs, where every request
+//! crosses: the difference is the engine's own work per crossing, not the rings'.
 
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,12 +81,17 @@ impl Payload for Message {
     }
 }
 
-/// The smallest useful I/O message: a request's slot and a word of status or offset.
-struct Compact([u64; 2]);
+/// A plain value of `W` words (no drop glue): a request's slot and status or offset in the
+/// first two, the rest what a fuller encoding would add. 16, 32 (the lane message's size) and
+/// 40 bytes are measured.
+struct Compact<const W: usize>([u64; W]);
 
-impl Payload for Compact {
-    fn new(id: u32, trip: u64) -> Compact {
-        Compact([id as u64, trip])
+impl<const W: usize> Payload for Compact<W> {
+    fn new(id: u32, trip: u64) -> Compact<W> {
+        let mut words = [0; W];
+        words[0] = id as u64;
+        words[1] = trip;
+        Compact(words)
     }
     fn id(&self) -> u32 {
         self.0[0] as u32
@@ -112,9 +118,19 @@ pub fn lanes(cores: &[usize], duration: Duration) -> anyhow::Result<Value> {
             round_trips::<Message>(*a, *b, duration)?,
         ),
         (
-            "compact_message",
-            std::mem::size_of::<Compact>(),
-            round_trips::<Compact>(*a, *b, duration)?,
+            "plain_16_message",
+            std::mem::size_of::<Compact<2>>(),
+            round_trips::<Compact<2>>(*a, *b, duration)?,
+        ),
+        (
+            "plain_32_message",
+            std::mem::size_of::<Compact<4>>(),
+            round_trips::<Compact<4>>(*a, *b, duration)?,
+        ),
+        (
+            "plain_40_message",
+            std::mem::size_of::<Compact<5>>(),
+            round_trips::<Compact<5>>(*a, *b, duration)?,
         ),
     ];
     let mut report = json!({"in_flight": IN_FLIGHT, "batch": BATCH});

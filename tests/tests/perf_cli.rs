@@ -189,7 +189,13 @@ fn cross_core_and_ping_and_idle_benches_report() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for kind in ["lane_message", "inbox_message", "compact_message"] {
+    for kind in [
+        "lane_message",
+        "inbox_message",
+        "plain_16_message",
+        "plain_32_message",
+        "plain_40_message",
+    ] {
         let m = &v["lanes"][kind];
         assert!(
             m["round_trips_per_s"].as_f64().unwrap() > 1000.0,

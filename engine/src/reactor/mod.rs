@@ -761,13 +761,14 @@ impl Reactor {
             self.take_message(msg);
         }
         for lane in 0..self.ctx.lanes.incoming() {
+            let from = self.ctx.lanes.sender(lane) as ReactorId;
             let mut taken = 0;
             while taken < batch {
                 let Some(msg) = self.ctx.lanes.pop(lane) else {
                     break;
                 };
                 taken += 1;
-                self.take_lane_message(msg);
+                self.take_lane_message(from, msg);
             }
             n += taken;
         }
@@ -784,11 +785,16 @@ impl Reactor {
         }
     }
 
-    fn take_lane_message(&mut self, msg: LaneMsg) {
+    /// Runs a message that came on the lane from reactor `from`.
+    fn take_lane_message(&mut self, from: ReactorId, msg: LaneMsg) {
         self.ctx.counters.messages_in += 1;
         match msg {
             LaneMsg::Io(wire) => {
-                let (bdev, io) = wire.into_request();
+                let (bdev, io) = wire.into_request(from);
+                self.ctx.submit(bdev, io);
+            }
+            LaneMsg::IoWhole(whole) => {
+                let (bdev, io) = *whole;
                 self.ctx.submit(bdev, io);
             }
             LaneMsg::Done(wire) => {

@@ -2,16 +2,19 @@
 //! no more.
 //!
 //! A request executed on another reactor travels as a [`LaneMsg::Io`]: the bdev, the type,
-//! the range and the buffer, 40 bytes where the whole request is 72. The sender keeps the
+//! the range and the buffer, 32 bytes where the whole request is 72. The sender keeps the
 //! rest (the request's origin, its range as given, its submit time) in a *remote slot*, and
-//! the message carries the slot's index. The completion comes back as a [`LaneMsg::Done`]:
-//! the slot, the status and the buffer. The sender rebuilds the completion from its slot
-//! and runs it as it would have run its own.
+//! the message carries the slot's index; the lane it arrives on names the sender. The
+//! completion comes back as a [`LaneMsg::Done`]: the slot, the status and the buffer. The
+//! sender rebuilds the completion from its slot and runs it as it would have run its own.
+//! A request whose offset, length or bdev does not fit the packed form (over 2^48 blocks
+//! in, over 65,535 blocks long, a bdev id over 65,535) goes whole, boxed
+//! ([`LaneMsg::IoWhole`]), with the same slot.
 //!
 //! Why: what a lane message costs is the cache lines it fills on one core and empties on the
-//! other. Side by side on two cores far apart, 72-byte messages made 2.6x fewer round trips
-//! per second than 16-byte ones (`tidepool-perf --bench lanes`), and half of a two-reactor
-//! volume's requests cross (BENCHMARKS.md, volume section).
+//! other. Side by side (`tidepool-perf --bench lanes`), a round trip of 40-byte messages cost
+//! each core 29 ns on close cores and 75 ns far apart, 32-byte ones 13 and 45 ns; and half of
+//! a two-reactor volume's requests cross (BENCHMARKS.md, volume section).
 //!
 //! On the executing reactor the request's origin is the sender, with task [`REMOTE_TASK`]
 //! (or the router's task, for a volume's piece: the executing reactor must route it, not
@@ -34,6 +37,9 @@ pub(super) const REMOTE_TASK: TaskId = TaskId::MAX - 1;
 pub enum LaneMsg {
     /// Execute this I/O here (see the module docs).
     Io(WireIo),
+    /// The same, for a request the packed form cannot hold: the request as the executing
+    /// reactor submits it (its origin names the sender's slot already).
+    IoWhole(Box<(BdevId, IoRequest)>),
     /// An I/O this reactor sent has finished on the other.
     Done(WireDone),
     /// A completion for an I/O with no remote slot (see the module docs).
@@ -44,19 +50,22 @@ pub enum LaneMsg {
     Call(Box<dyn FnOnce(&mut Reactor) + Send>),
 }
 
-// The point of the compact forms: at most 40 bytes, eight messages to five 64-byte lines (the
-// whole request's 72 bytes took nine).
-const _: () = assert!(std::mem::size_of::<LaneMsg>() <= 40);
+// The point of the compact forms: at most 32 bytes, two messages to a 64-byte line (the whole
+// request's 72 bytes took more than one each). The enum needs no tag of its own: `WireIo`'s
+// `io_type` and `routed` bytes have values to spare, and the other variants fit beside them.
+const _: () = assert!(std::mem::size_of::<LaneMsg>() <= 32);
+
+/// Bits of [`WireIo::offset_and_bdev`] that hold the offset; the bdev id is above them.
+const OFFSET_BITS: u32 = 48;
 
 /// A request on its way to the reactor that executes it.
 pub struct WireIo {
-    offset_blocks: u64,
     buf: Option<DmaBuf>,
+    /// The offset in blocks (the low [`OFFSET_BITS`] bits) and the bdev id (above them).
+    offset_and_bdev: u64,
     /// The sender's remote slot.
     slot: u32,
-    num_blocks: u32,
-    bdev: BdevId,
-    from: ReactorId,
+    num_blocks: u16,
     io_type: IoType,
     /// A volume's piece, routed by its sender's router.
     routed: bool,
@@ -66,7 +75,49 @@ pub struct WireIo {
 pub struct WireDone {
     buf: Option<DmaBuf>,
     slot: u32,
-    status: IoStatus,
+    status: WireStatus,
+}
+
+/// An [`IoStatus`] in four bytes: success 0, a failure's errno as itself when positive (what
+/// the OS and the engine give), the other outcomes small negative codes, and a failure with an
+/// errno of 0 or less as `WIRE_FAILED_BELOW + errno` (an errno below i32::MIN + 4, which
+/// nothing gives, arrives as i32::MIN + 4).
+#[derive(Clone, Copy)]
+struct WireStatus(i32);
+
+const WIRE_INVALID: i32 = -1;
+const WIRE_UNSUPPORTED: i32 = -2;
+const WIRE_ABORTED: i32 = -3;
+const WIRE_FAILED_BELOW: i32 = -4;
+
+impl From<IoStatus> for WireStatus {
+    #[inline]
+    fn from(status: IoStatus) -> WireStatus {
+        WireStatus(match status {
+            IoStatus::Success => 0,
+            IoStatus::Failed { errno } if errno > 0 => errno,
+            IoStatus::Failed { errno } => WIRE_FAILED_BELOW.saturating_add(errno),
+            IoStatus::Invalid => WIRE_INVALID,
+            IoStatus::Unsupported => WIRE_UNSUPPORTED,
+            IoStatus::Aborted => WIRE_ABORTED,
+        })
+    }
+}
+
+impl From<WireStatus> for IoStatus {
+    #[inline]
+    fn from(wire: WireStatus) -> IoStatus {
+        match wire.0 {
+            0 => IoStatus::Success,
+            errno if errno > 0 => IoStatus::Failed { errno },
+            WIRE_INVALID => IoStatus::Invalid,
+            WIRE_UNSUPPORTED => IoStatus::Unsupported,
+            WIRE_ABORTED => IoStatus::Aborted,
+            below => IoStatus::Failed {
+                errno: below - WIRE_FAILED_BELOW,
+            },
+        }
+    }
 }
 
 /// What a sender keeps of a request it sent to another reactor.
@@ -130,17 +181,29 @@ impl Ctx {
             num_blocks: io.num_blocks,
             io_type: io.io_type,
         });
-        let wire = WireIo {
-            offset_blocks: io.offset_blocks,
-            buf: io.buf,
-            slot,
-            num_blocks: io.num_blocks,
-            bdev,
-            from: self.id,
-            io_type: io.io_type,
-            routed: io.origin.task == ROUTER_TASK,
+        let routed = io.origin.task == ROUTER_TASK;
+        let packed = (
+            u16::try_from(io.num_blocks),
+            u16::try_from(bdev),
+            io.offset_blocks >> OFFSET_BITS,
+        );
+        let msg = match packed {
+            (Ok(num_blocks), Ok(bdev16), 0) => LaneMsg::Io(WireIo {
+                buf: io.buf,
+                offset_and_bdev: io.offset_blocks | (bdev16 as u64) << OFFSET_BITS,
+                slot,
+                num_blocks,
+                io_type: io.io_type,
+                routed,
+            }),
+            _ => {
+                let origin = wire_origin(self.id, routed, slot);
+                let whole =
+                    IoRequest::new(io.io_type, io.offset_blocks, io.num_blocks, io.buf, origin);
+                LaneMsg::IoWhole(Box::new((bdev, whole)))
+            }
         };
-        self.send_lane(to, LaneMsg::Io(wire));
+        self.send_lane(to, msg);
     }
 
     /// Sends a completion back to the reactor its origin names (another one).
@@ -150,7 +213,7 @@ impl Ctx {
             REMOTE_TASK | ROUTER_TASK => LaneMsg::Done(WireDone {
                 slot: c.io.origin.tag as u32,
                 buf: c.io.buf,
-                status: c.status,
+                status: c.status.into(),
             }),
             _ => LaneMsg::Complete(Box::new(c)),
         };
@@ -168,29 +231,70 @@ impl Ctx {
             origin: kept.origin,
             submit_time_ns: kept.submit_time_ns,
         };
-        Completion::new(io, done.status)
+        Completion::new(io, done.status.into())
+    }
+}
+
+/// The origin a request from reactor `from`'s remote slot `slot` has on the executing one.
+#[inline]
+fn wire_origin(from: ReactorId, routed: bool, slot: u32) -> IoOrigin {
+    IoOrigin {
+        reactor: from,
+        task: if routed { ROUTER_TASK } else { REMOTE_TASK },
+        tag: slot as u64,
     }
 }
 
 impl WireIo {
-    /// The request as the executing reactor submits it: from the sender, tagged with its slot.
-    pub(super) fn into_request(self) -> (BdevId, IoRequest) {
-        let origin = IoOrigin {
-            reactor: self.from,
-            task: if self.routed {
-                ROUTER_TASK
-            } else {
-                REMOTE_TASK
-            },
-            tag: self.slot as u64,
-        };
+    /// The request as the executing reactor submits it: from `from` (the sender, which the
+    /// lane it came on names), tagged with its slot.
+    #[inline]
+    pub(super) fn into_request(self, from: ReactorId) -> (BdevId, IoRequest) {
+        let offset_blocks = self.offset_and_bdev & ((1 << OFFSET_BITS) - 1);
+        let bdev = (self.offset_and_bdev >> OFFSET_BITS) as BdevId;
+        let origin = wire_origin(from, self.routed, self.slot);
         let io = IoRequest::new(
             self.io_type,
-            self.offset_blocks,
-            self.num_blocks,
+            offset_blocks,
+            self.num_blocks as u32,
             self.buf,
             origin,
         );
-        (self.bdev, io)
+        (bdev, io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_crosses_in_four_bytes_unchanged() {
+        let statuses = [
+            IoStatus::Success,
+            IoStatus::Invalid,
+            IoStatus::Unsupported,
+            IoStatus::Aborted,
+            IoStatus::Failed { errno: libc::EIO },
+            IoStatus::Failed {
+                errno: libc::ENODEV,
+            },
+            IoStatus::Failed { errno: i32::MAX },
+            IoStatus::Failed { errno: 0 },
+            IoStatus::Failed { errno: -1 },
+            IoStatus::Failed {
+                errno: i32::MIN + 4,
+            },
+        ];
+        for status in statuses {
+            assert_eq!(IoStatus::from(WireStatus::from(status)), status);
+        }
+        let lowest = IoStatus::from(WireStatus::from(IoStatus::Failed { errno: i32::MIN }));
+        assert_eq!(
+            lowest,
+            IoStatus::Failed {
+                errno: i32::MIN + 4
+            }
+        );
     }
 }

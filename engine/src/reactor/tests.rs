@@ -160,6 +160,77 @@ fn a_request_sent_to_another_reactor_comes_back_as_it_was_sent() {
     assert!(got.as_slice()[512..].iter().all(|&b| b == 0xa5), "block 5");
 }
 
+/// Requests cross in a packed form that holds at most 65,535 blocks; a longer one goes whole
+/// (boxed). Both come back as sent, to the reactor that sent them, whichever incoming lane of
+/// the executing reactor they came on (three reactors: lanes from a lower and a higher peer).
+#[test]
+fn long_and_short_requests_cross_between_any_two_of_three_reactors() {
+    const LONG: u32 = 70_000;
+    let (reg, bdev) = registry_with(
+        "bdev_malloc_create",
+        json!({"name": "M0", "num_blocks": 2 * LONG, "block_size": 512}),
+    );
+    let mut rs = reactors(3, &reg, ReactorConfig::default());
+    let recs: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
+    let tasks: Vec<TaskId> = (0..3)
+        .map(|i| rs[i].spawn(Box::new(recs[i].clone())))
+        .collect();
+    let pool = DmaPool::new(LONG as usize * 512, 4).unwrap();
+    // (sender, executor, first block, blocks, fill): short writes from a higher and from a
+    // lower peer, and a long one.
+    let writes = [
+        (2, 1, LONG, 1, 0xc3),
+        (0, 2, LONG + 1, 1, 0x3c),
+        (1, 0, 0, LONG, 0x5a),
+    ];
+    for (tag, &(from, to, at, n, fill)) in writes.iter().enumerate() {
+        let mut data = pool.take().unwrap();
+        data.set_len(n as usize * 512);
+        data.as_mut_slice().fill(fill);
+        let io = request(
+            IoType::Write,
+            at as u64,
+            n,
+            Some(data),
+            from,
+            tasks[from as usize],
+            tag as u64,
+        );
+        rs[from as usize].ctx().submit_on(to, bdev, io);
+    }
+    let mut now = 0;
+    while recs.iter().map(Recorder::count).sum::<usize>() < writes.len() {
+        now += 1;
+        assert!(now < 100, "the writes did not come back");
+        for r in rs.iter_mut() {
+            r.poll(now);
+        }
+    }
+    for (tag, &(from, _, at, n, _)) in writes.iter().enumerate() {
+        let done = &recs[from as usize].done.borrow()[0];
+        let back = (done.status, done.tag, done.offset_blocks, done.num_blocks);
+        assert_eq!(back, (IoStatus::Success, tag as u64, at as u64, n));
+    }
+    for r in rs.iter_mut() {
+        assert_eq!(r.ctx().remote.in_flight(), 0, "every slot is free again");
+    }
+    // Read the long write's last block and the two short ones back on reactor 1.
+    let mut got = pool.take().unwrap();
+    got.set_len(3 * 512);
+    let io = request(IoType::Read, LONG as u64 - 1, 3, Some(got), 1, tasks[1], 9);
+    rs[1].ctx().submit(bdev, io);
+    rs[1].poll(now + 1);
+    let done = recs[1].done.borrow_mut().pop().unwrap();
+    let got = done.buf.unwrap();
+    for (block, fill) in [0x5a, 0xc3, 0x3c].into_iter().enumerate() {
+        let bytes = &got.as_slice()[block * 512..(block + 1) * 512];
+        assert!(
+            bytes.iter().all(|&b| b == fill),
+            "block {block} of the read"
+        );
+    }
+}
+
 /// A request pushed into a reactor's inbox that names another reactor as its origin has no
 /// remote slot: its completion still reaches that reactor's task, whole.
 #[test]
