@@ -200,6 +200,10 @@ impl<T> Lanes<T> {
     /// Moves messages from the front of `queue` onto the lane towards peer `to`, as many as
     /// it has room for, and publishes them with one store. Returns how many moved; the rest
     /// stay in `queue`, in order. The caller runs the peer's wake-up handshake afterwards.
+    ///
+    /// The batch moves as bytes, one copy per contiguous run of slots: moved one message at
+    /// a time (`rtrb`'s `fill_from_iter`), a round trip of lane messages cost each core 33 ns
+    /// on close cores, against 19 ns (`tidepool-perf --bench lanes`).
     pub fn push_batch(&mut self, to: usize, queue: &mut Vec<T>) -> usize {
         let Some(Some(lane)) = self.to.get_mut(to) else {
             return 0;
@@ -208,8 +212,6 @@ impl<T> Lanes<T> {
         // last saw is too small; asking for the free slots first (`slots()`) would read it
         // every batch and pull that line, which the consumer writes on every pop, across
         // cores each time.
-        // The messages move as bytes, in one copy per contiguous run of slots (see
-        // `tidepool_bindings::batch`).
         let n = match lane.write_chunk_uninit(queue.len()) {
             Ok(chunk) => return batch::fill_chunk(chunk, queue),
             Err(rtrb::chunks::ChunkError::TooFewSlots(room)) => room,

@@ -11,10 +11,11 @@
 //! in, over 65,535 blocks long, a bdev id over 65,535) goes whole, boxed
 //! ([`LaneMsg::IoWhole`]), with the same slot.
 //!
-//! Why: what a lane message costs is the cache lines it fills on one core and empties on the
-//! other. Side by side (`tidepool-perf --bench lanes`), a round trip of 40-byte messages cost
-//! each core 29 ns on close cores and 75 ns far apart, 32-byte ones 13 and 45 ns; and half of
-//! a two-reactor volume's requests cross (BENCHMARKS.md, volume section).
+//! Why: half of a two-reactor volume's requests cross (BENCHMARKS.md, volume section), and a
+//! lane message costs the cache lines it fills on one core and empties on the other. The
+//! whole request (72 bytes) cost 5-10 % more per round trip than 32 bytes, and 40 bytes
+//! 2-8 % more (`tidepool-perf --bench lanes`, with batches moved in one copy: see
+//! `ring::Lanes::push_batch`, which made the larger difference).
 //!
 //! On the executing reactor the request's origin is the sender, with task [`REMOTE_TASK`]
 //! (or the router's task, for a volume's piece: the executing reactor must route it, not
