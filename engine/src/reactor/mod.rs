@@ -61,7 +61,9 @@ pub enum PollResult {
 
 /// What a reactor's inbox carries, and what [`Ctx::send`] takes. I/O messages carry the
 /// request by value (its buffer included): no allocation per I/O. Between reactors they go
-/// on the lanes in a compact form (see `remote`).
+/// on the lanes in a compact form (see `remote`). An I/O message pushed from outside whose
+/// origin names one of the task ids the engine keeps for its own I/O is dropped, with an
+/// error in the log.
 pub enum Message {
     /// Execute this I/O here; the completion goes back to `io.origin.reactor`.
     Submit { bdev: BdevId, io: IoRequest },
@@ -535,6 +537,13 @@ impl Ctx {
     }
 }
 
+/// Whether `task` is one of the ids the engine keeps for its own I/O: the router's (a volume's
+/// pieces) and the remote slots' (requests from another reactor). No task gets one: task ids
+/// count up from 0.
+fn reserved_task(task: TaskId) -> bool {
+    task == router::ROUTER_TASK || task == remote::REMOTE_TASK
+}
+
 #[inline]
 fn validate(slot: Geometry, io: &IoRequest) -> Result<(), IoStatus> {
     if !slot.supported.contains(io.io_type) {
@@ -778,6 +787,21 @@ impl Reactor {
     fn take_message(&mut self, msg: Message) {
         self.ctx.counters.messages_in += 1;
         match msg {
+            Message::Submit { io, .. } | Message::Complete(Completion { io, .. })
+                if reserved_task(io.origin.task) =>
+            {
+                // The router's and the remote slots' task ids name state that only the engine
+                // creates, on the reactor the origin names; a request or completion from
+                // outside that claims one would complete into a slot it does not own (or
+                // none). Nothing runs it; its buffer goes back to its pool.
+                log::error!(
+                    "reactor {}: dropped a message from outside whose origin (reactor {}, \
+                     task {}) is reserved for the engine's own I/O",
+                    self.ctx.id,
+                    io.origin.reactor,
+                    io.origin.task
+                );
+            }
             Message::Submit { bdev, io } => self.ctx.submit(bdev, io),
             Message::Complete(c) => self.complete(c),
             Message::Notify { task, value } => self.notified(task, value),

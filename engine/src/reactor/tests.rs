@@ -249,6 +249,43 @@ fn a_request_from_outside_naming_another_reactor_completes_on_that_reactor() {
     assert_eq!((done.tag, done.offset_blocks, done.num_blocks), (77, 8, 4));
 }
 
+/// A request or completion pushed from outside whose origin claims a task id the engine keeps
+/// for its own I/O (a remote slot, the router) is dropped: it would complete into a slot it
+/// does not own. Its buffer goes back to its pool, and the reactors go on.
+#[test]
+fn a_message_from_outside_claiming_the_engines_own_task_ids_is_dropped() {
+    let (reg, bdev) = null_registry();
+    let mut rs = reactors(2, &reg, ReactorConfig::default());
+    let rec = Recorder::default();
+    let task = rs[0].spawn(Box::new(rec.clone()));
+    let pool = DmaPool::new(512, 4).unwrap();
+    let with_buf = |task_id: TaskId| {
+        let mut buf = pool.take().unwrap();
+        buf.set_len(512);
+        request(IoType::Read, 1, 1, Some(buf), 0, task_id, 5)
+    };
+    for reserved in [remote::REMOTE_TASK, router::ROUTER_TASK] {
+        let io = with_buf(reserved);
+        assert!(rs[1].inbox().push(Message::Submit { bdev, io }).is_ok());
+        let c = Completion::new(with_buf(reserved), IoStatus::Success);
+        assert!(rs[0].inbox().push(Message::Complete(c)).is_ok());
+    }
+    for now in 1..4 {
+        rs[0].poll(now);
+        rs[1].poll(now);
+    }
+    assert_eq!(pool.available(), 4, "every buffer came back");
+    assert_eq!(rs[0].ctx().remote.in_flight(), 0);
+    // The reactors still serve a request from a task.
+    let io = with_buf(task);
+    rs[0].ctx().submit_on(1, bdev, io);
+    for now in 4..8 {
+        rs[0].poll(now);
+        rs[1].poll(now);
+    }
+    assert_eq!(rec.statuses(), [IoStatus::Success]);
+}
+
 /// With two-slot inboxes and lanes, many messages wait in the sender's outbox and all
 /// arrive, in order.
 #[test]
