@@ -167,7 +167,7 @@ pub struct Lanes<T> {
     to: Vec<Option<CachePadded<rtrb::Producer<T>>>>,
     /// The consumers of the lanes from the other peers, in the order of the peers' indices.
     from: Vec<CachePadded<rtrb::Consumer<T>>>,
-    /// This reactor's index: incoming lane `l` is from peer `l`, or `l + 1` from here on.
+    /// This reactor's index: incoming lane `l` is from peer `l` when `l < own`, else `l + 1`.
     own: usize,
 }
 

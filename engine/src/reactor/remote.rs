@@ -7,15 +7,16 @@
 //! the message carries the slot's index; the lane it arrives on names the sender. The
 //! completion comes back as a [`LaneMsg::Done`]: the slot, the status and the buffer. The
 //! sender rebuilds the completion from its slot and runs it as it would have run its own.
-//! A request whose offset, length or bdev does not fit the packed form (over 2^48 blocks
-//! in, over 65,535 blocks long, a bdev id over 65,535) goes whole, boxed
+//! A request whose offset, length or bdev does not fit the packed form (at or past block
+//! 2^48, over 65,535 blocks long, a bdev id over 65,535) goes whole, boxed
 //! ([`LaneMsg::IoWhole`]), with the same slot.
 //!
 //! Why: half of a two-reactor volume's requests cross (BENCHMARKS.md, volume section), and a
-//! lane message costs the cache lines it fills on one core and empties on the other. The
-//! whole request (72 bytes) cost 5-10 % more per round trip than 32 bytes, and 40 bytes
-//! 2-8 % more (`tidepool-perf --bench lanes`, with batches moved in one copy: see
-//! `ring::Lanes::push_batch`, which made the larger difference).
+//! lane message costs the cache lines it fills on one core and empties on the other. With
+//! batches moved in one copy (`ring::Lanes::push_batch`, the change that counted), 40-byte
+//! messages cost a few per cent more per round trip than 32-byte ones in `tidepool-perf
+//! --bench lanes` (20.0-21.6 against 19.3-19.9 ns close); on the volume and on null
+//! `--remote` runs the 32-byte form measured 1.01-1.02x, inside the noise.
 //!
 //! On the executing reactor the request's origin is the sender, with task [`REMOTE_TASK`]
 //! (or the router's task, for a volume's piece: the executing reactor must route it, not
@@ -51,9 +52,9 @@ pub enum LaneMsg {
     Call(Box<dyn FnOnce(&mut Reactor) + Send>),
 }
 
-// The point of the compact forms: at most 32 bytes, two messages to a 64-byte line (the whole
-// request's 72 bytes took more than one each). The enum needs no tag of its own: `WireIo`'s
-// `io_type` and `routed` bytes have values to spare, and the other variants fit beside them.
+// The point of the compact forms: at most 32 bytes, two messages to a 64-byte line on average
+// (the whole request is 72 bytes). The enum needs no tag of its own: `WireIo`'s `io_type` and
+// `routed` bytes have values to spare, and the other variants fit beside them.
 const _: () = assert!(std::mem::size_of::<LaneMsg>() <= 32);
 
 /// Bits of [`WireIo::offset_and_bdev`] that hold the offset; the bdev id is above them.
@@ -183,21 +184,9 @@ impl Ctx {
             io_type: io.io_type,
         });
         let routed = io.origin.task == ROUTER_TASK;
-        let packed = (
-            u16::try_from(io.num_blocks),
-            u16::try_from(bdev),
-            io.offset_blocks >> OFFSET_BITS,
-        );
-        let msg = match packed {
-            (Ok(num_blocks), Ok(bdev16), 0) => LaneMsg::Io(WireIo {
-                buf: io.buf,
-                offset_and_bdev: io.offset_blocks | (bdev16 as u64) << OFFSET_BITS,
-                slot,
-                num_blocks,
-                io_type: io.io_type,
-                routed,
-            }),
-            _ => {
+        let msg = match WireIo::pack(bdev, io, slot, routed) {
+            Ok(wire) => LaneMsg::Io(wire),
+            Err(io) => {
                 let origin = wire_origin(self.id, routed, slot);
                 let whole =
                     IoRequest::new(io.io_type, io.offset_blocks, io.num_blocks, io.buf, origin);
@@ -247,6 +236,26 @@ fn wire_origin(from: ReactorId, routed: bool, slot: u32) -> IoOrigin {
 }
 
 impl WireIo {
+    /// `io` on `bdev`, from remote slot `slot`, in the packed form; `io` back when its offset,
+    /// length or bdev does not fit (see the module docs).
+    fn pack(bdev: BdevId, io: IoRequest, slot: u32, routed: bool) -> Result<WireIo, IoRequest> {
+        let (Ok(num_blocks), Ok(bdev16), 0) = (
+            u16::try_from(io.num_blocks),
+            u16::try_from(bdev),
+            io.offset_blocks >> OFFSET_BITS,
+        ) else {
+            return Err(io);
+        };
+        Ok(WireIo {
+            buf: io.buf,
+            offset_and_bdev: io.offset_blocks | (u64::from(bdev16) << OFFSET_BITS),
+            slot,
+            num_blocks,
+            io_type: io.io_type,
+            routed,
+        })
+    }
+
     /// The request as the executing reactor submits it: from `from` (the sender, which the
     /// lane it came on names), tagged with its slot.
     #[inline]
@@ -257,7 +266,7 @@ impl WireIo {
         let io = IoRequest::new(
             self.io_type,
             offset_blocks,
-            self.num_blocks as u32,
+            u32::from(self.num_blocks),
             self.buf,
             origin,
         );
@@ -268,6 +277,41 @@ impl WireIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(offset_blocks: u64, num_blocks: u32) -> IoRequest {
+        let origin = IoOrigin {
+            reactor: 0,
+            task: 0,
+            tag: 0,
+        };
+        IoRequest::new(IoType::Read, offset_blocks, num_blocks, None, origin)
+    }
+
+    #[test]
+    fn the_packed_form_holds_its_largest_values_and_refuses_the_next_ones() {
+        let last_offset = (1u64 << OFFSET_BITS) - 1;
+        let wire = WireIo::pack(65_535, read(last_offset, 65_535), 7, true)
+            .unwrap_or_else(|_| panic!("the largest values fit"));
+        let (bdev, io) = wire.into_request(3);
+        assert_eq!(
+            (bdev, io.offset_blocks, io.num_blocks),
+            (65_535, last_offset, 65_535)
+        );
+        assert_eq!(io.io_type, IoType::Read);
+        assert_eq!(io.origin, wire_origin(3, true, 7));
+        let too_far = WireIo::pack(0, read(last_offset + 1, 1), 0, false);
+        assert!(too_far.is_err(), "an offset at 2^48 goes whole");
+        assert!(
+            WireIo::pack(65_536, read(0, 1), 0, false).is_err(),
+            "bdev 65,536"
+        );
+        assert!(
+            WireIo::pack(0, read(0, 65_536), 0, false).is_err(),
+            "65,536 blocks"
+        );
+        let refused = WireIo::pack(0, read(5, 65_536), 0, false).err().unwrap();
+        assert_eq!((refused.offset_blocks, refused.num_blocks), (5, 65_536));
+    }
 
     #[test]
     fn every_status_crosses_in_four_bytes_unchanged() {
