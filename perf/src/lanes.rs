@@ -84,14 +84,14 @@ impl Payload for Message {
 /// A plain value of `W` words (no drop glue): a request's slot and status or offset in the
 /// first two, the rest what a fuller encoding would add. 16, 32 (the lane message's size) and
 /// 40 bytes are measured.
-struct Compact<const W: usize>([u64; W]);
+struct Plain<const W: usize>([u64; W]);
 
-impl<const W: usize> Payload for Compact<W> {
-    fn new(id: u32, trip: u64) -> Compact<W> {
+impl<const W: usize> Payload for Plain<W> {
+    fn new(id: u32, trip: u64) -> Plain<W> {
         let mut words = [0; W];
         words[0] = id as u64;
         words[1] = trip;
-        Compact(words)
+        Plain(words)
     }
     fn id(&self) -> u32 {
         self.0[0] as u32
@@ -107,31 +107,11 @@ pub fn lanes(cores: &[usize], duration: Duration) -> anyhow::Result<Value> {
         anyhow::bail!("--bench lanes needs two cores (-m 0x3, say)");
     };
     let runs = [
-        (
-            "lane_message",
-            std::mem::size_of::<LaneMsg>(),
-            round_trips::<LaneMsg>(*a, *b, duration)?,
-        ),
-        (
-            "inbox_message",
-            std::mem::size_of::<Message>(),
-            round_trips::<Message>(*a, *b, duration)?,
-        ),
-        (
-            "plain_16_message",
-            std::mem::size_of::<Compact<2>>(),
-            round_trips::<Compact<2>>(*a, *b, duration)?,
-        ),
-        (
-            "plain_32_message",
-            std::mem::size_of::<Compact<4>>(),
-            round_trips::<Compact<4>>(*a, *b, duration)?,
-        ),
-        (
-            "plain_40_message",
-            std::mem::size_of::<Compact<5>>(),
-            round_trips::<Compact<5>>(*a, *b, duration)?,
-        ),
+        measure::<LaneMsg>("lane_message", *a, *b, duration)?,
+        measure::<Message>("inbox_message", *a, *b, duration)?,
+        measure::<Plain<2>>("plain_16_message", *a, *b, duration)?,
+        measure::<Plain<4>>("plain_32_message", *a, *b, duration)?,
+        measure::<Plain<5>>("plain_40_message", *a, *b, duration)?,
     ];
     let mut report = json!({"in_flight": IN_FLIGHT, "batch": BATCH});
     for (key, bytes, per_s) in runs {
@@ -145,6 +125,20 @@ pub fn lanes(cores: &[usize], duration: Duration) -> anyhow::Result<Value> {
                              "ns_per_round_trip_per_core": 1e9 / per_s});
     }
     Ok(json!({ "lanes": report }))
+}
+
+/// The report's key, the slot size and the round trips per second for messages of type `T`.
+fn measure<T: Payload>(
+    key: &'static str,
+    a: usize,
+    b: usize,
+    duration: Duration,
+) -> anyhow::Result<(&'static str, usize, f64)> {
+    Ok((
+        key,
+        std::mem::size_of::<T>(),
+        round_trips::<T>(a, b, duration)?,
+    ))
 }
 
 fn round_trips<T: Payload>(a: usize, b: usize, duration: Duration) -> anyhow::Result<f64> {

@@ -161,8 +161,9 @@ fn a_request_sent_to_another_reactor_comes_back_as_it_was_sent() {
 }
 
 /// Requests cross in a packed form that holds at most 65,535 blocks; a longer one (here
-/// 65,536) goes whole (boxed). Both come back as sent, to the reactor that sent them, whichever incoming lane of
-/// the executing reactor they came on (three reactors: lanes from a lower and a higher peer).
+/// 65,536) goes whole (boxed). Both come back as sent, to the reactor that sent them,
+/// whichever incoming lane of the executing reactor they came on (three reactors: lanes from
+/// a lower and a higher peer).
 #[test]
 fn long_and_short_requests_cross_between_any_two_of_three_reactors() {
     const LONG: u32 = 65_536;
