@@ -38,6 +38,8 @@ run volume -c etc/volume-null-pool.json -b vol0
 
 python3 - "$RES" "$T" <<'PY'
 import json, os, re, sys
+sys.path.insert(0, "perf")
+from by_function import print_side_by_side
 res, seconds = sys.argv[1], float(sys.argv[2])
 def per_io(name):
     ios = json.load(open(os.path.join(res, name + ".json")))["total"]["iops"] * seconds
@@ -55,9 +57,5 @@ total = lambda d: sum(d.values())
 print(f"\ninstructions per I/O (whole process, set-up included): raw {total(raw):.0f} "
       f"({raw_ios / 1e6:.2f} M I/Os), volume {total(vol):.0f} ({vol_ios / 1e6:.2f} M I/Os), "
       f"the router adds {total(vol) - total(raw):.0f}")
-print(f"\n{'raw':>7} {'volume':>7} {'added':>7}  function (self instructions per I/O)")
-keys = sorted(set(raw) | set(vol), key=lambda k: -abs(vol.get(k, 0) - raw.get(k, 0)))
-for k in keys[:12]:
-    a, b = raw.get(k, 0), vol.get(k, 0)
-    print(f"{a:7.1f} {b:7.1f} {b - a:+7.1f}  {k}")
+print_side_by_side(raw, vol, "self instructions per I/O", 12)
 PY

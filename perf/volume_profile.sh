@@ -74,6 +74,8 @@ done
 
 python3 - "$RES" "$T" "$W" "$STATE" <<'PY'
 import json, os, sys
+sys.path.insert(0, "perf")
+from by_function import print_side_by_side
 res, seconds, workload, state = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 def per_io(name):
     ios = json.load(open(os.path.join(res, name + ".json")))["total"]["iops"] * seconds
@@ -94,8 +96,5 @@ print(f"\n4 KiB {workload} q128 x2, {seconds:g} s, state {state}: raw {raw_iops 
 print(f"reactor ns per I/O: raw {total(raw):.0f} (copy {copy(raw):.0f}), volume {total(vol):.0f} "
       f"(copy {copy(vol):.0f}); the volume adds {total(vol) - copy(vol) - total(raw) + copy(raw):.0f} "
       f"outside the copy")
-print(f"\n{'raw':>7} {'volume':>7} {'added':>7}  function (reactor ns per I/O)")
-keys = sorted(set(raw) | set(vol), key=lambda k: -abs(vol.get(k, 0) - raw.get(k, 0)))
-for k in keys[:20]:
-    print(f"{raw.get(k, 0):7.1f} {vol.get(k, 0):7.1f} {vol.get(k, 0) - raw.get(k, 0):+7.1f}  {k}")
+print_side_by_side(raw, vol, "reactor ns per I/O", 20)
 PY
