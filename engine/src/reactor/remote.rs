@@ -238,6 +238,7 @@ fn wire_origin(from: ReactorId, routed: bool, slot: u32) -> IoOrigin {
 impl WireIo {
     /// `io` on `bdev`, from remote slot `slot`, in the packed form; `io` back when its offset,
     /// length or bdev does not fit (see the module docs).
+    #[inline]
     fn pack(bdev: BdevId, io: IoRequest, slot: u32, routed: bool) -> Result<WireIo, IoRequest> {
         let (Ok(num_blocks), Ok(bdev16), 0) = (
             u16::try_from(io.num_blocks),
