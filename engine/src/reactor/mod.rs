@@ -815,7 +815,11 @@ impl Reactor {
         match msg {
             LaneMsg::Io(wire) => {
                 let (bdev, io) = wire.into_request(from);
-                self.ctx.submit(bdev, io);
+                if io.origin.task == router::ROUTER_TASK {
+                    self.ctx.take_piece(bdev, io);
+                } else {
+                    self.ctx.submit(bdev, io);
+                }
             }
             LaneMsg::IoWhole(whole) => {
                 let (bdev, io) = *whole;

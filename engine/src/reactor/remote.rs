@@ -7,6 +7,9 @@
 //! the message carries the slot's index; the lane it arrives on names the sender. The
 //! completion comes back as a [`LaneMsg::Done`]: the slot, the status and the buffer. The
 //! sender rebuilds the completion from its slot and runs it as it would have run its own.
+//! A one-shard volume request (most of a volume's requests) takes no remote slot: its
+//! router's one-shard slot keeps the same fields, and the message names that slot, with the
+//! top bit of the index set ([`SINGLE_SLOT`]).
 //! A request whose offset, length or bdev does not fit the packed form (at or past block
 //! 2^48, over 65,535 blocks long, a bdev id over 65,535) goes whole, boxed
 //! ([`LaneMsg::IoWhole`]), with the same slot.
@@ -27,13 +30,18 @@
 //! A request pushed into a reactor's inbox from outside that names another reactor as its
 //! origin has no slot there: its completion goes back whole, boxed ([`LaneMsg::Complete`]).
 
-use super::{router::ROUTER_TASK, Ctx, Reactor, ReactorId, TaskId};
+use super::router::{ROUTER_TASK, SINGLE_TAG};
+use super::{Ctx, Reactor, ReactorId, TaskId};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use crate::time::Nanos;
 use tidepool_bindings::dma::DmaBuf;
 
 /// The task id of requests another reactor sent here: their completions go back to it.
 pub(super) const REMOTE_TASK: TaskId = TaskId::MAX - 1;
+
+/// Set in a lane message's slot when it names the sender router's one-shard slot rather than
+/// a remote slot (remote slots are numbered below it).
+const SINGLE_SLOT: u32 = SINGLE_TAG as u32;
 
 /// What goes over a lane from one reactor to another.
 pub enum LaneMsg {
@@ -146,6 +154,11 @@ impl RemoteSlots {
                 i
             }
             None => {
+                // Bounded by the I/O in flight, far below the bit that marks a router's slot.
+                assert!(
+                    (self.slots.len() as u32) < SINGLE_SLOT,
+                    "remote slots exhausted"
+                );
                 self.slots.push(Some(io));
                 (self.slots.len() - 1) as u32
             }
@@ -184,6 +197,27 @@ impl Ctx {
             io_type: io.io_type,
         });
         let routed = io.origin.task == ROUTER_TASK;
+        self.send_from_slot(to, bdev, io, slot, routed);
+    }
+
+    /// Sends a one-shard volume request this reactor's router took (`io.origin` is its
+    /// one-shard slot) to its shard's owner `to`, without a remote slot: the router's slot
+    /// keeps what the completion needs, and the lane message names it.
+    pub(super) fn send_single(&mut self, to: ReactorId, vol: BdevId, io: IoRequest) {
+        let slot = io.origin.tag as u32;
+        debug_assert!(io.origin.task == ROUTER_TASK && slot & SINGLE_SLOT != 0);
+        self.send_from_slot(to, vol, io, slot, true);
+    }
+
+    /// Sends `io`, kept in `slot` (a remote slot or a router's one-shard slot), to `to`.
+    fn send_from_slot(
+        &mut self,
+        to: ReactorId,
+        bdev: BdevId,
+        io: IoRequest,
+        slot: u32,
+        routed: bool,
+    ) {
         let msg = match WireIo::pack(bdev, io, slot, routed) {
             Ok(wire) => LaneMsg::Io(wire),
             Err(io) => {
@@ -212,6 +246,9 @@ impl Ctx {
 
     /// The completion of a request this reactor sent, rebuilt from its remote slot.
     pub(super) fn take_done(&mut self, done: WireDone) -> Completion {
+        if done.slot & SINGLE_SLOT != 0 {
+            return self.single_returned(done.slot, done.buf, done.status.into());
+        }
         let kept = self.remote.take(done.slot);
         let io = IoRequest {
             io_type: kept.io_type,

@@ -38,8 +38,10 @@ use tidepool_bindings::dma::{DmaBuf, DmaPool};
 
 /// The task id pieces carry as their origin: their completions go to the router.
 pub(super) const ROUTER_TASK: TaskId = TaskId::MAX;
-/// Set in a piece's tag when the piece is a whole one-shard request (see [`Single`]).
-const SINGLE_TAG: u64 = 1 << 31;
+/// Set in a piece's tag when the piece is a whole one-shard request (see [`Single`]). It
+/// fits a lane message's 32-bit slot, where it tells the slot from a remote slot (see
+/// `remote`).
+pub(super) const SINGLE_TAG: u64 = 1 << 31;
 /// Size of a bounce buffer, the largest piece of a request that crosses shards.
 pub const BOUNCE_CHUNK_BYTES: usize = 128 << 10;
 /// Bounce buffers per reactor (8 MiB; mapped on first use, touched as used).
@@ -205,6 +207,10 @@ struct Single {
     submit_time_ns: u64,
     volume: BdevId,
     shard: u32,
+    /// What a completion that comes back over a lane no longer carries (see
+    /// [`Ctx::single_returned`]).
+    num_blocks: u32,
+    io_type: IoType,
 }
 
 /// A request taken on this reactor that was cut into pieces (or a flush), waiting for them.
@@ -283,6 +289,8 @@ impl Ctx {
                 submit_time_ns: io.submit_time_ns,
                 volume: vol,
                 shard: shard as u32,
+                num_blocks: io.num_blocks,
+                io_type: io.io_type,
             };
             let idx = match self.router.singles_free.pop() {
                 Some(i) => {
@@ -359,6 +367,21 @@ impl Ctx {
         } else {
             self.parent_mut(idx).split_next = Some(offset);
             self.pump(idx);
+        }
+    }
+
+    /// A piece another reactor's router sent here (its shard's owner, as that reactor saw
+    /// it). It was cut from a request that reactor checked against the volume, so it goes
+    /// straight to routing; the member's submit checks it again. Anything else (the volume
+    /// closing here, or not open here yet) takes the general path.
+    pub(super) fn take_piece(&mut self, vol: BdevId, mut io: IoRequest) {
+        match self.channels.get(vol as usize) {
+            Some(Some(Endpoint::Volume(slot))) if !slot.closing => {
+                self.counters.ios_submitted += 1;
+                io.submit_time_ns = self.now;
+                self.route_piece(vol, io);
+            }
+            _ => self.submit(vol, io),
         }
     }
 
@@ -493,13 +516,16 @@ impl Ctx {
     fn route_via(&mut self, vol: BdevId, hop: Hop, mut piece: IoRequest) {
         let here = piece.origin.reactor == self.id;
         if hop.owner != self.id && (hop.owner as usize) < self.peers.len() {
-            if here {
-                self.route_counters.remote += 1;
-            } else {
+            if !here {
                 self.route_counters.forwarded += 1;
+                return self.send_io(hop.owner, vol, piece);
             }
-            self.send_io(hop.owner, vol, piece);
-            return;
+            self.route_counters.remote += 1;
+            if piece.origin.tag & SINGLE_TAG != 0 {
+                // Its one-shard slot already keeps what the completion needs.
+                return self.send_single(hop.owner, vol, piece);
+            }
+            return self.send_io(hop.owner, vol, piece);
         }
         if here {
             self.route_counters.local += 1;
@@ -611,6 +637,34 @@ impl Ctx {
             slot.inflight -= 1;
         }
         true
+    }
+
+    /// The completion of one-shard request `slot` (a piece tag with [`SINGLE_TAG`]) that came
+    /// back from the reactor that executed it, as [`Ctx::single_complete`] takes it: the
+    /// lane brought only the status and the buffer, the slot has the rest.
+    pub(super) fn single_returned(
+        &self,
+        slot: u32,
+        buf: Option<DmaBuf>,
+        status: IoStatus,
+    ) -> Completion {
+        let tag = u64::from(slot);
+        let s = self.router.singles[(tag & !SINGLE_TAG) as usize]
+            .as_ref()
+            .expect("a live one-shard request");
+        let io = IoRequest {
+            io_type: s.io_type,
+            offset_blocks: s.offset_blocks,
+            num_blocks: s.num_blocks,
+            buf,
+            origin: IoOrigin {
+                reactor: self.id,
+                task: ROUTER_TASK,
+                tag,
+            },
+            submit_time_ns: s.submit_time_ns,
+        };
+        Completion::new(io, status)
     }
 
     /// Gives returned bounce buffers to parents that wait for them, oldest first.

@@ -284,6 +284,43 @@ fn a_piece_in_a_ring_when_its_shard_changes_owner_is_forwarded_not_failed() {
 }
 
 #[test]
+fn a_one_shard_request_crosses_without_a_remote_slot_and_returns_whole() {
+    let mut rig = rig(2, 4);
+    // Shard 1 is owned by reactor 1; reactor 0 takes a write inside it, then a read.
+    assert_eq!(rig.volume.table().shards[1].owner, 1);
+    rig.submit(0, rig.vol, IoType::Write, SHARD + 3, 5, 4);
+    rig.rs[0].poll(1);
+    assert!(rig.rs[1].has_messages(), "the request went to reactor 1");
+    assert_eq!(
+        rig.rs[0].ctx().remote.in_flight(),
+        0,
+        "its one-shard slot is all it keeps"
+    );
+    rig.settle(1);
+    rig.submit(0, rig.vol, IoType::Read, SHARD + 3, 5, 4);
+    rig.settle(2);
+    assert_eq!(rig.rs[0].ctx().route_counters().remote, 2);
+    // The completions reached the task that gave the requests (by their origin), as it
+    // gave them: tag, range and type.
+    let done = rig.rec[0].0.done.borrow();
+    assert_eq!(done.len(), 2);
+    for (c, io_type) in done.iter().zip([IoType::Write, IoType::Read]) {
+        assert_eq!(c.status, IoStatus::Success);
+        assert_eq!(c.io_type, io_type);
+        assert_eq!((c.offset_blocks, c.num_blocks, c.tag), (SHARD + 3, 5, 4));
+    }
+    let read = done[1].buf.as_ref().unwrap().as_slice();
+    for b in 0..5 {
+        let want = pattern(SHARD + 3 + b, 4);
+        assert!(read[(b * BS) as usize..((b + 1) * BS) as usize]
+            .iter()
+            .all(|&x| x == want));
+    }
+    drop(done);
+    assert_eq!(rig.rs[0].ctx().io_outstanding(), 0);
+}
+
+#[test]
 fn an_unavailable_shard_fails_its_io_with_enodev_and_leaves_others_alone() {
     let mut rig = rig(2, 4);
     rig.volume
