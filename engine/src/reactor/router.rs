@@ -640,10 +640,10 @@ impl Ctx {
     }
 
     /// The completion of one-shard request `slot` (a piece tag with [`SINGLE_TAG`]) that came
-    /// back from the reactor that executed it, as [`Ctx::single_complete`] takes it: the
+    /// back from the reactor that executed it, ready for the task that gave the request: the
     /// lane brought only the status and the buffer, the slot has the rest.
     pub(super) fn single_returned(
-        &self,
+        &mut self,
         slot: u32,
         buf: Option<DmaBuf>,
         status: IoStatus,
@@ -664,7 +664,9 @@ impl Ctx {
             },
             submit_time_ns: s.submit_time_ns,
         };
-        Completion::new(io, status)
+        let mut c = Completion::new(io, status);
+        self.single_complete(&mut c);
+        c
     }
 
     /// Gives returned bounce buffers to parents that wait for them, oldest first.
