@@ -8,17 +8,21 @@
 //! bits) and the piece's distance from the parent's start in blocks (high 32 bits).
 //!
 //! - A piece is sent to the volume on its owner reactor (`Ctx::send_io` with the volume's
-//!   id; a piece on its way is marked as one, see `remote`). The owner looks the shard up again in its own view of the table: if it still owns
-//!   it, it translates the offset onto the member and submits on its own channel of that
-//!   member; if not, it forwards the piece to the owner it sees. Forwarding converges because
-//!   every reactor picks up the newest table as soon as it sees the epoch move.
+//!   id, or `Ctx::send_single` for a one-shard request; a piece on its way is marked as one,
+//!   see `remote`). The owner takes it straight to routing ([`Ctx::take_piece`]: the reactor
+//!   that cut it checked it against the volume) and looks the shard up again in its own view
+//!   of the table: if it still owns it, it translates the offset onto the member and submits
+//!   on its own channel of that member; if not, it forwards the piece to the owner it sees.
+//!   Forwarding converges because every reactor picks up the newest table as soon as it sees
+//!   the epoch move.
 //! - Completions follow the piece's origin back to the parent's reactor (the reactor's normal
 //!   completion path; a forwarded piece's comes back through each reactor that passed it on,
 //!   see `remote`) and are merged there: the first failure wins.
 //! - A request inside one shard (the common case) is its own piece: the router keeps only
 //!   the fields it overwrites (origin, offset, submit time) in a small slot, sends the request
 //!   on with the caller's buffer (no copy), and restores them when the piece comes back. Its
-//!   tag is the slot index with [`SINGLE_TAG`] set.
+//!   tag is the slot index with [`SINGLE_TAG`] set. Sent to another reactor, it takes no
+//!   remote slot: the lane message names this slot, which also keeps its type and length.
 //! - A read or write that crosses shards is cut into pieces of at most
 //!   [`BOUNCE_CHUNK_BYTES`] with buffers from this reactor's bounce pool, copied in (writes)
 //!   or out (reads); when the pool is empty the parent waits, in order, for buffers to come
