@@ -823,7 +823,11 @@ impl Reactor {
             }
             LaneMsg::IoWhole(whole) => {
                 let (bdev, io) = *whole;
-                self.ctx.submit(bdev, io);
+                if io.origin.task == router::ROUTER_TASK {
+                    self.ctx.take_piece(bdev, io);
+                } else {
+                    self.ctx.submit(bdev, io);
+                }
             }
             LaneMsg::Done(wire) => {
                 let c = self.ctx.take_done(wire);

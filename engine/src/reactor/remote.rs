@@ -73,7 +73,7 @@ pub struct WireIo {
     buf: Option<DmaBuf>,
     /// The offset in blocks (the low [`OFFSET_BITS`] bits) and the bdev id (above them).
     offset_and_bdev: u64,
-    /// The sender's remote slot.
+    /// The sender's remote slot, or its router's one-shard slot ([`SINGLE_SLOT`] set).
     slot: u32,
     num_blocks: u16,
     io_type: IoType,
@@ -180,8 +180,10 @@ impl RemoteSlots {
 }
 
 impl Ctx {
-    /// Requests this reactor sent to other reactors whose completions have not come back (a
-    /// stopping reactor waits for them: see `engine`).
+    /// Requests this reactor sent to other reactors from remote slots whose completions have
+    /// not come back (a stopping reactor waits for them: see `engine`). One-shard volume
+    /// requests sent away hold no remote slot; they count in [`Ctx::io_outstanding`], as
+    /// every request the router holds does.
     pub fn io_sent_away(&self) -> usize {
         self.remote.in_flight()
     }
@@ -244,9 +246,13 @@ impl Ctx {
         self.send_lane(to, msg);
     }
 
-    /// The completion of a request this reactor sent, rebuilt from its remote slot.
+    /// The completion of a request this reactor sent, rebuilt from its remote slot; or, for
+    /// a one-shard volume request, the request's own completion, restored from its router
+    /// slot and addressed to the task that gave it.
     pub(super) fn take_done(&mut self, done: WireDone) -> Completion {
         if done.slot & SINGLE_SLOT != 0 {
+            // Counted as `dispatch` counts a one-shard piece's return on its way through.
+            self.counters.ios_completed += 1;
             return self.single_returned(done.slot, done.buf, done.status.into());
         }
         let kept = self.remote.take(done.slot);
@@ -262,7 +268,8 @@ impl Ctx {
     }
 }
 
-/// The origin a request from reactor `from`'s remote slot `slot` has on the executing one.
+/// The origin a request from reactor `from`'s slot `slot` (remote, or its router's
+/// one-shard slot) has on the executing one.
 #[inline]
 fn wire_origin(from: ReactorId, routed: bool, slot: u32) -> IoOrigin {
     IoOrigin {
@@ -273,7 +280,7 @@ fn wire_origin(from: ReactorId, routed: bool, slot: u32) -> IoOrigin {
 }
 
 impl WireIo {
-    /// `io` on `bdev`, from remote slot `slot`, in the packed form; `io` back when its offset,
+    /// `io` on `bdev`, from slot `slot`, in the packed form; `io` back when its offset,
     /// length or bdev does not fit (see the module docs).
     #[inline]
     fn pack(bdev: BdevId, io: IoRequest, slot: u32, routed: bool) -> Result<WireIo, IoRequest> {

@@ -302,6 +302,11 @@ impl Ctx {
                     i
                 }
                 None => {
+                    // Bounded by the requests in flight, far below the tag's flag bits.
+                    assert!(
+                        (self.router.singles.len() as u64) < super::copy::COPY_TAG,
+                        "one-shard slots exhausted"
+                    );
                     self.router.singles.push(Some(single));
                     (self.router.singles.len() - 1) as u32
                 }
@@ -377,10 +382,17 @@ impl Ctx {
     /// A piece another reactor's router sent here (its shard's owner, as that reactor saw
     /// it). It was cut from a request that reactor checked against the volume, so it goes
     /// straight to routing; the member's submit checks it again. Anything else (the volume
-    /// closing here, or not open here yet) takes the general path.
+    /// closing here, or not open here yet, or a range outside it) takes the general path.
     pub(super) fn take_piece(&mut self, vol: BdevId, mut io: IoRequest) {
         match self.channels.get(vol as usize) {
-            Some(Some(Endpoint::Volume(slot))) if !slot.closing => {
+            // The range check costs an add: a piece that claims to be a router's and is not
+            // (a hand-made request through `Ctx::send`) gets `submit`'s error, not a panic.
+            Some(Some(Endpoint::Volume(slot)))
+                if !slot.closing
+                    && io.num_blocks > 0
+                    && io.offset_blocks.saturating_add(u64::from(io.num_blocks))
+                        <= slot.geometry.num_blocks =>
+            {
                 self.counters.ios_submitted += 1;
                 io.submit_time_ns = self.now;
                 self.route_piece(vol, io);
