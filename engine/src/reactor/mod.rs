@@ -815,11 +815,11 @@ impl Reactor {
         match msg {
             LaneMsg::Io(wire) => {
                 let (bdev, io) = wire.into_request(from);
-                self.take_request(bdev, io);
+                self.ctx.submit(bdev, io);
             }
             LaneMsg::IoWhole(whole) => {
                 let (bdev, io) = *whole;
-                self.take_request(bdev, io);
+                self.ctx.submit(bdev, io);
             }
             LaneMsg::Done(wire) => {
                 let c = self.ctx.take_done(wire);
@@ -828,17 +828,6 @@ impl Reactor {
             LaneMsg::Complete(c) => self.complete(*c),
             LaneMsg::Notify { task, value } => self.notified(task, value),
             LaneMsg::Call(f) => self.call(f),
-        }
-    }
-
-    /// A request a peer sent to be executed here: a piece its router cut goes straight to
-    /// routing, anything else through `submit`.
-    #[inline]
-    fn take_request(&mut self, bdev: BdevId, io: IoRequest) {
-        if io.origin.task == router::ROUTER_TASK {
-            self.ctx.take_piece(bdev, io);
-        } else {
-            self.ctx.submit(bdev, io);
         }
     }
 

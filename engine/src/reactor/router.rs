@@ -9,12 +9,10 @@
 //!
 //! - A piece is sent to the volume on its owner reactor (`Ctx::send_io` with the volume's
 //!   id, or `Ctx::send_single` for a one-shard request; a piece on its way is marked as one,
-//!   see `remote`). The owner takes it straight to routing ([`Ctx::take_piece`]: the reactor
-//!   that cut it checked it against the volume) and looks the shard up again in its own view
-//!   of the table: if it still owns it, it translates the offset onto the member and submits
-//!   on its own channel of that member; if not, it forwards the piece to the owner it sees.
-//!   Forwarding converges because every reactor picks up the newest table as soon as it sees
-//!   the epoch move.
+//!   see `remote`). The owner looks the shard up again in its own view of the table: if it
+//!   still owns it, it translates the offset onto the member and submits on its own channel
+//!   of that member; if not, it forwards the piece to the owner it sees. Forwarding converges
+//!   because every reactor picks up the newest table as soon as it sees the epoch move.
 //! - Completions follow the piece's origin back to the parent's reactor (the reactor's normal
 //!   completion path; a forwarded piece's comes back through each reactor that passed it on,
 //!   see `remote`) and are merged there: the first failure wins.
@@ -379,28 +377,6 @@ impl Ctx {
         }
     }
 
-    /// A piece another reactor's router sent here (its shard's owner, as that reactor saw
-    /// it). It was cut from a request that reactor checked against the volume, so it goes
-    /// straight to routing; the member's submit checks it again. Anything else (the volume
-    /// closing here, or not open here yet, or a range outside it) takes the general path.
-    pub(super) fn take_piece(&mut self, vol: BdevId, mut io: IoRequest) {
-        match self.channels.get(vol as usize) {
-            // The range check costs an add: a piece that claims to be a router's and is not
-            // (a hand-made request through `Ctx::send`) gets `submit`'s error, not a panic.
-            Some(Some(Endpoint::Volume(slot)))
-                if !slot.closing
-                    && io.num_blocks > 0
-                    && io.offset_blocks.saturating_add(u64::from(io.num_blocks))
-                        <= slot.geometry.num_blocks =>
-            {
-                self.counters.ios_submitted += 1;
-                io.submit_time_ns = self.now;
-                self.route_piece(vol, io);
-            }
-            _ => self.submit(vol, io),
-        }
-    }
-
     fn parent(&self, idx: u32) -> &Parent {
         self.router.parents[idx as usize]
             .as_ref()
@@ -637,21 +613,11 @@ impl Ctx {
         if c.io.origin.tag & SINGLE_TAG == 0 {
             return false;
         }
-        let idx = (c.io.origin.tag & !SINGLE_TAG) as u32;
-        let s = self.router.singles[idx as usize]
-            .take()
-            .expect("a live one-shard request");
-        self.router.singles_free.push(idx);
-        self.router.inflight -= 1;
+        let s = self.take_single(c.io.origin.tag);
         c.io.origin = s.origin;
         c.io.offset_blocks = s.offset_blocks;
         c.io.submit_time_ns = s.submit_time_ns;
-        let latency = self.now.saturating_sub(s.submit_time_ns);
-        if let Some(slot) = self.volume_slot(s.volume) {
-            slot.stats.record(c, slot.geometry.block_size, latency);
-            slot.shard_ended(s.shard as u64, latency);
-            slot.inflight -= 1;
-        }
+        self.single_ended(&s, c);
         true
     }
 
@@ -664,25 +630,39 @@ impl Ctx {
         buf: Option<DmaBuf>,
         status: IoStatus,
     ) -> Completion {
-        let tag = u64::from(slot);
-        let s = self.router.singles[(tag & !SINGLE_TAG) as usize]
-            .as_ref()
-            .expect("a live one-shard request");
+        let s = self.take_single(u64::from(slot));
         let io = IoRequest {
             io_type: s.io_type,
             offset_blocks: s.offset_blocks,
             num_blocks: s.num_blocks,
             buf,
-            origin: IoOrigin {
-                reactor: self.id,
-                task: ROUTER_TASK,
-                tag,
-            },
+            origin: s.origin,
             submit_time_ns: s.submit_time_ns,
         };
-        let mut c = Completion::new(io, status);
-        self.single_complete(&mut c);
+        let c = Completion::new(io, status);
+        self.single_ended(&s, &c);
         c
+    }
+
+    /// Frees the one-shard slot that piece tag `tag` names and hands back what it kept.
+    fn take_single(&mut self, tag: u64) -> Single {
+        let idx = (tag & !SINGLE_TAG) as u32;
+        let s = self.router.singles[idx as usize]
+            .take()
+            .expect("a live one-shard request");
+        self.router.singles_free.push(idx);
+        self.router.inflight -= 1;
+        s
+    }
+
+    /// Counts one-shard request `s`'s completion `c` (its fields restored) on its volume.
+    fn single_ended(&mut self, s: &Single, c: &Completion) {
+        let latency = self.now.saturating_sub(s.submit_time_ns);
+        if let Some(slot) = self.volume_slot(s.volume) {
+            slot.stats.record(c, slot.geometry.block_size, latency);
+            slot.shard_ended(s.shard as u64, latency);
+            slot.inflight -= 1;
+        }
     }
 
     /// Gives returned bounce buffers to parents that wait for them, oldest first.

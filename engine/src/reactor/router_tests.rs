@@ -286,9 +286,7 @@ fn a_piece_in_a_ring_when_its_shard_changes_owner_is_forwarded_not_failed() {
 #[test]
 fn a_one_shard_request_crosses_without_a_remote_slot_and_returns_whole() {
     let mut rig = rig(2, 4);
-    // Shard 1 is owned by reactor 1; reactor 0 takes a write inside it, then a read. The
-    // write is reactor 1's first piece of the volume: it opens the volume there through the
-    // general submit; the read goes straight to routing (`take_piece`).
+    // Shard 1 is owned by reactor 1; reactor 0 takes a write inside it, then a read.
     assert_eq!(rig.volume.table().shards[1].owner, 1);
     rig.submit(0, rig.vol, IoType::Write, SHARD + 3, 5, 4);
     rig.rs[0].poll(1);
