@@ -7,6 +7,11 @@
 //!
 //! Exclusivity contract: an index sits either in the pool's free queue or in exactly one
 //! `DmaBuf`, never both, so a `DmaBuf` is the only path to its bytes.
+//!
+//! Device reach: every pool's region is registered in [`crate::dma_space`] for as long as the
+//! pool lives, so every VFIO container maps it, and [`DmaBuf::iova`] is the address a device
+//! uses (the virtual address: `iova-mode=va`). A pool of 2 MiB or more sits on reserved huge
+//! pages where the host has them (fewer IOMMU and TLB entries), on normal pages otherwise.
 
 use crossbeam_queue::ArrayQueue;
 use memmap2::MmapMut;
@@ -29,6 +34,30 @@ pub(crate) struct PoolShared {
     free: ArrayQueue<u32>,
     /// Keeps the mapping alive for as long as any buffer or queue holds the pool.
     _map: MmapMut,
+}
+
+impl Drop for PoolShared {
+    fn drop(&mut self) {
+        // Runs before `_map` is unmapped: no device keeps a mapping of freed memory.
+        crate::dma_space::unregister_region(self.base as usize, self.buf_size * self.count);
+    }
+}
+
+const HUGE_2M: usize = 2 << 20;
+
+/// An anonymous region of `len` bytes: on 2 MiB huge pages when `len` is a multiple of 2 MiB
+/// and the host has some reserved, on normal pages otherwise.
+fn map_region(len: usize) -> io::Result<MmapMut> {
+    if len.is_multiple_of(HUGE_2M) {
+        if let Ok(map) = memmap2::MmapOptions::new()
+            .len(len)
+            .huge(Some(21))
+            .map_anon()
+        {
+            return Ok(map);
+        }
+    }
+    MmapMut::map_anon(len)
 }
 
 // SAFETY: `base` points into `_map`, which lives as long as this struct. The bytes behind it
@@ -57,8 +86,10 @@ impl DmaPool {
         let len = buf_size.checked_mul(count).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "DMA pool size overflows")
         })?;
-        let mut map = MmapMut::map_anon(len)?;
+        let mut map = map_region(len)?;
         let base = map.as_mut_ptr();
+        // Unregistered in `PoolShared::drop`, before the mapping goes.
+        crate::dma_space::register_region(base as usize, len)?;
         let free = ArrayQueue::new(count);
         for index in 0..count as u32 {
             // Cannot fail: the queue holds exactly `count` entries.
@@ -151,6 +182,12 @@ impl DmaBuf {
                 .base
                 .add(self.index as usize * self.shared.buf_size)
         }
+    }
+
+    /// The address a device reaches the buffer's first byte at, through any VFIO container
+    /// (see [`crate::dma_space`]).
+    pub fn iova(&self) -> u64 {
+        self.ptr() as u64
     }
 
     /// Id of the pool this buffer belongs to, unique in the process.

@@ -3,6 +3,8 @@
 //!
 //! - [`batch`]: moving a batch of messages into a ring's slots with one copy.
 //! - [`dma`]: pools of page-aligned I/O buffers, owned values handed to a device and back.
+//! - [`dma_space`]: which memory devices reach through VFIO, at which IOVA.
+//! - [`nvme`]: NVMe registers and commands, a PCI function through VFIO, polled queue pairs.
 //! - [`device_memory`]: a RAM region that several reactors read and write, the store behind the
 //!   `malloc` bdev.
 //! - [`uring`]: one io_uring queue pair with registered files and buffers; it owns every buffer
@@ -16,7 +18,9 @@
 pub mod batch;
 pub mod device_memory;
 pub mod dma;
+pub mod dma_space;
 pub mod epoll;
+pub mod nvme;
 pub mod os;
 pub mod tsc;
 pub mod uring;
