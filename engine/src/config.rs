@@ -82,7 +82,7 @@ fn base(registry: &BdevRegistry, name: &str) -> Result<BdevRef, CreateError> {
     let (_, bdev) = registry
         .lookup(name)
         .ok_or_else(|| CreateError::Bdev(BdevError::NotFound(name.to_string())))?;
-    if bdev.as_volume().is_some() {
+    if crate::volume::VolumeBdev::of(&*bdev).is_some() {
         // A volume has no channel to stack on; say so now rather than fail every I/O later.
         return Err(CreateError::Bdev(BdevError::invalid(
             "base_bdev",

@@ -175,6 +175,17 @@ impl VolumeBdev {
     pub fn new(volume: Arc<Volume>) -> VolumeBdev {
         VolumeBdev { volume }
     }
+
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
+    /// The volume behind a bdev, when it is a tidepool volume (its I/O is routed by the
+    /// reactors, not sent to a channel).
+    pub fn of(bdev: &(dyn Bdev + 'static)) -> Option<Arc<Volume>> {
+        bdev.downcast_ref::<VolumeBdev>()
+            .map(|v| Arc::clone(&v.volume))
+    }
 }
 
 impl Bdev for VolumeBdev {
@@ -203,9 +214,5 @@ impl Bdev for VolumeBdev {
     /// Volumes are brought back by `pool_import`, not by a bdev entry.
     fn config_entry(&self) -> Value {
         Value::Null
-    }
-
-    fn as_volume(&self) -> Option<Arc<Volume>> {
-        Some(Arc::clone(&self.volume))
     }
 }

@@ -227,10 +227,6 @@ impl Bdev for DelayBdev {
             "avg_read_latency": ar, "p99_read_latency": pr,
             "avg_write_latency": aw, "p99_write_latency": pw, "uuid": self.info.uuid}})
     }
-
-    fn as_delay_bdev(&self) -> Option<&DelayBdev> {
-        Some(self)
-    }
 }
 
 /// A completion waiting for its due time; ordered so the heap pops the earliest first.

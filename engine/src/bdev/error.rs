@@ -191,10 +191,6 @@ impl Bdev for ErrorBdev {
         json!({"method": "bdev_error_create", "params": {
             "base_name": self.base.info().name, "uuid": self.info.uuid}})
     }
-
-    fn as_error_bdev(&self) -> Option<&ErrorBdev> {
-        Some(self)
-    }
 }
 
 struct ErrorChannel {

@@ -25,6 +25,7 @@ pub mod uring;
 
 use crate::time::Nanos;
 use serde::Serialize;
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use tidepool_bindings::dma::DmaBuf;
@@ -225,7 +226,7 @@ impl BdevInfo {
 }
 
 /// A block device.
-pub trait Bdev: Send + Sync {
+pub trait Bdev: Send + Sync + AsAny {
     fn info(&self) -> &BdevInfo;
 
     /// Opens this reactor's private channel. Called once per reactor, on that reactor.
@@ -250,20 +251,25 @@ pub trait Bdev: Send + Sync {
     /// The `{"method", "params"}` entry that recreates this bdev, for saved configs; null
     /// when something else recreates it (a volume comes back with its pool).
     fn config_entry(&self) -> serde_json::Value;
+}
 
-    /// The error-injection controls, when this is an error bdev.
-    fn as_error_bdev(&self) -> Option<&error::ErrorBdev> {
-        None
+/// Gives every bdev an `&dyn Any` view, so code that knows a backend (its own RPC methods,
+/// the reactor's volume routing) can reach it with [`downcast_ref`](dyn Bdev::downcast_ref)
+/// while the contract itself names no backend.
+pub trait AsAny {
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
     }
+}
 
-    /// The latency controls, when this is a delay bdev.
-    fn as_delay_bdev(&self) -> Option<&delay::DelayBdev> {
-        None
-    }
-
-    /// The volume, when this is a tidepool volume (its I/O is routed by the reactors).
-    fn as_volume(&self) -> Option<Arc<crate::volume::Volume>> {
-        None
+impl dyn Bdev {
+    /// This bdev as its backend's type, when it is one.
+    pub fn downcast_ref<T: Bdev + 'static>(&self) -> Option<&T> {
+        self.as_any().downcast_ref::<T>()
     }
 }
 

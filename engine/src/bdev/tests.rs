@@ -405,7 +405,7 @@ fn error_rig() -> (Rig, BdevId) {
 
 fn inject(rig: &Rig, target: InjectTarget, kind: ErrorKind, num: u32) {
     let (_, b) = rig.reg.lookup("EE_M").unwrap();
-    b.as_error_bdev()
+    b.downcast_ref::<crate::bdev::error::ErrorBdev>()
         .unwrap()
         .injection()
         .inject(target, kind, num);

@@ -356,7 +356,7 @@ impl PoolService {
                 .iter()
                 .find(|l| &l.bdev.info().name == name)
                 .ok_or_else(|| BdevError::NotFound(name.clone()))?;
-            if l.bdev.as_volume().is_some() {
+            if crate::volume::VolumeBdev::of(&*l.bdev).is_some() {
                 return Err(invalid(
                     "base_bdevs",
                     format!("'{name}' is a volume; pools are made of devices"),

@@ -184,7 +184,10 @@ fn boot_on_a_and_ee_b(fa: &Path, fb: &Path, first: bool) -> Boot {
 /// Arms `kind` for the next `n` I/Os of `target` that reach error bdev `name`.
 fn inject(b: &Boot, name: &str, target: InjectTarget, kind: ErrorKind, n: u32) {
     let bdev = b.registry.lookup(name).unwrap().1;
-    let injection = bdev.as_error_bdev().unwrap().injection();
+    let injection = bdev
+        .downcast_ref::<crate::bdev::error::ErrorBdev>()
+        .unwrap()
+        .injection();
     injection.inject(target, kind, n);
 }
 
@@ -198,7 +201,10 @@ fn fail_writes(b: &Boot, name: &str, n: u32) {
 fn at_first_wipe(b: &Boot, name: &str, kind: ErrorKind) {
     let bdev = b.registry.lookup(name).unwrap().1;
     b.pools.set_before_wipe(move || {
-        let injection = bdev.as_error_bdev().unwrap().injection();
+        let injection = bdev
+            .downcast_ref::<crate::bdev::error::ErrorBdev>()
+            .unwrap()
+            .injection();
         injection.inject(InjectTarget::Write, kind, 1);
     });
 }

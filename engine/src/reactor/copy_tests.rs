@@ -28,7 +28,10 @@ fn inject_target(
     n: u32,
 ) {
     let (_, b) = rig.reg.lookup("EE_M2").unwrap();
-    b.as_error_bdev().unwrap().injection().inject(what, kind, n);
+    b.downcast_ref::<crate::bdev::error::ErrorBdev>()
+        .unwrap()
+        .injection()
+        .inject(what, kind, n);
 }
 
 fn fail_target_writes(rig: &Rig, n: u32) {
@@ -242,7 +245,12 @@ fn a_copy_reads_no_chunk_before_writes_already_on_their_way_to_the_source_land()
     rig.release();
     // A write on its way to the source: the device holds it.
     let source = rig.reg.lookup("EE_M1").unwrap().1;
-    let injection = Arc::clone(source.as_error_bdev().unwrap().injection());
+    let injection = Arc::clone(
+        source
+            .downcast_ref::<crate::bdev::error::ErrorBdev>()
+            .unwrap()
+            .injection(),
+    );
     injection.inject(InjectTarget::Write, ErrorKind::Pending, 1);
     rig.submit(1, vol, IoType::Write, first, 16, 2);
     poll_rounds(&mut rig, 10);
@@ -442,11 +450,10 @@ fn simulate(seed: u64) {
                 let failures = (rng.next_u64() % 4) as u32;
                 let target = targets[next_target];
                 let inj = rig.reg.get(target).unwrap();
-                inj.as_error_bdev().unwrap().injection().inject(
-                    InjectTarget::Write,
-                    ErrorKind::Failure,
-                    failures,
-                );
+                inj.downcast_ref::<crate::bdev::error::ErrorBdev>()
+                    .unwrap()
+                    .injection()
+                    .inject(InjectTarget::Write, ErrorKind::Failure, failures);
                 let spec = CopySpec {
                     volume: rig.vol,
                     shard: shard as u32,
@@ -477,11 +484,10 @@ fn simulate(seed: u64) {
                         if met == failures && copied < SHARD / 2 && rng.next_u64().is_multiple_of(3)
                         {
                             let inj = rig.reg.get(targets[ti]).unwrap();
-                            inj.as_error_bdev().unwrap().injection().inject(
-                                InjectTarget::Write,
-                                ErrorKind::Failure,
-                                1,
-                            );
+                            inj.downcast_ref::<crate::bdev::error::ErrorBdev>()
+                                .unwrap()
+                                .injection()
+                                .inject(InjectTarget::Write, ErrorKind::Failure, 1);
                             failures += 1;
                         }
                         copy = Some((shard, owner, ti, h, failures));
@@ -626,7 +632,10 @@ fn overlapping_writes_land_in_one_order_on_source_and_target() {
     let vol = rig.vol;
     let status = copy_to_copied(&mut rig, target);
     let (_, x1) = rig.reg.lookup("X1").unwrap();
-    let delay = x1.as_delay_bdev().unwrap().latencies();
+    let delay = x1
+        .downcast_ref::<crate::bdev::delay::DelayBdev>()
+        .unwrap()
+        .latencies();
     let block = COPIED_SHARD * SHARD + 5;
     let before = rig.done();
     // The first write's answer takes 20 ms, the second's 1 ms (avg and p99 stay within 50x).

@@ -435,7 +435,7 @@ impl Ctx {
     fn open_endpoint(&mut self, bdev: BdevId) -> Option<&mut Endpoint> {
         let i = bdev as usize;
         let b = self.registry.get(bdev)?;
-        let endpoint = match b.as_volume() {
+        let endpoint = match crate::volume::VolumeBdev::of(&*b) {
             Some(volume) => Endpoint::Volume(router::VolumeSlot::new(volume)),
             None => {
                 let info = b.info();

@@ -244,7 +244,7 @@ fn delete_bdev(s: &Services, name: &str, product: &str, kind: &str) -> Result<()
         ));
     }
     s.registry.unregister(name)?;
-    if let Some(e) = bdev.as_error_bdev() {
+    if let Some(e) = bdev.downcast_ref::<crate::bdev::error::ErrorBdev>() {
         // Held I/O goes on to the base, so the channels holding it can drain.
         e.injection()
             .inject(InjectTarget::Clear, ErrorKind::Failure, 0);
@@ -271,12 +271,14 @@ fn inject_error(s: &Services, _: &[Method], params: Option<Value>) -> Result<Val
         .registry
         .lookup(&p.name)
         .ok_or_else(|| BdevError::NotFound(p.name.clone()))?;
-    let error_bdev = bdev.as_error_bdev().ok_or_else(|| {
-        RpcError::new(
-            -libc::ENODEV,
-            format!("bdev '{}' is not an error bdev", p.name),
-        )
-    })?;
+    let error_bdev = bdev
+        .downcast_ref::<crate::bdev::error::ErrorBdev>()
+        .ok_or_else(|| {
+            RpcError::new(
+                -libc::ENODEV,
+                format!("bdev '{}' is not an error bdev", p.name),
+            )
+        })?;
     error_bdev
         .injection()
         .inject(p.io_type, p.error_type, p.num);
@@ -308,12 +310,14 @@ fn delay_update_latency(
         .registry
         .lookup(&p.delay_bdev_name)
         .ok_or_else(|| BdevError::NotFound(p.delay_bdev_name.clone()))?;
-    let delay = bdev.as_delay_bdev().ok_or_else(|| {
-        RpcError::new(
-            -libc::ENODEV,
-            format!("bdev '{}' is not a delay bdev", p.delay_bdev_name),
-        )
-    })?;
+    let delay = bdev
+        .downcast_ref::<crate::bdev::delay::DelayBdev>()
+        .ok_or_else(|| {
+            RpcError::new(
+                -libc::ENODEV,
+                format!("bdev '{}' is not a delay bdev", p.delay_bdev_name),
+            )
+        })?;
     delay.latencies().update(p.latency_type, p.latency_us)?;
     Ok(json!(true))
 }

@@ -76,7 +76,7 @@ fn load_get_stats(
         .iter()
         .filter_map(|(key, load)| {
             let bdev = registry.get(key.volume)?;
-            let volume = bdev.as_volume()?;
+            let volume = crate::volume::VolumeBdev::of(&*bdev)?;
             let table = volume.table();
             let route = table.shards.get(key.shard as usize)?;
             let head = json!({"volume": volume.name(), "shard": key.shard,
