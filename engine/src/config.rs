@@ -2,8 +2,8 @@
 //! "bdev_null_create","params":{...}}]}]}`, the format `tidepool-perf -c` and
 //! `tidepoold --json` read and `save_config` writes.
 //!
-//! The `bdev` subsystem's entries run in order through [`create_bdev`], the same function the
-//! RPC methods use. The `pool`, `balancer` and `nbd` subsystems need the running engine:
+//! The `bdev` subsystem's entries run in order through [`create_bdevs`], the same function
+//! the RPC methods use. The `pool`, `balancer` and `nbd` subsystems need the running engine:
 //! [`deferred_entries`] hands their entries to the caller, which runs them once the reactors
 //! are up. Other subsystems are accepted only when their config is empty (an SPDK config
 //! lists many; tidepool has nothing to set in them). Loading is all or nothing: on the
@@ -13,8 +13,9 @@ use crate::bdev::delay::{DelayBdev, DelayCreateParams};
 use crate::bdev::error::{ErrorBdev, ErrorCreateParams};
 use crate::bdev::malloc::{free_default_name, MallocBdev, MallocCreateParams};
 use crate::bdev::null::{NullBdev, NullCreateParams};
+use crate::bdev::nvme::{AttachParams, NvmeBdev};
 use crate::bdev::uring::{UringBdev, UringCreateParams};
-use crate::bdev::{BdevError, BdevId, BdevRef, BdevRegistry};
+use crate::bdev::{Bdev, BdevError, BdevId, BdevRef, BdevRegistry};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::sync::Arc;
@@ -46,14 +47,56 @@ pub enum CreateError {
     Bdev(#[from] BdevError),
 }
 
-/// Methods [`create_bdev`] understands.
-pub const BDEV_CREATE_METHODS: [&str; 5] = [
+/// Methods [`create_bdevs`] understands: [`create_bdev`]'s, and attaching an NVMe
+/// controller (one bdev per namespace).
+pub const BDEV_CREATE_METHODS: [&str; 6] = [
     "bdev_null_create",
     "bdev_malloc_create",
     "bdev_uring_create",
     "bdev_error_create",
     "bdev_delay_create",
+    "bdev_nvme_attach_controller",
 ];
+
+/// Runs one bdev-making method and registers what it made, all or nothing: a single bdev,
+/// or every namespace of an NVMe controller.
+pub fn create_bdevs(
+    registry: &BdevRegistry,
+    method: &str,
+    value: Value,
+) -> Result<Vec<(BdevId, String)>, CreateError> {
+    if method != "bdev_nvme_attach_controller" {
+        return create_bdev(registry, method, value).map(|made| vec![made]);
+    }
+    let p: AttachParams = params(value)?;
+    p.check()?;
+    for l in registry.list() {
+        if let Some(n) = l.bdev.downcast_ref::<NvmeBdev>() {
+            let c = n.controller();
+            if c.name() == p.name || c.bdf() == p.traddr {
+                return Err(CreateError::Bdev(BdevError::Exists(format!(
+                    "nvme controller '{}' at {}",
+                    c.name(),
+                    c.bdf()
+                ))));
+            }
+        }
+    }
+    let mut made = Vec::new();
+    for bdev in crate::bdev::nvme::attach(&p)? {
+        let name = bdev.info().name.clone();
+        match registry.register(Arc::new(bdev)) {
+            Ok(id) => made.push((id, name)),
+            Err(e) => {
+                for (_, name) in &made {
+                    let _ = registry.unregister(name);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(made)
+}
 
 /// Deserializes a method's params (null means none); the error names the parameter that is
 /// wrong, and how.
@@ -306,10 +349,10 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
             ))
         } else {
             let params = entry.get("params").cloned().unwrap_or(Value::Null);
-            create_bdev(registry, &method, params).map_err(|e| e.to_string())
+            create_bdevs(registry, &method, params).map_err(|e| e.to_string())
         };
         match result {
-            Ok((_, name)) => created.push(name),
+            Ok(made) => created.extend(made.into_iter().map(|(_, name)| name)),
             Err(reason) => {
                 for name in created.iter().rev() {
                     let _ = registry.unregister(name);

@@ -242,7 +242,7 @@ pub struct Registers {
 impl Registers {
     fn ptr(&self, offset: usize, width: usize) -> *mut u32 {
         assert!(
-            offset % 4 == 0 && offset + width <= self.map.map.len(),
+            offset.is_multiple_of(4) && offset + width <= self.map.map.len(),
             "register access at {offset:#x} outside BAR0's {:#x} mapped bytes",
             self.map.map.len()
         );
@@ -286,7 +286,7 @@ impl Registers {
 
     /// A handle on one 32-bit register, for the hot path.
     pub fn doorbell(&self, offset: usize) -> Option<Doorbell> {
-        if offset % 4 != 0 || offset + 4 > self.len() {
+        if !offset.is_multiple_of(4) || offset + 4 > self.len() {
             return None;
         }
         Some(Doorbell {

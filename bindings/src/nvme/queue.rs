@@ -327,7 +327,7 @@ impl QueuePair {
     /// Points a command at `len` bytes from `iova` (page aligned): PRP1, then PRP2 as the
     /// second page or as the list of the rest in this command id's list page.
     fn set_prps(&mut self, e: &mut SubmissionEntry, cid: u16, iova: u64, len: usize) {
-        debug_assert!(iova % PAGE_BYTES as u64 == 0 && len <= MAX_COMMAND_BYTES);
+        debug_assert!(iova.is_multiple_of(PAGE_BYTES as u64) && len <= MAX_COMMAND_BYTES);
         let pages = len.div_ceil(PAGE_BYTES);
         e.prp1 = iova;
         e.prp2 = match pages {

@@ -13,13 +13,14 @@
 //! valid requests.
 //!
 //! Backends, one module each, with the parameters that create them: [`null`], [`malloc`],
-//! [`uring`], [`error`], [`delay`]. [`registry`] names bdevs and tracks claims.
+//! [`uring`], [`nvme`] (userspace, over VFIO), [`error`], [`delay`]. [`registry`] names bdevs and tracks claims.
 
 pub mod delay;
 pub mod error;
 pub mod iostat;
 pub mod malloc;
 pub mod null;
+pub mod nvme;
 pub mod registry;
 pub mod uring;
 
@@ -110,6 +111,13 @@ pub enum IoStatus {
     Unsupported,
     /// The bdev went away while the request waited; nothing was done.
     Aborted,
+    /// An NVMe controller failed the command with this status (type and code, NVMe Base
+    /// Specification 4.6.1): the one device status space every storage stack speaks, kept
+    /// whole so that logs and migration reasons can name it.
+    Nvme {
+        sct: u8,
+        sc: u8,
+    },
 }
 
 impl IoStatus {
@@ -134,6 +142,11 @@ impl fmt::Display for IoStatus {
             IoStatus::Invalid => write!(f, "invalid request"),
             IoStatus::Unsupported => write!(f, "unsupported I/O type"),
             IoStatus::Aborted => write!(f, "aborted"),
+            IoStatus::Nvme { sct, sc } => write!(
+                f,
+                "NVMe {}",
+                tidepool_bindings::nvme::spec::Status::new(*sct, *sc)
+            ),
         }
     }
 }

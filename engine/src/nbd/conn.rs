@@ -569,7 +569,7 @@ impl Connection {
 fn nbd_error(status: IoStatus) -> u32 {
     match status {
         IoStatus::Success => 0,
-        IoStatus::Failed { .. } => proto::EIO,
+        IoStatus::Failed { .. } | IoStatus::Nvme { .. } => proto::EIO,
         IoStatus::Invalid => proto::EINVAL,
         IoStatus::Unsupported => proto::ENOTSUP,
         IoStatus::Aborted => proto::ESHUTDOWN,

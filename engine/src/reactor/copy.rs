@@ -474,14 +474,7 @@ impl Ctx {
                 return None;
             }
         } else if !status.is_success() {
-            let errno = match status {
-                IoStatus::Failed { errno } => errno,
-                _ => libc::EIO,
-            };
-            copy.restart(format!(
-                "a mirrored write to the target failed ({})",
-                std::io::Error::from_raw_os_error(errno)
-            ));
+            copy.restart(format!("a mirrored write to the target failed ({status})"));
         }
         let m = copy.mirrors[slot].take().expect("a live mirror");
         if m.answered {
@@ -512,11 +505,11 @@ impl Ctx {
         if writing && !status.is_success() {
             // Every failed target write restarts the copy, one left over from an earlier
             // generation too: restarts count the target's failures.
-            copy.restart(format!("a copy write to the target failed ({status:?})"));
+            copy.restart(format!("a copy write to the target failed ({status})"));
         } else if current && !status.is_success() {
             {
                 copy.active = false;
-                let why = format!("reading the source failed ({status:?})");
+                let why = format!("reading the source failed ({status})");
                 copy.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
             }
         } else if current && writing {

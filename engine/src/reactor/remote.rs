@@ -99,6 +99,10 @@ const WIRE_INVALID: i32 = -1;
 const WIRE_UNSUPPORTED: i32 = -2;
 const WIRE_ABORTED: i32 = -3;
 const WIRE_FAILED_BELOW: i32 = -4;
+/// NVMe statuses take the bottom 2^11 values: `WIRE_NVME_BASE + (sct << 8 | sc)`. A failed
+/// status with an errno so negative it would reach them is clamped above (no OS gives one).
+const WIRE_NVME_BASE: i32 = i32::MIN;
+const WIRE_NVME_END: i32 = WIRE_NVME_BASE + 0x800;
 
 impl From<IoStatus> for WireStatus {
     #[inline]
@@ -106,10 +110,13 @@ impl From<IoStatus> for WireStatus {
         WireStatus(match status {
             IoStatus::Success => 0,
             IoStatus::Failed { errno } if errno > 0 => errno,
-            IoStatus::Failed { errno } => WIRE_FAILED_BELOW.saturating_add(errno),
+            IoStatus::Failed { errno } => {
+                WIRE_FAILED_BELOW.saturating_add(errno).max(WIRE_NVME_END)
+            }
             IoStatus::Invalid => WIRE_INVALID,
             IoStatus::Unsupported => WIRE_UNSUPPORTED,
             IoStatus::Aborted => WIRE_ABORTED,
+            IoStatus::Nvme { sct, sc } => WIRE_NVME_BASE + (((sct as i32 & 7) << 8) | sc as i32),
         })
     }
 }
@@ -123,6 +130,13 @@ impl From<WireStatus> for IoStatus {
             WIRE_INVALID => IoStatus::Invalid,
             WIRE_UNSUPPORTED => IoStatus::Unsupported,
             WIRE_ABORTED => IoStatus::Aborted,
+            nvme if nvme < WIRE_NVME_END => {
+                let code = nvme - WIRE_NVME_BASE;
+                IoStatus::Nvme {
+                    sct: (code >> 8) as u8,
+                    sc: code as u8,
+                }
+            }
             below => IoStatus::Failed {
                 errno: below - WIRE_FAILED_BELOW,
             },
@@ -373,8 +387,11 @@ mod tests {
             IoStatus::Failed { errno: 0 },
             IoStatus::Failed { errno: -1 },
             IoStatus::Failed {
-                errno: i32::MIN + 4,
+                errno: i32::MIN + 4 + 0x800,
             },
+            IoStatus::Nvme { sct: 2, sc: 0x80 },
+            IoStatus::Nvme { sct: 0, sc: 0 },
+            IoStatus::Nvme { sct: 7, sc: 0xff },
         ];
         for status in statuses {
             assert_eq!(IoStatus::from(WireStatus::from(status)), status);
@@ -383,8 +400,9 @@ mod tests {
         assert_eq!(
             lowest,
             IoStatus::Failed {
-                errno: i32::MIN + 4
-            }
+                errno: i32::MIN + 4 + 0x800
+            },
+            "an errno no OS gives is clamped clear of the NVMe statuses"
         );
     }
 }

@@ -100,6 +100,31 @@ enum Method {
     },
     /// Delete a uring bdev
     BdevUringDelete { name: String },
+    /// Attach an NVMe controller through VFIO: one bdev per namespace, NAMEn1, NAMEn2, ...
+    BdevNvmeAttachController {
+        /// Controller name
+        #[arg(short = 'b', long = "name")]
+        name: String,
+        /// Transport type (PCIe)
+        #[arg(short = 't', long = "trtype")]
+        trtype: String,
+        /// Transport address: the PCI address, dddd:bb:dd.f
+        #[arg(short = 'a', long = "traddr")]
+        traddr: String,
+        /// Entries of each reactor's I/O queue pair (default 256)
+        #[arg(long = "io-queue-entries")]
+        io_queue_entries: Option<u16>,
+        /// A command with no completion after this many ms resets the controller (default 10000)
+        #[arg(long = "timeout-ms")]
+        timeout_ms: Option<u64>,
+    },
+    /// Detach an NVMe controller and remove its bdevs
+    BdevNvmeDetachController { name: String },
+    /// NVMe controllers: identity, namespaces, queue pairs, errors by status
+    BdevNvmeGetControllers {
+        #[arg(short = 'n', long = "name")]
+        name: Option<String>,
+    },
     /// Create EE_<BASE_NAME>, an error-injection bdev on BASE_NAME
     BdevErrorCreate {
         base_name: String,
@@ -376,6 +401,23 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             "bdev_uring_create",
             json!({"filename": filename, "name": name, "block_size": block_size, "uuid": uuid}),
         ),
+        Method::BdevNvmeAttachController {
+            name,
+            trtype,
+            traddr,
+            io_queue_entries,
+            timeout_ms,
+        } => (
+            "bdev_nvme_attach_controller",
+            json!({"name": name, "trtype": trtype, "traddr": traddr,
+                "io_queue_entries": io_queue_entries, "timeout_ms": timeout_ms}),
+        ),
+        Method::BdevNvmeDetachController { name } => {
+            ("bdev_nvme_detach_controller", json!({"name": name}))
+        }
+        Method::BdevNvmeGetControllers { name } => {
+            ("bdev_nvme_get_controllers", json!({"name": name}))
+        }
         Method::BdevErrorCreate { base_name, uuid } => (
             "bdev_error_create",
             json!({"base_name": base_name, "uuid": uuid}),

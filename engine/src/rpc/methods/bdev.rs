@@ -252,7 +252,7 @@ fn delete_bdev(s: &Services, name: &str, product: &str, kind: &str) -> Result<()
     close_channels(s, id, name)
 }
 
-fn close_channels(s: &Services, id: BdevId, name: &str) -> Result<(), RpcError> {
+pub(super) fn close_channels(s: &Services, id: BdevId, name: &str) -> Result<(), RpcError> {
     let open = s.engine.close_channels(id, CLOSE_DEADLINE)?;
     if open > 0 {
         log::warn!("bdev '{name}' is deleted, but {open} channel(s) still hold I/O");

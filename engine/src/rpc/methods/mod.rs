@@ -9,6 +9,7 @@ pub mod bdev;
 pub mod framework;
 pub mod load;
 pub mod nbd;
+pub mod nvme;
 pub mod pool;
 
 use super::{RpcError, Services};
@@ -40,6 +41,7 @@ pub struct Method {
 pub fn all() -> Vec<Method> {
     let mut methods = framework::methods();
     methods.extend(bdev::methods());
+    methods.extend(nvme::methods());
     methods.extend(pool::methods());
     methods.extend(nbd::methods());
     methods.extend(load::methods());
