@@ -4,7 +4,9 @@
 //! opened with O_DIRECT by default (the page cache would hide the device), registered with
 //! every ring, and every DMA pool whose buffers pass through a ring is registered too. IOPOLL
 //! (NVMe poll queues) and SQPOLL are options. Flush is fsync, unmap punches a hole (a discard
-//! on a block device), write-zeroes is fallocate ZERO_RANGE.
+//! on a block device), write-zeroes is fallocate ZERO_RANGE. The kernel runs only reads and
+//! writes on a polled ring, so an `iopoll` channel keeps a second, plain ring on the same
+//! file for those three: a polled bdev offers every I/O type and can be a pool member.
 
 use super::{
     check_block_size, check_uuid, new_uuid, Backing, BackingId, Bdev, BdevChannel, BdevError,
@@ -196,13 +198,8 @@ impl UringBdev {
                 block_size,
                 num_blocks,
                 uuid: p.uuid.clone().unwrap_or_else(new_uuid),
-                supported: if p.iopoll {
-                    // The kernel runs only reads and writes on a polled ring (fsync and
-                    // fallocate fail EOPNOTSUPP).
-                    IoTypeSet::of(&[IoType::Read, IoType::Write])
-                } else {
-                    IoTypeSet::all()
-                },
+                // A polled channel sends what a polled ring cannot run to its side ring.
+                supported: IoTypeSet::all(),
             },
             params: UringCreateParams {
                 submit_batch: Some(submit_batch),
@@ -285,8 +282,25 @@ impl Bdev for UringBdev {
         let queue = UringQueue::new(Arc::clone(&self.file), &self.ring)
             .map_err(|e| BdevError::os(format!("io_uring for '{}'", self.info.name), e))?;
         let depth = self.ring.entries.next_power_of_two() as usize;
+        let side = match self.params.iopoll {
+            true => {
+                let plain = UringConfig {
+                    entries: SIDE_RING_ENTRIES,
+                    fixed_buffers: false,
+                    iopoll: false,
+                    sqpoll_idle_ms: None,
+                };
+                Some(
+                    UringQueue::new(Arc::clone(&self.file), &plain).map_err(|e| {
+                        BdevError::os(format!("side io_uring for '{}'", self.info.name), e)
+                    })?,
+                )
+            }
+            false => None,
+        };
         Ok(Box::new(UringChannel {
             queue,
+            side,
             block_size: self.info.block_size as u64,
             requests: (0..depth).map(|_| None).collect(),
             free: (0..depth as u32).rev().collect(),
@@ -349,8 +363,13 @@ impl Coalescer {
     }
 }
 
+/// Entries of a polled channel's side ring (flush, unmap, write zeroes).
+const SIDE_RING_ENTRIES: u32 = 32;
+
 struct UringChannel {
     queue: UringQueue,
+    /// With `iopoll`: a plain ring for the operations a polled ring cannot run.
+    side: Option<UringQueue>,
     block_size: u64,
     /// Requests in flight (without their buffers, which the queue holds), by slot.
     requests: Vec<Option<IoRequest>>,
@@ -372,6 +391,20 @@ impl BdevChannel for UringChannel {
         };
         let offset = io.offset_blocks * self.block_size;
         let len = io.num_blocks as u64 * self.block_size;
+        if let Some(side) = self.side.as_mut().filter(|_| !io.io_type.has_data()) {
+            return match side.push(op, offset, len, None, slot as u64) {
+                Ok(()) => {
+                    self.requests[slot as usize] = Some(io);
+                    // Rare and not worth batching: to the kernel now.
+                    let _ = side.flush();
+                    Ok(())
+                }
+                Err(_) => {
+                    self.free.push(slot);
+                    Err(io)
+                }
+            };
+        }
         match self.queue.push(op, offset, len, io.buf.take(), slot as u64) {
             Ok(()) => {
                 self.requests[slot as usize] = Some(io);
@@ -403,32 +436,49 @@ impl BdevChannel for UringChannel {
         let requests = &mut self.requests;
         let free = &mut self.free;
         let block_size = self.block_size;
-        self.queue.reap(max, |done| {
-            let slot = done.user_data as u32;
-            let mut io = requests[slot as usize]
-                .take()
-                .expect("completion for an empty request slot");
-            free.push(slot);
-            io.buf = done.buf;
-            let expected = if io.io_type.has_data() {
-                io.num_blocks as i64 * block_size as i64
-            } else {
-                0
-            };
-            let status = match done.result {
-                r if r < 0 => IoStatus::Failed { errno: -r },
-                r if io.io_type.has_data() && r as i64 != expected => {
-                    // A short transfer: the file shrank under us, or the device is failing.
-                    IoStatus::Failed { errno: libc::EIO }
-                }
-                _ => IoStatus::Success,
-            };
-            out.push(Completion::new(io, status));
-        })
+        let mut reaped = 0;
+        if let Some(side) = self.side.as_mut().filter(|s| s.inflight() > 0) {
+            let _ = side.flush();
+            reaped = side.reap(max, |done| {
+                let slot = done.user_data as u32;
+                let io = requests[slot as usize]
+                    .take()
+                    .expect("completion for an empty request slot");
+                free.push(slot);
+                let status = match done.result {
+                    r if r < 0 => IoStatus::Failed { errno: -r },
+                    _ => IoStatus::Success,
+                };
+                out.push(Completion::new(io, status));
+            });
+        }
+        reaped
+            + self.queue.reap(max - reaped, |done| {
+                let slot = done.user_data as u32;
+                let mut io = requests[slot as usize]
+                    .take()
+                    .expect("completion for an empty request slot");
+                free.push(slot);
+                io.buf = done.buf;
+                let expected = if io.io_type.has_data() {
+                    io.num_blocks as i64 * block_size as i64
+                } else {
+                    0
+                };
+                let status = match done.result {
+                    r if r < 0 => IoStatus::Failed { errno: -r },
+                    r if io.io_type.has_data() && r as i64 != expected => {
+                        // A short transfer: the file shrank under us, or the device is failing.
+                        IoStatus::Failed { errno: libc::EIO }
+                    }
+                    _ => IoStatus::Success,
+                };
+                out.push(Completion::new(io, status));
+            })
     }
 
     fn inflight(&self) -> usize {
-        self.queue.inflight()
+        self.queue.inflight() + self.side.as_ref().map_or(0, |s| s.inflight())
     }
 }
 

@@ -771,7 +771,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     create_bdev(&b.registry, "bdev_null_create", p).unwrap();
     let err = create(&b, "p", &["Huge"], 4).unwrap_err();
     assert!(err.to_string().contains("use larger shards"), "{err}");
-    // A device that cannot flush (a polled uring ring, say) would leave metadata volatile.
+    // A device that cannot flush would leave metadata volatile.
     b.registry
         .register(Arc::new(ReadWriteOnly(BdevInfo {
             name: "NoFlush".into(),
