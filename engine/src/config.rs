@@ -74,11 +74,15 @@ pub fn create_bdevs(
         if let Some(n) = l.bdev.downcast_ref::<NvmeBdev>() {
             let c = n.controller();
             if c.name() == p.name || c.bdf() == p.traddr {
-                return Err(CreateError::Bdev(BdevError::Exists(format!(
-                    "nvme controller '{}' at {}",
-                    c.name(),
-                    c.bdf()
-                ))));
+                let param = if c.name() == p.name { "name" } else { "traddr" };
+                return Err(CreateError::Bdev(BdevError::invalid(
+                    param,
+                    format!(
+                        "controller '{}' at {} is already attached",
+                        c.name(),
+                        c.bdf()
+                    ),
+                )));
             }
         }
     }

@@ -1,0 +1,250 @@
+//! Tests of the userspace NVMe driver and the polled uring bdev on emulated NVMe controllers.
+//!
+//! They run only inside the QEMU guest that `tests/vm/run.sh` boots (the host has no NVMe and
+//! no VFIO), which `scripts/test.sh` runs on every CI run; this target is built with
+//! `cargo test --test guest_nvme --no-run` and is not part of a plain `cargo test` (its
+//! `test = false` in Cargo.toml). Outside the guest every test fails at once, naming what is
+//! missing: none skips.
+//!
+//! The guest's environment (tests/vm/guest/init): `TP_VFIO_BDF`, a controller bound to
+//! vfio-pci; `TP_POLL_DEV`, a namespace on the kernel driver with poll queues;
+//! `TP_FAULT_CTRL`, a controller whose writes in a sector range fail (blkdebug).
+
+use serde_json::{json, Value};
+use std::process::{Command, Stdio};
+use tidepool_tests::{bin, text, Daemon, Scratch};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: these tests run in the QEMU guest (tests/vm/run.sh)")
+    })
+}
+
+/// The PCI address of a controller's char device (`/dev/nvme2` -> `0000:00:05.0`).
+fn bdf_of_ctrl(dev: &str) -> String {
+    let name = dev.trim_start_matches("/dev/");
+    let link = std::fs::read_link(format!("/sys/class/nvme/{name}/device"))
+        .unwrap_or_else(|e| panic!("/sys/class/nvme/{name}/device: {e}"));
+    link.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn attach_params(name: &str, bdf: &str) -> Value {
+    json!({"method": "bdev_nvme_attach_controller",
+        "params": {"name": name, "trtype": "PCIe", "traddr": bdf}})
+}
+
+fn config(s: &Scratch, file: &str, entries: Vec<Value>) -> String {
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": entries}]});
+    s.file(file, &cfg.to_string())
+}
+
+/// Runs tidepool-perf with `args`, requires success, no I/O error and no verify mismatch.
+fn perf_ok(args: &[&str]) -> String {
+    let out = Command::new(bin("tidepool-perf"))
+        .args(args)
+        .output()
+        .expect("running tidepool-perf");
+    let shown = text(&out);
+    assert!(
+        out.status.success() && !shown.contains("mismatch") && !shown.contains("I/O error"),
+        "tidepool-perf {args:?}: {shown}"
+    );
+    shown
+}
+
+#[test]
+fn attach_identifies_the_controller_and_refuses_bad_input() {
+    let s = Scratch::new("g-attach");
+    let bdf = env("TP_VFIO_BDF");
+    let d = Daemon::start(&s, "d", &["-m", "0x3"]);
+    let names = d.tpctl_ok(&[
+        "bdev_nvme_attach_controller",
+        "-b",
+        "Nvme0",
+        "-t",
+        "pcie",
+        "-a",
+        &bdf,
+    ]);
+    assert_eq!(names, json!(["Nvme0n1"]));
+    let ctrls = d.tpctl_ok(&["bdev_nvme_get_controllers"]);
+    let c = &ctrls[0]["ctrlrs"][0];
+    assert_eq!(ctrls[0]["name"], "Nvme0");
+    assert_eq!(c["trid"]["traddr"], bdf.as_str());
+    assert_eq!(c["serial_number"], "tpvfio0");
+    assert!(c["model_number"].as_str().unwrap().contains("QEMU"), "{c}");
+    assert!(c["max_transfer_bytes"].as_u64().unwrap() >= 4096, "{c}");
+    assert_eq!(c["namespaces"][0]["nsid"], 1);
+    let bdevs = d.tpctl_ok(&["bdev_get_bdevs", "-b", "Nvme0n1"]);
+    assert_eq!(bdevs[0]["product_name"], "NVMe disk");
+    assert_eq!(
+        bdevs[0]["driver_specific"]["nvme"][0]["pci_address"],
+        bdf.as_str()
+    );
+    let blocks = bdevs[0]["num_blocks"].as_u64().unwrap();
+    let block_size = bdevs[0]["block_size"].as_u64().unwrap();
+    assert_eq!(
+        blocks * block_size,
+        c["namespaces"][0]["num_blocks"].as_u64().unwrap() * block_size
+    );
+
+    // Bad input: each refused with a clear error, nothing changes.
+    let poll_bdf = bdf_of_ctrl(&env("TP_POLL_CTRL"));
+    for (args, needle) in [
+        (
+            vec!["-b", "Bad", "-t", "pcie", "-a", "00:03.0"],
+            "not a PCI address",
+        ),
+        (
+            vec!["-b", "Bad", "-t", "pcie", "-a", "0000:00:1f.7"],
+            "no PCI device",
+        ),
+        (
+            vec!["-b", "Bad", "-t", "pcie", "-a", &poll_bdf],
+            "not vfio-pci",
+        ),
+        (
+            vec!["-b", "Again", "-t", "pcie", "-a", &bdf],
+            "already attached",
+        ),
+        (
+            vec!["-b", "Nvme0", "-t", "pcie", "-a", "0000:00:1f.6"],
+            "already attached",
+        ),
+        (vec!["-b", "Bad", "-t", "tcp", "-a", &bdf], "only PCIe"),
+    ] {
+        let mut full = vec!["bdev_nvme_attach_controller"];
+        full.extend(args.iter().copied());
+        let out = d.tpctl(&full);
+        let shown = text(&out);
+        assert!(
+            !out.status.success() && shown.contains(needle),
+            "{full:?} should fail with '{needle}': {shown}"
+        );
+    }
+    let all = d.tpctl_ok(&["bdev_get_bdevs"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(
+        d.tpctl_ok(&["bdev_nvme_get_controllers"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // save_config writes the attach; detach removes the bdevs; attach again serves again.
+    let saved = d.tpctl_ok(&["save_config"]);
+    assert!(
+        saved.to_string().contains("bdev_nvme_attach_controller"),
+        "{saved}"
+    );
+    d.tpctl_ok(&["bdev_nvme_detach_controller", "Nvme0"]);
+    assert_eq!(d.tpctl_ok(&["bdev_get_bdevs"]), json!([]));
+    let out = d.tpctl(&["bdev_nvme_detach_controller", "Nvme0"]);
+    assert!(!out.status.success(), "a second detach must fail");
+    d.tpctl_ok(&[
+        "bdev_nvme_attach_controller",
+        "-b",
+        "Nvme1",
+        "-t",
+        "pcie",
+        "-a",
+        &bdf,
+    ]);
+    assert_eq!(
+        d.tpctl_ok(&["bdev_get_bdevs", "-b", "Nvme1n1"])[0]["num_blocks"]
+            .as_u64()
+            .unwrap(),
+        blocks
+    );
+}
+
+/// The verify workload writes a pattern that names each block and pass, and reads it back:
+/// at sizes from one block to past MDTS (PRP lists, split commands), on two reactors at once,
+/// each on a queue pair of its own, which `bdev_nvme_get_controllers` shows while it runs.
+#[test]
+fn verify_reads_back_at_every_size_on_two_reactors_with_a_queue_pair_each() {
+    let s = Scratch::new("g-verify");
+    let bdf = env("TP_VFIO_BDF");
+    let cfg = config(&s, "nvme.json", vec![attach_params("Nvme0", &bdf)]);
+    for (size, depth) in [
+        ("512", "8"),
+        ("4k", "16"),
+        ("8k", "8"),
+        ("12k", "8"),
+        ("1m", "4"),
+        ("3m", "2"),
+    ] {
+        perf_ok(&[
+            "-c", &cfg, "-b", "Nvme0n1", "-w", "verify", "-o", size, "-q", depth, "-t", "2", "-m",
+            "0x3", "-C",
+        ]);
+    }
+
+    // While a run goes on, each reactor holds its own I/O queue pair.
+    let sock = s.join("perf.sock");
+    let mut run = Command::new(bin("tidepool-perf"))
+        .args([
+            "-c", &cfg, "-b", "Nvme0n1", "-w", "randread", "-q", "8", "-t", "6", "-m", "0x3", "-C",
+            "-r", &sock,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tidepool-perf");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let qpairs = loop {
+        let out = Command::new(bin("tpctl"))
+            .args(["-s", &sock, "bdev_nvme_get_controllers"])
+            .output()
+            .expect("tpctl");
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let q = v[0]["ctrlrs"][0]["io_qpairs"].clone();
+            if q.as_array().is_some_and(|a| a.len() >= 2) {
+                break q;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no two queue pairs seen while the run went on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let q = qpairs.as_array().unwrap();
+    assert_ne!(q[0]["qid"], q[1]["qid"], "{qpairs}");
+    assert_ne!(q[0]["thread"], q[1]["thread"], "{qpairs}");
+    assert!(run.wait().expect("wait").success());
+}
+
+/// The kernel's NVMe driver with poll queues under a polled (IOPOLL) uring bdev: verify on two
+/// reactors; the bdev offers every I/O type (flush, unmap and write zeroes go to a side ring),
+/// so it can be a pool member.
+#[test]
+fn verify_on_the_polled_uring_bdev() {
+    let s = Scratch::new("g-iopoll");
+    let dev = env("TP_POLL_DEV");
+    let cfg = config(
+        &s,
+        "iopoll.json",
+        vec![
+            json!({"method": "bdev_uring_create", "params": {"name": "Poll0",
+            "filename": dev, "block_size": 4096, "iopoll": true}}),
+        ],
+    );
+    perf_ok(&[
+        "-c", &cfg, "-b", "Poll0", "-w", "verify", "-o", "4k", "-q", "16", "-t", "3", "-m", "0x3",
+        "-C",
+    ]);
+    perf_ok(&[
+        "-c", &cfg, "-b", "Poll0", "-w", "verify", "-o", "256k", "-q", "4", "-t", "2", "-m", "0x3",
+        "-C",
+    ]);
+    let d = Daemon::start(&s, "d", &["-m", "0x1", "--json", &cfg]);
+    let b = d.tpctl_ok(&["bdev_get_bdevs", "-b", "Poll0"]);
+    let types = &b[0]["supported_io_types"];
+    for t in ["read", "write", "flush", "unmap", "write_zeroes"] {
+        assert_eq!(types[t], true, "{t}: {b}");
+    }
+    assert_eq!(b[0]["driver_specific"]["uring"]["iopoll"], true);
+}
