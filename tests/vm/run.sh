@@ -120,11 +120,12 @@ fi
 
 # --- the per-run archive ---------------------------------------------------------------------
 # Release binaries in /tp/release, test executables in /tp/release/deps (so the tests' bin_dir,
-# current_exe/../.., is /tp/release), with their shared libraries, the guest scripts and this
-# run's parameters. It goes after base.cpio and fio.cpio as a third cpio archive.
+# current_exe/../.., is /tp/release), with their shared libraries, the guest scripts, the
+# repo's scripts/*.sh in /tp/scripts (setup_nvme.sh runs in the guest too) and this run's
+# parameters. It goes after base.cpio and fio.cpio as a third cpio archive.
 t0=$(date +%s%N)
 stage=$RUN/stage
-mkdir -p "$stage"/tp/{release/deps,guest}
+mkdir -p "$stage"/tp/{release/deps,guest,scripts}
 elfs=()
 for bin in "${RELEASE_BINS[@]}"; do
     elfs+=("target/release/$bin" "tp/release/$bin")
@@ -137,6 +138,7 @@ done
 "$HERE/closure.sh" "$stage" "${elfs[@]}"
 cp "$HERE/guest/init" "$stage/init"
 cp "$HERE"/guest/*.sh "$stage/tp/guest/"
+cp scripts/*.sh "$stage/tp/scripts/"
 cp "$fault_rules" "$stage/tp/fault.rules"
 [ "$scripts" != none ] || scripts=no-scripts
 cat >"$stage/tp/run.env" <<ENV
