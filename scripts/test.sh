@@ -36,3 +36,10 @@ cargo test --release --workspace
 
 echo "== engine unit tests, debug (overflow checks on)"
 cargo test -p tidepool --lib
+
+# The guest phase: a QEMU guest with emulated NVMe controllers (tests/vm/run.sh installs what
+# it needs; a machine that cannot boot it fails here, it never skips).
+echo "== guest phase"
+guest_start=$SECONDS
+tests/vm/run.sh --cargo-test guest_nvme
+echo "== guest phase: $((SECONDS - guest_start)) s"
