@@ -19,12 +19,16 @@
 #
 # Packages are looked up through a private apt sources list and lists directory under
 # target/vm/apt (-o Dir::Etc::SourceList=... and friends), so the machine's own apt
-# configuration is not changed. To take a newer guest kernel, remove target/vm/kernel.
+# configuration is not changed. To take a newer guest kernel, remove target/vm/kernel. Runs
+# hold target/vm/setup.lock, so two at once take turns.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VM="$PWD/target/vm"
 HERE="$PWD/tests/vm"
 mkdir -p "$VM"
+# One set-up at a time: two runs starting together would build the same archives.
+exec 9>"$VM/setup.lock"
+flock 9
 
 log() { echo "vm-setup: $*"; }
 die() { echo "vm-setup: FAILED: $*" >&2; exit 1; }
@@ -42,6 +46,8 @@ APT_OPTS=(
     -o "Dir::Cache::pkgcache="
     -o "Dir::Cache::srcpkgcache="
     -o "APT::Get::List-Cleanup=false"
+    # Wait for another apt or dpkg to finish rather than fail at once.
+    -o "DPkg::Lock::Timeout=300"
 )
 apt_ready=0
 # Writes the private sources list and fetches its lists, once per run of this script.
