@@ -3,6 +3,8 @@
 //! binaries are built before its tests); a missing binary fails the test with the path it
 //! looked for, it is never skipped.
 
+pub mod guest;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -12,26 +12,8 @@
 
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
+use tidepool_tests::guest::{attach_entry, bdf_of_ctrl, env};
 use tidepool_tests::{bin, text, Daemon, Scratch};
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: these tests run in the QEMU guest (tests/vm/run.sh)")
-    })
-}
-
-/// The PCI address of a controller's char device (`/dev/nvme2` -> `0000:00:05.0`).
-fn bdf_of_ctrl(dev: &str) -> String {
-    let name = dev.trim_start_matches("/dev/");
-    let link = std::fs::read_link(format!("/sys/class/nvme/{name}/device"))
-        .unwrap_or_else(|e| panic!("/sys/class/nvme/{name}/device: {e}"));
-    link.file_name().unwrap().to_string_lossy().into_owned()
-}
-
-fn attach_params(name: &str, bdf: &str) -> Value {
-    json!({"method": "bdev_nvme_attach_controller",
-        "params": {"name": name, "trtype": "PCIe", "traddr": bdf}})
-}
 
 fn config(s: &Scratch, file: &str, entries: Vec<Value>) -> String {
     let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": entries}]});
@@ -166,7 +148,7 @@ fn attach_identifies_the_controller_and_refuses_bad_input() {
 fn verify_reads_back_at_every_size_on_two_reactors_with_a_queue_pair_each() {
     let s = Scratch::new("g-verify");
     let bdf = env("TP_VFIO_BDF");
-    let cfg = config(&s, "nvme.json", vec![attach_params("Nvme0", &bdf)]);
+    let cfg = config(&s, "nvme.json", vec![attach_entry("Nvme0", &bdf)]);
     for (size, depth) in [
         ("512", "8"),
         ("4k", "16"),

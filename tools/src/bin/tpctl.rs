@@ -97,6 +97,9 @@ enum Method {
         /// UUID
         #[arg(short = 'u', long = "uuid")]
         uuid: Option<String>,
+        /// Poll for completions (NVMe poll queues; the device must poll)
+        #[arg(long = "iopoll")]
+        iopoll: bool,
     },
     /// Delete a uring bdev
     BdevUringDelete { name: String },
@@ -397,9 +400,11 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             name,
             block_size,
             uuid,
+            iopoll,
         } => (
             "bdev_uring_create",
-            json!({"filename": filename, "name": name, "block_size": block_size, "uuid": uuid}),
+            json!({"filename": filename, "name": name, "block_size": block_size, "uuid": uuid,
+                "iopoll": iopoll.then_some(true)}),
         ),
         Method::BdevNvmeAttachController {
             name,

@@ -1,0 +1,40 @@
+//! Helpers for the tests that run inside the QEMU guest (`tests/vm/run.sh`): its environment,
+//! its controllers, and the setup helper.
+
+use serde_json::{json, Value};
+use std::process::Command;
+
+/// A variable of the guest's environment (tests/vm/guest/init); outside the guest the test
+/// fails at once, naming it.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: these tests run in the QEMU guest (tests/vm/run.sh)")
+    })
+}
+
+/// The PCI address of a controller's char device (`/dev/nvme2` -> `0000:00:05.0`).
+pub fn bdf_of_ctrl(dev: &str) -> String {
+    let name = dev.trim_start_matches("/dev/");
+    let link = std::fs::read_link(format!("/sys/class/nvme/{name}/device"))
+        .unwrap_or_else(|e| panic!("/sys/class/nvme/{name}/device: {e}"));
+    link.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// A config entry that attaches the controller at `bdf` as `name`.
+pub fn attach_entry(name: &str, bdf: &str) -> Value {
+    json!({"method": "bdev_nvme_attach_controller",
+        "params": {"name": name, "trtype": "PCIe", "traddr": bdf}})
+}
+
+/// Runs `scripts/setup_nvme.sh` (in the guest at `$TP_SCRIPTS`) with `args`; requires success.
+pub fn setup_nvme(args: &[&str]) -> String {
+    let script = format!("{}/setup_nvme.sh", env("TP_SCRIPTS"));
+    let out = Command::new("sh")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("running setup_nvme.sh");
+    let shown = crate::text(&out);
+    assert!(out.status.success(), "setup_nvme.sh {args:?}: {shown}");
+    shown
+}
