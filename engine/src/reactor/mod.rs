@@ -439,8 +439,19 @@ impl Ctx {
             Some(volume) => Endpoint::Volume(router::VolumeSlot::new(volume)),
             None => {
                 let info = b.info();
+                let channel = match b.open_channel() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::error!(
+                            "reactor {}: opening a channel on '{}': {e}",
+                            self.id,
+                            b.info().name
+                        );
+                        return None;
+                    }
+                };
                 Endpoint::Device(ChannelSlot {
-                    channel: b.open_channel().ok()?,
+                    channel,
                     geometry: Geometry {
                         block_size: info.block_size,
                         num_blocks: info.num_blocks,

@@ -35,6 +35,8 @@ use tidepool_bindings::nvme::spec::{
 const ADMIN_ENTRIES: u16 = 32;
 /// How long one admin command may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reset waits for each queue deletion before it disables the controller anyway.
+const RESET_DELETE_TIMEOUT: Duration = Duration::from_secs(1);
 /// I/O queues asked for: more than any host here has reactors.
 const IO_QUEUES_WANTED: u16 = 64;
 
@@ -418,6 +420,11 @@ impl Controller {
             .name()
             .unwrap_or("unnamed")
             .to_string();
+        log::info!(
+            "nvme {}: I/O queue pair {qid} ({} entries) for {thread}, namespace {nsid}",
+            self.name,
+            qp.entries()
+        );
         self.queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -468,6 +475,29 @@ impl Controller {
             self.bdf
         );
         let to = Duration::from_millis(self.cap.timeout_ms().max(500));
+        if !self.fatal() && !self.check_gone() {
+            // As Linux's nvme_dev_disable does for a live controller: delete the I/O queues
+            // first (the controller aborts what they hold), then disable. Disabling with
+            // commands in flight is the path controllers (QEMU's model among them) handle
+            // worst.
+            let qids: Vec<u16> = self
+                .queues
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .copied()
+                .collect();
+            let deletes = qids
+                .iter()
+                .map(|&q| SubmissionEntry::delete_io_sq(q))
+                .chain(qids.iter().map(|&q| SubmissionEntry::delete_io_cq(q)));
+            for cmd in deletes {
+                if let Err(e) = admin.queue.run(cmd, None, RESET_DELETE_TIMEOUT) {
+                    log::warn!("nvme {}: deleting a queue before the reset: {e}", self.bdf);
+                    break;
+                }
+            }
+        }
         disable(&self.regs, to);
         let Some(halted) = queue::halted(&self.regs) else {
             self.gone.store(true, Ordering::Relaxed);
