@@ -41,5 +41,5 @@ cargo test -p tidepool --lib
 # it needs; a machine that cannot boot it fails here, it never skips).
 echo "== guest phase"
 guest_start=$SECONDS
-tests/vm/run.sh --cargo-test guest_nvme
+tests/vm/run.sh --fault-rules tests/vm/fault.rules --cargo-test guest_nvme --cargo-test guest_nvme_pool
 echo "== guest phase: $((SECONDS - guest_start)) s"

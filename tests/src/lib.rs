@@ -146,7 +146,12 @@ impl Daemon {
     /// Runs tpctl, requires success, and parses its output as JSON.
     pub fn tpctl_ok(&self, args: &[&str]) -> serde_json::Value {
         let out = self.tpctl(args);
-        assert!(out.status.success(), "tpctl {args:?}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "tpctl {args:?}: {}\n--- the daemon's log\n{}",
+            text(&out),
+            self.log_text()
+        );
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("tpctl {args:?} printed no JSON ({e}): {}", text(&out)))
     }

@@ -4,7 +4,7 @@
 //!
 //! Runs only inside the guest (`tests/vm/run.sh`, which `scripts/test.sh` runs); not part of
 //! a plain `cargo test` (`test = false`). The fault controller (`TP_FAULT_CTRL`) fails writes
-//! by QEMU's blkdebug rules in `tests/vm/fault.rules`, whose sectors these tests are laid
+//! (`TP_FAULT_BDF`) by QEMU's blkdebug rules in `tests/vm/fault.rules`, whose sectors these tests are laid
 //! out around (512-byte blocks, 16 MiB shards, extents from 2 MiB):
 //! - sectors 36864 and 36865 (the first blocks of extent 1), once each: the first two writes
 //!   there fail, later ones succeed;
@@ -16,7 +16,7 @@
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tidepool_tests::guest::{bdf_of_ctrl, env, setup_nvme};
+use tidepool_tests::guest::{env, setup_nvme};
 use tidepool_tests::{external, nbd_unix_uri, text, Daemon, Scratch};
 
 const MIB: u64 = 1 << 20;
@@ -31,7 +31,7 @@ struct FaultOnVfio {
 
 impl FaultOnVfio {
     fn bind() -> FaultOnVfio {
-        let bdf = bdf_of_ctrl(&env("TP_FAULT_CTRL"));
+        let bdf = env("TP_FAULT_BDF");
         setup_nvme(&["config", &bdf]);
         FaultOnVfio { bdf }
     }
@@ -88,7 +88,7 @@ fn wait_migration(d: &Daemon) -> Value {
 fn pool_on_nvme(s: &Scratch) -> (Daemon, String) {
     let d = Daemon::start(s, "d", &["-m", "0x3"]);
     let vfio = env("TP_VFIO_BDF");
-    let fault = bdf_of_ctrl(&env("TP_FAULT_CTRL"));
+    let fault = env("TP_FAULT_BDF");
     for (name, bdf) in [("Nvme0", vfio.as_str()), ("Fault0", fault.as_str())] {
         d.tpctl_ok(&[
             "bdev_nvme_attach_controller",
@@ -313,4 +313,115 @@ fn shards_move_both_ways_between_the_nvme_and_the_polled_uring_member() {
             ],
         );
     }
+}
+
+/// SIGKILL mid-copy onto the NVMe target: after a restart from the saved config (the attach,
+/// the polled uring bdev, pool_import from the members' own metadata), the shard is wholly on
+/// its source and every acknowledged block is intact; a copy run to the end and another
+/// SIGKILL leave it wholly on the NVMe target.
+#[test]
+fn a_sigkill_mid_copy_onto_nvme_then_pool_import_finds_everything() {
+    let s = Scratch::new("g-kill");
+    let d = Daemon::start(&s, "first", &["-m", "0x3"]);
+    let vfio = env("TP_VFIO_BDF");
+    d.tpctl_ok(&[
+        "bdev_uring_create",
+        &env("TP_POLL_DEV"),
+        "Poll0",
+        "512",
+        "--iopoll",
+    ]);
+    d.tpctl_ok(&[
+        "bdev_nvme_attach_controller",
+        "-b",
+        "Nvme0",
+        "-t",
+        "pcie",
+        "-a",
+        &vfio,
+    ]);
+    d.tpctl_ok(&[
+        "pool_create",
+        "p",
+        "-b",
+        "Poll0,Nvme0n1",
+        "--shard-size-mib",
+        "8",
+        "--force",
+    ]);
+    d.tpctl_ok(&["volume_create", "p", "vol", "32"]);
+    let nbd = s.join("nbd.sock");
+    d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
+    d.tpctl_ok(&["nbd_export_create", "vol", "vol"]);
+    let uri = nbd_unix_uri(&nbd, "vol");
+    assert_eq!(
+        shards(&d)[0]["bdev"],
+        "Poll0",
+        "shard 0 starts on the polled member"
+    );
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0x33 0 32M".into(),
+            format!("write -P 0x44 {MIB} 1M"),
+            "flush".into(),
+        ],
+    );
+    let saved = s.file("saved.json", &d.tpctl_ok(&["save_config"]).to_string());
+    let before = shards(&d);
+    d.tpctl_ok(&[
+        "migration_set_options",
+        "--max-mib-per-s",
+        "1",
+        "--chunk-kib",
+        "64",
+    ]);
+    d.tpctl_ok(&["shard_migrate", "vol", "0", "--target-bdev", "Nvme0n1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = d.tpctl_ok(&["migration_get_status", "-n", "vol"])[0].clone();
+        if m["bytes_copied"].as_u64().unwrap_or(0) >= 256 * 1024 {
+            assert_eq!(m["state"], "copying", "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy never got going: {m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _) = d.signal_and_wait("KILL");
+    assert!(!status.success());
+
+    let check = |uri: &str| {
+        qemu_io(
+            uri,
+            &[
+                "read -P 0x33 0 1M".into(),
+                format!("read -P 0x44 {MIB} 1M"),
+                format!("read -P 0x33 {} {}", 2 * MIB, 30 * MIB),
+            ],
+        )
+    };
+    let d = Daemon::start(&s, "second", &["-m", "0x3", "--json", &saved]);
+    assert_eq!(shards(&d), before, "the placement is wholly the source's");
+    check(&uri);
+    let out = d.tpctl(&[
+        "shard_migrate",
+        "vol",
+        "0",
+        "--target-bdev",
+        "Nvme0n1",
+        "--wait",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(shards(&d)[0]["bdev"], "Nvme0n1");
+    check(&uri);
+    qemu_io(&uri, &["flush".into()]);
+    let (status, _) = d.signal_and_wait("KILL");
+    assert!(!status.success());
+    let d = Daemon::start(&s, "third", &["-m", "0x3", "--json", &saved]);
+    assert_eq!(
+        shards(&d)[0]["bdev"],
+        "Nvme0n1",
+        "wholly the target's after the commit"
+    );
+    check(&uri);
 }

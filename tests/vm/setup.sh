@@ -162,13 +162,14 @@ if [ ! -f "$VM/base.cpio" ] || [ "$(cat "$VM/base.recipe" 2>/dev/null)" != "$rec
     echo "$recipe" >"$VM/base.recipe"
     rm -rf "$stage" "$VM/base.deps"
 fi
-# --- fio and its libraries ------------------------------------------------------------------
-fio_recipe="fio=$(installed_version fio) closure=$(sha256sum "$HERE/closure.sh" | cut -c1-16)"
+# --- fio and qemu-io (an NBD client for the guest tests) with their libraries ---------------
+fio_recipe="fio=$(installed_version fio) qemu-utils=$(installed_version qemu-utils) closure=$(sha256sum "$HERE/closure.sh" | cut -c1-16)"
 if [ ! -f "$VM/fio.cpio" ] || [ "$(cat "$VM/fio.recipe" 2>/dev/null)" != "$fio_recipe" ]; then
     log "building the fio archive ($fio_recipe)"
     stage="$VM/fio.stage"
     rm -rf "$stage"
-    "$HERE/closure.sh" "$stage" /usr/bin/fio usr/bin/fio || die "cannot gather fio's libraries"
+    "$HERE/closure.sh" "$stage" /usr/bin/fio usr/bin/fio /usr/bin/qemu-io usr/bin/qemu-io \
+        || die "cannot gather fio's and qemu-io's libraries"
     (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$VM/fio.cpio.tmp"
     mv "$VM/fio.cpio.tmp" "$VM/fio.cpio"
     echo "$fio_recipe" >"$VM/fio.recipe"
