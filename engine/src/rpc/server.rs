@@ -142,6 +142,17 @@ impl RpcServer {
         services: Arc<Services>,
         max_clients: usize,
     ) -> Result<RpcServer, ServerError> {
+        RpcServer::for_services_with(socket, services, super::methods::all(), max_clients)
+    }
+
+    /// As [`RpcServer::for_services_on`], serving `methods` (the daemon adds the test-only
+    /// ones when it is told to).
+    pub fn for_services_with(
+        socket: BoundSocket,
+        services: Arc<Services>,
+        methods: Vec<Method>,
+        max_clients: usize,
+    ) -> Result<RpcServer, ServerError> {
         let all_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let reactor_cores = services.engine.cores();
         let options = ServerOptions {
@@ -150,7 +161,7 @@ impl RpcServer {
                 .filter(|c| !reactor_cores.contains(c))
                 .collect(),
         };
-        RpcServer::start_on(socket, services, super::methods::all(), options)
+        RpcServer::start_on(socket, services, methods, options)
     }
 
     pub fn start(
