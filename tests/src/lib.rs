@@ -225,6 +225,30 @@ pub fn external_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The version of SPDK's Python client (`pip install spdk`) that `scripts/test.sh` installs.
+pub const SPDK_PY_VERSION: &str = "26.9";
+
+/// SPDK's own JSON-RPC client, `spdk-rpc` (its rpc.py), from the venv `scripts/test.sh`
+/// installs it into (`target/spdk-venv`), or `TIDEPOOL_SPDK_RPC`. Missing, the test fails and
+/// says how to get it: it is never skipped.
+pub fn spdk_rpc() -> PathBuf {
+    let path = std::env::var_os("TIDEPOOL_SPDK_RPC").map_or_else(
+        || {
+            bin_dir()
+                .parent()
+                .expect("target/<profile> has a parent")
+                .join("spdk-venv/bin/spdk-rpc")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "SPDK's client {} is missing: scripts/test.sh installs it (pip install spdk=={SPDK_PY_VERSION} into target/spdk-venv)",
+        path.display()
+    );
+    path
+}
+
 /// An NBD URI for `export` on the Unix socket `sock` (what qemu-io and nbdinfo take).
 pub fn nbd_unix_uri(sock: &str, export: &str) -> String {
     format!("nbd+unix:///{export}?socket={sock}")
