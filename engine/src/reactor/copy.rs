@@ -47,19 +47,13 @@
 //! back, and is dropped then).
 
 use super::router::{Hop, ROUTER_TASK};
+use super::tag::{CopyIo, RouterTag, MAX_COPIES, MAX_COPY_SLOTS};
 use super::Ctx;
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tidepool_bindings::dma::DmaPool;
 
-/// Set in the tag of a copy's own I/O (chunk reads and writes, mirrored writes).
-pub(super) const COPY_TAG: u64 = 1 << 30;
-const MIRROR_BIT: u64 = 1 << 29;
-/// The target half of a mirrored write.
-const TARGET_BIT: u64 = 1 << 28;
-const COPY_SHIFT: u32 = 20;
-const SLOT_MASK: u64 = (1 << COPY_SHIFT) - 1;
 /// Chunks a copy may start per poll iteration.
 pub const CHUNKS_PER_POLL: usize = 1;
 /// Longest a write to a copy's target may go unanswered before the copy is abandoned.
@@ -236,18 +230,19 @@ impl Copy {
     }
 }
 
-fn tag(copy: usize, mirror: bool, target: bool, slot: usize) -> u64 {
-    COPY_TAG
-        | ((copy as u64) << COPY_SHIFT)
-        | if mirror { MIRROR_BIT } else { 0 }
-        | if target { TARGET_BIT } else { 0 }
-        | slot as u64
+/// The tag of copy `copy`'s I/O `io`, kept in its slot `slot` (see `tag`).
+fn tag(copy: usize, io: CopyIo, slot: usize) -> u64 {
+    RouterTag::Copy { copy, io, slot }.encode()
 }
 
-fn free_slot<T>(v: &mut Vec<Option<T>>) -> usize {
+/// A free index in `v`, below `bound` (the width of its field in an I/O tag: a table that
+/// would outgrow it is a programmer error; copies are refused before, chunks are bounded by
+/// `max_inflight`, mirrors by the client writes in flight).
+fn free_slot<T>(v: &mut Vec<Option<T>>, bound: usize) -> usize {
     match v.iter().position(Option::is_none) {
         Some(i) => i,
         None => {
+            assert!(v.len() < bound, "copy slots exhausted (at most {bound})");
             v.push(None);
             v.len() - 1
         }
@@ -286,6 +281,13 @@ impl Ctx {
         }
         if self.copy_of(spec.volume, spec.shard as u64).is_some() {
             return Err(format!("shard {} is already being copied", spec.shard));
+        }
+        if self.copies.iter().filter(|c| c.is_some()).count() >= MAX_COPIES {
+            return Err(format!(
+                "reactor {} already runs {MAX_COPIES} copies, the most one reactor may; \
+                 try again when one has ended",
+                self.id
+            ));
         }
         let target_blocks = self
             .geometry(spec.target)
@@ -329,7 +331,7 @@ impl Ctx {
             deferred: VecDeque::new(),
             pool,
         };
-        let ci = free_slot(&mut self.copies);
+        let ci = free_slot(&mut self.copies, MAX_COPIES);
         self.copies[ci] = Some(copy);
         Ok(status)
     }
@@ -407,7 +409,7 @@ impl Ctx {
             c.deferred.push_back(piece);
             return None;
         }
-        let slot = free_slot(&mut c.mirrors);
+        let slot = free_slot(&mut c.mirrors, MAX_COPY_SLOTS);
         c.mirrors[slot] = Some(Mirror {
             origin: piece.origin,
             io_type: piece.io_type,
@@ -421,7 +423,7 @@ impl Ctx {
         piece.origin = IoOrigin {
             reactor: self.id,
             task: ROUTER_TASK,
-            tag: tag(ci, true, false, slot),
+            tag: tag(ci, CopyIo::Mirror { target: false }, slot),
         };
         piece.offset_blocks = hop.member_offset_blocks;
         self.submit(hop.member, piece);
@@ -431,11 +433,11 @@ impl Ctx {
     /// One of a copy's own I/Os is back; returns a client piece's completion when that
     /// finished it.
     pub(super) fn copy_complete(&mut self, c: Completion) -> Option<Completion> {
-        let t = c.io.origin.tag & 0xffff_ffff;
-        let ci = ((t & !(COPY_TAG | MIRROR_BIT | TARGET_BIT)) >> COPY_SHIFT) as usize;
-        let slot = (t & SLOT_MASK) as usize;
-        let done = if t & MIRROR_BIT != 0 {
-            let done = self.mirror_complete(ci, slot, t & TARGET_BIT != 0, c);
+        let RouterTag::Copy { copy: ci, io, slot } = RouterTag::decode(c.io.origin.tag) else {
+            unreachable!("copy_complete takes a copy's I/O only");
+        };
+        let done = if let CopyIo::Mirror { target } = io {
+            let done = self.mirror_complete(ci, slot, target, c);
             let freed = self.copies[ci]
                 .as_ref()
                 .is_some_and(|c| c.mirrors[slot].is_none());
@@ -468,7 +470,7 @@ impl Ctx {
                 // The source has it; now the target, with the same buffer.
                 m.target_since = Some(self.now);
                 io.offset_blocks = copy.spec.target_offset_blocks + m.start;
-                io.origin.tag = tag(ci, true, true, slot);
+                io.origin.tag = tag(ci, CopyIo::Mirror { target: true }, slot);
                 let target = copy.spec.target;
                 self.submit(target, io);
                 return None;
@@ -588,7 +590,7 @@ impl Ctx {
                 return;
             };
             buf.set_len(n as usize * copy.block_size);
-            let slot = free_slot(&mut copy.chunks);
+            let slot = free_slot(&mut copy.chunks, MAX_COPY_SLOTS);
             copy.chunks[slot] = Some(Chunk {
                 start: copy.cursor,
                 blocks: n as u32,
@@ -598,7 +600,7 @@ impl Ctx {
             let origin = IoOrigin {
                 reactor: self.id,
                 task: ROUTER_TASK,
-                tag: tag(ci, false, false, slot),
+                tag: tag(ci, CopyIo::Chunk, slot),
             };
             let at = copy.source_offset + copy.cursor;
             let io = IoRequest::new(IoType::Read, at, n as u32, Some(buf), origin);
