@@ -321,7 +321,7 @@ impl PoolService {
                 r.ctx().start_copy(spec)
             })
             .map_err(|e| PoolError::Io(e.to_string()))?
-            .map_err(PoolError::Busy)?;
+            .map_err(|e| PoolError::Busy(e.to_string()))?;
         pool.reserved.push((t, extent));
         let pool_name = pool.record.name.clone();
         let source = members[placed.member as usize].bdev_name.clone();

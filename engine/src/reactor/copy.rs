@@ -48,7 +48,7 @@
 
 use super::router::{Hop, ROUTER_TASK};
 use super::tag::{CopyIo, RouterTag, MAX_COPIES, MAX_COPY_SLOTS};
-use super::Ctx;
+use super::{Ctx, ReactorId};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -74,6 +74,33 @@ pub struct CopySpec {
     pub max_restarts: u32,
     /// Copy rate cap in blocks per second (0: none).
     pub max_blocks_per_s: u64,
+}
+
+/// Why `start_copy` refused a copy (nothing was started).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CopyError {
+    #[error("chunk size and chunks in flight must be at least 1")]
+    EmptyChunks,
+    #[error("bdev {0} is not a volume")]
+    NotAVolume(BdevId),
+    #[error("the volume has no shard {0}")]
+    NoShard(u32),
+    #[error("reactor {reactor} does not own shard {shard}")]
+    NotOwner { reactor: ReactorId, shard: u32 },
+    #[error("shard {0} is unavailable")]
+    Unavailable(u32),
+    #[error("the target is the shard's own member")]
+    TargetIsSource,
+    #[error("shard {0} is already being copied")]
+    AlreadyCopying(u32),
+    #[error("reactor {reactor} already runs {MAX_COPIES} copies, the most one reactor may; try again when one has ended")]
+    TooManyCopies { reactor: ReactorId },
+    #[error("target bdev {0} cannot be opened")]
+    TargetUnopened(BdevId),
+    #[error("the target extent is past the end of the target")]
+    TargetTooSmall,
+    #[error("no memory for the copy's chunk buffers: {0}")]
+    NoMemory(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,54 +279,49 @@ fn free_slot<T>(v: &mut Vec<Option<T>>, bound: usize) -> usize {
 impl Ctx {
     /// Starts copying shard `spec.shard` of `spec.volume` to `spec.target` on this reactor,
     /// which must own the shard.
-    pub fn start_copy(&mut self, spec: CopySpec) -> Result<CopyHandle, String> {
+    pub fn start_copy(&mut self, spec: CopySpec) -> Result<CopyHandle, CopyError> {
         if spec.chunk_blocks == 0 || spec.max_inflight == 0 {
-            return Err("chunk size and chunks in flight must be at least 1".into());
+            return Err(CopyError::EmptyChunks);
         }
         // Opens this reactor's view of the volume if no I/O has yet.
         let _ = self.channel(spec.volume);
         let (route, shard_blocks, block_size) = {
             let slot = self
                 .volume_slot(spec.volume)
-                .ok_or_else(|| format!("bdev {} is not a volume", spec.volume))?;
+                .ok_or(CopyError::NotAVolume(spec.volume))?;
             let route = slot
                 .route_of(spec.shard as u64)
-                .ok_or_else(|| format!("the volume has no shard {}", spec.shard))?;
+                .ok_or(CopyError::NoShard(spec.shard))?;
             (route, slot.shard_blocks_of(), slot.block_size())
         };
+        let (reactor, shard) = (self.id, spec.shard);
         if route.owner != self.id {
-            return Err(format!(
-                "reactor {} does not own shard {}",
-                self.id, spec.shard
-            ));
+            return Err(CopyError::NotOwner { reactor, shard });
         }
         if route.state != crate::volume::ShardState::Online {
-            return Err(format!("shard {} is unavailable", spec.shard));
+            return Err(CopyError::Unavailable(shard));
         }
         if route.member == spec.target {
-            return Err("the target is the shard's own member".into());
+            return Err(CopyError::TargetIsSource);
         }
         if self.copy_of(spec.volume, spec.shard as u64).is_some() {
-            return Err(format!("shard {} is already being copied", spec.shard));
+            return Err(CopyError::AlreadyCopying(shard));
         }
         if self.copies.iter().filter(|c| c.is_some()).count() >= MAX_COPIES {
-            return Err(format!(
-                "reactor {} already runs {MAX_COPIES} copies, the most one reactor may; \
-                 try again when one has ended",
-                self.id
-            ));
+            return Err(CopyError::TooManyCopies { reactor });
         }
         let target_blocks = self
             .geometry(spec.target)
-            .ok_or_else(|| format!("target bdev {} cannot be opened", spec.target))?
+            .ok_or(CopyError::TargetUnopened(spec.target))?
             .1;
         if spec.target_offset_blocks + shard_blocks > target_blocks {
-            return Err("the target extent is past the end of the target".into());
+            return Err(CopyError::TargetTooSmall);
         }
         self.mark_channel(route.member);
         let settling = self.marked_pending(route.member) > 0;
         let chunk_bytes = spec.chunk_blocks as usize * block_size as usize;
-        let pool = DmaPool::new(chunk_bytes, spec.max_inflight).map_err(|e| e.to_string())?;
+        let pool = DmaPool::new(chunk_bytes, spec.max_inflight)
+            .map_err(|e| CopyError::NoMemory(e.to_string()))?;
         let status = Arc::new(Mutex::new(CopyStatus {
             state: CopyState::Copying,
             copied_blocks: 0,

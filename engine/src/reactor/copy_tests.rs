@@ -115,8 +115,18 @@ fn a_shard_copies_while_written_and_target_failures_restart_it_unseen() {
     let vol = rig.vol;
     let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).unwrap();
     // Only the owner copies, and one copy per shard.
-    assert!(rig.rs[0].ctx().start_copy(copy_spec(vol, ee, 10)).is_err());
-    assert!(rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).is_err());
+    use crate::reactor::CopyError;
+    assert_eq!(
+        rig.rs[0].ctx().start_copy(copy_spec(vol, ee, 10)).err(),
+        Some(CopyError::NotOwner {
+            reactor: 0,
+            shard: COPIED_SHARD as u32
+        })
+    );
+    assert_eq!(
+        rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).err(),
+        Some(CopyError::AlreadyCopying(COPIED_SHARD as u32))
+    );
     let seed = std::env::var("TIDEPOOL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -807,6 +817,7 @@ fn copies_past_the_tag_s_cap_are_refused_and_a_slot_comes_back_when_one_ends() {
         .ctx()
         .start_copy(spec(MAX_COPIES as u32))
         .expect_err("one copy past the cap must be refused");
+    assert_eq!(err, crate::reactor::CopyError::TooManyCopies { reactor: 0 });
     assert!(err.to_string().contains("256 copies"), "{err}");
     assert!(rig.rs[0].ctx().stop_copy(vol, 3));
     rig.rs[0].ctx().start_copy(spec(MAX_COPIES as u32)).unwrap();
