@@ -22,6 +22,26 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# SPDK's own JSON-RPC client (its rpc.py, the spdk-rpc command of `pip install spdk`), which
+# tests/tests/spdk_client.rs runs against tidepoold, in a venv under the target directory.
+# Pinned, so every run tests the same client; installed again only when missing or another
+# version. If pip cannot get it, this script stops here, loudly (the test would fail too).
+SPDK_PY_VERSION=26.9   # keep in step with tests/src/lib.rs SPDK_PY_VERSION
+spdk_venv="${CARGO_TARGET_DIR:-target}/spdk-venv"
+spdk_have=$("$spdk_venv/bin/python" -m pip show spdk 2>/dev/null || true)
+if ! grep -qx "Version: $SPDK_PY_VERSION" <<<"$spdk_have" || [ ! -x "$spdk_venv/bin/spdk-rpc" ]; then
+    echo "== installing SPDK's python client (spdk==$SPDK_PY_VERSION) into $spdk_venv"
+    if ! python3 -m venv "$spdk_venv" >/dev/null 2>&1; then
+        # Debian's python3 ships venv (ensurepip) separately.
+        SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$spdk_venv"
+    fi
+    "$spdk_venv/bin/python" -m pip install -q --disable-pip-version-check "spdk==$SPDK_PY_VERSION"
+fi
+"$spdk_venv/bin/spdk-rpc" --help >/dev/null
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

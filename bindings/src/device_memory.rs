@@ -1,13 +1,22 @@
 //! A RAM region shared by every reactor: the medium behind the `malloc` bdev.
 //!
 //! Contract: like a real disk, the region does not order concurrent accesses to the same
-//! bytes. The engine's routing gives each shard one owner reactor, and a client that issues
-//! overlapping writes at once gets an unspecified mix of them, as from any block device.
-//! Each copy is done with `copy_nonoverlapping` on raw device memory, never through Rust
-//! references that live across calls, the same model as memory a DMA engine writes.
-
+//! bytes: two reactors may read and write overlapping ranges at once (a client's overlapping
+//! writes from two connections), and get an unspecified mix of them, word by word, as from
+//! any block device. That must not be undefined behaviour, since `read`, `write` and `zero`
+//! are safe functions taking `&self` on a shared value: so every access to the region is an
+//! aligned 8-byte *atomic* load or store (relaxed: the region promises no ordering, only
+//! freedom from data races). A plain `memcpy` here, racing with another thread's on the same
+//! bytes, is a data race, undefined behaviour however "device-like" it looks. Accesses are in
+//! whole words only (offset and length multiples of [`WORD`]; every block size is), so the
+//! region is never touched by atomics of two sizes. No Rust reference into the region is ever
+//! made other than the `AtomicU64`s of one access, and the mapping lives as long as `self`.
 use memmap2::{MmapMut, MmapOptions, MmapRaw};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The unit of every access: offsets and lengths are multiples of it.
+pub const WORD: usize = 8;
 
 pub struct DeviceMemory {
     map: MmapRaw,
@@ -21,10 +30,10 @@ impl DeviceMemory {
     /// its memory fails at creation, not at some later write, and its first pass runs at the
     /// speed of later ones.
     pub fn new(len: usize) -> io::Result<DeviceMemory> {
-        if len == 0 {
+        if len == 0 || !len.is_multiple_of(WORD) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "device memory needs a non-zero length",
+                "device memory needs a non-zero length in whole 8-byte words",
             ));
         }
         const HUGE_2M: usize = 2 << 20;
@@ -53,7 +62,7 @@ impl DeviceMemory {
                 huge_pages: false,
             };
             for page in (0..len).step_by(4096) {
-                mem.zero(page, 1);
+                mem.zero(page, WORD);
             }
             return Ok(mem);
         }
@@ -82,41 +91,47 @@ impl DeviceMemory {
             "device memory access {offset}+{len} beyond {}",
             self.len()
         );
+        assert!(
+            offset.is_multiple_of(WORD) && len.is_multiple_of(WORD),
+            "device memory access {offset}+{len} is not in whole {WORD}-byte words"
+        );
+    }
+
+    /// The word at byte `offset` of the region (checked by the caller).
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset.is_multiple_of(WORD) && offset + WORD <= self.len());
+        // SAFETY: `offset` lies inside the live mapping (checked by the caller) and the
+        // mapping is page-aligned, so the pointer is 8-byte aligned, valid for reads and
+        // writes, and stays so while `self` (and so the returned reference) lives. Every
+        // access to the region goes through such an AtomicU64 (see the module contract): no
+        // non-atomic or differently sized access can race with it.
+        unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(offset).cast::<u64>()) }
     }
 
     /// Copies `dst.len()` bytes at `offset` out of the region.
     pub fn read(&self, offset: usize, dst: &mut [u8]) {
         self.check(offset, dst.len());
-        // SAFETY: the range was checked to lie inside the live mapping; `dst` is a distinct
-        // Rust buffer, so the two do not overlap. Concurrent writers are covered by the module
-        // contract (device-memory semantics, no Rust reference into the region is held).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.map.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
+        for (i, out) in dst.chunks_exact_mut(WORD).enumerate() {
+            let v = self.word(offset + i * WORD).load(Ordering::Relaxed);
+            out.copy_from_slice(&v.to_ne_bytes());
         }
     }
 
     /// Copies `src` into the region at `offset`.
     pub fn write(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
-        // SAFETY: as in `read`, with the roles of the two ranges swapped.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                src.as_ptr(),
-                self.map.as_mut_ptr().add(offset),
-                src.len(),
-            )
+        for (i, word) in src.chunks_exact(WORD).enumerate() {
+            let v = u64::from_ne_bytes(word.try_into().expect("chunks_exact gives whole words"));
+            self.word(offset + i * WORD).store(v, Ordering::Relaxed);
         }
     }
 
     /// Sets `len` bytes at `offset` to zero.
     pub fn zero(&self, offset: usize, len: usize) {
         self.check(offset, len);
-        // SAFETY: the range was checked to lie inside the live mapping.
-        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset), 0, len) }
+        for at in (offset..offset + len).step_by(WORD) {
+            self.word(at).store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -136,6 +151,41 @@ mod tests {
         mem.read(4096, &mut out[..512]);
         assert!(out[..256].iter().all(|&b| b == 0));
         assert!(out[256..512].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    #[should_panic(expected = "whole 8-byte words")]
+    fn an_access_not_in_whole_words_panics() {
+        let mem = DeviceMemory::new(4096).unwrap();
+        mem.write(4, &[0u8; 8]);
+    }
+
+    /// Overlapping writers and a reader on three threads at once: defined behaviour (every
+    /// access is atomic), and every word read is one some writer wrote whole.
+    #[test]
+    fn racing_overlapping_accesses_see_whole_words() {
+        let mem = std::sync::Arc::new(DeviceMemory::new(1 << 16).unwrap());
+        let writers: Vec<_> = [0x11u8, 0x22]
+            .into_iter()
+            .map(|b| {
+                let mem = std::sync::Arc::clone(&mem);
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        mem.write(0, &[b; 1 << 16]);
+                    }
+                })
+            })
+            .collect();
+        let mut out = vec![0u8; 1 << 16];
+        for _ in 0..200 {
+            mem.read(0, &mut out);
+            for w in out.chunks_exact(WORD) {
+                assert!(w.iter().all(|&x| x == w[0]), "a torn word: {w:?}");
+            }
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
     }
 
     #[test]

@@ -372,6 +372,17 @@ pub fn apply(config: &Value, registry: &BdevRegistry) -> Result<Vec<String>, Con
     Ok(created)
 }
 
+/// Every subsystem [`save`] writes, in the order it writes them (their run order), with the
+/// subsystems each depends on: what `framework_get_subsystems` reports, so that SPDK's own
+/// client saves them in this order (it expands the dependencies of a subsystem it is asked for
+/// from the ones listed before it).
+pub const SUBSYSTEMS: &[(&str, &[&str])] = &[
+    ("bdev", &[]),
+    ("pool", &["bdev"]),
+    ("balancer", &["pool"]),
+    ("nbd", &["bdev", "pool"]),
+];
+
 /// The config that recreates every bdev in `registry` (bases before the bdevs stacked on
 /// them), then the `pool`, `balancer` and `nbd` entries given.
 pub fn save(
@@ -426,6 +437,27 @@ mod tests {
             reg.unregister("M0").is_err(),
             "a claimed base must not be removable"
         );
+    }
+
+    #[test]
+    fn save_writes_the_listed_subsystems_in_order_each_after_its_dependencies() {
+        let saved = save(&BdevRegistry::new(), Vec::new(), Vec::new(), Vec::new());
+        let names: Vec<&str> = saved["subsystems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["subsystem"].as_str().unwrap())
+            .collect();
+        let listed: Vec<&str> = SUBSYSTEMS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, listed);
+        for (i, (name, deps)) in SUBSYSTEMS.iter().enumerate() {
+            for dep in *deps {
+                assert!(
+                    listed[..i].contains(dep),
+                    "{name} depends on {dep}, listed later"
+                );
+            }
+        }
     }
 
     #[test]

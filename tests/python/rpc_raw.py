@@ -96,7 +96,8 @@ def still_serving(what):
 def scenario_methods(scratch):
     c = Conn()
     methods = result(c.call("rpc_get_methods"), "rpc_get_methods")
-    for m in ["rpc_get_methods", "framework_get_reactors", "save_config", "bdev_get_bdevs",
+    for m in ["rpc_get_methods", "framework_get_reactors", "framework_get_subsystems",
+              "framework_get_config", "save_config", "bdev_get_bdevs",
               "bdev_get_iostat", "bdev_malloc_create", "bdev_malloc_delete", "bdev_null_create",
               "bdev_null_delete", "bdev_uring_create", "bdev_uring_delete", "bdev_error_create",
               "bdev_error_delete", "bdev_error_inject_error", "bdev_delay_create",

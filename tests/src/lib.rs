@@ -187,6 +187,21 @@ impl Daemon {
         (status, self.log_text())
     }
 
+    /// Waits up to `within` for the daemon to exit by itself; its status, or `None` if it is
+    /// still running at the deadline.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return Some(s);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -215,6 +230,30 @@ pub fn external_ok(program: &str, args: &[&str]) -> String {
     let out = external(program, args);
     assert!(out.status.success(), "{program} {args:?}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The version of SPDK's Python client (`pip install spdk`) that `scripts/test.sh` installs.
+pub const SPDK_PY_VERSION: &str = "26.9";
+
+/// SPDK's own JSON-RPC client, `spdk-rpc` (its rpc.py), from the venv `scripts/test.sh`
+/// installs it into (`target/spdk-venv`), or `TIDEPOOL_SPDK_RPC`. Missing, the test fails and
+/// says how to get it: it is never skipped.
+pub fn spdk_rpc() -> PathBuf {
+    let path = std::env::var_os("TIDEPOOL_SPDK_RPC").map_or_else(
+        || {
+            bin_dir()
+                .parent()
+                .expect("target/<profile> has a parent")
+                .join("spdk-venv/bin/spdk-rpc")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "SPDK's client {} is missing: scripts/test.sh installs it (pip install spdk=={SPDK_PY_VERSION} into target/spdk-venv)",
+        path.display()
+    );
+    path
 }
 
 /// An NBD URI for `export` on the Unix socket `sock` (what qemu-io and nbdinfo take).

@@ -51,14 +51,29 @@ fn load_get_stats_reports_reactors_bdevs_and_shards_under_load() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scratch::new("load");
     let (mut perf, sock) = start_perf(&s, &["-q", "8", "-w", "randrw", "-M", "70", "-t", "4"]);
-    // Let a few 100 ms windows pass under load.
-    std::thread::sleep(Duration::from_millis(1000));
-    let out = Command::new(bin("tpctl"))
-        .args(["-s", &sock, "load_get_stats", "--top", "3"])
-        .output()
-        .expect("tpctl");
-    assert!(out.status.success(), "{}", text(&out));
-    let stats: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    // Until a window full of load: both reactors taking reads and writes, both members and
+    // three shards busy (the run lasts 4 s).
+    let stats = poll_until(
+        &sock,
+        &["load_get_stats", "--top", "3"],
+        "a sample of both reactors under load",
+        Duration::from_secs(4),
+        |v| {
+            let all = |key: &str, ok: &dyn Fn(&Value) -> bool| {
+                v[key].as_array().is_some_and(|a| a.iter().all(ok))
+            };
+            v["reactors"].as_array().is_some_and(|r| r.len() == 2)
+                && all("reactors", &|r| {
+                    f(r, "requests_taken_per_s") > 0.0
+                        && f(r, "read_iops") > 0.0
+                        && f(r, "write_iops") > 0.0
+                })
+                && v["bdevs"].as_array().is_some_and(|b| b.len() == 2)
+                && all("bdevs", &|b| f(b, "latency_p99_us") > 0.0)
+                && v["shards"].as_array().is_some_and(|s| s.len() == 3)
+                && all("shards", &|s| f(s, "queue_depth_avg") > 0.0)
+        },
+    );
     let bad = Command::new(bin("tpctl"))
         .args(["-s", &sock, "call", "load_get_stats", r#"{"top":"x"}"#])
         .output()
@@ -115,6 +130,29 @@ fn load_get_stats_reports_reactors_bdevs_and_shards_under_load() {
         "{}",
         text(&bad)
     );
+}
+
+/// Polls `tpctl args` (JSON) until `cond` holds of its answer, and returns that answer; fails
+/// naming `what`, with the last answer, at the deadline (`within`, inside the run's length).
+fn poll_until(
+    sock: &str,
+    args: &[&str],
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = tpctl_ok(sock, args);
+        if cond(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs tpctl against `sock` and parses its JSON output; panics on failure.
@@ -243,11 +281,12 @@ fn the_balancer_evens_a_skewed_placement_without_moving_shards_back() {
             );
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let skewed = tpctl_ok(&sock, &["load_get_stats"]);
-    assert!(
-        f(&skewed["reactors"][0], "share") > 0.95,
-        "skewed: {skewed}"
+    poll_until(
+        &sock,
+        &["load_get_stats"],
+        "reactor 0 to carry the load",
+        Duration::from_secs(3),
+        |v| v["reactors"][0]["share"].as_f64().is_some_and(|x| x > 0.95),
     );
     // Bad options are refused and change nothing.
     let bad = Command::new(bin("tpctl"))
@@ -265,9 +304,25 @@ fn the_balancer_evens_a_skewed_placement_without_moving_shards_back() {
     assert_eq!(tpctl_ok(&sock, &["balancer_get_status"])["enabled"], false);
 
     enable_eager_balancer(&sock);
-    std::thread::sleep(Duration::from_millis(4000));
-    let stats = tpctl_ok(&sock, &["load_get_stats"]);
-    let status = tpctl_ok(&sock, &["balancer_get_status"]);
+    // Within 1.25x of the fair share (0.5 on two reactors), as the load samples and the
+    // balancer's own scores both see it, before the run ends.
+    let mut status = Value::Null;
+    let stats = poll_until(
+        &sock,
+        &["load_get_stats"],
+        "the balancer to even the reactors",
+        Duration::from_secs(5),
+        |v| {
+            status = tpctl_ok(&sock, &["balancer_get_status"]);
+            let even = |a: &Value, key: &str| {
+                a.as_array().is_some_and(|a| {
+                    a.iter()
+                        .all(|r| r[key].as_f64().is_some_and(|x| x <= 0.625))
+                })
+            };
+            even(&v["reactors"], "share") && even(&status["scores"], "score")
+        },
+    );
     let out = perf.wait_with_output().expect("perf exit");
     assert!(out.status.success(), "{}", text(&out));
 
@@ -330,20 +385,38 @@ fn the_balancer_evens_the_members_of_a_pool_by_moving_data() {
         }
     }
     assert_eq!(moved, 3);
-    std::thread::sleep(Duration::from_millis(500));
     let share = |stats: &Value, name: &str| {
         let bdevs = stats["bdevs"].as_array().unwrap();
         let total: f64 = bdevs.iter().map(|b| f(b, "read_iops")).sum();
-        let b = bdevs.iter().find(|b| b["name"] == name).unwrap();
-        f(b, "read_iops") / total
+        match bdevs.iter().find(|b| b["name"] == name) {
+            Some(b) if total > 0.0 => f(b, "read_iops") / total,
+            _ => 0.0,
+        }
     };
-    let skewed = tpctl_ok(&sock, &["load_get_stats"]);
-    assert!(share(&skewed, "Malloc0") > 0.8, "skewed: {skewed}");
+    poll_until(
+        &sock,
+        &["load_get_stats"],
+        "Malloc0 to carry the reads",
+        Duration::from_secs(3),
+        |v| share(v, "Malloc0") > 0.8,
+    );
     enable_eager_balancer(&sock);
-    std::thread::sleep(Duration::from_millis(5000));
-    let stats = tpctl_ok(&sock, &["load_get_stats"]);
+    // Even within 1.25x, every copy the balancer started over, before the run ends.
+    let mut migrations = Value::Null;
+    let stats = poll_until(
+        &sock,
+        &["load_get_stats"],
+        "the balancer to even the members",
+        Duration::from_secs(7),
+        |v| {
+            migrations = tpctl_ok(&sock, &["migration_get_status"]);
+            ["Malloc0", "Malloc1"].iter().all(|m| share(v, m) <= 0.625)
+                && migrations
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|m| m["state"] == "completed"))
+        },
+    );
     let status = tpctl_ok(&sock, &["balancer_get_status"]);
-    let migrations = tpctl_ok(&sock, &["migration_get_status"]);
     let out = perf.wait_with_output().expect("perf exit");
     assert!(out.status.success(), "{}", text(&out));
     for m in ["Malloc0", "Malloc1"] {

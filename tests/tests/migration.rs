@@ -109,10 +109,12 @@ fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() 
     let (d, uri, shard) = start(&r, ["Malloc0", "EE_Malloc1"]);
     let base = shard as u64 * SHARD;
     qemu_io(&uri, &["write -P 0x11 0 16M".into(), "flush".into()]);
+    // Paced to last about a second per pass, so the writer's stream (a fraction of a second)
+    // falls inside it.
     d.tpctl_ok(&[
         "migration_set_options",
         "--max-mib-per-s",
-        "16",
+        "4",
         "--chunk-kib",
         "256",
     ]);
@@ -146,14 +148,26 @@ fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() 
     ]);
     assert_eq!(started["state"], "copying");
     let deadline = Instant::now() + Duration::from_secs(60);
+    // (state, the export's bytes written so far) at each look: the writer overlapped the
+    // copy if bytes came in between two looks that both saw it copying.
+    let mut seen: Vec<(Value, u64)> = Vec::new();
     let status = loop {
         let m = migration(&d);
+        let written = d.tpctl_ok(&["nbd_get_exports"])[0]["bytes_written"]
+            .as_u64()
+            .expect("bytes_written");
+        seen.push((m["state"].clone(), written));
         if m["state"] == "completed" || m["state"] == "abandoned" {
             break m;
         }
         assert!(Instant::now() < deadline, "the migration did not end: {m}");
         std::thread::sleep(Duration::from_millis(20));
     };
+    assert!(
+        seen.windows(2)
+            .any(|w| w[0].0 == "copying" && w[1].0 == "copying" && w[1].1 > w[0].1),
+        "the writer never wrote while the shard was copying: {seen:?}"
+    );
     let out = writer.wait_with_output().expect("writer");
     let shown = text(&out);
     assert!(

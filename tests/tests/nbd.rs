@@ -612,7 +612,13 @@ fn an_export_with_io_in_flight_keeps_its_bdev_until_the_io_is_back() {
     wait_until("the write to reach the export", || {
         export_stats(&d, "ee")["connections"] == 1
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Caught and held by the error bdev: its armed write injection is used up.
+    wait_until("the write to be held on EE_M", || {
+        let b = d.tpctl_ok(&["bdev_get_bdevs", "-b", "EE_M"]);
+        b[0]["driver_specific"]["error"]["armed"]
+            .as_object()
+            .is_some_and(|armed| !armed.contains_key("write"))
+    });
     let out = d.tpctl(&["nbd_export_delete", "ee"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -116,6 +116,28 @@ impl Injection {
         }
     }
 
+    /// The injections still armed, by I/O type: `{"write": {"kind": "pending", "remaining":
+    /// 1}}`. A test sees an I/O caught by watching its count go down (a `pending` one is held
+    /// from then on).
+    pub fn armed_json(&self) -> serde_json::Value {
+        let mut armed = serde_json::Map::new();
+        for t in IoType::ALL {
+            let slot = &self.per_type[t as usize];
+            let remaining = slot.remaining.load(Ordering::Acquire);
+            if remaining > 0 {
+                let kind = match slot.kind.load(Ordering::Relaxed) {
+                    KIND_PENDING => "pending",
+                    _ => "failure",
+                };
+                armed.insert(
+                    t.name().to_string(),
+                    json!({"kind": kind, "remaining": remaining}),
+                );
+            }
+        }
+        serde_json::Value::Object(armed)
+    }
+
     /// If an injection covers this I/O, consumes one unit of it and says what to do.
     #[inline]
     fn take(&self, t: IoType) -> Option<ErrorKind> {
@@ -184,7 +206,8 @@ impl Bdev for ErrorBdev {
     }
 
     fn driver_specific(&self) -> serde_json::Value {
-        json!({"error": {"base_bdev": self.base.info().name}})
+        json!({"error": {"base_bdev": self.base.info().name,
+            "armed": self.injection.armed_json()}})
     }
 
     fn config_entry(&self) -> serde_json::Value {

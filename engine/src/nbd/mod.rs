@@ -27,7 +27,7 @@ pub mod waker;
 
 use crate::bdev::{BdevError, BdevId, BdevRegistry, IoType};
 use crate::reactor::{Engine, ReactorId};
-use crate::socket_path::{clear_stale_socket, PathTaken};
+use crate::socket_path::{bind_private, BindError, PathTaken};
 use conn::{Connection, Stream};
 use handshake::{ExportDirectory, ExportView};
 use proto::Geometry;
@@ -488,19 +488,28 @@ impl Listener {
                 });
             }
             let path = PathBuf::from(path);
-            clear_stale_socket(&path).map_err(|taken| match taken {
-                PathTaken::TooLong(len) => NbdError::InvalidParam {
-                    param: "listen_address",
-                    reason: format!(
-                        "the path is {len} bytes; Unix socket paths are limited to {}",
-                        crate::socket_path::MAX_SOCKET_PATH_BYTES
-                    ),
-                },
-                PathTaken::InUse => fail("another server is listening there".into()),
-                PathTaken::NotASocket => fail("the path exists and is not a socket".into()),
-                PathTaken::Io(e) => fail(e.to_string()),
+            let too_long = |len: usize| {
+                NbdError::InvalidParam {
+                param: "listen_address",
+                reason: format!(
+                    "the path is {len} bytes; Unix socket paths are limited to {} (the socket is bound in its directory first, so that directory's path must leave room)",
+                    crate::socket_path::MAX_SOCKET_PATH_BYTES
+                ),
+            }
+            };
+            // 0600 from its first moment, as the RPC socket: NBD has no authentication, so
+            // whoever can connect can read and write every export.
+            let l = bind_private(&path, "nbd").map_err(|e| match e {
+                BindError::Taken(PathTaken::TooLong(len)) => too_long(len),
+                BindError::StagedTooLong(_, len) => too_long(len),
+                BindError::Taken(PathTaken::InUse) => {
+                    fail("another server is listening there".into())
+                }
+                BindError::Taken(PathTaken::NotASocket) => {
+                    fail("the path exists and is not a socket".into())
+                }
+                BindError::Taken(PathTaken::Io(e)) | BindError::Io(_, e) => fail(e.to_string()),
             })?;
-            let l = UnixListener::bind(&path).map_err(|e| fail(e.to_string()))?;
             Listener::Unix(l, path)
         } else {
             let addrs: Vec<_> = address
@@ -732,6 +741,35 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::time::Instant;
+
+    #[test]
+    fn the_unix_socket_is_0600_from_its_first_moment_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let registry = Arc::new(BdevRegistry::new());
+        let mut config = crate::reactor::EngineConfig::new(vec![0]);
+        config.pin = false;
+        let engine = Arc::new(Engine::start(config, Arc::clone(&registry)).unwrap());
+        let nbd = NbdService::new(Arc::clone(&engine), Arc::clone(&registry));
+        let dir = crate::testkit::temp_file("nbd-mode-probe", 0)
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let path = dir.join("nbd-mode.sock");
+        // The test process's umask (022 by default) would leave a plain bind at 0755.
+        nbd.start_server(&format!("unix:{}", path.display()))
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "NBD socket mode {mode:o}");
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        nbd.stop_server().unwrap();
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tidepool-nbd"))
+            .collect();
+        assert!(left.is_empty(), "private bind directories left: {left:?}");
+    }
 
     #[test]
     fn a_late_second_delete_leaves_a_new_export_of_the_same_name_alone() {

@@ -321,7 +321,7 @@ impl PoolService {
                 r.ctx().start_copy(spec)
             })
             .map_err(|e| PoolError::Io(e.to_string()))?
-            .map_err(PoolError::Busy)?;
+            .map_err(|e| PoolError::Busy(e.to_string()))?;
         pool.reserved.push((t, extent));
         let pool_name = pool.record.name.clone();
         let source = members[placed.member as usize].bdev_name.clone();
@@ -442,7 +442,7 @@ impl PoolService {
             let (vol, shard) = (job.vol_id, job.shard as u32);
             let _ = self
                 .engine
-                .call_wait(job.owner, Duration::from_secs(5), move |r| {
+                .call_wait_or_later(job.owner, Duration::from_secs(5), move |r| {
                     r.ctx().keep_copy_undecided(vol, shard)
                 });
             let mut inner = self.migrations.lock();
@@ -456,10 +456,11 @@ impl PoolService {
             return;
         }
         // The copy is over either way: stop it (releasing held writes) and free the extent.
+        // (Not cancelled if the reactor is slow to answer: a late stop beats none.)
         let (vol, shard) = (job.vol_id, job.shard as u32);
         let _ = self
             .engine
-            .call_wait(job.owner, Duration::from_secs(5), move |r| {
+            .call_wait_or_later(job.owner, Duration::from_secs(5), move |r| {
                 r.ctx().stop_copy(vol, shard)
             });
         // After an abandoned copy, writes still out to its target usually come back at once;

@@ -188,10 +188,11 @@ fn a_volume_delete_whose_metadata_write_fails_changes_nothing_and_later_changes_
     assert!(first.registry.lookup("kept").is_some());
     assert!(read_matches(&first, "kept", 0, 2 * 256, 5));
     write(&first, "kept", 0, 2 * 256, 6).unwrap();
-    // The next change goes out past the failed generation, so no stale copy outranks it.
+    // The next change goes out past the failed generation (+1) and the write back (+3), so
+    // no stale copy outranks it.
     volume(&first, "p", "added", 1).unwrap();
     let now = pools_json(&first)[0]["generation"].as_u64().unwrap();
-    assert_eq!(now, generation + 2);
+    assert_eq!(now, generation + 4);
     flush(&first, "kept");
     drop(first);
 
@@ -203,6 +204,43 @@ fn a_volume_delete_whose_metadata_write_fails_changes_nothing_and_later_changes_
     second.pools.delete_volume("kept").unwrap();
     assert!(second.registry.lookup("kept").is_none());
     assert_eq!(pools_json(&second)[0]["volumes"], json!(["added"]));
+}
+
+/// A failed metadata write leaves the new description on the members it reached before the
+/// failure, and maybe, late, on the one that failed (a device can report an error for a write
+/// that reached its medium). The old description written back must outrank every such copy:
+/// at the generation of the failed write, the two would tie, and import would pick one by
+/// the order of its member list.
+#[test]
+fn a_rollback_outranks_the_failed_description_wherever_that_landed() {
+    let (fa, fb) = files("rollback-generation");
+    let up = |first: bool| boot_on_a_and_ee_b(&fa, &fb, first);
+    let first = up(true);
+    volume(&first, "p", "kept", 2).unwrap();
+    write(&first, "kept", 0, 2 * 256, 5).unwrap();
+    let generation = pools_json(&first)[0]["generation"].as_u64().unwrap();
+    let old = record_at(&fa, generation);
+    // The delete's description reaches A, fails on EE_B; the old one goes back to both.
+    fail_writes(&first, "EE_B", 1);
+    let err = first.pools.delete_volume("kept").unwrap_err();
+    assert!(err.to_string().contains("EE_B"), "{err}");
+    let after = pools_json(&first)[0]["generation"].as_u64().unwrap();
+    assert!(after > generation + 1, "the rollback went out at {after}");
+    flush(&first, "kept");
+    drop(first);
+    // The write EE_B failed reached B after all, as generation + 1 (the delete's
+    // description: the old one without "kept").
+    let mut failed = old.clone();
+    failed.volumes.retain(|v| v.name != "kept");
+    write_generation_to(&fb, &failed, 1, generation + 1);
+
+    let second = up(false);
+    assert_eq!(
+        pools_json(&second)[0]["volumes"],
+        json!(["kept"]),
+        "the volume delete failed: the volume must come back"
+    );
+    assert!(read_matches(&second, "kept", 0, 2 * 256, 5));
 }
 
 #[test]

@@ -466,11 +466,11 @@ impl PoolService {
     /// description back (best effort) and leaves the pool as it was. A write that timed out
     /// is not written over (it may still land): the pool is suspended instead.
     ///
-    /// The write back goes under the same generation, into the slot the failed write used:
-    /// the slot holding the last good generation is never touched, so a write back that is
-    /// torn in turn still leaves that one readable. Whatever happens, the pool's generation
-    /// moves past the failed one, so no later write can be outranked by a stale copy that
-    /// landed on some member (the next record goes out as generation + 2).
+    /// The failed generation g+1 may be on some members (reached before the failure, or late).
+    /// The write back goes out as g+3, as import's rewrite does: newer than any such copy
+    /// (at g+1 the two would tie, and import would pick by member order), and into the slot
+    /// the failed write used, so the slot holding g is never touched and a write back that is
+    /// torn in turn still leaves g readable. The next record goes out as g+4.
     fn persist(&self, pool: &mut Pool, record: PoolRecord) -> Result<(), PoolError> {
         pool.check_changes_allowed()?;
         let generation = pool.generation + 1;
@@ -484,8 +484,8 @@ impl PoolService {
                 pool.generation = generation;
                 return Err(e);
             }
-            // Under the same generation, into the slot the failed write used (see above).
-            pool.generation = generation - 1;
+            // As generation + 2 (write_back takes the next one), the failed write's slot.
+            pool.generation = generation + 1;
             self.write_back(pool, |_| true);
             log::error!("pool '{}': {e}", pool.record.name);
             return Err(e);

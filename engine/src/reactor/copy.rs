@@ -47,19 +47,13 @@
 //! back, and is dropped then).
 
 use super::router::{Hop, ROUTER_TASK};
-use super::Ctx;
+use super::tag::{CopyIo, RouterTag, MAX_COPIES, MAX_COPY_SLOTS};
+use super::{Ctx, ReactorId};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tidepool_bindings::dma::DmaPool;
 
-/// Set in the tag of a copy's own I/O (chunk reads and writes, mirrored writes).
-pub(super) const COPY_TAG: u64 = 1 << 30;
-const MIRROR_BIT: u64 = 1 << 29;
-/// The target half of a mirrored write.
-const TARGET_BIT: u64 = 1 << 28;
-const COPY_SHIFT: u32 = 20;
-const SLOT_MASK: u64 = (1 << COPY_SHIFT) - 1;
 /// Chunks a copy may start per poll iteration.
 pub const CHUNKS_PER_POLL: usize = 1;
 /// Longest a write to a copy's target may go unanswered before the copy is abandoned.
@@ -80,6 +74,33 @@ pub struct CopySpec {
     pub max_restarts: u32,
     /// Copy rate cap in blocks per second (0: none).
     pub max_blocks_per_s: u64,
+}
+
+/// Why `start_copy` refused a copy (nothing was started).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CopyError {
+    #[error("chunk size and chunks in flight must be at least 1")]
+    EmptyChunks,
+    #[error("bdev {0} is not a volume")]
+    NotAVolume(BdevId),
+    #[error("the volume has no shard {0}")]
+    NoShard(u32),
+    #[error("reactor {reactor} does not own shard {shard}")]
+    NotOwner { reactor: ReactorId, shard: u32 },
+    #[error("shard {0} is unavailable")]
+    Unavailable(u32),
+    #[error("the target is the shard's own member")]
+    TargetIsSource,
+    #[error("shard {0} is already being copied")]
+    AlreadyCopying(u32),
+    #[error("reactor {reactor} already runs {MAX_COPIES} copies, the most one reactor may; try again when one has ended")]
+    TooManyCopies { reactor: ReactorId },
+    #[error("target bdev {0} cannot be opened")]
+    TargetUnopened(BdevId),
+    #[error("the target extent is past the end of the target")]
+    TargetTooSmall,
+    #[error("no memory for the copy's chunk buffers: {0}")]
+    NoMemory(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,18 +257,19 @@ impl Copy {
     }
 }
 
-fn tag(copy: usize, mirror: bool, target: bool, slot: usize) -> u64 {
-    COPY_TAG
-        | ((copy as u64) << COPY_SHIFT)
-        | if mirror { MIRROR_BIT } else { 0 }
-        | if target { TARGET_BIT } else { 0 }
-        | slot as u64
+/// The tag of copy `copy`'s I/O `io`, kept in its slot `slot` (see `tag`).
+fn tag(copy: usize, io: CopyIo, slot: usize) -> u64 {
+    RouterTag::Copy { copy, io, slot }.encode()
 }
 
-fn free_slot<T>(v: &mut Vec<Option<T>>) -> usize {
+/// A free index in `v`, below `bound` (the width of its field in an I/O tag: a table that
+/// would outgrow it is a programmer error; copies are refused before, chunks are bounded by
+/// `max_inflight`, mirrors by the client writes in flight).
+fn free_slot<T>(v: &mut Vec<Option<T>>, bound: usize) -> usize {
     match v.iter().position(Option::is_none) {
         Some(i) => i,
         None => {
+            assert!(v.len() < bound, "copy slots exhausted (at most {bound})");
             v.push(None);
             v.len() - 1
         }
@@ -257,47 +279,49 @@ fn free_slot<T>(v: &mut Vec<Option<T>>) -> usize {
 impl Ctx {
     /// Starts copying shard `spec.shard` of `spec.volume` to `spec.target` on this reactor,
     /// which must own the shard.
-    pub fn start_copy(&mut self, spec: CopySpec) -> Result<CopyHandle, String> {
+    pub fn start_copy(&mut self, spec: CopySpec) -> Result<CopyHandle, CopyError> {
         if spec.chunk_blocks == 0 || spec.max_inflight == 0 {
-            return Err("chunk size and chunks in flight must be at least 1".into());
+            return Err(CopyError::EmptyChunks);
         }
         // Opens this reactor's view of the volume if no I/O has yet.
         let _ = self.channel(spec.volume);
         let (route, shard_blocks, block_size) = {
             let slot = self
                 .volume_slot(spec.volume)
-                .ok_or_else(|| format!("bdev {} is not a volume", spec.volume))?;
+                .ok_or(CopyError::NotAVolume(spec.volume))?;
             let route = slot
                 .route_of(spec.shard as u64)
-                .ok_or_else(|| format!("the volume has no shard {}", spec.shard))?;
+                .ok_or(CopyError::NoShard(spec.shard))?;
             (route, slot.shard_blocks_of(), slot.block_size())
         };
+        let (reactor, shard) = (self.id, spec.shard);
         if route.owner != self.id {
-            return Err(format!(
-                "reactor {} does not own shard {}",
-                self.id, spec.shard
-            ));
+            return Err(CopyError::NotOwner { reactor, shard });
         }
         if route.state != crate::volume::ShardState::Online {
-            return Err(format!("shard {} is unavailable", spec.shard));
+            return Err(CopyError::Unavailable(shard));
         }
         if route.member == spec.target {
-            return Err("the target is the shard's own member".into());
+            return Err(CopyError::TargetIsSource);
         }
         if self.copy_of(spec.volume, spec.shard as u64).is_some() {
-            return Err(format!("shard {} is already being copied", spec.shard));
+            return Err(CopyError::AlreadyCopying(shard));
+        }
+        if self.copies.iter().filter(|c| c.is_some()).count() >= MAX_COPIES {
+            return Err(CopyError::TooManyCopies { reactor });
         }
         let target_blocks = self
             .geometry(spec.target)
-            .ok_or_else(|| format!("target bdev {} cannot be opened", spec.target))?
+            .ok_or(CopyError::TargetUnopened(spec.target))?
             .1;
         if spec.target_offset_blocks + shard_blocks > target_blocks {
-            return Err("the target extent is past the end of the target".into());
+            return Err(CopyError::TargetTooSmall);
         }
         self.mark_channel(route.member);
         let settling = self.marked_pending(route.member) > 0;
         let chunk_bytes = spec.chunk_blocks as usize * block_size as usize;
-        let pool = DmaPool::new(chunk_bytes, spec.max_inflight).map_err(|e| e.to_string())?;
+        let pool = DmaPool::new(chunk_bytes, spec.max_inflight)
+            .map_err(|e| CopyError::NoMemory(e.to_string()))?;
         let status = Arc::new(Mutex::new(CopyStatus {
             state: CopyState::Copying,
             copied_blocks: 0,
@@ -329,7 +353,7 @@ impl Ctx {
             deferred: VecDeque::new(),
             pool,
         };
-        let ci = free_slot(&mut self.copies);
+        let ci = free_slot(&mut self.copies, MAX_COPIES);
         self.copies[ci] = Some(copy);
         Ok(status)
     }
@@ -407,7 +431,7 @@ impl Ctx {
             c.deferred.push_back(piece);
             return None;
         }
-        let slot = free_slot(&mut c.mirrors);
+        let slot = free_slot(&mut c.mirrors, MAX_COPY_SLOTS);
         c.mirrors[slot] = Some(Mirror {
             origin: piece.origin,
             io_type: piece.io_type,
@@ -421,7 +445,7 @@ impl Ctx {
         piece.origin = IoOrigin {
             reactor: self.id,
             task: ROUTER_TASK,
-            tag: tag(ci, true, false, slot),
+            tag: tag(ci, CopyIo::Mirror { target: false }, slot),
         };
         piece.offset_blocks = hop.member_offset_blocks;
         self.submit(hop.member, piece);
@@ -431,11 +455,11 @@ impl Ctx {
     /// One of a copy's own I/Os is back; returns a client piece's completion when that
     /// finished it.
     pub(super) fn copy_complete(&mut self, c: Completion) -> Option<Completion> {
-        let t = c.io.origin.tag & 0xffff_ffff;
-        let ci = ((t & !(COPY_TAG | MIRROR_BIT | TARGET_BIT)) >> COPY_SHIFT) as usize;
-        let slot = (t & SLOT_MASK) as usize;
-        let done = if t & MIRROR_BIT != 0 {
-            let done = self.mirror_complete(ci, slot, t & TARGET_BIT != 0, c);
+        let RouterTag::Copy { copy: ci, io, slot } = RouterTag::decode(c.io.origin.tag) else {
+            unreachable!("copy_complete takes a copy's I/O only");
+        };
+        let done = if let CopyIo::Mirror { target } = io {
+            let done = self.mirror_complete(ci, slot, target, c);
             let freed = self.copies[ci]
                 .as_ref()
                 .is_some_and(|c| c.mirrors[slot].is_none());
@@ -468,7 +492,7 @@ impl Ctx {
                 // The source has it; now the target, with the same buffer.
                 m.target_since = Some(self.now);
                 io.offset_blocks = copy.spec.target_offset_blocks + m.start;
-                io.origin.tag = tag(ci, true, true, slot);
+                io.origin.tag = tag(ci, CopyIo::Mirror { target: true }, slot);
                 let target = copy.spec.target;
                 self.submit(target, io);
                 return None;
@@ -581,7 +605,7 @@ impl Ctx {
                 return;
             };
             buf.set_len(n as usize * copy.block_size);
-            let slot = free_slot(&mut copy.chunks);
+            let slot = free_slot(&mut copy.chunks, MAX_COPY_SLOTS);
             copy.chunks[slot] = Some(Chunk {
                 start: copy.cursor,
                 blocks: n as u32,
@@ -591,7 +615,7 @@ impl Ctx {
             let origin = IoOrigin {
                 reactor: self.id,
                 task: ROUTER_TASK,
-                tag: tag(ci, false, false, slot),
+                tag: tag(ci, CopyIo::Chunk, slot),
             };
             let at = copy.source_offset + copy.cursor;
             let io = IoRequest::new(IoType::Read, at, n as u32, Some(buf), origin);

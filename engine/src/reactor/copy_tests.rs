@@ -118,8 +118,18 @@ fn a_shard_copies_while_written_and_target_failures_restart_it_unseen() {
     let vol = rig.vol;
     let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).unwrap();
     // Only the owner copies, and one copy per shard.
-    assert!(rig.rs[0].ctx().start_copy(copy_spec(vol, ee, 10)).is_err());
-    assert!(rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).is_err());
+    use crate::reactor::CopyError;
+    assert_eq!(
+        rig.rs[0].ctx().start_copy(copy_spec(vol, ee, 10)).err(),
+        Some(CopyError::NotOwner {
+            reactor: 0,
+            shard: COPIED_SHARD as u32
+        })
+    );
+    assert_eq!(
+        rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 10)).err(),
+        Some(CopyError::AlreadyCopying(COPIED_SHARD as u32))
+    );
     let seed = std::env::var("TIDEPOOL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -789,4 +799,35 @@ fn an_undecided_copy_waits_for_a_slow_target_instead_of_giving_up() {
     let on_target = rig.read(ee, TARGET_AT + 7, 1);
     assert!(on_target.iter().all(|&x| x == pattern(block, 5)));
     rig.rs[1].ctx().stop_copy(vol, COPIED_SHARD as u32);
+}
+
+/// A reactor runs at most `tag::MAX_COPIES` copies at once (the width of the copy index in
+/// an I/O tag): one more is refused with an error, not started under an index that decodes
+/// as another copy's. Once one ends, a new one may start.
+#[test]
+fn copies_past_the_tag_s_cap_are_refused_and_a_slot_comes_back_when_one_ends() {
+    use crate::reactor::tag::MAX_COPIES;
+    let mut rig = rig(1, MAX_COPIES as u64 + 1);
+    let p = json!({"name": "M2", "num_blocks": 4096, "block_size": BS});
+    let m2 = create_bdev(&rig.reg, "bdev_malloc_create", p).unwrap().0;
+    let vol = rig.vol;
+    let spec = |shard: u32| crate::reactor::CopySpec {
+        shard,
+        target_offset_blocks: 0,
+        ..copy_spec(vol, m2, 0)
+    };
+    for shard in 0..MAX_COPIES as u32 {
+        rig.rs[0]
+            .ctx()
+            .start_copy(spec(shard))
+            .unwrap_or_else(|e| panic!("copy {shard}: {e}"));
+    }
+    let err = rig.rs[0]
+        .ctx()
+        .start_copy(spec(MAX_COPIES as u32))
+        .expect_err("one copy past the cap must be refused");
+    assert_eq!(err, crate::reactor::CopyError::TooManyCopies { reactor: 0 });
+    assert!(err.to_string().contains("256 copies"), "{err}");
+    assert!(rig.rs[0].ctx().stop_copy(vol, 3));
+    rig.rs[0].ctx().start_copy(spec(MAX_COPIES as u32)).unwrap();
 }

@@ -8,14 +8,15 @@
 //! Stopping lets each reactor drain the I/O its channels hold (up to 10 s) before it exits.
 //!
 //! Other threads reach a reactor only through its inbox: [`Engine::call`] runs a closure on
-//! it, [`Engine::call_wait`] also waits for the closure's result, with a deadline.
+//! it, [`Engine::call_wait`] also waits for the closure's result, with a deadline; a call
+//! that times out is cancelled (its closure never runs later).
 
 use super::{Message, Reactor, ReactorConfig, ReactorId};
 use crate::bdev::BdevRegistry;
 use crate::load::StateTable;
 use crate::ring::{Inbox, Lanes};
 use crate::time::{self, Nanos};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,8 +55,10 @@ pub enum EngineError {
     NoSuchReactor(usize),
     #[error("reactor {0} did not take the message in time (inbox full)")]
     InboxFull(usize),
-    #[error("reactor {0} did not answer in time")]
+    #[error("reactor {0} did not answer in time (the call was cancelled: it did not run)")]
     Timeout(usize),
+    #[error("reactor {0} started the call but did not finish it in time: it looks stuck")]
+    Stuck(usize),
     #[error("starting a reactor thread: {0}")]
     Spawn(String),
 }
@@ -201,7 +204,56 @@ impl Engine {
     }
 
     /// Runs `f` on reactor `reactor` and returns its result, waiting up to `timeout`.
+    ///
+    /// A timeout cancels the call: `Err(Timeout)` means `f` never ran and never will, so a
+    /// caller that gives up can treat the call as not made (a `start_copy` that arrived late
+    /// would otherwise mirror into an extent its caller never reserved). The caller and the
+    /// reactor race for one atomic claim: the reactor runs `f` only if it takes the claim
+    /// first; the caller, at its deadline, cancels only if it takes it first. If the reactor
+    /// won (it is running `f` right now), the caller waits for the result once more, up to
+    /// `timeout`: `f` runs inside one poll step and ends promptly unless the reactor is stuck,
+    /// which is `Err(Stuck)`, and then `f`'s effect is unknown.
     pub fn call_wait<R: Send + 'static>(
+        &self,
+        reactor: usize,
+        timeout: Duration,
+        f: impl FnOnce(&mut Reactor) -> R + Send + 'static,
+    ) -> Result<R, EngineError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        // WAITING until one side claims it: RUNNING (the reactor) or CANCELLED (the caller).
+        let claim = Arc::new(AtomicU8::new(WAITING));
+        let taken = Arc::clone(&claim);
+        self.call(reactor, move |r| {
+            // AcqRel with the caller's compare_exchange below: exactly one of the two wins.
+            if taken
+                .compare_exchange(WAITING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let _ = tx.send(f(r));
+            }
+        })?;
+        match rx.recv_timeout(timeout) {
+            Ok(result) => return Ok(result),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                // The reactor dropped the closure unrun: it is stopping.
+                return Err(EngineError::Timeout(reactor));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if claim
+            .compare_exchange(WAITING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return Err(EngineError::Timeout(reactor));
+        }
+        rx.recv_timeout(timeout)
+            .map_err(|_| EngineError::Stuck(reactor))
+    }
+
+    /// As [`Engine::call_wait`], but a timeout does not cancel `f`: it still runs when the
+    /// reactor gets to it. For calls whose late run is wanted rather than harmful (stopping a
+    /// copy: better late than mirroring on forever). `Err(Timeout)` then means "not yet".
+    pub fn call_wait_or_later<R: Send + 'static>(
         &self,
         reactor: usize,
         timeout: Duration,
@@ -377,6 +429,12 @@ fn drain(reactor: &mut Reactor, draining: &AtomicUsize) {
         reactor.poll(time::now());
     }
 }
+
+/// The claim on a [`Engine::call_wait`] closure: nobody has it yet, the reactor runs it, or
+/// its caller gave up on it.
+const WAITING: u8 = 0;
+const RUNNING: u8 = 1;
+const CANCELLED: u8 = 2;
 
 /// Longest a stopping reactor waits for its in-flight I/O.
 const DRAIN_DEADLINE_NS: Nanos = 10_000_000_000;

@@ -222,3 +222,33 @@ fn a_request_sent_late_in_a_peers_drain_is_served() {
         "the stop waited {took:?} (the drain's deadline is 10 s)"
     );
 }
+
+/// A `call_wait` that times out has given up on its closure: the closure must not run later
+/// (a late `start_copy`, say, would mirror into an extent nobody reserved), and the caller is
+/// told so by the timeout.
+#[test]
+fn a_call_wait_that_timed_out_never_runs_its_closure_later() {
+    let mut config = EngineConfig::new(vec![0]);
+    config.pin = false;
+    let engine = Engine::start(config, Arc::new(BdevRegistry::new())).unwrap();
+    // Keep the reactor inside a call until the test lets it go.
+    let (release, held) = sync_channel::<()>(1);
+    engine
+        .call(0, move |_| {
+            let _ = held.recv_timeout(Duration::from_secs(10));
+        })
+        .unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&ran);
+    let late = engine.call_wait(0, Duration::from_millis(20), move |_| {
+        flag.store(true, Ordering::SeqCst);
+    });
+    assert_eq!(late, Err(EngineError::Timeout(0)));
+    release.send(()).unwrap();
+    // The inbox runs in order: once this call is answered, the timed-out one had its turn.
+    engine.call_wait(0, Duration::from_secs(5), |_| ()).unwrap();
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "the closure of a call_wait that timed out ran later"
+    );
+}

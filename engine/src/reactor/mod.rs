@@ -21,14 +21,15 @@
 //! never called from inside a submit. Channels are opened lazily, one per bdev per reactor.
 //!
 //! Cross-reactor I/O: [`Ctx::submit_on`] sends the request to the reactor that should execute
-//! it on that reactor's lane (see `ring`), in a compact form whose rest the sender keeps (see
-//! `remote`); its completion comes back on the lane the other way and is run there.
+//! it on its lane (see `ring`), in a compact form whose rest the sender keeps (`remote`); the
+//! completion comes back on the lane the other way and is run there. Router tags: `tag`.
 
 mod blocking;
 mod copy;
 pub mod engine;
 mod remote;
 mod router;
+mod tag;
 mod timers;
 
 use crate::bdev::iostat::IoStat;
@@ -36,12 +37,11 @@ use crate::bdev::{BdevChannel, BdevId, BdevRegistry, Completion, IoRequest, IoSt
 use crate::load::{Monitor, ShardKey, StateTable, Window};
 use crate::ring::{Inbox, Lanes};
 use crate::time::Nanos;
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::{collections::VecDeque, sync::Arc};
 use timers::Timers;
 
 pub use blocking::BlockingIoError;
-pub use copy::{CopyHandle, CopySpec, CopyState, CopyStatus};
+pub use copy::{CopyError, CopyHandle, CopySpec, CopyState, CopyStatus};
 pub use engine::{Engine, EngineConfig, EngineError, ReactorStats};
 pub use remote::LaneMsg;
 pub use router::{RouteCounters, BOUNCE_CHUNK_BYTES};

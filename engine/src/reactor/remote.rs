@@ -30,7 +30,8 @@
 //! A request pushed into a reactor's inbox from outside that names another reactor as its
 //! origin has no slot there: its completion goes back whole, boxed ([`LaneMsg::Complete`]).
 
-use super::router::{ROUTER_TASK, SINGLE_TAG};
+use super::router::ROUTER_TASK;
+use super::tag::SINGLE_LANE_SLOT;
 use super::{Ctx, Reactor, ReactorId, TaskId};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use crate::time::Nanos;
@@ -40,8 +41,9 @@ use tidepool_bindings::dma::DmaBuf;
 pub(super) const REMOTE_TASK: TaskId = TaskId::MAX - 1;
 
 /// Set in a lane message's slot when it names the sender router's one-shard slot rather than
-/// a remote slot (remote slots are numbered below it).
-const SINGLE_SLOT: u32 = SINGLE_TAG as u32;
+/// a remote slot (remote slots are numbered below it): a one-shard tag's own marker bit (see
+/// `tag`), so the router's tag goes on the lane as it is.
+const SINGLE_SLOT: u32 = SINGLE_LANE_SLOT;
 
 /// What goes over a lane from one reactor to another.
 pub enum LaneMsg {

@@ -19,7 +19,7 @@
 //! - A request inside one shard (the common case) is its own piece: the router keeps only
 //!   the fields it overwrites (origin, offset, submit time) in a small slot, sends the request
 //!   on with the caller's buffer (no copy), and restores them when the piece comes back. Its
-//!   tag is the slot index with [`SINGLE_TAG`] set. Sent to another reactor, it takes no
+//!   tag is a `RouterTag::Single` naming the slot (see `tag`). Sent to another reactor, it takes no
 //!   remote slot: the lane message names this slot, which also keeps its type and length.
 //! - A read or write that crosses shards is cut into pieces of at most
 //!   [`BOUNCE_CHUNK_BYTES`] with buffers from this reactor's bounce pool, copied in (writes)
@@ -29,6 +29,7 @@
 //!   a flush covers every write completed before it, whichever queue pair carried it.
 //! - A shard whose member is missing (degraded pool) fails its pieces with ENODEV.
 
+use super::tag::{RouterTag, MAX_PARENTS, MAX_SINGLES};
 use super::{Ctx, Endpoint, Geometry, TaskId};
 use crate::bdev::iostat::IoStat;
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
@@ -40,10 +41,6 @@ use tidepool_bindings::dma::{DmaBuf, DmaPool};
 
 /// The task id pieces carry as their origin: their completions go to the router.
 pub(super) const ROUTER_TASK: TaskId = TaskId::MAX;
-/// Set in a piece's tag when the piece is a whole one-shard request (see [`Single`]). It
-/// fits a lane message's 32-bit slot, where it tells the slot from a remote slot (see
-/// `remote`).
-pub(super) const SINGLE_TAG: u64 = 1 << 31;
 /// Size of a bounce buffer, the largest piece of a request that crosses shards.
 pub const BOUNCE_CHUNK_BYTES: usize = 128 << 10;
 /// Bounce buffers per reactor (8 MiB; mapped on first use, touched as used).
@@ -257,7 +254,11 @@ pub struct RouteCounters {
 }
 
 fn piece_tag(parent: u32, delta_blocks: u64) -> u64 {
-    (delta_blocks << 32) | parent as u64
+    RouterTag::Piece {
+        parent,
+        delta_blocks,
+    }
+    .encode()
 }
 
 impl Ctx {
@@ -302,7 +303,7 @@ impl Ctx {
                 None => {
                     // Bounded by the requests in flight, far below the tag's flag bits.
                     assert!(
-                        (self.router.singles.len() as u64) < super::copy::COPY_TAG,
+                        self.router.singles.len() < MAX_SINGLES,
                         "one-shard slots exhausted"
                     );
                     self.router.singles.push(Some(single));
@@ -312,7 +313,7 @@ impl Ctx {
             io.origin = IoOrigin {
                 reactor: self.id,
                 task: ROUTER_TASK,
-                tag: SINGLE_TAG | idx as u64,
+                tag: RouterTag::Single { slot: idx }.encode(),
             };
             return self.route_via(vol, hop, io);
         }
@@ -329,6 +330,11 @@ impl Ctx {
                 i
             }
             None => {
+                // Bounded by the requests in flight, far below the tag's field.
+                assert!(
+                    self.router.parents.len() < MAX_PARENTS,
+                    "parent slots exhausted"
+                );
                 self.router.parents.push(Some(parent));
                 (self.router.parents.len() - 1) as u32
             }
@@ -513,7 +519,7 @@ impl Ctx {
                 return self.send_io(hop.owner, vol, piece);
             }
             self.route_counters.remote += 1;
-            if piece.origin.tag & SINGLE_TAG != 0 {
+            if RouterTag::is_single(piece.origin.tag) {
                 // Its one-shard slot already keeps what the completion needs.
                 return self.send_single(hop.owner, vol, piece);
             }
@@ -546,11 +552,14 @@ impl Ctx {
     /// the request's completion if that was its last piece. (One-shard requests sent on
     /// whole come back through [`Ctx::single_complete`] first.)
     pub(super) fn piece_complete(&mut self, c: Completion) -> Option<Completion> {
-        if c.io.origin.tag & super::copy::COPY_TAG != 0 {
-            return self.copy_complete(c);
-        }
-        let idx = (c.io.origin.tag & 0xffff_ffff) as u32;
-        let delta = c.io.origin.tag >> 32;
+        let (idx, delta) = match RouterTag::decode(c.io.origin.tag) {
+            RouterTag::Copy { .. } => return self.copy_complete(c),
+            RouterTag::Piece {
+                parent,
+                delta_blocks,
+            } => (parent, delta_blocks),
+            RouterTag::Single { .. } => unreachable!("single_complete takes one-shard requests"),
+        };
         let Completion { io: piece, status } = c;
         let (vol, io_type, at, taken_at) = {
             let p = self.parent(idx);
@@ -610,7 +619,7 @@ impl Ctx {
     /// any other piece. Works in place: the completion is not moved.
     #[inline]
     pub(super) fn single_complete(&mut self, c: &mut Completion) -> bool {
-        if c.io.origin.tag & SINGLE_TAG == 0 {
+        if !RouterTag::is_single(c.io.origin.tag) {
             return false;
         }
         let s = self.take_single(c.io.origin.tag);
@@ -621,7 +630,7 @@ impl Ctx {
         true
     }
 
-    /// The completion of one-shard request `slot` (a piece tag with [`SINGLE_TAG`]) that came
+    /// The completion of one-shard request `slot` (a [`RouterTag::Single`]) that came
     /// back from the reactor that executed it, ready for the task that gave the request: the
     /// lane brought only the status and the buffer, the slot has the rest.
     pub(super) fn single_returned(
@@ -646,7 +655,9 @@ impl Ctx {
 
     /// Frees the one-shard slot that piece tag `tag` names and hands back what it kept.
     fn take_single(&mut self, tag: u64) -> Single {
-        let idx = (tag & !SINGLE_TAG) as u32;
+        let RouterTag::Single { slot: idx } = RouterTag::decode(tag) else {
+            unreachable!("a one-shard request's tag");
+        };
         let s = self.router.singles[idx as usize]
             .take()
             .expect("a live one-shard request");

@@ -1,8 +1,8 @@
 //! The JSON-RPC server on a Unix socket.
 //!
 //! Contract:
-//! - The socket is created with mode 0600 and appears at its path already restricted: it is
-//!   bound inside a private 0700 directory, chmodded, then renamed into place.
+//! - The socket is created with mode 0600 and appears at its path already restricted
+//!   (`socket_path::bind_private`, which the NBD server's Unix socket uses too).
 //! - A live server on the path (one that accepts a connection) makes `start` fail; a stale
 //!   socket file (nobody listening) is replaced; a path that is not a socket is left alone and
 //!   refused.
@@ -21,9 +21,8 @@ use super::methods::Method;
 use super::{RpcError, Services, INTERNAL_ERROR, INVALID_REQUEST, MAX_REQUEST_BYTES, PARSE_ERROR};
 use crate::bdev::BdevRegistry;
 use crate::reactor::Engine;
-use crate::socket_path::{clear_stale_socket, PathTaken};
+use crate::socket_path::{BindError, PathTaken};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -142,6 +141,17 @@ impl RpcServer {
         services: Arc<Services>,
         max_clients: usize,
     ) -> Result<RpcServer, ServerError> {
+        RpcServer::for_services_with(socket, services, super::methods::all(), max_clients)
+    }
+
+    /// As [`RpcServer::for_services_on`], serving `methods` (the daemon adds the test-only
+    /// ones when it is told to).
+    pub fn for_services_with(
+        socket: BoundSocket,
+        services: Arc<Services>,
+        methods: Vec<Method>,
+        max_clients: usize,
+    ) -> Result<RpcServer, ServerError> {
         let all_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let reactor_cores = services.engine.cores();
         let options = ServerOptions {
@@ -150,7 +160,7 @@ impl RpcServer {
                 .filter(|c| !reactor_cores.contains(c))
                 .collect(),
         };
-        RpcServer::start_on(socket, services, super::methods::all(), options)
+        RpcServer::start_on(socket, services, methods, options)
     }
 
     pub fn start(
@@ -237,37 +247,14 @@ impl Drop for RpcServer {
 
 /// Binds the socket so that it is never reachable with looser permissions than 0600.
 fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let private = parent.join(format!(".tidepool-rpc-{}", std::process::id()));
-    // Bound there first: that path must be short enough too (checked before anything on disk
-    // is touched).
-    let staged = private.join("sock");
-    if staged.as_os_str().len() > crate::socket_path::MAX_SOCKET_PATH_BYTES {
-        return Err(ServerError::TooLong(
-            staged.clone(),
-            staged.as_os_str().len(),
-        ));
-    }
-    clear_stale_socket(path).map_err(|taken| match taken {
-        PathTaken::InUse => ServerError::InUse(path.to_path_buf()),
-        PathTaken::NotASocket => ServerError::NotASocket(path.to_path_buf()),
-        PathTaken::TooLong(len) => ServerError::TooLong(path.to_path_buf(), len),
-        PathTaken::Io(e) => io_error(path, e),
-    })?;
-    let _ = std::fs::remove_dir_all(&private);
-    std::fs::create_dir(&private).map_err(|e| io_error(&private, e))?;
-    let result = (|| {
-        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
-        let listener = UnixListener::bind(&staged)?;
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&staged, path)?;
-        Ok(listener)
-    })();
-    let _ = std::fs::remove_dir_all(&private);
-    result.map_err(|e| io_error(path, e))
+    crate::socket_path::bind_private(path, "rpc").map_err(|e| match e {
+        BindError::Taken(PathTaken::InUse) => ServerError::InUse(path.to_path_buf()),
+        BindError::Taken(PathTaken::NotASocket) => ServerError::NotASocket(path.to_path_buf()),
+        BindError::Taken(PathTaken::TooLong(len)) => ServerError::TooLong(path.to_path_buf(), len),
+        BindError::Taken(PathTaken::Io(e)) => io_error(path, e),
+        BindError::StagedTooLong(staged, len) => ServerError::TooLong(staged, len),
+        BindError::Io(at, e) => io_error(&at, e),
+    })
 }
 
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {

@@ -6,6 +6,15 @@
 //! they are in), stop the NBD server (each client's started I/O completes and is answered),
 //! flush every bdev that supports flush, let each reactor drain its in-flight I/O, remove the
 //! socket, exit 0. The config's `nbd` entries run after the reactors start. Logs go to stderr (`-L` or RUST_LOG sets the level).
+//!
+//! A panic on any thread (a reactor, an RPC connection, the balancer, a copy driver) stops the
+//! process at once: the panic hook logs the message, the thread, the location and a
+//! backtrace, then aborts (SIGABRT, a non-zero exit a supervisor sees). Nothing is left to
+//! run half-alive: a reactor that died would leave its shards' I/O never completing, an RPC
+//! thread that died would leak its client slot. Restarts are crash-safe (the metadata is
+//! written so that an import after any crash finds a consistent pool), so stopping is the
+//! safe answer. `--test-rpcs` adds `test_inject_panic`, which the process tests use to check
+//! exactly that; a daemon started without the flag does not serve it.
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
@@ -52,9 +61,14 @@ struct Args {
     /// Most RPC clients connected at once
     #[arg(long = "max-rpc-clients", default_value_t = 64)]
     max_rpc_clients: usize,
+    /// FOR TESTS ONLY: also serve methods that break the daemon on purpose
+    /// (test_inject_panic). Never use in production.
+    #[arg(long = "test-rpcs")]
+    test_rpcs: bool,
 }
 
 fn main() {
+    install_panic_hook();
     let args = Args::parse();
     if let Err(e) = run(args) {
         log::error!("{e:#}");
@@ -133,7 +147,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let server = RpcServer::for_services_on(socket, Arc::clone(&services), args.max_rpc_clients)?;
+    let mut served = methods::all();
+    if args.test_rpcs {
+        log::warn!("--test-rpcs: serving test-only methods that crash this daemon on purpose");
+        served.extend(methods::testing::methods());
+    }
+    let server =
+        RpcServer::for_services_with(socket, Arc::clone(&services), served, args.max_rpc_clients)?;
 
     // Sleeps until SIGINT or SIGTERM.
     let _ = signals.forever().next();
@@ -150,6 +170,36 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     log::info!("tidepoold stopped");
     Ok(())
+}
+
+/// Makes a panic on any thread stop the process: log it (through the logger once it is set
+/// up, straight to stderr before), then abort. Abort rather than exit: no exit handlers run
+/// while the other threads (reactors with I/O in flight) are in whatever state the panic left
+/// them, and a second thread panicking meanwhile cannot race the first one's exit.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("<unnamed>");
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a panic payload that is not a string)".to_string());
+        let location = info
+            .location()
+            .map_or_else(|| "an unknown location".to_string(), |l| l.to_string());
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        let line = format!(
+            "panic on thread '{thread}' at {location}: {message}; stopping tidepoold (abort)"
+        );
+        if log::log_enabled!(log::Level::Error) {
+            log::error!("{line}\nbacktrace:\n{backtrace}");
+        } else {
+            eprintln!("tidepoold: {line}\nbacktrace:\n{backtrace}");
+        }
+        std::process::abort();
+    }));
 }
 
 /// Flushes every bdev that supports it, from reactor 0, so acknowledged writes are durable.

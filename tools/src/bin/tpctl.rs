@@ -45,6 +45,13 @@ enum Method {
     FrameworkGetReactors,
     /// Print the JSON config that recreates the current state (load it with tidepoold --json)
     SaveConfig,
+    /// The config's subsystems in the order they run, each with what it depends on
+    FrameworkGetSubsystems,
+    /// One subsystem's config entries (bdev, pool, balancer, nbd)
+    FrameworkGetConfig {
+        /// Subsystem name
+        name: String,
+    },
     /// List bdevs, or one
     BdevGetBdevs {
         /// Bdev name
@@ -371,6 +378,8 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
         Method::RpcGetMethods => ("rpc_get_methods", Value::Null),
         Method::FrameworkGetReactors => ("framework_get_reactors", Value::Null),
         Method::SaveConfig => ("save_config", Value::Null),
+        Method::FrameworkGetSubsystems => ("framework_get_subsystems", Value::Null),
+        Method::FrameworkGetConfig { name } => ("framework_get_config", json!({ "name": name })),
         Method::BdevGetBdevs { name, timeout } => {
             ("bdev_get_bdevs", json!({"name": name, "timeout": timeout}))
         }

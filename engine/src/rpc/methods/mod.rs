@@ -11,6 +11,7 @@ pub mod load;
 pub mod nbd;
 pub mod nvme;
 pub mod pool;
+pub mod testing;
 
 use super::{RpcError, Services};
 use serde::Deserialize;
@@ -37,7 +38,7 @@ pub struct Method {
     pub handler: Handler,
 }
 
-/// Every method tidepool serves.
+/// Every method tidepool serves (the test-only [`testing`] methods are not among them).
 pub fn all() -> Vec<Method> {
     let mut methods = framework::methods();
     methods.extend(bdev::methods());
