@@ -20,7 +20,8 @@
 #   --scripts GLOB      which tests/vm/guest scripts run (default t_*.sh; "none" for none)
 #   --timeout SECONDS   hard limit on the whole QEMU run (default env TP_VM_TIMEOUT, else 540);
 #                       QEMU is killed when it passes, and the run fails
-# Env: TP_VM_TEST_TIMEOUT (per guest test, default 300 s), TP_VM_KEEP=1 keeps the scratch dir,
+# Env: BENCH_SECONDS and BENCH_ROUNDS go to the guest (benchmark scripts),
+#      TP_VM_TEST_TIMEOUT (per guest test, default 300 s), TP_VM_KEEP=1 keeps the scratch dir,
 #      TP_VM_APPEND adds to the kernel command line (e.g. loglevel=7 for the whole boot log).
 #
 # Contract: setup.sh first (installs what is missing); the release binaries in target/release
@@ -147,6 +148,12 @@ export TP_GUEST_SCRIPTS='$scripts'
 export TP_TEST_ARGS='${test_args[*]}'
 export TP_TEST_TIMEOUT=${TP_VM_TEST_TIMEOUT:-300}
 ENV
+# BENCH_* settings reach the guest's benchmark scripts (perf/nvme_guest_bench.sh sets them).
+for var in BENCH_SECONDS BENCH_ROUNDS; do
+    val=${!var:-}
+    [[ "$val" =~ ^[0-9]*$ ]] || die "$var must be a whole number, not '$val'"
+    [ -z "$val" ] || echo "export $var=$val" >>"$stage/tp/run.env"
+done
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$RUN/run.cpio"
 cat "$VM/base.cpio" "$VM/fio.cpio" "$RUN/run.cpio" >"$RUN/initrd.cpio"
 rm -rf "$stage"

@@ -6,7 +6,8 @@
 # through three paths, alternated ROUNDS times so that drift hits all three alike:
 #   nvme   tidepool-perf on the userspace driver's bdev (controller on vfio-pci), one reactor;
 #   iopoll tidepool-perf on a polled uring bdev on the kernel driver's poll queues;
-#   fio    fio's io_uring engine with hipri (polled), on the same namespace, pinned to core 0.
+#   fio    fio's io_uring engine with hipri (polled), on the same namespace, pinned to core 0,
+#          with registered files and buffers and submissions in batches of 8.
 # The controller moves between vfio-pci and nvme with scripts/setup_nvme.sh between paths.
 # For each run it prints one line:
 #   BENCH <path> <workload> <round> iops=<N> cpu_s=<user+sys seconds> seconds=<T>
@@ -56,7 +57,11 @@ for round in $(seq 1 "$ROUNDS"); do
         iops=$(awk '$1 == "Poll0" {print $3}' poll.out)
         echo "BENCH iopoll $w $round iops=${iops:-0} cpu_s=$(cpu_of poll.out) seconds=$T"
 
+        # fio tuned as a fair opponent: registered files and buffers, submissions in batches
+        # (one system call per I/O is dear under emulation, and tidepool batches too).
         timed fio.out fio --name=b --filename="$dev" --ioengine=io_uring --hipri --direct=1 \
+            --fixedbufs --registerfiles --iodepth_batch_submit=8 \
+            --iodepth_batch_complete_max=32 \
             --rw="$w" --bs=4k --iodepth=32 --runtime="$T" --time_based --cpus_allowed=0 \
             --output-format=terse || failed=1
         # terse v3: field 8 read IOPS, field 49 write IOPS.
