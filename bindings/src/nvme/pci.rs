@@ -64,16 +64,47 @@ pub fn check_bdf(bdf: &str) -> Result<(), PciError> {
     }
 }
 
+/// Where the kernel lists PCI functions.
+const PCI_DEVICES: &str = "/sys/bus/pci/devices";
+
 /// The sysfs directory of a PCI function.
 pub fn sysfs_path(bdf: &str) -> PathBuf {
-    Path::new("/sys/bus/pci/devices").join(bdf)
+    Path::new(PCI_DEVICES).join(bdf)
 }
 
 /// The driver a PCI function is bound to, if any.
 pub fn bound_driver(bdf: &str) -> Option<String> {
-    std::fs::read_link(sysfs_path(bdf).join("driver"))
+    driver_in(&sysfs_path(bdf))
+}
+
+fn driver_in(device: &Path) -> Option<String> {
+    std::fs::read_link(device.join("driver"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// The checks [`VfioPci::open`] makes before it touches VFIO, against the sysfs tree at
+/// `devices` (the kernel's `/sys/bus/pci/devices`): the address's form, the device, its
+/// driver, its IOMMU group.
+fn check_device(devices: &Path, bdf: &str) -> Result<PathBuf, PciError> {
+    check_bdf(bdf)?;
+    let path = devices.join(bdf);
+    if !path.exists() {
+        return Err(PciError::NoSuchDevice(bdf.to_string()));
+    }
+    match driver_in(&path) {
+        Some(d) if d == "vfio-pci" => {}
+        other => {
+            return Err(PciError::NotBoundToVfio {
+                bdf: bdf.to_string(),
+                driver: other.unwrap_or_else(|| "no driver".to_string()),
+            })
+        }
+    }
+    if !path.join("iommu_group").exists() {
+        return Err(PciError::NoIommuGroup(bdf.to_string()));
+    }
+    Ok(path)
 }
 
 /// The process's IOMMU domain: one VFIO container that every opened device joins.
@@ -116,23 +147,7 @@ pub struct VfioPci {
 
 impl VfioPci {
     pub fn open(bdf: &str) -> Result<VfioPci, PciError> {
-        check_bdf(bdf)?;
-        let path = sysfs_path(bdf);
-        if !path.exists() {
-            return Err(PciError::NoSuchDevice(bdf.to_string()));
-        }
-        match bound_driver(bdf) {
-            Some(d) if d == "vfio-pci" => {}
-            other => {
-                return Err(PciError::NotBoundToVfio {
-                    bdf: bdf.to_string(),
-                    driver: other.unwrap_or_else(|| "no driver".to_string()),
-                })
-            }
-        }
-        if !path.join("iommu_group").exists() {
-            return Err(PciError::NoIommuGroup(bdf.to_string()));
-        }
+        let path = check_device(Path::new(PCI_DEVICES), bdf)?;
         let vfio_err = |e: &dyn std::fmt::Display| PciError::Vfio {
             bdf: bdf.to_string(),
             reason: e.to_string(),
@@ -334,6 +349,45 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    /// The refusals that need a device this host lacks, against a sysfs tree laid out as the
+    /// kernel lays it out (the guest tests meet the real ones, except a device without an
+    /// IOMMU group: with the IOMMU on, every device has one).
+    #[test]
+    fn devices_on_other_drivers_or_without_an_iommu_group_are_refused() {
+        let root = std::env::temp_dir().join(format!("tp-sysfs-{}", std::process::id()));
+        let drivers = root.join("drivers");
+        for d in ["nvme", "vfio-pci"] {
+            std::fs::create_dir_all(drivers.join(d)).unwrap();
+        }
+        let devices = root.join("devices");
+        let device = |bdf: &str, driver: Option<&str>, group: bool| {
+            let dir = devices.join(bdf);
+            std::fs::create_dir_all(&dir).unwrap();
+            if let Some(d) = driver {
+                std::os::unix::fs::symlink(drivers.join(d), dir.join("driver")).unwrap();
+            }
+            if group {
+                std::fs::create_dir_all(root.join("groups/7")).unwrap();
+                std::os::unix::fs::symlink(root.join("groups/7"), dir.join("iommu_group")).unwrap();
+            }
+        };
+        device("0000:00:01.0", Some("nvme"), true);
+        device("0000:00:02.0", None, true);
+        device("0000:00:03.0", Some("vfio-pci"), false);
+        device("0000:00:04.0", Some("vfio-pci"), true);
+        let refusal = |bdf: &str| check_device(&devices, bdf).unwrap_err().to_string();
+        assert!(refusal("0000:00:01.0").contains("bound to nvme, not vfio-pci"));
+        assert!(refusal("0000:00:02.0").contains("bound to no driver"));
+        assert!(refusal("0000:00:03.0").contains("has no IOMMU group"));
+        assert!(refusal("0000:00:05.0").contains("no PCI device 0000:00:05.0"));
+        assert!(refusal("00:04.0").contains("not a PCI address"));
+        assert_eq!(
+            check_device(&devices, "0000:00:04.0").unwrap(),
+            devices.join("0000:00:04.0")
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
