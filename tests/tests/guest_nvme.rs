@@ -12,7 +12,7 @@
 
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
-use tidepool_tests::guest::{attach_entry, bdf_of_ctrl, env};
+use tidepool_tests::guest::{attach_entry, bdf_of_ctrl, env, qemu_io, qemu_io_args, setup_nvme};
 use tidepool_tests::{bin, text, Daemon, Scratch};
 
 fn config(s: &Scratch, file: &str, entries: Vec<Value>) -> String {
@@ -364,4 +364,81 @@ fn a_command_timeout_resets_the_controller_and_fails_what_it_held() {
         "-t",
         "2",
     ]);
+}
+
+/// The kernel asks for the controller back (an unbind from vfio-pci): its I/O fails with
+/// errors (ENODEV) instead of hanging, the unbind waits until the controller is detached and
+/// then completes, and bound again the controller serves what was written before.
+#[test]
+fn an_unbind_fails_the_io_and_waits_for_the_detach() {
+    let s = Scratch::new("g-unbind");
+    let bdf = env("TP_VFIO_BDF");
+    let d = Daemon::start(&s, "d", &["-m", "0x1"]);
+    let attach = |name: &str| {
+        d.tpctl_ok(&[
+            "bdev_nvme_attach_controller",
+            "-b",
+            name,
+            "-t",
+            "pcie",
+            "-a",
+            &bdf,
+        ]);
+    };
+    attach("Nvme0");
+    let nbd = s.join("nbd.sock");
+    d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
+    d.tpctl_ok(&["nbd_export_create", "nv", "Nvme0n1"]);
+    let uri = tidepool_tests::nbd_unix_uri(&nbd, "nv");
+    qemu_io(&uri, &["write -P 0x5a 0 1M".into(), "flush".into()]);
+
+    let unbind_path = format!("/sys/bus/pci/devices/{bdf}/driver/unbind");
+    let mut unbind = Command::new("sh")
+        .args(["-c", &format!("echo {bdf} > {unbind_path}")])
+        .spawn()
+        .expect("sh");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let args = qemu_io_args(&uri, &["read -P 0x5a 0 4k".into()]);
+        let out = Command::new("qemu-io")
+            .args(&args)
+            .output()
+            .expect("qemu-io");
+        if text(&out).contains("failed") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads still succeed 10 s after the unbind began: {}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        unbind.try_wait().expect("wait").is_none(),
+        "the unbind waits for the detach"
+    );
+    assert!(
+        d.log_text().contains("asks for the device back"),
+        "{}",
+        d.log_text()
+    );
+    d.tpctl_ok(&["nbd_export_delete", "nv"]);
+    d.tpctl_ok(&["bdev_nvme_detach_controller", "Nvme0"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = unbind.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unbind did not finish after the detach"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "unbind: {status}");
+    setup_nvme(&["config", &bdf]);
+    attach("Nvme1");
+    d.tpctl_ok(&["nbd_export_create", "nv", "Nvme1n1"]);
+    qemu_io(&uri, &["read -P 0x5a 0 1M".into()]);
 }

@@ -16,8 +16,8 @@
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tidepool_tests::guest::{env, setup_nvme};
-use tidepool_tests::{external, nbd_unix_uri, text, Daemon, Scratch};
+use tidepool_tests::guest::{env, qemu_io, qemu_io_args, setup_nvme};
+use tidepool_tests::{nbd_unix_uri, text, Daemon, Scratch};
 
 const MIB: u64 = 1 << 20;
 const SHARD: u64 = 16 * MIB;
@@ -44,23 +44,6 @@ impl Drop for FaultOnVfio {
             .args(["reset", &self.bdf])
             .status();
     }
-}
-
-fn qemu_io_args(uri: &str, cmds: &[String]) -> Vec<String> {
-    let mut args = vec!["-f".to_string(), "raw".into(), uri.to_string()];
-    for c in cmds {
-        args.extend(["-c".into(), c.clone()]);
-    }
-    args
-}
-
-/// qemu-io (in the guest with its libraries) running `cmds`; requires every one to succeed.
-fn qemu_io(uri: &str, cmds: &[String]) {
-    let args = qemu_io_args(uri, cmds);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = external("qemu-io", &args);
-    let shown = text(&out);
-    assert!(out.status.success() && !shown.contains("failed"), "{shown}");
 }
 
 fn shards(d: &Daemon) -> Vec<Value> {

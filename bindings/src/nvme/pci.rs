@@ -11,17 +11,23 @@
 //!   error and panics. [`Doorbell`]s are handles on single registers that keep the mapping
 //!   alive.
 //! - VFIO itself is reached through rust-vmm's `vfio-ioctls` (no hand-written ioctl numbers).
+//! - When the kernel wants the device back (an unbind, a hot removal), VFIO signals the
+//!   device's request interrupt; [`VfioPci::removal_requested`] reports it, and stays true.
+//!   The kernel waits for the process to let the device go: the owner detaches it.
 
 use crate::dma_space::{self, DmaMapper};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps, VfioRegionInfoCap};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Why a device could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +149,10 @@ pub struct VfioPci {
     /// can go.
     device: VfioDevice,
     _domain: Arc<Domain>,
+    /// Signalled by VFIO when the kernel asks for the device back (None: the device has no
+    /// request interrupt).
+    removal: Option<EventFd>,
+    removal_seen: AtomicBool,
 }
 
 impl VfioPci {
@@ -175,10 +185,20 @@ impl VfioPci {
             *live = Arc::downgrade(&domain);
         }
         drop(live);
+        let removal = device
+            .get_irq_info(VFIO_PCI_REQ_IRQ_INDEX)
+            .filter(|irq| irq.count > 0)
+            .and_then(|_| EventFd::new(libc::EFD_NONBLOCK).ok())
+            .filter(|fd| device.enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![fd]).is_ok());
+        if removal.is_none() {
+            log::warn!("vfio {bdf}: no request interrupt; a removal will not be noticed");
+        }
         let pci = VfioPci {
             bdf: bdf.to_string(),
             device,
             _domain: domain,
+            removal,
+            removal_seen: AtomicBool::new(false),
         };
         pci.enable_bus_master();
         Ok(pci)
@@ -186,6 +206,19 @@ impl VfioPci {
 
     pub fn bdf(&self) -> &str {
         &self.bdf
+    }
+
+    /// Whether the kernel has asked for the device back (an unbind or a removal). One
+    /// non-blocking read of an eventfd; once true, always true.
+    pub fn removal_requested(&self) -> bool {
+        if self.removal_seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        let asked = self.removal.as_ref().is_some_and(|fd| fd.read().is_ok());
+        if asked {
+            self.removal_seen.store(true, Ordering::Relaxed);
+        }
+        asked
     }
 
     /// Sets Memory Space Enable and Bus Master Enable in the command register (PCI 3.0,
@@ -262,6 +295,11 @@ impl Registers {
             self.map.map.len()
         );
         self.map.map.as_mut_ptr().wrapping_add(offset) as *mut u32
+    }
+
+    /// The PCI function these registers belong to.
+    pub fn pci(&self) -> &VfioPci {
+        &self.map._pci
     }
 
     /// Bytes of BAR0 mapped.

@@ -325,17 +325,27 @@ impl Controller {
         self.admin().halted
     }
 
-    /// Whether the device has gone away; reads CSTS to find out.
+    /// Whether the device has gone away, or the kernel asked for it back (an unbind or a
+    /// removal, which waits until the controller is detached); reads CSTS and VFIO's request
+    /// interrupt to find out.
     pub fn check_gone(&self) -> bool {
         if self.gone.load(Ordering::Relaxed) {
             return true;
         }
-        if Csts(self.regs.read32(reg::CSTS)).device_gone() {
-            log::error!("nvme {} ({}): the device is gone", self.name, self.bdf);
-            self.gone.store(true, Ordering::Relaxed);
-            return true;
-        }
-        false
+        let why = if self.regs.pci().removal_requested() {
+            "the kernel asks for the device back (unbound or removed): detach it"
+        } else if Csts(self.regs.read32(reg::CSTS)).device_gone() {
+            "the device is gone (its registers read all ones)"
+        } else {
+            return false;
+        };
+        log::error!(
+            "nvme {} ({}): {why}; its I/O fails with ENODEV",
+            self.name,
+            self.bdf
+        );
+        self.gone.store(true, Ordering::Relaxed);
+        true
     }
 
     pub fn is_gone(&self) -> bool {
@@ -440,8 +450,8 @@ impl Controller {
         Ok(qp)
     }
 
-    /// Deletes a channel's queue pair (it holds no I/O). A queue a reset already took is
-    /// only forgotten.
+    /// Deletes a channel's queue pair (it holds no I/O). A queue a reset already took, or one
+    /// of a controller that is disabled or gone, is only forgotten.
     pub fn delete_io_queue(&self, mut qp: QueuePair, generation: u64) {
         let qid = qp.qid();
         let mut admin = self.admin();
@@ -449,10 +459,16 @@ impl Controller {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&qid);
-        if generation != self.generation() || self.is_gone() {
-            if let Some(h) = admin.halted.or_else(|| queue::halted(&self.regs)) {
+        if generation != self.generation() {
+            // A reset took it; the reset's halt is the proof.
+            if let Some(h) = admin.halted {
                 qp.retire(h);
             }
+            return;
+        }
+        if let Some(h) = queue::halted(&self.regs) {
+            // Disabled or gone: nothing to delete.
+            qp.retire(h);
             return;
         }
         match qp.delete(&mut admin.queue, ADMIN_TIMEOUT) {

@@ -280,7 +280,11 @@ impl NvmeChannel {
             return;
         }
         self.next_check_ns = now + CHECK_INTERVAL_NS;
-        if self.qp.is_none() || self.ctrl.check_gone() {
+        if self.ctrl.check_gone() {
+            self.fail_gone();
+            return;
+        }
+        if self.qp.as_ref().is_none_or(|q| q.inflight() == 0) {
             return;
         }
         let oldest = self.requests.iter().flatten().map(|(_, at)| *at).min();
@@ -304,24 +308,23 @@ impl NvmeChannel {
         }
     }
 
-    /// Fails everything in flight with ENODEV once the device is gone (no DMA can come).
+    /// Once the controller is gone: fails everything in flight with ENODEV if the device can
+    /// do no more DMA (it reads all ones); a device the kernel merely asked back still
+    /// completes what it holds, so its queue stays until that comes back.
     fn fail_gone(&mut self) {
+        let Some(halted) = self.ctrl.halted_now() else {
+            return;
+        };
         if let Some(mut qp) = self.qp.take() {
-            if let Some(halted) = self.ctrl.halted_now() {
-                let (requests, free, done) = (&mut self.requests, &mut self.free, &mut self.done);
-                qp.abandon_all(halted, |c| {
-                    if let Some((mut io, _)) = requests[c.user_data as usize].take() {
-                        free.push(c.user_data as u32);
-                        io.buf = c.buf;
-                        done.push(
-                            io,
-                            IoStatus::Failed {
-                                errno: libc::ENODEV,
-                            },
-                        );
-                    }
-                });
-            }
+            let (requests, free, done) = (&mut self.requests, &mut self.free, &mut self.done);
+            qp.abandon_all(halted, |c| {
+                if let Some((mut io, _)) = requests[c.user_data as usize].take() {
+                    free.push(c.user_data as u32);
+                    io.buf = c.buf;
+                    let errno = libc::ENODEV;
+                    done.push(io, IoStatus::Failed { errno });
+                }
+            });
         }
     }
 }
@@ -341,6 +344,7 @@ fn io_status(status: Status) -> IoStatus {
 
 impl BdevChannel for NvmeChannel {
     fn submit(&mut self, mut io: IoRequest, now: Nanos) -> Result<(), IoRequest> {
+        self.check_health(now);
         if self.ctrl.is_gone() {
             self.fail_gone();
             self.done.push(
@@ -414,12 +418,7 @@ impl BdevChannel for NvmeChannel {
                 out.push(Completion::new(io, io_status(c.status)));
             });
         }
-        if self.qp.as_ref().is_some_and(|q| q.inflight() > 0) {
-            self.check_health(now);
-            if self.ctrl.is_gone() {
-                self.fail_gone();
-            }
-        }
+        self.check_health(now);
         n
     }
 
