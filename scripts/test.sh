@@ -47,6 +47,8 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --release --workspace --all-targets -- -D warnings
+# The guest tests are left out of --all-targets (test = false): lint them by name.
+cargo clippy --release -p tidepool-tests --test guest_nvme --test guest_nvme_pool -- -D warnings
 
 echo "== build"
 cargo build --release --workspace --bins

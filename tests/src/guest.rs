@@ -26,6 +26,45 @@ pub fn attach_entry(name: &str, bdf: &str) -> Value {
         "params": {"name": name, "trtype": "PCIe", "traddr": bdf}})
 }
 
+/// Attaches the controller at `bdf` to `d` as `name` through tpctl; returns the bdev names.
+pub fn attach(d: &crate::Daemon, name: &str, bdf: &str) -> Value {
+    d.tpctl_ok(&[
+        "bdev_nvme_attach_controller",
+        "-b",
+        name,
+        "-t",
+        "pcie",
+        "-a",
+        bdf,
+    ])
+}
+
+/// Makes pool `p` of `members` in shards of `shard_mib`, a volume `vol` of `size_mib` on it,
+/// and exports it over NBD on a Unix socket in `s`; returns the export's URI.
+pub fn pool_volume_export(
+    d: &crate::Daemon,
+    s: &crate::Scratch,
+    members: &str,
+    shard_mib: u32,
+    size_mib: u32,
+) -> String {
+    let shard = shard_mib.to_string();
+    d.tpctl_ok(&[
+        "pool_create",
+        "p",
+        "-b",
+        members,
+        "--shard-size-mib",
+        &shard,
+        "--force",
+    ]);
+    d.tpctl_ok(&["volume_create", "p", "vol", &size_mib.to_string()]);
+    let nbd = s.join("nbd.sock");
+    d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
+    d.tpctl_ok(&["nbd_export_create", "vol", "vol"]);
+    crate::nbd_unix_uri(&nbd, "vol")
+}
+
 /// qemu-io's arguments for `cmds` (each a `-c` command) against `uri`.
 pub fn qemu_io_args(uri: &str, cmds: &[String]) -> Vec<String> {
     let mut args = vec!["-f".to_string(), "raw".into(), uri.to_string()];

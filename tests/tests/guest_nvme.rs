@@ -12,7 +12,9 @@
 
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
-use tidepool_tests::guest::{attach_entry, bdf_of_ctrl, env, qemu_io, qemu_io_args, setup_nvme};
+use tidepool_tests::guest::{
+    attach, attach_entry, bdf_of_ctrl, env, qemu_io, qemu_io_args, setup_nvme,
+};
 use tidepool_tests::{bin, text, Daemon, Scratch};
 
 fn config(s: &Scratch, file: &str, entries: Vec<Value>) -> String {
@@ -39,15 +41,7 @@ fn attach_identifies_the_controller_and_refuses_bad_input() {
     let s = Scratch::new("g-attach");
     let bdf = env("TP_VFIO_BDF");
     let d = Daemon::start(&s, "d", &["-m", "0x3"]);
-    let names = d.tpctl_ok(&[
-        "bdev_nvme_attach_controller",
-        "-b",
-        "Nvme0",
-        "-t",
-        "pcie",
-        "-a",
-        &bdf,
-    ]);
+    let names = attach(&d, "Nvme0", &bdf);
     assert_eq!(names, json!(["Nvme0n1"]));
     let ctrls = d.tpctl_ok(&["bdev_nvme_get_controllers"]);
     let c = &ctrls[0]["ctrlrs"][0];
@@ -124,15 +118,7 @@ fn attach_identifies_the_controller_and_refuses_bad_input() {
     assert_eq!(d.tpctl_ok(&["bdev_get_bdevs"]), json!([]));
     let out = d.tpctl(&["bdev_nvme_detach_controller", "Nvme0"]);
     assert!(!out.status.success(), "a second detach must fail");
-    d.tpctl_ok(&[
-        "bdev_nvme_attach_controller",
-        "-b",
-        "Nvme1",
-        "-t",
-        "pcie",
-        "-a",
-        &bdf,
-    ]);
+    attach(&d, "Nvme1", &bdf);
     assert_eq!(
         d.tpctl_ok(&["bdev_get_bdevs", "-b", "Nvme1n1"])[0]["num_blocks"]
             .as_u64()
@@ -374,18 +360,7 @@ fn an_unbind_fails_the_io_and_waits_for_the_detach() {
     let s = Scratch::new("g-unbind");
     let bdf = env("TP_VFIO_BDF");
     let d = Daemon::start(&s, "d", &["-m", "0x1"]);
-    let attach = |name: &str| {
-        d.tpctl_ok(&[
-            "bdev_nvme_attach_controller",
-            "-b",
-            name,
-            "-t",
-            "pcie",
-            "-a",
-            &bdf,
-        ]);
-    };
-    attach("Nvme0");
+    attach(&d, "Nvme0", &bdf);
     let nbd = s.join("nbd.sock");
     d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
     d.tpctl_ok(&["nbd_export_create", "nv", "Nvme0n1"]);
@@ -438,7 +413,7 @@ fn an_unbind_fails_the_io_and_waits_for_the_detach() {
     };
     assert!(status.success(), "unbind: {status}");
     setup_nvme(&["config", &bdf]);
-    attach("Nvme1");
+    attach(&d, "Nvme1", &bdf);
     d.tpctl_ok(&["nbd_export_create", "nv", "Nvme1n1"]);
     qemu_io(&uri, &["read -P 0x5a 0 1M".into()]);
 }

@@ -16,8 +16,8 @@
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tidepool_tests::guest::{env, qemu_io, qemu_io_args, setup_nvme};
-use tidepool_tests::{nbd_unix_uri, text, Daemon, Scratch};
+use tidepool_tests::guest::{attach, env, pool_volume_export, qemu_io, qemu_io_args, setup_nvme};
+use tidepool_tests::{text, Daemon, Scratch};
 
 const MIB: u64 = 1 << 20;
 const SHARD: u64 = 16 * MIB;
@@ -72,30 +72,9 @@ fn pool_on_nvme(s: &Scratch) -> (Daemon, String) {
     let d = Daemon::start(s, "d", &["-m", "0x3"]);
     let vfio = env("TP_VFIO_BDF");
     let fault = env("TP_FAULT_BDF");
-    for (name, bdf) in [("Nvme0", vfio.as_str()), ("Fault0", fault.as_str())] {
-        d.tpctl_ok(&[
-            "bdev_nvme_attach_controller",
-            "-b",
-            name,
-            "-t",
-            "pcie",
-            "-a",
-            bdf,
-        ]);
-    }
-    d.tpctl_ok(&[
-        "pool_create",
-        "p",
-        "-b",
-        "Nvme0n1,Fault0n1",
-        "--shard-size-mib",
-        "16",
-        "--force",
-    ]);
-    d.tpctl_ok(&["volume_create", "p", "vol", "48"]);
-    let nbd = s.join("nbd.sock");
-    d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
-    d.tpctl_ok(&["nbd_export_create", "vol", "vol"]);
+    attach(&d, "Nvme0", &vfio);
+    attach(&d, "Fault0", &fault);
+    let uri = pool_volume_export(&d, s, "Nvme0n1,Fault0n1", 16, 48);
     let layout: Vec<(String, u64)> = shards(&d)
         .iter()
         .map(|s| {
@@ -116,7 +95,7 @@ fn pool_on_nvme(s: &Scratch) -> (Daemon, String) {
         ],
         "the placement tests/vm/fault.rules was laid out for"
     );
-    (d, nbd_unix_uri(&nbd, "vol"))
+    (d, uri)
 }
 
 #[test]
@@ -218,31 +197,10 @@ fn shards_move_both_ways_between_the_nvme_and_the_polled_uring_member() {
     let s = Scratch::new("g-mixed");
     let d = Daemon::start(&s, "d", &["-m", "0x3"]);
     let vfio = env("TP_VFIO_BDF");
-    d.tpctl_ok(&[
-        "bdev_nvme_attach_controller",
-        "-b",
-        "Nvme0",
-        "-t",
-        "pcie",
-        "-a",
-        &vfio,
-    ]);
+    attach(&d, "Nvme0", &vfio);
     let poll = env("TP_POLL_DEV");
     d.tpctl_ok(&["bdev_uring_create", &poll, "Poll0", "512", "--iopoll"]);
-    d.tpctl_ok(&[
-        "pool_create",
-        "p",
-        "-b",
-        "Nvme0n1,Poll0",
-        "--shard-size-mib",
-        "8",
-        "--force",
-    ]);
-    d.tpctl_ok(&["volume_create", "p", "vol", "32"]);
-    let nbd = s.join("nbd.sock");
-    d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
-    d.tpctl_ok(&["nbd_export_create", "vol", "vol"]);
-    let uri = nbd_unix_uri(&nbd, "vol");
+    let uri = pool_volume_export(&d, &s, "Nvme0n1,Poll0", 8, 32);
     let step = 8 * MIB;
     let mut cmds: Vec<String> = (0..4u64)
         .map(|i| format!("write -P {} {} {step}", 0x50 + i, i * step))
@@ -314,29 +272,8 @@ fn a_sigkill_mid_copy_onto_nvme_then_pool_import_finds_everything() {
         "512",
         "--iopoll",
     ]);
-    d.tpctl_ok(&[
-        "bdev_nvme_attach_controller",
-        "-b",
-        "Nvme0",
-        "-t",
-        "pcie",
-        "-a",
-        &vfio,
-    ]);
-    d.tpctl_ok(&[
-        "pool_create",
-        "p",
-        "-b",
-        "Poll0,Nvme0n1",
-        "--shard-size-mib",
-        "8",
-        "--force",
-    ]);
-    d.tpctl_ok(&["volume_create", "p", "vol", "32"]);
-    let nbd = s.join("nbd.sock");
-    d.tpctl_ok(&["nbd_server_start", "-a", &format!("unix:{nbd}")]);
-    d.tpctl_ok(&["nbd_export_create", "vol", "vol"]);
-    let uri = nbd_unix_uri(&nbd, "vol");
+    attach(&d, "Nvme0", &vfio);
+    let uri = pool_volume_export(&d, &s, "Poll0,Nvme0n1", 8, 32);
     assert_eq!(
         shards(&d)[0]["bdev"],
         "Poll0",

@@ -484,31 +484,22 @@ impl BdevChannel for UringChannel {
         let requests = &mut self.requests;
         let free = &mut self.free;
         let block_size = self.block_size;
+        let mut finish = |done: tidepool_bindings::uring::UringCompletion| {
+            let slot = done.user_data as u32;
+            let mut io = requests[slot as usize]
+                .take()
+                .expect("completion for an empty request slot");
+            free.push(slot);
+            io.buf = done.buf;
+            let status = transfer_status(&io, done.result, block_size);
+            out.push(Completion::new(io, status));
+        };
         let mut reaped = 0;
         if let Some(side) = self.side.as_mut().filter(|s| s.inflight() > 0) {
             let _ = side.flush();
-            reaped = side.reap(max, |done| {
-                let slot = done.user_data as u32;
-                let mut io = requests[slot as usize]
-                    .take()
-                    .expect("completion for an empty request slot");
-                free.push(slot);
-                io.buf = done.buf;
-                let status = transfer_status(&io, done.result, block_size);
-                out.push(Completion::new(io, status));
-            });
+            reaped = side.reap(max, &mut finish);
         }
-        reaped
-            + self.queue.reap(max - reaped, |done| {
-                let slot = done.user_data as u32;
-                let mut io = requests[slot as usize]
-                    .take()
-                    .expect("completion for an empty request slot");
-                free.push(slot);
-                io.buf = done.buf;
-                let status = transfer_status(&io, done.result, block_size);
-                out.push(Completion::new(io, status));
-            })
+        reaped + self.queue.reap(max - reaped, &mut finish)
     }
 
     fn inflight(&self) -> usize {
