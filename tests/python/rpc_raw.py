@@ -101,7 +101,8 @@ def scenario_methods(scratch):
               "bdev_get_iostat", "bdev_malloc_create", "bdev_malloc_delete", "bdev_null_create",
               "bdev_null_delete", "bdev_uring_create", "bdev_uring_delete", "bdev_error_create",
               "bdev_error_delete", "bdev_error_inject_error", "bdev_delay_create",
-              "bdev_delay_delete", "bdev_delay_update_latency"]:
+              "bdev_delay_delete", "bdev_delay_update_latency", "bdev_nvme_attach_controller",
+              "bdev_nvme_detach_controller", "bdev_nvme_get_controllers"]:
         check(m in methods, f"rpc_get_methods lists {m}")
     reactors = result(c.call("framework_get_reactors"), "framework_get_reactors")
     check(reactors["tick_rate"] > 0 and len(reactors["reactors"]) >= 1, "reactors reported")
@@ -186,6 +187,20 @@ def scenario_errors(scratch):
     error(c.call("bdev_malloc_delete", {"name": "ghost"}), -19, "deleting a missing bdev", "ghost")
     error(c.call("bdev_get_bdevs", {"name": "ghost"}), -19, "get a missing bdev", "ghost")
     error(c.call("bdev_delay_update_latency", {"delay_bdev_name": "EM", "latency_type": "avg_read", "latency_us": 5}), -19, "update latency of a non-delay bdev", "not a delay bdev")
+    # The NVMe methods' bad input (the guest tests attach real controllers).
+    pcie = {"name": "Nv", "trtype": "PCIe"}
+    error(c.call("bdev_nvme_attach_controller", {**pcie, "traddr": "00:01.0"}), -32602, "malformed PCI address", "not a PCI address")
+    error(c.call("bdev_nvme_attach_controller", {**pcie, "traddr": "0000:ff:1f.7"}), -32602, "no such PCI device", "no PCI device 0000:ff:1f.7")
+    error(c.call("bdev_nvme_attach_controller", pcie), -32602, "traddr missing", "traddr")
+    error(c.call("bdev_nvme_attach_controller", {**pcie, "trtype": "RDMA", "traddr": "0000:00:01.0"}), -32602, "another transport", "only PCIe")
+    error(c.call("bdev_nvme_attach_controller", {**pcie, "traddr": "0000:00:01.0", "io_queue_entries": 1}), -32602, "a one-entry queue", "io_queue_entries")
+    error(c.call("bdev_nvme_attach_controller", {**pcie, "traddr": "0000:00:01.0", "colour": 1}), -32602, "unknown parameter", "colour")
+    error(c.call("bdev_nvme_attach_controller", {"name": "bad name", "trtype": "PCIe", "traddr": "0000:00:01.0"}), -32602, "a name with a space", "name")
+    error(c.call("bdev_nvme_detach_controller", {"name": "ghost"}), -19, "detaching a missing controller", "no NVMe controller named 'ghost'")
+    error(c.call("bdev_nvme_get_controllers", {"name": "ghost"}), -19, "a missing controller", "ghost")
+    check(result(c.call("bdev_nvme_get_controllers"), "no controllers") == [], "no controller is attached")
+    names = [b["name"] for b in result(c.call("bdev_get_bdevs"), "bdevs after the NVMe refusals")]
+    check(not any(n.startswith("Nv") for n in names), "refused attaches made nothing", names)
     c.send(json.dumps({"jsonrpc": "2.0", "method": "rpc_get_methods", "params": 5, "id": 9}))
     error(c.recv(), -32600, "params neither object nor array", "params")
     result(c.call("bdev_error_delete", {"name": "EE_EM"}), "delete EE_EM")

@@ -100,10 +100,21 @@ impl AttachParams {
 }
 
 impl From<NvmeError> for BdevError {
+    /// A device that is not there, or not handed to VFIO, is a wrong `traddr` (the caller can
+    /// fix it); anything the controller itself did is an I/O error.
     fn from(e: NvmeError) -> BdevError {
-        BdevError::Os {
-            context: "bdev_nvme_attach_controller".into(),
-            reason: e.to_string(),
+        use tidepool_bindings::nvme::pci::PciError;
+        match e {
+            NvmeError::Pci(
+                p @ (PciError::BadAddress(_)
+                | PciError::NoSuchDevice(_)
+                | PciError::NotBoundToVfio { .. }
+                | PciError::NoIommuGroup(_)),
+            ) => BdevError::invalid("traddr", p.to_string()),
+            other => BdevError::Os {
+                context: "bdev_nvme_attach_controller".into(),
+                reason: other.to_string(),
+            },
         }
     }
 }
