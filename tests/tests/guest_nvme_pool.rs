@@ -345,3 +345,87 @@ fn a_sigkill_mid_copy_onto_nvme_then_pool_import_finds_everything() {
     );
     check(&uri);
 }
+
+/// tidepool-perf's verify workload through a volume on a pool of the nvme bdev and the polled
+/// uring bdev, on two reactors, while every shard moves to the other member and back (by RPC
+/// to the running tidepool-perf): no I/O error, no mismatch.
+#[test]
+fn verify_through_a_volume_while_shards_move_both_ways() {
+    let s = Scratch::new("g-vverify");
+    let cfg = serde_json::json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            tidepool_tests::guest::attach_entry("Nvme0", &env("TP_VFIO_BDF")),
+            {"method": "bdev_uring_create", "params": {"name": "Poll0",
+                "filename": env("TP_POLL_DEV"), "block_size": 512, "iopoll": true}}]},
+        {"subsystem": "pool", "config": [
+            {"method": "pool_create", "params": {"name": "p",
+                "base_bdevs": ["Nvme0n1", "Poll0"], "shard_size_mib": 4, "force": true}},
+            {"method": "volume_create", "params": {"pool": "p", "name": "vol", "size_mib": 16}},
+            {"method": "migration_set_options", "params": {"max_mib_per_s": 32}}]}]});
+    let cfg = s.file("vol.json", &cfg.to_string());
+    let sock = s.join("perf.sock");
+    let run = Command::new(tidepool_tests::bin("tidepool-perf"))
+        .args([
+            "-c", &cfg, "-b", "vol", "-w", "verify", "-o", "64k", "-q", "8", "-t", "25", "-m",
+            "0x3", "-r", &sock,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tidepool-perf");
+    let tpctl = |args: &[&str]| -> Value {
+        let out = Command::new(tidepool_tests::bin("tpctl"))
+            .arg("-s")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("tpctl");
+        assert!(out.status.success(), "tpctl {args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&sock).exists() {
+        assert!(Instant::now() < deadline, "tidepool-perf never served RPC");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut moves = 0;
+    for _round in 0..2 {
+        for shard in 0..4usize {
+            let table = tpctl(&["volume_get_volumes", "-n", "vol"]);
+            let from = table[0]["shards"][shard]["bdev"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let to = if from == "Nvme0n1" {
+                "Poll0"
+            } else {
+                "Nvme0n1"
+            };
+            tpctl(&[
+                "shard_migrate",
+                "vol",
+                &shard.to_string(),
+                "--target-bdev",
+                to,
+            ]);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let m = tpctl(&["migration_get_status", "-n", "vol"])[0].clone();
+                if m["state"] == "completed" {
+                    break;
+                }
+                assert!(m["state"] != "abandoned", "{m}");
+                assert!(Instant::now() < deadline, "the copy did not end: {m}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            moves += 1;
+        }
+    }
+    let out = run.wait_with_output().expect("tidepool-perf");
+    let shown = text(&out);
+    assert!(
+        out.status.success() && !shown.contains("mismatch") && !shown.contains("I/O error"),
+        "verify through the volume during {moves} moves: {shown}"
+    );
+    assert_eq!(moves, 8);
+}
