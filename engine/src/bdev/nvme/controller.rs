@@ -82,6 +82,8 @@ struct Admin {
     halted: Option<Halted>,
     /// Which I/O queue ids are in use (index = qid).
     qids: Vec<bool>,
+    /// Where the search for a free queue id starts.
+    next_qid: usize,
 }
 
 pub struct Controller {
@@ -168,6 +170,7 @@ impl Controller {
             queue: admin_queue,
             halted: Some(halted),
             qids: vec![true], // qid 0 is the admin queue
+            next_qid: 1,
         };
         let mut bring_up = || -> Result<(IdentifyController, Vec<Namespace>, u16), NvmeError> {
             let admin_err = |op, err| NvmeError::Admin {
@@ -379,10 +382,13 @@ impl Controller {
             return Err(NvmeError::Gone(self.bdf.clone()));
         }
         let mut admin = self.admin();
-        let qid = admin
-            .qids
-            .iter()
-            .position(|used| !used)
+        // The next free id after the last one handed out, so that an id a reset freed is not
+        // handed out again at once (a channel that has not yet seen the reset could still
+        // ring its old doorbell).
+        let n = admin.qids.len();
+        let qid = (1..n)
+            .map(|i| (admin.next_qid + i - 2) % (n - 1) + 1)
+            .find(|&q| !admin.qids[q])
             .ok_or_else(|| NvmeError::Controller {
                 bdf: self.bdf.clone(),
                 what: format!(
@@ -426,6 +432,7 @@ impl Controller {
             });
         }
         admin.qids[qid as usize] = true;
+        admin.next_qid = qid as usize + 1;
         let thread = std::thread::current()
             .name()
             .unwrap_or("unnamed")
@@ -485,6 +492,9 @@ impl Controller {
             return Ok(());
         }
         self.resets.fetch_add(1, Ordering::Relaxed);
+        // First of all, so that channels stop ringing their doorbells; they wait on the admin
+        // lock for the halt that lets them hand back what they held.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         log::error!(
             "nvme {} ({}): resetting the controller: {reason}",
             self.name,
@@ -529,7 +539,6 @@ impl Controller {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.generation.fetch_add(1, Ordering::AcqRel);
         let fail = |what: String| NvmeError::Controller {
             bdf: self.bdf.clone(),
             what,

@@ -415,7 +415,10 @@ impl BdevChannel for NvmeChannel {
         }
         let mut n = self.done.drain_into(max, out);
         if let Some(qp) = self.qp.as_mut() {
-            qp.ring();
+            // Checked again here: a reset on another reactor may have begun since.
+            if self.generation == self.ctrl.generation() {
+                qp.ring();
+            }
             let (requests, free, ctrl) = (&mut self.requests, &mut self.free, &self.ctrl);
             n += qp.reap(max - n, |c| {
                 let (mut io, _) = requests[c.user_data as usize]
