@@ -15,6 +15,7 @@
 //!   publishes to.
 //! - [`config`]: SPDK-style JSON configuration that creates bdevs.
 //! - [`nbd`]: the NBD server; its connections are served by the reactors.
+//! - [`nvmf`]: NVMe over Fabrics on TCP: its PDUs (the target and initiator are to come).
 //! - [`rpc`]: the JSON-RPC 2.0 control plane (framing, dispatch, methods, Unix socket server).
 //! - [`cpuset`]: `-m 0x3` / `--cores 0,1` parsing.
 //! - [`time`]: the engine's nanosecond clock.
@@ -29,6 +30,7 @@ pub mod cpuset;
 pub mod json_strict;
 pub mod load;
 pub mod nbd;
+pub mod nvmf;
 pub mod pool;
 pub mod reactor;
 pub mod ring;
