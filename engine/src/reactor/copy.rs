@@ -45,6 +45,21 @@
 //! write whose own target half is held is answered then, from its source half, with a new
 //! buffer of the same size (its own stays with the held write until the device gives it
 //! back, and is dropped then).
+//!
+//! *Undecided* (`Ctx::keep_copy_undecided`): the commit's write of the new placement timed
+//! out and may still land, so after a restart the shard may be read from the target. Then
+//! an acknowledged write must be on the target too, and the rules above change:
+//! - a failed target half fails its client write, with the target's status. It is not
+//!   acknowledged from the source, and the copy is neither restarted nor abandoned: a
+//!   restarted copy would stop being whole, yet the late placement could make the target the
+//!   shard's home before the chunks covered that block again; an abandoned one would stop
+//!   mirroring. Failing the write is the one exception to "a target failure never reaches a
+//!   client", chosen over holding it: holding would have to end in a failure anyway (every
+//!   wait has a limit), and only a re-import ends the undecided state. A failed write leaves
+//!   the block's old or new data on either place, as any failed write may;
+//! - a slow target is waited for, not abandoned (its clients wait with it);
+//! - no chunk is out (a copy is made undecided whole, while frozen), so this reasoning is
+//!   about mirrors only; and the volume's flushes reach the target (`router`).
 
 use super::router::{Hop, ROUTER_TASK};
 use super::tag::{CopyIo, RouterTag, MAX_COPIES, MAX_COPY_SLOTS};
@@ -234,6 +249,13 @@ impl Copy {
 
     fn restart(&mut self, why: String) {
         if !self.active {
+            return;
+        }
+        if self.undecided {
+            // Never restarted nor abandoned while its placement may still land (see the
+            // module docs); `mirror_complete` fails the client write instead. (No chunk is
+            // out then: a copy is made undecided whole and frozen, before its writes go on.)
+            self.publish(None, Some(why));
             return;
         }
         self.restarts += 1;
@@ -497,8 +519,23 @@ impl Ctx {
                 self.submit(target, io);
                 return None;
             }
-        } else if !status.is_success() {
-            copy.restart(format!("a mirrored write to the target failed ({status})"));
+        }
+        let mut client_status = copy.mirrors[slot]
+            .as_ref()
+            .expect("a live mirror")
+            .source_status;
+        if target_half && !status.is_success() {
+            let why = format!("a mirrored write to the target failed ({status})");
+            if copy.undecided && copy.active {
+                // The target may be the shard's home after a restart, and it lacks this
+                // write: the client must not take it as written (see the module docs).
+                copy.publish(None, Some(why));
+                if client_status.is_success() {
+                    client_status = status;
+                }
+            } else {
+                copy.restart(why);
+            }
         }
         let m = copy.mirrors[slot].take().expect("a live mirror");
         if m.answered {
@@ -506,7 +543,7 @@ impl Ctx {
         }
         io.origin = m.origin;
         io.offset_blocks = m.offset_blocks;
-        Some(Completion::new(io, m.source_status))
+        Some(Completion::new(io, client_status))
     }
 
     fn chunk_complete(&mut self, ci: usize, slot: usize, c: Completion) {
