@@ -29,7 +29,11 @@
 //! (`Ctx::mark_channel`); the control plane does the same on the other reactors first.
 //!
 //! If the copy gives up while writes wait in `deferred` (during a commit's freeze), they go
-//! on to the source: nothing else would release them.
+//! on to the source: nothing else would release them. Whenever it gives up (abandoned, or
+//! stopped), the clients whose write waits only for its target half are answered from the
+//! source (`retire_copy`, which every completion of a copy reaches), and a target write it
+//! still has out is watched for [`TARGET_ANSWER_NS`] like an active copy's: one that never
+//! answers marks the copy `target_stalled`, so its extent stays reserved.
 //!
 //! Pacing: chunks start only from the poll loop, at most [`CHUNKS_PER_POLL`] per iteration
 //! (on a malloc member a chunk is two memory copies done inline), so client I/O keeps its
@@ -676,11 +680,13 @@ impl Ctx {
 
     /// Abandons copy `ci` if a write to its target has gone unanswered for
     /// [`TARGET_ANSWER_NS`], and lets the client writes held behind its chunks go on.
+    /// A copy that already gave up (abandoned, or stopped) is checked too while it has
+    /// target writes out: its extent must stay reserved if one of them never answers.
     fn abandon_if_target_stalled(&mut self, ci: usize) {
         let now = self.now;
         let Some(c) = self.copies[ci]
             .as_mut()
-            .filter(|c| c.active && !c.undecided)
+            .filter(|c| !(c.active && c.undecided))
         else {
             return;
         };
@@ -688,11 +694,16 @@ impl Ctx {
         if oldest.is_none_or(|t| now.saturating_sub(t) <= TARGET_ANSWER_NS) {
             return;
         }
-        c.active = false;
         c.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .target_stalled = true;
+        if !c.active {
+            // Already given up, with its own reason: only answer what it could not before.
+            self.answer_held_mirrors(ci);
+            return;
+        }
+        c.active = false;
         let why = format!(
             "a write to the target has had no answer for {} ms",
             TARGET_ANSWER_NS / 1_000_000
@@ -751,15 +762,22 @@ impl Ctx {
         Some((inflight, whole))
     }
 
-    /// Drops a stopped copy once nothing of it is in flight.
+    /// Answers what a stopped copy still holds, and drops it once nothing of it is in
+    /// flight. Every I/O completion of a copy ends here, so a copy that gave up there (a
+    /// target failure past `max_restarts`, a source read failure) is seen at once.
     fn retire_copy(&mut self, ci: usize) {
-        if self.copies[ci]
-            .as_ref()
-            .is_some_and(|c| !c.active && !c.deferred.is_empty())
-        {
-            // A copy that gave up (during a commit's freeze, say) mirrors nothing more:
-            // the writes it held go on to the source now, or nothing would ever release them.
-            self.release_deferred(ci);
+        if self.copies[ci].as_ref().is_some_and(|c| !c.active) {
+            // A copy that gave up mirrors nothing more and its target's copy is discarded:
+            // clients whose write waits only for its target half are answered from the
+            // source (nothing else would: `stop_copy` finds active copies only), and the
+            // writes it held (during a commit's freeze, say) go on to the source.
+            self.answer_held_mirrors(ci);
+            if self.copies[ci]
+                .as_ref()
+                .is_some_and(|c| !c.deferred.is_empty())
+            {
+                self.release_deferred(ci);
+            }
         }
         if let Some(c) = self.copies[ci].as_ref() {
             let idle =

@@ -877,3 +877,46 @@ fn an_undecided_copy_fails_a_write_its_target_failed_and_is_never_restarted() {
         .all(|(i, b)| b.iter().all(|&x| x == pattern(block + i as u64, 6))));
     rig.rs[1].ctx().stop_copy(vol, COPIED_SHARD as u32);
 }
+
+/// A copy abandoned for its target's failures (past `max_restarts`) while another mirrored
+/// write waits for a target half that does not answer: that client is answered from the
+/// source at once, and the stall rule still watches the held write, so the copy is marked
+/// `target_stalled` (its extent stays reserved). The client used to wait as long as the
+/// target (`stop_copy` finds active copies only, and the stall check skipped abandoned
+/// ones), and `target_stalled` was never set.
+#[test]
+fn an_abandoned_copy_answers_writes_held_on_its_target_and_is_still_watched_for_stalls() {
+    let (mut rig, _, ee) = copy_rig();
+    let vol = rig.vol;
+    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 0)).unwrap();
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || {
+        st.lock().unwrap().state == crate::reactor::CopyState::Copied
+    });
+    let first = COPIED_SHARD * SHARD;
+    hold_target_writes(&rig, 1);
+    rig.submit(1, vol, IoType::Write, first + 3, 2, 8);
+    poll_rounds(&mut rig, 20);
+    assert_eq!(rig.done(), 0, "waits for its target half");
+    fail_target_writes(&rig, 1);
+    rig.submit(1, vol, IoType::Write, first + 40, 2, 9);
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || {
+        matches!(
+            st.lock().unwrap().state,
+            crate::reactor::CopyState::Abandoned(_)
+        )
+    });
+    rig.settle(2);
+    rig.all_success();
+    rig.release();
+    rig.check(first + 3, 2, 8);
+    rig.check(first + 40, 2, 9);
+    assert!(rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || st.lock().unwrap().target_stalled);
+    release_target(&rig);
+    poll_rounds(&mut rig, 50);
+    assert!(!rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
+    assert_eq!(rig.done(), 2, "no second answer to the held write");
+}
