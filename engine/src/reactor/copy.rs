@@ -58,10 +58,14 @@
 //!   restarted copy would stop being whole, yet the late placement could make the target the
 //!   shard's home before the chunks covered that block again; an abandoned one would stop
 //!   mirroring. Failing the write is the one exception to "a target failure never reaches a
-//!   client", chosen over holding it: holding would have to end in a failure anyway (every
-//!   wait has a limit), and only a re-import ends the undecided state. A failed write leaves
-//!   the block's old or new data on either place, as any failed write may;
-//! - a slow target is waited for, not abandoned (its clients wait with it);
+//!   client", chosen over holding it: the target has answered, and a held write could only
+//!   be retried on it until some limit and then failed anyway (every wait has a limit),
+//!   while only a re-import ends the undecided state. A failed write leaves the block's old
+//!   or new data on either place, as any failed write may;
+//! - a slow target is waited for, not abandoned (its clients wait with it). That wait has
+//!   no limit of its own here: it ends when the device answers or fails the write (an NVMe
+//!   command timeout does); a limit that fails the client and the writes held behind it is
+//!   still to do;
 //! - no chunk is out (a copy is made undecided whole, while frozen), so this reasoning is
 //!   about mirrors only; and the volume's flushes reach the target (`router`).
 
