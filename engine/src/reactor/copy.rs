@@ -21,7 +21,10 @@
 //!   the mirror is back, and then reads a source that already holds the write.
 //!
 //! A chunk in flight counts for both rules whatever its generation, so a chunk left over
-//! from before a restart cannot land on top of a newer write either.
+//! from before a restart cannot land on top of a newer write either. A mirror whose client
+//! was answered early (the copy gave up, below) keeps its slot until its target half is
+//! back, so it still counts too. An undecided copy (below) starts no chunk at all: it is
+//! whole when it becomes undecided and is never restarted.
 //!
 //! Writes sent to the source before the copy started are not mirrored, so no chunk is read
 //! until they have landed (on a device a read may overtake a write): the copy marks the
@@ -41,9 +44,9 @@
 //!
 //! Any failed target write, a chunk's or a mirror's, restarts the copy from the shard's first
 //! block (a new generation; older chunks are let finish and ignored). The client's write is
-//! acknowledged from the source: a target failure never reaches a client. After
-//! `max_restarts` restarts the copy is abandoned, with the reason in its status, and stops
-//! mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy too
+//! acknowledged from the source: a target failure never reaches a client (but see
+//! *undecided*, below). After `max_restarts` restarts the copy is abandoned, with the reason
+//! in its status, and stops mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy too
 //! (a late write could land over a newer chunk, so it cannot restart): from then on client
 //! writes go to the source alone, and those held behind that chunk go on at once. A client
 //! write whose own target half is held is answered then, from its source half, with a new
