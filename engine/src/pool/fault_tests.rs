@@ -473,6 +473,9 @@ fn an_undecided_copy_never_acknowledges_a_write_its_target_failed() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status["state"], "undecided", "{status}");
+    // The volume's flushes reach the target from now on.
+    let table = first.pools.volume("vol").unwrap().table();
+    assert_eq!(table.undecided_targets, [id(&first, "EE_B")]);
     // The target fails the next write's target half. The source fails reads from now on
     // (nothing reads it but a copy started again, which would otherwise put the write back
     // on the target before the restart below, as a matter of timing).
