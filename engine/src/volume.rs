@@ -54,6 +54,10 @@ pub struct ShardRoute {
 pub struct RouteTable {
     pub epoch: u64,
     pub shards: Vec<ShardRoute>,
+    /// Members a shard may have moved to without the table saying so: the write of its new
+    /// placement timed out, and may still land (`reactor::copy`, "undecided"). Its writes are
+    /// mirrored there until the pool is imported again, so a flush must reach them too.
+    pub undecided_targets: Vec<BdevId>,
 }
 
 /// A volume's identity, geometry and routing table; shared by its bdev and every reactor.
@@ -83,7 +87,11 @@ impl Volume {
             pool: pool.to_string(),
             shard_blocks,
             epoch: AtomicU64::new(1),
-            table: Mutex::new(Arc::new(RouteTable { epoch: 1, shards })),
+            table: Mutex::new(Arc::new(RouteTable {
+                epoch: 1,
+                shards,
+                undecided_targets: Vec::new(),
+            })),
         }
     }
 
@@ -136,8 +144,30 @@ impl Volume {
             "a table has one route per shard"
         );
         let epoch = guard.epoch + 1;
-        *guard = Arc::new(RouteTable { epoch, shards });
+        let undecided_targets = guard.undecided_targets.clone();
+        *guard = Arc::new(RouteTable {
+            epoch,
+            shards,
+            undecided_targets,
+        });
         // Release, under the mutex: a reactor that loads this epoch finds this table.
+        self.epoch.store(epoch, Ordering::Release);
+        epoch
+    }
+
+    /// Member `target` may hold a shard from now on (its placement's write timed out, see
+    /// [`RouteTable::undecided_targets`]): every flush of the volume reaches it, until the
+    /// volume is made again by an import. Returns the new epoch.
+    pub fn add_undecided_target(&self, target: BdevId) -> u64 {
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = RouteTable::clone(&guard);
+        table.epoch += 1;
+        if !table.undecided_targets.contains(&target) {
+            table.undecided_targets.push(target);
+        }
+        let epoch = table.epoch;
+        *guard = Arc::new(table);
+        // Release, under the mutex, as in `update`.
         self.epoch.store(epoch, Ordering::Release);
         epoch
     }

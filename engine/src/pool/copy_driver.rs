@@ -18,7 +18,11 @@
 //! and by then every write acknowledged to a client is on the flushed target (writes were
 //! mirrored and acknowledged after both halves, and none ran during the commit). So a
 //! restart finds the shard wholly on the source or wholly on the target. The source extent
-//! is free once the new placement is written (nothing names it).
+//! is free once the new placement is written (nothing names it). If that write times out,
+//! it may still land (*undecided*): the copy then keeps mirroring until the pool is imported
+//! again, a write whose target half fails is failed to its client (never acknowledged from
+//! the source alone), and the volume's flushes reach the target too, so both places hold
+//! every acknowledged write, flushed where the client flushed it.
 
 use super::metadata::DATA_START_BYTES;
 use super::{invalid, pool_of, PoolError, PoolService};
@@ -439,12 +443,7 @@ impl PoolService {
                 job.shard,
                 lock(rec).target
             );
-            let (vol, shard) = (job.vol_id, job.shard as u32);
-            let _ = self
-                .engine
-                .call_wait_or_later(job.owner, Duration::from_secs(5), move |r| {
-                    r.ctx().keep_copy_undecided(vol, shard)
-                });
+            // (`commit` made the copy undecided, and the volume's flushes reach the target.)
             let mut inner = self.migrations.lock();
             {
                 let mut r = lock(rec);
@@ -569,9 +568,25 @@ impl PoolService {
             return Ok(false);
         }
         let result = self.persist_and_flip(job);
-        if result.is_err() {
+        match &result {
+            Ok(()) => {}
+            Err(PoolError::Unknown(_)) => {
+                // The placement may land later: the copy is made undecided in the same step
+                // that lets the held writes go, so no write is mirrored before a failure of
+                // its target half fails it instead of restarting the copy (`reactor::copy`).
+                // Not cancelled if the reactor is slow: it must run, and before later calls.
+                let _ = self
+                    .engine
+                    .call_wait_or_later(owner, Duration::from_secs(5), move |r| {
+                        let ctx = r.ctx();
+                        ctx.keep_copy_undecided(vol, shard);
+                        ctx.freeze_copy(vol, shard, false)
+                    });
+            }
             // The placement stays on the source; let the writes go.
-            freeze(false)?;
+            Err(_) => {
+                freeze(false)?;
+            }
         }
         result.map(|()| true)
     }
@@ -600,7 +615,14 @@ impl PoolService {
         s.member = target_member;
         s.extent = job.extent;
         let member_name = record.members[target_member as usize].bdev_name.clone();
-        self.persist(pool, record)?;
+        if let Err(e) = self.persist(pool, record) {
+            if matches!(e, PoolError::Unknown(_)) {
+                // A restart may read the shard from the target: every flush of the volume
+                // reaches it from now on, before the writes held by the freeze go on.
+                volume.add_undecided_target(job.target_id);
+            }
+            return Err(e);
+        }
         let (target_id, offset, shard) = (job.target_id, job.target_offset, job.shard);
         volume.update(|routes| {
             routes[shard].member = target_id;

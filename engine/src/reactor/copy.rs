@@ -21,7 +21,10 @@
 //!   the mirror is back, and then reads a source that already holds the write.
 //!
 //! A chunk in flight counts for both rules whatever its generation, so a chunk left over
-//! from before a restart cannot land on top of a newer write either.
+//! from before a restart cannot land on top of a newer write either. A mirror whose client
+//! was answered early (the copy gave up, below) keeps its slot until its target half is
+//! back, so it still counts too. An undecided copy (below) starts no chunk at all: it is
+//! whole when it becomes undecided and is never restarted.
 //!
 //! Writes sent to the source before the copy started are not mirrored, so no chunk is read
 //! until they have landed (on a device a read may overtake a write): the copy marks the
@@ -29,7 +32,11 @@
 //! (`Ctx::mark_channel`); the control plane does the same on the other reactors first.
 //!
 //! If the copy gives up while writes wait in `deferred` (during a commit's freeze), they go
-//! on to the source: nothing else would release them.
+//! on to the source: nothing else would release them. Whenever it gives up (abandoned, or
+//! stopped), the clients whose write waits only for its target half are answered from the
+//! source (`retire_copy`, which every completion of a copy reaches), and a target write it
+//! still has out is watched for [`TARGET_ANSWER_NS`] like an active copy's: one that never
+//! answers marks the copy `target_stalled`, so its extent stays reserved.
 //!
 //! Pacing: chunks start only from the poll loop, at most [`CHUNKS_PER_POLL`] per iteration
 //! (on a malloc member a chunk is two memory copies done inline), so client I/O keeps its
@@ -37,14 +44,33 @@
 //!
 //! Any failed target write, a chunk's or a mirror's, restarts the copy from the shard's first
 //! block (a new generation; older chunks are let finish and ignored). The client's write is
-//! acknowledged from the source: a target failure never reaches a client. After
-//! `max_restarts` restarts the copy is abandoned, with the reason in its status, and stops
-//! mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy too
+//! acknowledged from the source: a target failure never reaches a client (but see
+//! *undecided*, below). After `max_restarts` restarts the copy is abandoned, with the reason
+//! in its status, and stops mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy too
 //! (a late write could land over a newer chunk, so it cannot restart): from then on client
 //! writes go to the source alone, and those held behind that chunk go on at once. A client
 //! write whose own target half is held is answered then, from its source half, with a new
 //! buffer of the same size (its own stays with the held write until the device gives it
 //! back, and is dropped then).
+//!
+//! *Undecided* (`Ctx::keep_copy_undecided`): the commit's write of the new placement timed
+//! out and may still land, so after a restart the shard may be read from the target. Then
+//! an acknowledged write must be on the target too, and the rules above change:
+//! - a failed target half fails its client write, with the target's status. It is not
+//!   acknowledged from the source, and the copy is neither restarted nor abandoned: a
+//!   restarted copy would stop being whole, yet the late placement could make the target the
+//!   shard's home before the chunks covered that block again; an abandoned one would stop
+//!   mirroring. Failing the write is the one exception to "a target failure never reaches a
+//!   client", chosen over holding it: the target has answered, and a held write could only
+//!   be retried on it until some limit and then failed anyway (every wait has a limit),
+//!   while only a re-import ends the undecided state. A failed write leaves the block's old
+//!   or new data on either place, as any failed write may;
+//! - a slow target is waited for, not abandoned (its clients wait with it). That wait has
+//!   no limit of its own here: it ends when the device answers or fails the write (an NVMe
+//!   command timeout does); a limit that fails the client and the writes held behind it is
+//!   still to do;
+//! - no chunk is out (a copy is made undecided whole, while frozen), so this reasoning is
+//!   about mirrors only; and the volume's flushes reach the target (`router`).
 
 use super::router::{Hop, ROUTER_TASK};
 use super::tag::{CopyIo, RouterTag, MAX_COPIES, MAX_COPY_SLOTS};
@@ -234,6 +260,13 @@ impl Copy {
 
     fn restart(&mut self, why: String) {
         if !self.active {
+            return;
+        }
+        if self.undecided {
+            // Never restarted nor abandoned while its placement may still land (see the
+            // module docs); `mirror_complete` fails the client write instead. (No chunk is
+            // out then: a copy is made undecided whole and frozen, before its writes go on.)
+            self.publish(None, Some(why));
             return;
         }
         self.restarts += 1;
@@ -497,8 +530,23 @@ impl Ctx {
                 self.submit(target, io);
                 return None;
             }
-        } else if !status.is_success() {
-            copy.restart(format!("a mirrored write to the target failed ({status})"));
+        }
+        let mut client_status = copy.mirrors[slot]
+            .as_ref()
+            .expect("a live mirror")
+            .source_status;
+        if target_half && !status.is_success() {
+            let why = format!("a mirrored write to the target failed ({status})");
+            if copy.undecided && copy.active {
+                // The target may be the shard's home after a restart, and it lacks this
+                // write: the client must not take it as written (see the module docs).
+                copy.publish(None, Some(why));
+                if client_status.is_success() {
+                    client_status = status;
+                }
+            } else {
+                copy.restart(why);
+            }
         }
         let m = copy.mirrors[slot].take().expect("a live mirror");
         if m.answered {
@@ -506,7 +554,7 @@ impl Ctx {
         }
         io.origin = m.origin;
         io.offset_blocks = m.offset_blocks;
-        Some(Completion::new(io, m.source_status))
+        Some(Completion::new(io, client_status))
     }
 
     fn chunk_complete(&mut self, ci: usize, slot: usize, c: Completion) {
@@ -639,11 +687,13 @@ impl Ctx {
 
     /// Abandons copy `ci` if a write to its target has gone unanswered for
     /// [`TARGET_ANSWER_NS`], and lets the client writes held behind its chunks go on.
+    /// A copy that already gave up (abandoned, or stopped) is checked too while it has
+    /// target writes out: its extent must stay reserved if one of them never answers.
     fn abandon_if_target_stalled(&mut self, ci: usize) {
         let now = self.now;
         let Some(c) = self.copies[ci]
             .as_mut()
-            .filter(|c| c.active && !c.undecided)
+            .filter(|c| !(c.active && c.undecided))
         else {
             return;
         };
@@ -651,11 +701,16 @@ impl Ctx {
         if oldest.is_none_or(|t| now.saturating_sub(t) <= TARGET_ANSWER_NS) {
             return;
         }
-        c.active = false;
         c.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .target_stalled = true;
+        if !c.active {
+            // Already given up, with its own reason: only answer what it could not before.
+            self.answer_held_mirrors(ci);
+            return;
+        }
+        c.active = false;
         let why = format!(
             "a write to the target has had no answer for {} ms",
             TARGET_ANSWER_NS / 1_000_000
@@ -714,15 +769,22 @@ impl Ctx {
         Some((inflight, whole))
     }
 
-    /// Drops a stopped copy once nothing of it is in flight.
+    /// Answers what a stopped copy still holds, and drops it once nothing of it is in
+    /// flight. Every I/O completion of a copy ends here, so a copy that gave up there (a
+    /// target failure past `max_restarts`, a source read failure) is seen at once.
     fn retire_copy(&mut self, ci: usize) {
-        if self.copies[ci]
-            .as_ref()
-            .is_some_and(|c| !c.active && !c.deferred.is_empty())
-        {
-            // A copy that gave up (during a commit's freeze, say) mirrors nothing more:
-            // the writes it held go on to the source now, or nothing would ever release them.
-            self.release_deferred(ci);
+        if self.copies[ci].as_ref().is_some_and(|c| !c.active) {
+            // A copy that gave up mirrors nothing more and its target's copy is discarded:
+            // clients whose write waits only for its target half are answered from the
+            // source (nothing else would: `stop_copy` finds active copies only), and the
+            // writes it held (during a commit's freeze, say) go on to the source.
+            self.answer_held_mirrors(ci);
+            if self.copies[ci]
+                .as_ref()
+                .is_some_and(|c| !c.deferred.is_empty())
+            {
+                self.release_deferred(ci);
+            }
         }
         if let Some(c) = self.copies[ci].as_ref() {
             let idle =

@@ -831,3 +831,92 @@ fn copies_past_the_tag_s_cap_are_refused_and_a_slot_comes_back_when_one_ends() {
     assert!(rig.rs[0].ctx().stop_copy(vol, 3));
     rig.rs[0].ctx().start_copy(spec(MAX_COPIES as u32)).unwrap();
 }
+
+/// A copy whose commit is undecided (its placement may still land, and a restart would then
+/// read the shard from the target) and a mirrored write whose target half fails: the client
+/// must not be told the write is done, for the target lacks it. The copy used to restart
+/// (so it was no longer whole) and acknowledge the write from the source alone. Now the
+/// write fails with the target's status, the copy stays whole and keeps mirroring.
+#[test]
+fn an_undecided_copy_fails_a_write_its_target_failed_and_is_never_restarted() {
+    let (mut rig, m2, ee) = copy_rig();
+    let vol = rig.vol;
+    let status = copy_to_copied(&mut rig, ee);
+    assert!(rig.rs[1]
+        .ctx()
+        .keep_copy_undecided(vol, COPIED_SHARD as u32));
+    let block = COPIED_SHARD * SHARD + 7;
+    fail_target_writes(&rig, 1);
+    rig.submit(1, vol, IoType::Write, block, 2, 5);
+    rig.settle(1);
+    let acknowledged = rig.rec[1].0.statuses()[0].is_success();
+    let on_target = rig.read(m2, TARGET_AT + 7, 2);
+    let landed = on_target
+        .chunks(BS as usize)
+        .enumerate()
+        .all(|(i, b)| b.iter().all(|&x| x == pattern(block + i as u64, 5)));
+    assert!(
+        !acknowledged || landed,
+        "an acknowledged write is missing on the undecided target"
+    );
+    let s = status.lock().unwrap().clone();
+    assert_eq!(s.state, crate::reactor::CopyState::Copied, "{s:?}");
+    assert_eq!(s.restarts, 0, "{s:?}");
+    assert!(s.last_error.unwrap_or_default().contains("failed"));
+    // Still mirrored: the next write lands on both places and is acknowledged.
+    rig.release();
+    rig.submit(1, vol, IoType::Write, block, 2, 6);
+    rig.settle(2);
+    assert!(rig.rec[1].0.statuses()[1].is_success());
+    rig.release();
+    rig.check(block, 2, 6);
+    let on_target = rig.read(m2, TARGET_AT + 7, 2);
+    assert!(on_target
+        .chunks(BS as usize)
+        .enumerate()
+        .all(|(i, b)| b.iter().all(|&x| x == pattern(block + i as u64, 6))));
+    rig.rs[1].ctx().stop_copy(vol, COPIED_SHARD as u32);
+}
+
+/// A copy abandoned for its target's failures (past `max_restarts`) while another mirrored
+/// write waits for a target half that does not answer: that client is answered from the
+/// source at once, and the stall rule still watches the held write, so the copy is marked
+/// `target_stalled` (its extent stays reserved). The client used to wait as long as the
+/// target (`stop_copy` finds active copies only, and the stall check skipped abandoned
+/// ones), and `target_stalled` was never set.
+#[test]
+fn an_abandoned_copy_answers_writes_held_on_its_target_and_is_still_watched_for_stalls() {
+    let (mut rig, _, ee) = copy_rig();
+    let vol = rig.vol;
+    let status = rig.rs[1].ctx().start_copy(copy_spec(vol, ee, 0)).unwrap();
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || {
+        st.lock().unwrap().state == crate::reactor::CopyState::Copied
+    });
+    let first = COPIED_SHARD * SHARD;
+    hold_target_writes(&rig, 1);
+    rig.submit(1, vol, IoType::Write, first + 3, 2, 8);
+    poll_rounds(&mut rig, 20);
+    assert_eq!(rig.done(), 0, "waits for its target half");
+    fail_target_writes(&rig, 1);
+    rig.submit(1, vol, IoType::Write, first + 40, 2, 9);
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || {
+        matches!(
+            st.lock().unwrap().state,
+            crate::reactor::CopyState::Abandoned(_)
+        )
+    });
+    rig.settle(2);
+    rig.all_success();
+    rig.release();
+    rig.check(first + 3, 2, 8);
+    rig.check(first + 40, 2, 9);
+    assert!(rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
+    let st = Arc::clone(&status);
+    run_until(&mut rig.rs, || st.lock().unwrap().target_stalled);
+    release_target(&rig);
+    poll_rounds(&mut rig, 50);
+    assert!(!rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
+    assert_eq!(rig.done(), 2, "no second answer to the held write");
+}

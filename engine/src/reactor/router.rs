@@ -26,7 +26,9 @@
 //!   or out (reads); when the pool is empty the parent waits, in order, for buffers to come
 //!   back. Unmap and write-zeroes pieces carry no data and go out at once.
 //! - FLUSH goes to every member holding a shard of the volume, on this reactor's channels:
-//!   a flush covers every write completed before it, whichever queue pair carried it.
+//!   a flush covers every write completed before it, whichever queue pair carried it. That
+//!   includes the target of a copy whose commit is undecided (`RouteTable::undecided_targets`):
+//!   a restart may read the shard from there.
 //! - A shard whose member is missing (degraded pool) fails its pieces with ENODEV.
 
 use super::tag::{RouterTag, MAX_PARENTS, MAX_SINGLES};
@@ -173,12 +175,16 @@ impl VolumeSlot {
     }
 }
 
+/// The members a flush of the volume goes to: those of its online shards, and those a shard
+/// may have moved to without the table saying so (an undecided copy's target, which holds
+/// acknowledged writes a restart may read the shard from).
 fn online_members(table: &RouteTable) -> Vec<BdevId> {
     let mut members: Vec<BdevId> = table
         .shards
         .iter()
         .filter(|r| r.state == ShardState::Online)
         .map(|r| r.member)
+        .chain(table.undecided_targets.iter().copied())
         .collect();
     members.sort_unstable();
     members.dedup();
