@@ -53,6 +53,15 @@ fn shards(d: &Daemon) -> Vec<Value> {
         .clone()
 }
 
+/// The member of the nvme-and-polled pool a shard on `from` moves to.
+fn other_member(from: &str) -> &'static str {
+    if from == "Nvme0n1" {
+        "Poll0"
+    } else {
+        "Nvme0n1"
+    }
+}
+
 /// Waits for the volume's migration to end; returns its status.
 fn wait_migration(d: &Daemon) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -215,11 +224,7 @@ fn shards_move_both_ways_between_the_nvme_and_the_polled_uring_member() {
                 .as_str()
                 .unwrap()
                 .to_string();
-            let to = if from == "Nvme0n1" {
-                "Poll0"
-            } else {
-                "Nvme0n1"
-            };
+            let to = other_member(&from);
             d.tpctl_ok(&[
                 "shard_migrate",
                 "vol",
@@ -396,11 +401,7 @@ fn verify_through_a_volume_while_shards_move_both_ways() {
                 .as_str()
                 .unwrap()
                 .to_string();
-            let to = if from == "Nvme0n1" {
-                "Poll0"
-            } else {
-                "Nvme0n1"
-            };
+            let to = other_member(&from);
             tpctl(&[
                 "shard_migrate",
                 "vol",

@@ -393,24 +393,7 @@ fn a_copy_whose_commit_times_out_keeps_both_places_written_until_the_pool_is_imp
     // Nothing else writes to EE_B meanwhile: the copy reads it and writes A. The commit's
     // description is held on EE_B past the deadline.
     hold_writes(&first, "EE_B", 1);
-    first
-        .pools
-        .migrate_shard(&ShardMigrateParams {
-            volume: "vol".into(),
-            shard: moving,
-            target_core: None,
-            target_bdev: Some("A".into()),
-        })
-        .unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let st = first.pools.migrations_json(Some("vol"))[0].clone();
-        let done = ["completed", "abandoned", "undecided"].map(Value::from);
-        if done.contains(&st["state"]) || std::time::Instant::now() > until {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = migrate_until_settled(&first, moving, "A");
     assert_eq!(status["state"], "undecided", "{status}");
     assert_eq!(pools_json(&first)[0]["state"], "suspended");
     // The route still reads the source, and a write lands on both places.
@@ -454,24 +437,7 @@ fn an_undecided_copy_never_acknowledges_a_write_its_target_failed() {
     // Nothing but the commit writes to the source EE_A: its new description is held there
     // past the deadline.
     hold_writes(&first, "EE_A", 1);
-    first
-        .pools
-        .migrate_shard(&ShardMigrateParams {
-            volume: "vol".into(),
-            shard: moving,
-            target_core: None,
-            target_bdev: Some("EE_B".into()),
-        })
-        .unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let st = first.pools.migrations_json(Some("vol"))[0].clone();
-        let done = ["completed", "abandoned", "undecided"].map(Value::from);
-        if done.contains(&st["state"]) || std::time::Instant::now() > until {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = migrate_until_settled(&first, moving, "EE_B");
     assert_eq!(status["state"], "undecided", "{status}");
     // The volume's flushes reach the target from now on.
     let table = first.pools.volume("vol").unwrap().table();
@@ -773,4 +739,26 @@ fn a_volume_or_member_in_a_migration_cannot_be_removed_until_the_copy_is_done() 
     }
     b.pools.delete_volume("vol").unwrap();
     assert!(b.registry.lookup("vol").is_none());
+}
+
+/// Moves shard `shard` of `vol` to member `target` and waits (up to 20 s) until its migration
+/// is completed, abandoned or undecided; returns its status.
+fn migrate_until_settled(b: &Boot, shard: u32, target: &str) -> Value {
+    b.pools
+        .migrate_shard(&ShardMigrateParams {
+            volume: "vol".into(),
+            shard,
+            target_core: None,
+            target_bdev: Some(target.into()),
+        })
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = b.pools.migrations_json(Some("vol"))[0].clone();
+        let done = ["completed", "abandoned", "undecided"].map(Value::from);
+        if done.contains(&st["state"]) || std::time::Instant::now() > until {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
