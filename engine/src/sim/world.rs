@@ -130,12 +130,12 @@ impl World {
                 ));
                 d.set_faults(Faults {
                     read_fail_ppm: if source_faults {
-                        (rng.next_u64() % 3_000) as u32
+                        (rng.next_u64() % 10_000) as u32
                     } else {
                         0
                     },
                     write_fail_ppm: if source_faults {
-                        (rng.next_u64() % 3_000) as u32
+                        (rng.next_u64() % 10_000) as u32
                     } else {
                         0
                     },
@@ -236,19 +236,24 @@ impl World {
 
     /// Control actions, with client I/O in flight: a hand-off, a new copy, a cancelled one.
     fn control(&mut self) {
-        let roll = self.rng.next_u64() % 1_000;
+        let roll = self.rng.next_u64() % 4_000;
         let shard = (self.rng.next_u64() % SHARDS) as usize;
         let migrating = self.migrations.iter().any(|m| m.shard == shard);
-        if roll < 4 && !migrating {
+        if roll < 16 {
+            if migrating {
+                return;
+            }
             // A hand-off (the pool service refuses one while the shard migrates).
             let owner = self.volume.table().shards[shard].owner as usize;
             let to = (owner + 1 + (self.rng.next_u64() as usize % (self.rs.len() - 1)))
                 % self.rs.len();
             self.volume.set_owner(shard, to as u16);
             self.report.handoffs += 1;
-        } else if roll < 14 && !migrating && self.migrations.len() < 2 {
-            self.start_migration(shard);
-        } else if roll < 15 && !self.migrations.is_empty() {
+        } else if roll < 56 {
+            if !migrating && self.migrations.len() < 2 {
+                self.start_migration(shard);
+            }
+        } else if roll < 58 && !self.migrations.is_empty() {
             // Cancel one (as a commit refused, or a user's stop).
             let i = (self.rng.next_u64() % self.migrations.len() as u64) as usize;
             if matches!(self.migrations[i].phase, Phase::Copying(_)) {
@@ -371,7 +376,11 @@ impl World {
                 let (h, since) = (Arc::clone(h), *since);
                 let ctx = self.rs[m.owner].ctx();
                 match ctx.freeze_copy(vol, shard, true) {
-                    None => Err(format!("the copy of shard {shard} went away while frozen")),
+                    // Given up while frozen, and retired: its status says why.
+                    None => {
+                        m.phase = Phase::Copying(h);
+                        Ok(false)
+                    }
                     Some((0, true)) => {
                         // Commit: flip the route to the target, stop the copy.
                         let (tm, te) = m.target;
