@@ -20,6 +20,16 @@ use std::sync::Arc;
 /// Largest request, in blocks.
 pub const MAX_BLOCKS: u64 = 16;
 
+fn spawn_recorders(rs: &mut [Reactor]) -> Vec<(Recorder, TaskId)> {
+    rs.iter_mut()
+        .map(|r| {
+            let rec = Recorder::default();
+            let task = r.spawn(Box::new(rec.clone()));
+            (rec, task)
+        })
+        .collect()
+}
+
 /// One request in flight.
 pub struct Op {
     pub io_type: IoType,
@@ -53,14 +63,7 @@ pub struct Client {
 impl Client {
     /// A client with a recorder task on each reactor.
     pub fn new(rs: &mut [Reactor], block_size: u64, num_blocks: u64, max_inflight: usize) -> Client {
-        let recorders = rs
-            .iter_mut()
-            .map(|r| {
-                let rec = Recorder::default();
-                let task = r.spawn(Box::new(rec.clone()));
-                (rec, task)
-            })
-            .collect();
+        let recorders = spawn_recorders(rs);
         Client {
             model: Model::new(num_blocks),
             inflight: BTreeMap::new(),
@@ -148,6 +151,19 @@ impl Client {
         );
         self.stats.sent += 1;
         rs[on].ctx().submit(vol, io);
+    }
+
+    /// The process crashed at `at`: the requests in flight are gone without an answer (a
+    /// write among them may or may not have landed, like a failed one), and the client
+    /// starts over with recorders on the new reactors `rs`.
+    pub fn crash(&mut self, rs: &mut [Reactor], at: Nanos) {
+        for (op, o) in std::mem::take(&mut self.inflight) {
+            if matches!(o.io_type, IoType::Write | IoType::WriteZeroes | IoType::Unmap) {
+                self.model.ended(op, o.first, o.n, at, false);
+            }
+        }
+        self.model.prune(None);
+        self.recorders = spawn_recorders(rs);
     }
 
     /// Takes every completion the reactors recorded, in reactor order, and checks it:

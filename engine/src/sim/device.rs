@@ -13,6 +13,9 @@
 //! - a read fails (`EIO`) and returns nothing;
 //! - a write fails (`EIO`) and writes nothing.
 //!
+//! A crash (the reactors, and so the channels, dropped) lands each block of the writes still
+//! queued or not, from the seed: torn writes.
+//!
 //! Each injected failure is logged with the range it hit and when, so the checker can tell a
 //! client failure the model allows (a source extent failed under it) from one it does not.
 //!
@@ -220,6 +223,38 @@ impl BdevChannel for SimChannel {
 
     fn inflight(&self) -> usize {
         self.queued.len()
+    }
+}
+
+/// A channel goes only when its reactor does: the process crashed. What the device had not
+/// done yet may still land, in part: each block of a write or zeroing in the queue lands or
+/// not, from the seed (a torn write).
+impl Drop for SimChannel {
+    fn drop(&mut self) {
+        let mut s = lock(&self.state);
+        let bs = self.block_size as usize;
+        self.queued.sort_by_key(|q| (q.due, q.seq));
+        for q in &self.queued {
+            let io = &q.io;
+            if !matches!(io.io_type, IoType::Write | IoType::WriteZeroes | IoType::Unmap) {
+                continue;
+            }
+            for i in 0..io.num_blocks as usize {
+                if !s.rng.next_u64().is_multiple_of(2) {
+                    continue;
+                }
+                let at = (io.offset_blocks as usize + i) * bs;
+                if at + bs > s.bytes.len() {
+                    continue;
+                }
+                match (&io.buf, io.io_type) {
+                    (Some(buf), IoType::Write) => s.bytes[at..at + bs]
+                        .copy_from_slice(&buf.as_slice()[i * bs..(i + 1) * bs]),
+                    (_, IoType::Write) => {}
+                    _ => s.bytes[at..at + bs].fill(0),
+                }
+            }
+        }
     }
 }
 

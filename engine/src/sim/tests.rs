@@ -40,6 +40,7 @@ struct Totals {
     abandoned: u64,
     cancelled: u64,
     restarts: u64,
+    crashes: u64,
 }
 
 impl Totals {
@@ -55,6 +56,7 @@ impl Totals {
         self.abandoned += r.abandoned;
         self.cancelled += r.cancelled;
         self.restarts += r.restarts;
+        self.crashes += r.crashes;
     }
 
     fn print(&self, elapsed: Duration) {
@@ -63,7 +65,7 @@ impl Totals {
             "simulator: {} seeds in {:.1} s ({:.1} seeds/s); per seed: {:.0} client ops, {:.1} \
              faults injected, {:.0} blocks read and checked, {:.1} allowed client failures, {:.2} \
              hand-offs, {:.2} copies ({:.2} committed, {:.2} abandoned, {:.2} cancelled, {:.2} \
-             restarts); found: nothing",
+             restarts), {:.2} crashes; found: nothing",
             self.seeds,
             elapsed.as_secs_f64(),
             self.seeds as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -77,6 +79,7 @@ impl Totals {
             self.abandoned as f64 / s,
             self.cancelled as f64 / s,
             self.restarts as f64 / s,
+            self.crashes as f64 / s,
         );
     }
 }
@@ -123,6 +126,7 @@ fn simulated_engine_keeps_every_acknowledged_write_under_faults() {
     assert!(totals.committed > CI_SEEDS, "too few committed copies");
     assert!(totals.abandoned > 0 && totals.cancelled > 0 && totals.handoffs > CI_SEEDS);
     assert!(totals.restarts > 0 && totals.faults > 0 && totals.failed_allowed > 0);
+    assert!(totals.crashes > CI_SEEDS / 2, "too few crashes");
 }
 
 /// The checker must fail when a member acknowledges a write it did not do.

@@ -40,6 +40,7 @@ pub struct SeedReport {
     pub abandoned: u64,
     pub cancelled: u64,
     pub restarts: u64,
+    pub crashes: u64,
 }
 
 enum Phase {
@@ -63,7 +64,9 @@ struct World {
     rng: Rng,
     t: Nanos,
     rs: Vec<Reactor>,
-    _reg: Arc<BdevRegistry>,
+    reg: Arc<BdevRegistry>,
+    /// Active steps at which the process crashes.
+    crash_steps: Vec<u64>,
     devs: Vec<(BdevId, Arc<SimDevice>)>,
     vol: BdevId,
     volume: Arc<Volume>,
@@ -88,7 +91,10 @@ pub fn run_seed(seed: u64, plant_lost_write: bool) -> Result<SeedReport, String>
     if plant_lost_write {
         w.devs[0].1.plant_lost_write();
     }
-    for _ in 0..ACTIVE_STEPS {
+    for step in 0..ACTIVE_STEPS {
+        if w.crash_steps.contains(&step) {
+            w.crash();
+        }
         w.step(true)?;
     }
     for (_, d) in &w.devs {
@@ -183,11 +189,17 @@ impl World {
             1 => 5_000,
             _ => 50_000,
         };
+        let crash_steps = match rng.next_u64() % 4 {
+            0 | 1 => vec![],
+            2 => vec![rng.next_u64() % ACTIVE_STEPS],
+            _ => vec![rng.next_u64() % ACTIVE_STEPS, rng.next_u64() % ACTIVE_STEPS],
+        };
         World {
             rng,
             t: 1_000,
             rs,
-            _reg: reg,
+            reg,
+            crash_steps,
             devs,
             vol,
             volume,
@@ -232,6 +244,21 @@ impl World {
         let (devs, client) = (&self.devs, &mut self.client);
         client.reap(|op, at| source_failed(devs, op, &current, at))?;
         self.advance_migrations()
+    }
+
+    /// The process crashes: reactors, their channels (with the requests the devices had
+    /// not yet done: those never happen) and copies are gone; the devices keep what they
+    /// hold. A new process finds the volume as last persisted, which here is the routes as
+    /// they are (a hand-off or a flip is persisted at the moment it happens), and goes on.
+    fn crash(&mut self) {
+        self.report.crashes += 1;
+        self.rs.clear();
+        for m in std::mem::take(&mut self.migrations) {
+            self.end_target_faults(&m);
+        }
+        let n = self.report.reactors;
+        self.rs = crate::testkit::reactors(n, &self.reg, ReactorConfig::default());
+        self.client.crash(&mut self.rs, self.t);
     }
 
     /// Control actions, with client I/O in flight: a hand-off, a new copy, a cancelled one.
