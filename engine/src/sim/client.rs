@@ -58,11 +58,18 @@ pub struct Client {
     block_size: u64,
     num_blocks: u64,
     recorders: Vec<(Recorder, TaskId)>,
+    /// `TIDEPOOL_SIM_WATCH=block`: print every request on that block (to diagnose a seed).
+    watch: Option<u64>,
 }
 
 impl Client {
     /// A client with a recorder task on each reactor.
-    pub fn new(rs: &mut [Reactor], block_size: u64, num_blocks: u64, max_inflight: usize) -> Client {
+    pub fn new(
+        rs: &mut [Reactor],
+        block_size: u64,
+        num_blocks: u64,
+        max_inflight: usize,
+    ) -> Client {
         let recorders = spawn_recorders(rs);
         Client {
             model: Model::new(num_blocks),
@@ -74,6 +81,9 @@ impl Client {
             block_size,
             num_blocks,
             recorders,
+            watch: std::env::var("TIDEPOOL_SIM_WATCH")
+                .ok()
+                .and_then(|s| s.parse().ok()),
         }
     }
 
@@ -137,6 +147,12 @@ impl Client {
             IoType::WriteZeroes | IoType::Unmap => self.model.sent(op, 0, first, n, now),
             _ => {}
         }
+        if self.watch.is_some_and(|b| first <= b && b < first + n) {
+            println!(
+                "sim t={now} ns: op {op} {} {first}+{n} sent on {on}",
+                io_type.name()
+            );
+        }
         let task = self.recorders[on].1;
         let io = request(io_type, first, n as u32, buf, on as u16, task, op);
         self.inflight.insert(
@@ -158,7 +174,10 @@ impl Client {
     /// starts over with recorders on the new reactors `rs`.
     pub fn crash(&mut self, rs: &mut [Reactor], at: Nanos) {
         for (op, o) in std::mem::take(&mut self.inflight) {
-            if matches!(o.io_type, IoType::Write | IoType::WriteZeroes | IoType::Unmap) {
+            if matches!(
+                o.io_type,
+                IoType::Write | IoType::WriteZeroes | IoType::Unmap
+            ) {
                 self.model.ended(op, o.first, o.n, at, false);
             }
         }
@@ -180,6 +199,18 @@ impl Client {
                 .remove(&d.tag)
                 .ok_or_else(|| format!("request {} completed twice, or was never sent", d.tag))?;
             self.stats.completed += 1;
+            if self
+                .watch
+                .is_some_and(|b| op.first <= b && b < op.first + op.n)
+            {
+                println!(
+                    "sim t={} ns: op {} {} ends {}",
+                    d.at,
+                    d.tag,
+                    op.io_type.name(),
+                    d.status
+                );
+            }
             let success = d.status == IoStatus::Success;
             if !success {
                 if !allowed(&op, d.at) {
@@ -201,7 +232,10 @@ impl Client {
                     self.model.ended(d.tag, op.first, op.n, d.at, success)
                 }
                 IoType::Read if success => {
-                    let buf = d.buf.as_ref().ok_or("a read came back without its buffer")?;
+                    let buf = d
+                        .buf
+                        .as_ref()
+                        .ok_or("a read came back without its buffer")?;
                     self.model
                         .check_read(op.first, buf.as_slice(), self.block_size as usize, op.sent)
                         .map_err(|e| format!("request {}: {e}", d.tag))?;

@@ -111,6 +111,11 @@ impl SimDevice {
         lock(&self.state).faults = faults;
     }
 
+    /// The probability of a write failing anywhere on the device.
+    pub fn write_fail_ppm(&self) -> u32 {
+        lock(&self.state).faults.write_fail_ppm
+    }
+
     /// Writes overlapping `[start, end)` also fail with probability `ppm` (0: no longer).
     pub fn set_range_write_fail(&self, start: u64, end: u64, ppm: u32) {
         let mut s = lock(&self.state);
@@ -236,7 +241,10 @@ impl Drop for SimChannel {
         self.queued.sort_by_key(|q| (q.due, q.seq));
         for q in &self.queued {
             let io = &q.io;
-            if !matches!(io.io_type, IoType::Write | IoType::WriteZeroes | IoType::Unmap) {
+            if !matches!(
+                io.io_type,
+                IoType::Write | IoType::WriteZeroes | IoType::Unmap
+            ) {
                 continue;
             }
             for i in 0..io.num_blocks as usize {
@@ -248,8 +256,9 @@ impl Drop for SimChannel {
                     continue;
                 }
                 match (&io.buf, io.io_type) {
-                    (Some(buf), IoType::Write) => s.bytes[at..at + bs]
-                        .copy_from_slice(&buf.as_slice()[i * bs..(i + 1) * bs]),
+                    (Some(buf), IoType::Write) => {
+                        s.bytes[at..at + bs].copy_from_slice(&buf.as_slice()[i * bs..(i + 1) * bs])
+                    }
                     (_, IoType::Write) => {}
                     _ => s.bytes[at..at + bs].fill(0),
                 }

@@ -32,6 +32,8 @@
 //! known engine bug; turn it back on once the bug is fixed):
 //! - [`REUSE_SOURCE_EXTENT_AT_FLIP`] (off): on, it finds issue 26's finding 3 (seed 54), a
 //!   source extent freed at the flip while reads to it are in flight. See its comment.
+//! - [`TARGET_FAULTS_WHILE_UNDECIDED`] (off): on, it finds issue 26's finding 1 (seed 13), a
+//!   target failure while a commit is undecided loses an acknowledged write. See its comment.
 
 pub mod client;
 pub mod device;
@@ -49,6 +51,23 @@ mod tests;
 /// (header: block 191, write 1523)"): a read of shard 1 still on the device at its old
 /// extent returned a chunk of shard 2 copied there after the flip.
 pub const REUSE_SOURCE_EXTENT_AT_FLIP: bool = false;
+
+/// Whether some commits end undecided (their placement write timed out; it lands or not,
+/// found at the next import, a crash here), as `pool::copy_driver` handles them:
+/// `keep_copy_undecided`, writes let go to both members.
+pub const UNDECIDED_COMMITS: bool = true;
+
+/// Whether a copy's target may fail writes while its commit is undecided. Off: issue 26's
+/// finding 1, which the simulator finds (seed 13 with this on): an undecided copy whose
+/// target fails a mirrored write restarts, then is abandoned ("abandoned after 1 restarts,
+/// at the target's failure 2"), and stops mirroring; an unmap acknowledged after that went
+/// to the source alone, the late placement write landed (the import found the shard on the
+/// target), and a read returned the older write 616 over the acknowledged zeroes. The fix
+/// belongs in `reactor/copy.rs` (while undecided, a failed target half fails or holds the
+/// client write, never restarts or abandons the copy). With this off, a commit ends
+/// undecided only on a target with no write faults, whose range faults are then switched
+/// off.
+pub const TARGET_FAULTS_WHILE_UNDECIDED: bool = false;
 
 /// Fake time allowed, after faults stop and the clients stop sending, for every request to
 /// complete and every migration to end.

@@ -41,6 +41,7 @@ struct Totals {
     cancelled: u64,
     restarts: u64,
     crashes: u64,
+    undecided: u64,
 }
 
 impl Totals {
@@ -57,6 +58,7 @@ impl Totals {
         self.cancelled += r.cancelled;
         self.restarts += r.restarts;
         self.crashes += r.crashes;
+        self.undecided += r.undecided;
     }
 
     fn print(&self, elapsed: Duration) {
@@ -65,7 +67,7 @@ impl Totals {
             "simulator: {} seeds in {:.1} s ({:.1} seeds/s); per seed: {:.0} client ops, {:.1} \
              faults injected, {:.0} blocks read and checked, {:.1} allowed client failures, {:.2} \
              hand-offs, {:.2} copies ({:.2} committed, {:.2} abandoned, {:.2} cancelled, {:.2} \
-             restarts), {:.2} crashes; found: nothing",
+             restarts, {:.2} undecided), {:.2} crashes; found: nothing",
             self.seeds,
             elapsed.as_secs_f64(),
             self.seeds as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -79,6 +81,7 @@ impl Totals {
             self.abandoned as f64 / s,
             self.cancelled as f64 / s,
             self.restarts as f64 / s,
+            self.undecided as f64 / s,
             self.crashes as f64 / s,
         );
     }
@@ -142,5 +145,8 @@ fn the_checker_catches_a_lost_write() {
     }
     // A lost write that a later write covers before anyone reads it cannot be seen by any
     // checker; about half of these seeds read the block first.
-    assert!(caught >= 8, "only {caught} of 20 seeds caught the lost write");
+    assert!(
+        caught >= 8,
+        "only {caught} of 20 seeds caught the lost write"
+    );
 }

@@ -4,7 +4,9 @@
 
 use super::client::{Client, ClientStats, Op, MAX_BLOCKS};
 use super::device::{Faults, SimDevice};
-use super::{LIVENESS_NS, REUSE_SOURCE_EXTENT_AT_FLIP};
+use super::{
+    LIVENESS_NS, REUSE_SOURCE_EXTENT_AT_FLIP, TARGET_FAULTS_WHILE_UNDECIDED, UNDECIDED_COMMITS,
+};
 use crate::bdev::{BdevId, BdevInfo, BdevRegistry, IoType, IoTypeSet};
 use crate::reactor::{CopyHandle, CopySpec, CopyState, Reactor, ReactorConfig};
 use crate::rng::Rng;
@@ -41,6 +43,7 @@ pub struct SeedReport {
     pub cancelled: u64,
     pub restarts: u64,
     pub crashes: u64,
+    pub undecided: u64,
 }
 
 enum Phase {
@@ -49,6 +52,10 @@ enum Phase {
     Copying(CopyHandle),
     /// Holding the shard's writes since `since` until none is in flight.
     Freezing(CopyHandle, Nanos),
+    /// The new placement's write timed out: it may or may not have landed (`lands` says
+    /// which, found at the next import). The copy mirrors on (`keep_copy_undecided`) until
+    /// then.
+    Undecided(bool, CopyHandle),
 }
 
 struct Migration {
@@ -78,6 +85,9 @@ struct World {
     max_inflight: usize,
     target_write_fail_ppm: u32,
     report: SeedReport,
+    tracing: bool,
+    /// Clients send and control acts (false once faults stop).
+    active: bool,
 }
 
 fn extent_at(extent: u64) -> u64 {
@@ -97,6 +107,14 @@ pub fn run_seed(seed: u64, plant_lost_write: bool) -> Result<SeedReport, String>
         }
         w.step(true)?;
     }
+    if w.migrations
+        .iter()
+        .any(|m| matches!(m.phase, Phase::Undecided(..)))
+    {
+        // Only an import decides an undecided commit.
+        w.crash();
+    }
+    w.active = false;
     for (_, d) in &w.devs {
         d.stop_faults();
     }
@@ -209,6 +227,8 @@ impl World {
             client,
             max_inflight,
             target_write_fail_ppm,
+            active: true,
+            tracing: std::env::var_os("TIDEPOOL_SIM_TRACE").is_some(),
             report: SeedReport {
                 seed,
                 reactors: n,
@@ -251,10 +271,22 @@ impl World {
     /// hold. A new process finds the volume as last persisted, which here is the routes as
     /// they are (a hand-off or a flip is persisted at the moment it happens), and goes on.
     fn crash(&mut self) {
+        self.trace(format_args!("crash"));
         self.report.crashes += 1;
         self.rs.clear();
         for m in std::mem::take(&mut self.migrations) {
             self.end_target_faults(&m);
+            if let Phase::Undecided(lands, h) = &m.phase {
+                let st = h.lock().unwrap().clone();
+                let s = m.shard;
+                self.trace(format_args!(
+                    "import: shard {s} undecided, lands {lands}: {st:?}"
+                ));
+            }
+            if let Phase::Undecided(true, _) = m.phase {
+                // The import finds the new placement: the shard is on the target.
+                self.flip(m.shard, m.target, m.source);
+            }
         }
         let n = self.report.reactors;
         self.rs = crate::testkit::reactors(n, &self.reg, ReactorConfig::default());
@@ -272,8 +304,8 @@ impl World {
             }
             // A hand-off (the pool service refuses one while the shard migrates).
             let owner = self.volume.table().shards[shard].owner as usize;
-            let to = (owner + 1 + (self.rng.next_u64() as usize % (self.rs.len() - 1)))
-                % self.rs.len();
+            let to =
+                (owner + 1 + (self.rng.next_u64() as usize % (self.rs.len() - 1))) % self.rs.len();
             self.volume.set_owner(shard, to as u16);
             self.report.handoffs += 1;
         } else if roll < 56 {
@@ -378,6 +410,8 @@ impl World {
                     );
                     m.phase = Phase::Copying(h);
                     self.report.copies_started += 1;
+                    let (s, t) = (m.shard, m.target);
+                    self.trace(format_args!("shard {s}: copy to {t:?} starts"));
                 }
                 Ok(false)
             }
@@ -399,6 +433,7 @@ impl World {
                     }
                 }
             }
+            Phase::Undecided(..) => Ok(false),
             Phase::Freezing(h, since) => {
                 let (h, since) = (Arc::clone(h), *since);
                 let ctx = self.rs[m.owner].ctx();
@@ -408,20 +443,35 @@ impl World {
                         m.phase = Phase::Copying(h);
                         Ok(false)
                     }
-                    Some((0, true)) => {
-                        // Commit: flip the route to the target, stop the copy.
-                        let (tm, te) = m.target;
-                        let (target_id, source) = (self.devs[tm].0, m.source);
-                        self.volume.update(|routes| {
-                            routes[m.shard].member = target_id;
-                            routes[m.shard].member_name = format!("D{tm}");
-                            routes[m.shard].offset_blocks = extent_at(te);
-                        });
-                        ctx.stop_copy(vol, shard);
-                        self.placement[m.shard] = (tm, te);
-                        if REUSE_SOURCE_EXTENT_AT_FLIP {
-                            self.free[source.0].push(source.1);
+                    Some((0, true))
+                        if UNDECIDED_COMMITS
+                            && self.active
+                            && (TARGET_FAULTS_WHILE_UNDECIDED
+                                || self.devs[m.target.0].1.write_fail_ppm() == 0)
+                            && self.rng.next_u64().is_multiple_of(4) =>
+                    {
+                        if !TARGET_FAULTS_WHILE_UNDECIDED {
+                            let at = extent_at(m.target.1);
+                            self.devs[m.target.0]
+                                .1
+                                .set_range_write_fail(at, at + SHARD, 0);
                         }
+                        // The placement's write timed out: the writes go on, to both.
+                        ctx.keep_copy_undecided(vol, shard);
+                        ctx.freeze_copy(vol, shard, false);
+                        m.phase =
+                            Phase::Undecided(self.rng.next_u64().is_multiple_of(2), h.clone());
+                        let (s, st) = (m.shard, h.lock().unwrap().clone());
+                        self.trace(format_args!("shard {s} undecided: {st:?}"));
+                        self.report.undecided += 1;
+                        Ok(false)
+                    }
+                    Some((0, true)) => {
+                        // Commit: flip the route to the target, then stop the copy (the
+                        // writes it held go on by the new route).
+                        let (s, target, source, owner) = (m.shard, m.target, m.source, m.owner);
+                        self.flip(s, target, source);
+                        self.rs[owner].ctx().stop_copy(vol, shard);
                         self.report.restarts += h.lock().unwrap().restarts as u64;
                         self.report.committed += 1;
                         Ok(true)
@@ -438,6 +488,31 @@ impl World {
         }
     }
 
+    /// With `TIDEPOOL_SIM_TRACE` set, says what the control plane does (to diagnose a seed).
+    fn trace(&self, what: std::fmt::Arguments) {
+        if self.tracing {
+            println!("sim t={} ns: {what}", self.t);
+        }
+    }
+
+    /// Routes shard `shard` to `target`, its placement now.
+    fn flip(&mut self, shard: usize, target: (usize, u64), source: (usize, u64)) {
+        let (tm, te) = target;
+        let target_id = self.devs[tm].0;
+        self.trace(format_args!(
+            "shard {shard} flips to {target:?} from {source:?}"
+        ));
+        self.volume.update(|routes| {
+            routes[shard].member = target_id;
+            routes[shard].member_name = format!("D{tm}");
+            routes[shard].offset_blocks = extent_at(te);
+        });
+        self.placement[shard] = target;
+        if REUSE_SOURCE_EXTENT_AT_FLIP {
+            self.free[source.0].push(source.1);
+        }
+    }
+
     /// Reads the whole volume back (nothing in flight) and checks it against the model.
     fn read_back(&mut self) -> Result<(), String> {
         let total = SHARDS * SHARD;
@@ -446,8 +521,16 @@ impl World {
             let n = MAX_BLOCKS.min(total - first);
             let routes = self.volume.table();
             let on = (self.rng.next_u64() % self.rs.len() as u64) as usize;
-            self.client
-                .send_on(&mut self.rs, on, self.vol, routes, self.t, IoType::Read, first, n);
+            self.client.send_on(
+                &mut self.rs,
+                on,
+                self.vol,
+                routes,
+                self.t,
+                IoType::Read,
+                first,
+                n,
+            );
             first += n;
             while !self.client.inflight.is_empty() {
                 if self.report.steps > ACTIVE_STEPS + 10_000_000 {
@@ -473,7 +556,10 @@ fn source_failed(devs: &[(BdevId, Arc<SimDevice>)], op: &Op, now: &RouteTable, a
                 continue;
             };
             if log.iter().any(|f| {
-                f.at >= op.sent && f.at <= at && f.offset_blocks <= on && on < f.offset_blocks + f.num_blocks
+                f.at >= op.sent
+                    && f.at <= at
+                    && f.offset_blocks <= on
+                    && on < f.offset_blocks + f.num_blocks
             }) {
                 return true;
             }
