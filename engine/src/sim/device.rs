@@ -35,6 +35,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// `EIO`: what an injected failure completes with.
 const EIO: i32 = 5;
+/// How late a write that "does not answer" answers: three times the copy's
+/// `TARGET_ANSWER_NS` in test builds (200 ms; `reactor::copy` is private to the reactor), so
+/// the engine must give up on it first.
+pub const HANG_NS: u64 = 600_000_000;
+
 /// Requests one channel holds before it refuses more (`submit` returns them: the reactor's
 /// nomem queue retries them).
 const CHANNEL_DEPTH: usize = 64;
@@ -66,8 +71,10 @@ struct DiskState {
     injected: Vec<InjectedFailure>,
     /// Extra write failure probability on block ranges `[start, end)` (a copy's target).
     write_fail_ranges: Vec<(u64, u64, u32)>,
-    /// Requests completed, and of them failures injected.
+    /// Requests completed.
     ops: u64,
+    /// Writes that did not answer (until `HANG_NS`).
+    hung: u64,
 }
 
 /// A memory-backed device with seeded latency, reordering and failures.
@@ -103,6 +110,7 @@ impl SimDevice {
                 injected: Vec::new(),
                 write_fail_ranges: Vec::new(),
                 ops: 0,
+                hung: 0,
             })),
         }
     }
@@ -137,6 +145,11 @@ impl SimDevice {
     /// The failures injected so far.
     pub fn injected(&self) -> Vec<InjectedFailure> {
         lock(&self.state).injected.clone()
+    }
+
+    /// Writes that did not answer so far.
+    pub fn hung(&self) -> u64 {
+        lock(&self.state).hung
     }
 
     /// Requests completed so far.
@@ -185,7 +198,22 @@ impl BdevChannel for SimChannel {
         }
         let mut s = lock(&self.state);
         let max = s.faults.max_latency_ns.max(1);
-        let latency = if s.rng.next_u64().is_multiple_of(50) {
+        let end = io.offset_blocks + io.num_blocks as u64;
+        // One in 8 of a range's failures is a write that does not answer (until HANG_NS).
+        let hang_ppm = match io.io_type {
+            IoType::Write | IoType::WriteZeroes | IoType::Unmap if s.faults_on => s
+                .write_fail_ranges
+                .iter()
+                .filter(|r| r.0 < end && io.offset_blocks < r.1)
+                .map(|r| r.2 / 8)
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let latency = if hang_ppm > 0 && s.rng.next_u64() % 1_000_000 < hang_ppm as u64 {
+            s.hung += 1;
+            HANG_NS
+        } else if s.rng.next_u64().is_multiple_of(50) {
             s.rng.next_u64() % (20 * max)
         } else {
             s.rng.next_u64() % max

@@ -4,12 +4,16 @@
 //! **Contract.** One seed fixes everything: 2 or 3 real reactors with the real router,
 //! stepped on this thread in a seeded order on a seeded fake clock; a volume whose shards
 //! live on simulated member devices ([`device::SimDevice`]: memory, seeded latency,
-//! reordered completions, failed reads and writes); a client model that keeps many
+//! reordered completions, failed reads and writes, copy targets that fail writes or do not
+//! answer); a client model that keeps many
 //! overlapping reads, writes, flushes, write-zeroes and unmaps in flight at once
 //! ([`client`]); and control actions taken while that I/O is in flight: hand-offs, and data
 //! copies (`Ctx::start_copy`, the control plane's commit: mark the source on the other
 //! reactors, freeze, flip the route, stop; abandon on the copy's own giving up, or cancel)
-//! whose targets fail writes. After every step the checker ([`model`]) checks:
+//! whose targets fail writes; commits whose placement write is undecided
+//! (`keep_copy_undecided`, decided at the next import); and crashes at any step (reactors,
+//! copies and requests in flight gone, queued writes torn block by block), after which new
+//! reactors take the volume as last routed. After every step the checker ([`model`]) checks:
 //! - every read returns, in each block, a value the block may hold: the last acknowledged
 //!   write or a write in flight (so no acknowledged write is lost, and no read returns data
 //!   never written to that block);
@@ -22,11 +26,14 @@
 //! `TIDEPOOL_SEED=N` replays one seed; a failing seed panics with the command that replays
 //! it. `TIDEPOOL_SIM_SEEDS=N` or `TIDEPOOL_SIM_MINUTES=M` run a soak (`scripts/sim.sh`).
 //!
-//! **Not yet covered** (the next engineer's list): crashes and import (the pool service's
-//! metadata path is not simulated: persists, torn metadata writes, `pool_remove_bdev` and
-//! the balancer are not in this model; the commit here flips the route without a persist);
-//! devices that never answer; FLUSH durability (the device has no volatile cache, so flush
-//! is checked only for completing).
+//! **Not yet covered** (the next engineer's list): the pool service and its metadata path
+//! (persists, crashes between the member writes of one persist, torn metadata writes, the
+//! real import, `pool_remove_bdev`, the balancer): here a hand-off or flip is "persisted" at
+//! the moment it happens, and a crash keeps the routes; the control plane is the sim's own
+//! copy of `copy_driver`'s steps (mark, start, freeze, flip, stop), not that code. FLUSH
+//! durability: the device has no volatile cache, so every acknowledged write must survive a
+//! crash (stricter than "every flushed one"), and the commit does not flush the target.
+//! Mirrored writes sent in parallel (issue 26) are whatever `reactor::copy` does.
 //!
 //! **Switches that exclude fault combinations** (each off-by-default switch hides a
 //! known engine bug; turn it back on once the bug is fixed):

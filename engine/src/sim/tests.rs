@@ -42,6 +42,7 @@ struct Totals {
     restarts: u64,
     crashes: u64,
     undecided: u64,
+    hung: u64,
 }
 
 impl Totals {
@@ -59,13 +60,14 @@ impl Totals {
         self.restarts += r.restarts;
         self.crashes += r.crashes;
         self.undecided += r.undecided;
+        self.hung += r.hung;
     }
 
     fn print(&self, elapsed: Duration) {
         let s = self.seeds.max(1) as f64;
         println!(
             "simulator: {} seeds in {:.1} s ({:.1} seeds/s); per seed: {:.0} client ops, {:.1} \
-             faults injected, {:.0} blocks read and checked, {:.1} allowed client failures, {:.2} \
+             faults injected ({:.2} writes unanswered), {:.0} blocks read and checked, {:.1} allowed client failures, {:.2} \
              hand-offs, {:.2} copies ({:.2} committed, {:.2} abandoned, {:.2} cancelled, {:.2} \
              restarts, {:.2} undecided), {:.2} crashes; found: nothing",
             self.seeds,
@@ -73,6 +75,7 @@ impl Totals {
             self.seeds as f64 / elapsed.as_secs_f64().max(1e-9),
             self.ops as f64 / s,
             self.faults as f64 / s,
+            self.hung as f64 / s,
             self.blocks_checked as f64 / s,
             self.failed_allowed as f64 / s,
             self.handoffs as f64 / s,
@@ -130,6 +133,7 @@ fn simulated_engine_keeps_every_acknowledged_write_under_faults() {
     assert!(totals.abandoned > 0 && totals.cancelled > 0 && totals.handoffs > CI_SEEDS);
     assert!(totals.restarts > 0 && totals.faults > 0 && totals.failed_allowed > 0);
     assert!(totals.crashes > CI_SEEDS / 2, "too few crashes");
+    assert!(totals.undecided > 0 && totals.hung > 0);
 }
 
 /// The checker must fail when a member acknowledges a write it did not do.
