@@ -12,10 +12,8 @@ use crate::reactor::{Reactor, TaskId};
 use crate::rng::Rng;
 use crate::testkit::{request, Recorder};
 use crate::time::Nanos;
-use crate::volume::RouteTable;
 use crate::DmaPool;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Largest request, in blocks.
 pub const MAX_BLOCKS: u64 = 16;
@@ -36,8 +34,6 @@ pub struct Op {
     pub first: u64,
     pub n: u64,
     pub sent: Nanos,
-    /// The routes when it was sent (to tell which source extents it maps to).
-    pub routes: Arc<RouteTable>,
 }
 
 /// Counts for the report.
@@ -88,14 +84,7 @@ impl Client {
     }
 
     /// Sends one random request on a random reactor at `now`.
-    pub fn send(
-        &mut self,
-        rng: &mut Rng,
-        rs: &mut [Reactor],
-        vol: BdevId,
-        routes: Arc<RouteTable>,
-        now: Nanos,
-    ) {
+    pub fn send(&mut self, rng: &mut Rng, rs: &mut [Reactor], vol: BdevId, now: Nanos) {
         let io_type = match rng.next_u64() % 100 {
             0..=39 => IoType::Read,
             40..=81 => IoType::Write,
@@ -110,7 +99,7 @@ impl Client {
             (rng.next_u64() % (self.num_blocks - n + 1), n)
         };
         let on = (rng.next_u64() % rs.len() as u64) as usize;
-        self.send_on(rs, on, vol, routes, now, io_type, first, n);
+        self.send_on(rs, on, vol, now, io_type, first, n);
     }
 
     /// Sends `io_type` on `[first, first + n)` on reactor `on` at `now`.
@@ -120,7 +109,6 @@ impl Client {
         rs: &mut [Reactor],
         on: usize,
         vol: BdevId,
-        routes: Arc<RouteTable>,
         now: Nanos,
         io_type: IoType,
         first: u64,
@@ -162,7 +150,6 @@ impl Client {
                 first,
                 n,
                 sent: now,
-                routes,
             },
         );
         self.stats.sent += 1;

@@ -11,7 +11,7 @@ use crate::bdev::{BdevId, BdevInfo, BdevRegistry, IoType, IoTypeSet};
 use crate::reactor::{CopyHandle, CopySpec, CopyState, Reactor, ReactorConfig};
 use crate::rng::Rng;
 use crate::time::Nanos;
-use crate::volume::{RouteTable, ShardRoute, ShardState, Volume, VolumeBdev};
+use crate::volume::{ShardRoute, ShardState, Volume, VolumeBdev};
 use std::sync::Arc;
 
 const BS: u64 = 512;
@@ -87,6 +87,8 @@ struct World {
     max_inflight: usize,
     target_write_fail_ppm: u32,
     report: SeedReport,
+    /// Every placement each shard has had (for `source_failed`).
+    history: Vec<Placed>,
     tracing: bool,
     /// Clients send and control acts (false once faults stop).
     active: bool,
@@ -133,6 +135,10 @@ pub fn run_seed(seed: u64, plant_lost_write: bool) -> Result<SeedReport, String>
         }
         w.step(false)?;
     }
+    w.read_back()?;
+    // And what the devices hold, with nothing of the process left: every acknowledged
+    // write is on a device, not only in flight somewhere.
+    w.crash();
     w.read_back()?;
     let mut r = w.report.clone();
     r.client = w.client.stats;
@@ -219,7 +225,19 @@ impl World {
             2 => vec![rng.next_u64() % ACTIVE_STEPS],
             _ => vec![rng.next_u64() % ACTIVE_STEPS, rng.next_u64() % ACTIVE_STEPS],
         };
+        let history = placement
+            .iter()
+            .enumerate()
+            .map(|(shard, &(m, e))| Placed {
+                shard,
+                member: devs[m].0,
+                offset_blocks: extent_at(e),
+                from: 0,
+                until: Nanos::MAX,
+            })
+            .collect();
         World {
+            history,
             rng,
             t: 1_000,
             rs,
@@ -252,9 +270,8 @@ impl World {
         if active {
             for _ in 0..self.rng.next_u64() % 4 {
                 if self.client.inflight.len() < self.max_inflight {
-                    let routes = self.volume.table();
                     self.client
-                        .send(&mut self.rng, &mut self.rs, self.vol, routes, self.t);
+                        .send(&mut self.rng, &mut self.rs, self.vol, self.t);
                 }
             }
             self.control();
@@ -269,9 +286,8 @@ impl World {
                 self.rs[r].poll(self.t);
             }
         }
-        let current = self.volume.table();
-        let (devs, client) = (&self.devs, &mut self.client);
-        client.reap(|op, at| source_failed(devs, op, &current, at))?;
+        let (devs, history, client) = (&self.devs, &self.history, &mut self.client);
+        client.reap(|op, at| source_failed(devs, history, op, at))?;
         self.advance_migrations()
     }
 
@@ -517,6 +533,19 @@ impl World {
             routes[shard].offset_blocks = extent_at(te);
         });
         self.placement[shard] = target;
+        let now = self.t;
+        for p in self.history.iter_mut() {
+            if p.shard == shard && p.until == Nanos::MAX {
+                p.until = now;
+            }
+        }
+        self.history.push(Placed {
+            shard,
+            member: target_id,
+            offset_blocks: extent_at(te),
+            from: now,
+            until: Nanos::MAX,
+        });
         if REUSE_SOURCE_EXTENT_AT_FLIP {
             self.free[source.0].push(source.1);
         }
@@ -528,18 +557,9 @@ impl World {
         let mut first = 0;
         while first < total {
             let n = MAX_BLOCKS.min(total - first);
-            let routes = self.volume.table();
             let on = (self.rng.next_u64() % self.rs.len() as u64) as usize;
-            self.client.send_on(
-                &mut self.rs,
-                on,
-                self.vol,
-                routes,
-                self.t,
-                IoType::Read,
-                first,
-                n,
-            );
+            self.client
+                .send_on(&mut self.rs, on, self.vol, self.t, IoType::Read, first, n);
             first += n;
             while !self.client.inflight.is_empty() {
                 if self.report.steps > ACTIVE_STEPS + 10_000_000 {
@@ -552,27 +572,43 @@ impl World {
     }
 }
 
+/// One placement a shard had: on `member` at `offset_blocks` from `from` until `until`.
+struct Placed {
+    shard: usize,
+    member: BdevId,
+    offset_blocks: u64,
+    from: Nanos,
+    until: Nanos,
+}
+
 /// Whether a failure was injected, between `op`'s sending and `at`, on a source extent
-/// under it (by the routes when it was sent, or now).
-fn source_failed(devs: &[(BdevId, Arc<SimDevice>)], op: &Op, now: &RouteTable, at: Nanos) -> bool {
+/// under it: any placement its shards had meanwhile (a piece may have gone out between
+/// two flips), once it was the source (a piece sent before a flip may fail after it).
+fn source_failed(
+    devs: &[(BdevId, Arc<SimDevice>)],
+    history: &[Placed],
+    op: &Op,
+    at: Nanos,
+) -> bool {
     let injected: Vec<_> = devs.iter().map(|(id, d)| (*id, d.injected())).collect();
-    for table in [&*op.routes, now] {
-        for block in op.first..op.first + op.n {
-            let shard = (block / SHARD) as usize;
-            let route = &table.shards[shard];
-            let on = route.offset_blocks + block % SHARD;
-            let Some((_, log)) = injected.iter().find(|(id, _)| *id == route.member) else {
-                continue;
-            };
-            if log.iter().any(|f| {
-                f.at >= op.sent
-                    && f.at <= at
-                    && f.offset_blocks <= on
-                    && on < f.offset_blocks + f.num_blocks
-            }) {
-                return true;
-            }
-        }
-    }
-    false
+    (op.first..op.first + op.n).any(|block| {
+        let shard = (block / SHARD) as usize;
+        history
+            .iter()
+            .filter(|p| p.shard == shard && p.from <= at && op.sent <= p.until)
+            .any(|p| {
+                let on = p.offset_blocks + block % SHARD;
+                injected
+                    .iter()
+                    .filter(|(id, _)| *id == p.member)
+                    .flat_map(|(_, log)| log)
+                    .any(|f| {
+                        // Not while the extent was a copy's target, before it served.
+                        f.at >= op.sent.max(p.from)
+                            && f.at <= at
+                            && f.offset_blocks <= on
+                            && on < f.offset_blocks + f.num_blocks
+                    })
+            })
+    })
 }
