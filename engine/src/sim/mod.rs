@@ -1,13 +1,16 @@
 //! A seeded, deterministic simulation of the engine's data path, in the spirit of
 //! TigerBeetle's VOPR (issue 26, "The simulator"; first version).
 //!
+//! **WARNING: two known engine bugs are excluded by switches below**
+//! ([`REUSE_SOURCE_EXTENT_AT_FLIP`], [`TARGET_FAULTS_WHILE_UNDECIDED`]); the simulator
+//! finds each as soon as its switch is turned on. Turn them on with the fixes.
+//!
 //! **Contract.** One seed fixes everything: 2 or 3 real reactors with the real router,
 //! stepped on this thread in a seeded order on a seeded fake clock; a volume whose shards
 //! live on simulated member devices ([`device::SimDevice`]: memory, seeded latency,
 //! reordered completions, failed reads and writes, copy targets that fail writes or do not
-//! answer); a client model that keeps many
-//! overlapping reads, writes, flushes, write-zeroes and unmaps in flight at once
-//! ([`client`]); and control actions taken while that I/O is in flight: hand-offs, and data
+//! answer); a client model that keeps many overlapping reads, writes, flushes,
+//! write-zeroes and unmaps in flight at once ([`client`]); and control actions taken while that I/O is in flight: hand-offs, and data
 //! copies (`Ctx::start_copy`, the control plane's commit: mark the source on the other
 //! reactors, freeze, flip the route, stop; abandon on the copy's own giving up, or cancel)
 //! whose targets fail writes; commits whose placement write is undecided
@@ -17,11 +20,13 @@
 //! - every read returns, in each block, a value the block may hold: the last acknowledged
 //!   write or a write in flight (so no acknowledged write is lost, and no read returns data
 //!   never written to that block);
-//! - no client request fails unless a failure was injected, while it was in flight, on a
-//!   source extent it maps to (a target's failure must never reach a client);
+//! - no client request fails unless a failure was injected, while it was in flight, on an
+//!   extent that was then the source of one of its blocks (a target's failure must never
+//!   reach a client);
 //!
 //! and, once faults stop, that every request completes and every migration ends within
-//! [`LIVENESS_NS`] of fake time, and that the whole volume reads back as the model says.
+//! [`LIVENESS_NS`] of fake time, and that the whole volume reads back as the model says,
+//! before and after a last crash.
 //!
 //! `TIDEPOOL_SEED=N` replays one seed; a failing seed panics with the command that replays
 //! it. `TIDEPOOL_SIM_SEEDS=N` or `TIDEPOOL_SIM_MINUTES=M` run a soak (`scripts/sim.sh`).
