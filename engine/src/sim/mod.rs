@@ -42,9 +42,9 @@
 //!
 //! **Switches that exclude fault combinations** (each off-by-default switch hides a
 //! known engine bug; turn it back on once the bug is fixed):
-//! - [`REUSE_SOURCE_EXTENT_AT_FLIP`] (off): on, it finds issue 26's finding 3 (seed 54), a
+//! - [`REUSE_SOURCE_EXTENT_AT_FLIP`] (off): on, it finds issue 26's finding 3 (seed 28), a
 //!   source extent freed at the flip while reads to it are in flight. See its comment.
-//! - [`TARGET_FAULTS_WHILE_UNDECIDED`] (off): on, it finds issue 26's finding 1 (seed 13), a
+//! - [`TARGET_FAULTS_WHILE_UNDECIDED`] (off): on, it finds issue 26's finding 1 (seed 10), a
 //!   target failure while a commit is undecided loses an acknowledged write. See its comment.
 
 pub mod client;
@@ -59,9 +59,10 @@ mod tests;
 /// route flips, as the pool service does today (`pool::copy_driver`). Issue 26's finding 3:
 /// reads routed before the flip may still be in flight to that extent, and a new copy's
 /// chunks then land under them. Off until that is fixed: a freed extent is never reused.
-/// Turned on, seed 54 fails ("request 1014: block 127 holds bytes no write to it left
-/// (header: block 191, write 1523)"): a read of shard 1 still on the device at its old
-/// extent returned a chunk of shard 2 copied there after the flip.
+/// Turned on, seed 28 fails ("request 375: block 95 holds bytes no write to it left
+/// (header: block 159, write 366)"): a read of shard 1 still on the device at its old
+/// extent returned a chunk of shard 2 copied there after the flip. (Seed 54 of an earlier
+/// version of the simulator showed the same.)
 pub const REUSE_SOURCE_EXTENT_AT_FLIP: bool = false;
 
 /// Whether some commits end undecided (their placement write timed out; it lands or not,
@@ -70,11 +71,12 @@ pub const REUSE_SOURCE_EXTENT_AT_FLIP: bool = false;
 pub const UNDECIDED_COMMITS: bool = true;
 
 /// Whether a copy's target may fail writes while its commit is undecided. Off: issue 26's
-/// finding 1, which the simulator finds (seed 13 with this on): an undecided copy whose
-/// target fails a mirrored write restarts, then is abandoned ("abandoned after 1 restarts,
-/// at the target's failure 2"), and stops mirroring; an unmap acknowledged after that went
-/// to the source alone, the late placement write landed (the import found the shard on the
-/// target), and a read returned the older write 616 over the acknowledged zeroes. The fix
+/// finding 1, which the simulator finds (seed 10 with this on: "request 2352: block 5 read
+/// back write 1025 ..., but it may hold only [2244]: an acknowledged write is lost"): an
+/// undecided copy whose target fails a mirrored write restarts, then is abandoned
+/// ("abandoned after 2 restarts, at the target's failure 3"), and stops mirroring; writes
+/// acknowledged after that went to the source alone, the late placement write landed (the
+/// import found the shard on the target), and a read returned an older write. The fix
 /// belongs in `reactor/copy.rs` (while undecided, a failed target half fails or holds the
 /// client write, never restarts or abandons the copy). With this off, a commit ends
 /// undecided only on a target with no write faults, whose range faults are then switched
