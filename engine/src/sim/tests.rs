@@ -155,3 +155,13 @@ fn the_checker_catches_a_lost_write() {
         "only {caught} of 20 seeds caught the lost write"
     );
 }
+
+/// One seed is one run: the same seed twice does the same thing, step for step.
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [7, 10_007] {
+        let a = format!("{:?}", run_seed(seed, false).unwrap());
+        let b = format!("{:?}", run_seed(seed, false).unwrap());
+        assert_eq!(a, b, "seed {seed} ran two ways");
+    }
+}
