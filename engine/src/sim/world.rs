@@ -123,13 +123,14 @@ pub fn run_seed(seed: u64, plant_lost_write: bool) -> Result<SeedReport, String>
         d.stop_faults();
     }
     let stop = w.t;
-    while !w.client.inflight.is_empty() || !w.migrations.is_empty() {
+    while !w.client.inflight.is_empty() || !w.migrations.is_empty() || w.copy_io_left() {
         if w.t - stop > LIVENESS_NS {
             return Err(format!(
-                "liveness: {} request(s) and {} migration(s) still running {} ns after faults \
-                 stopped",
+                "liveness: {} request(s), {} migration(s) and copy I/O to a target: {} still \
+                 running {} ns after faults stopped",
                 w.client.inflight.len(),
                 w.migrations.len(),
+                w.copy_io_left(),
                 LIVENESS_NS
             ));
         }
@@ -511,6 +512,15 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Whether a stopped or abandoned copy still has writes out to its target (a target
+    /// that did not answer); they too must come back once faults stop.
+    fn copy_io_left(&mut self) -> bool {
+        let vol = self.vol;
+        self.rs
+            .iter_mut()
+            .any(|r| (0..SHARDS as u32).any(|shard| r.ctx().copy_target_busy(vol, shard)))
     }
 
     /// With `TIDEPOOL_SIM_TRACE` set, says what the control plane does (to diagnose a seed).
