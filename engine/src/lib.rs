@@ -41,6 +41,8 @@ pub mod time;
 pub mod volume;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod testkit;
 
 pub use tidepool_bindings::dma::{DmaBuf, DmaPool};

@@ -1,0 +1,624 @@
+//! One simulated run: the reactors, devices, volume, client and control plane of one seed,
+//! stepped until the clients stop, then until everything has ended (liveness), then read
+//! back whole.
+
+use super::client::{Client, ClientStats, Op, MAX_BLOCKS};
+use super::device::{Faults, SimDevice};
+use super::{
+    LIVENESS_NS, REUSE_SOURCE_EXTENT_AT_FLIP, TARGET_FAULTS_WHILE_UNDECIDED, UNDECIDED_COMMITS,
+};
+use crate::bdev::{BdevId, BdevInfo, BdevRegistry, IoType, IoTypeSet};
+use crate::reactor::{CopyHandle, CopySpec, CopyState, Reactor, ReactorConfig};
+use crate::rng::Rng;
+use crate::time::Nanos;
+use crate::volume::{ShardRoute, ShardState, Volume, VolumeBdev};
+use std::sync::Arc;
+
+const BS: u64 = 512;
+const SHARD: u64 = 64;
+const SHARDS: u64 = 4;
+const MEMBERS: usize = 4;
+/// Shard-sized extents on each member.
+const EXTENTS: u64 = 6;
+/// Where extents start on a member: not 0, so a missed translation shows.
+const BASE: u64 = 8;
+/// Steps during which clients send and control acts.
+const ACTIVE_STEPS: u64 = 2_500;
+/// Longest a commit holds a shard's writes before it lets them go and tries again.
+const FREEZE_LIMIT_NS: u64 = 200_000;
+
+/// What one seed did.
+#[derive(Clone, Debug, Default)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub reactors: usize,
+    pub steps: u64,
+    pub client: ClientStats,
+    pub device_ops: u64,
+    pub faults_injected: u64,
+    pub handoffs: u64,
+    pub copies_started: u64,
+    pub committed: u64,
+    pub abandoned: u64,
+    pub cancelled: u64,
+    pub restarts: u64,
+    pub crashes: u64,
+    pub undecided: u64,
+    /// Writes a device did not answer (until `device::HANG_NS`), counted in faults too.
+    pub hung: u64,
+}
+
+enum Phase {
+    /// Waiting for writes other reactors sent to the source before the copy to land.
+    Settling,
+    Copying(CopyHandle),
+    /// Holding the shard's writes since `since` until none is in flight.
+    Freezing(CopyHandle, Nanos),
+    /// The new placement's write timed out: it may or may not have landed (`lands` says
+    /// which, found at the next import). The copy mirrors on (`keep_copy_undecided`) until
+    /// then.
+    Undecided(bool, CopyHandle),
+}
+
+struct Migration {
+    shard: usize,
+    owner: usize,
+    source: (usize, u64),
+    target: (usize, u64),
+    phase: Phase,
+    spec: CopySpec,
+}
+
+struct World {
+    rng: Rng,
+    t: Nanos,
+    rs: Vec<Reactor>,
+    reg: Arc<BdevRegistry>,
+    /// Active steps at which the process crashes.
+    crash_steps: Vec<u64>,
+    devs: Vec<(BdevId, Arc<SimDevice>)>,
+    vol: BdevId,
+    volume: Arc<Volume>,
+    /// Each shard's (member, extent).
+    placement: Vec<(usize, u64)>,
+    free: Vec<Vec<u64>>,
+    migrations: Vec<Migration>,
+    client: Client,
+    max_inflight: usize,
+    target_write_fail_ppm: u32,
+    report: SeedReport,
+    /// Every placement each shard has had (for `source_failed`).
+    history: Vec<Placed>,
+    tracing: bool,
+    /// Clients send and control acts (false once faults stop).
+    active: bool,
+}
+
+fn extent_at(extent: u64) -> u64 {
+    BASE + extent * SHARD
+}
+
+/// Runs seed `seed`; `plant_lost_write` makes member 0 acknowledge one write it does not do
+/// (the checker must catch it). Returns what the seed did, or what the checker found.
+pub fn run_seed(seed: u64, plant_lost_write: bool) -> Result<SeedReport, String> {
+    let mut w = World::new(seed);
+    if plant_lost_write {
+        w.devs[0].1.plant_lost_write();
+    }
+    for step in 0..ACTIVE_STEPS {
+        if w.crash_steps.contains(&step) {
+            w.crash();
+        }
+        w.step(true)?;
+    }
+    if w.migrations
+        .iter()
+        .any(|m| matches!(m.phase, Phase::Undecided(..)))
+    {
+        // Only an import decides an undecided commit.
+        w.crash();
+    }
+    w.active = false;
+    for (_, d) in &w.devs {
+        d.stop_faults();
+    }
+    let stop = w.t;
+    while !w.client.inflight.is_empty() || !w.migrations.is_empty() || w.copy_io_left() {
+        if w.t - stop > LIVENESS_NS {
+            return Err(format!(
+                "liveness: {} request(s), {} migration(s) and copy I/O to a target: {} still \
+                 running {} ns after faults stopped",
+                w.client.inflight.len(),
+                w.migrations.len(),
+                w.copy_io_left(),
+                LIVENESS_NS
+            ));
+        }
+        w.step(false)?;
+    }
+    w.read_back()?;
+    // And what the devices hold, with nothing of the process left: every acknowledged
+    // write is on a device, not only in flight somewhere.
+    w.crash();
+    w.read_back()?;
+    let mut r = w.report.clone();
+    r.client = w.client.stats;
+    r.device_ops = w.devs.iter().map(|(_, d)| d.ops()).sum();
+    r.hung = w.devs.iter().map(|(_, d)| d.hung()).sum();
+    r.faults_injected = w
+        .devs
+        .iter()
+        .map(|(_, d)| d.injected().len() as u64 + d.hung())
+        .sum();
+    Ok(r)
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = Rng::new(seed ^ 0x5157_1a7e);
+        let reg = Arc::new(BdevRegistry::new());
+        let source_faults = rng.next_u64().is_multiple_of(2);
+        let devs: Vec<(BdevId, Arc<SimDevice>)> = (0..MEMBERS)
+            .map(|m| {
+                let d = Arc::new(SimDevice::new(
+                    &format!("D{m}"),
+                    BS as u32,
+                    BASE + EXTENTS * SHARD,
+                    rng.next_u64(),
+                ));
+                d.set_faults(Faults {
+                    read_fail_ppm: if source_faults {
+                        (rng.next_u64() % 10_000) as u32
+                    } else {
+                        0
+                    },
+                    write_fail_ppm: if source_faults {
+                        (rng.next_u64() % 10_000) as u32
+                    } else {
+                        0
+                    },
+                    max_latency_ns: 1_000 + rng.next_u64() % 30_000,
+                });
+                let id = reg.register(d.clone()).expect("a fresh registry");
+                (id, d)
+            })
+            .collect();
+        let n = 2 + (rng.next_u64() % 2) as usize;
+        // Shard i on member i % 2 at extent i / 2; members 2 and 3 start empty.
+        let placement: Vec<(usize, u64)> = (0..SHARDS).map(|i| ((i % 2) as usize, i / 2)).collect();
+        let mut free: Vec<Vec<u64>> = (0..MEMBERS).map(|_| (0..EXTENTS).rev().collect()).collect();
+        for &(m, e) in &placement {
+            free[m].retain(|&x| x != e);
+        }
+        let routes = placement
+            .iter()
+            .enumerate()
+            .map(|(i, &(m, e))| ShardRoute {
+                owner: (i % n) as u16,
+                member: devs[m].0,
+                member_name: format!("D{m}"),
+                offset_blocks: extent_at(e),
+                state: ShardState::Online,
+            })
+            .collect();
+        let info = BdevInfo {
+            name: "SimVol".into(),
+            product_name: "",
+            block_size: BS as u32,
+            num_blocks: SHARDS * SHARD,
+            uuid: "00000000-0000-4000-8000-000000000026".into(),
+            supported: IoTypeSet::all(),
+        };
+        let volume = Arc::new(Volume::new(info, "simpool", SHARD, routes));
+        let vol = reg
+            .register(Arc::new(VolumeBdev::new(Arc::clone(&volume))))
+            .expect("a fresh registry");
+        let mut rs = crate::testkit::reactors(n, &reg, ReactorConfig::default());
+        let max_inflight = 1 + (rng.next_u64() % 48) as usize;
+        let client = Client::new(&mut rs, BS, SHARDS * SHARD, max_inflight);
+        let target_write_fail_ppm = match rng.next_u64() % 3 {
+            0 => 0,
+            1 => 5_000,
+            _ => 50_000,
+        };
+        let crash_steps = match rng.next_u64() % 4 {
+            0 | 1 => vec![],
+            2 => vec![rng.next_u64() % ACTIVE_STEPS],
+            _ => vec![rng.next_u64() % ACTIVE_STEPS, rng.next_u64() % ACTIVE_STEPS],
+        };
+        let history = placement
+            .iter()
+            .enumerate()
+            .map(|(shard, &(m, e))| Placed {
+                shard,
+                member: devs[m].0,
+                offset_blocks: extent_at(e),
+                from: 0,
+                until: Nanos::MAX,
+            })
+            .collect();
+        World {
+            history,
+            rng,
+            t: 1_000,
+            rs,
+            reg,
+            crash_steps,
+            devs,
+            vol,
+            volume,
+            placement,
+            free,
+            migrations: Vec::new(),
+            client,
+            max_inflight,
+            target_write_fail_ppm,
+            active: true,
+            tracing: std::env::var_os("TIDEPOOL_SIM_TRACE").is_some(),
+            report: SeedReport {
+                seed,
+                reactors: n,
+                ..SeedReport::default()
+            },
+        }
+    }
+
+    fn step(&mut self, active: bool) -> Result<(), String> {
+        self.report.steps += 1;
+        // Once the clients stop, time runs faster: timeouts (a target that does not answer)
+        // must come round within the liveness bound.
+        self.t += 1 + self.rng.next_u64() % if active { 2_000 } else { 200_000 };
+        if active {
+            for _ in 0..self.rng.next_u64() % 4 {
+                if self.client.inflight.len() < self.max_inflight {
+                    self.client
+                        .send(&mut self.rng, &mut self.rs, self.vol, self.t);
+                }
+            }
+            self.control();
+        }
+        // Poll the reactors in a seeded order, some not at all this step.
+        let mut order: Vec<usize> = (0..self.rs.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, (self.rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        for r in order {
+            if !self.rng.next_u64().is_multiple_of(4) {
+                self.rs[r].poll(self.t);
+            }
+        }
+        let (devs, history, client) = (&self.devs, &self.history, &mut self.client);
+        client.reap(|op, at| source_failed(devs, history, op, at))?;
+        self.advance_migrations()
+    }
+
+    /// The process crashes: reactors, their channels (with the requests the devices had
+    /// not yet done: those never happen) and copies are gone; the devices keep what they
+    /// hold. A new process finds the volume as last persisted, which here is the routes as
+    /// they are (a hand-off or a flip is persisted at the moment it happens), and goes on.
+    fn crash(&mut self) {
+        self.trace(format_args!("crash"));
+        self.report.crashes += 1;
+        self.rs.clear();
+        for m in std::mem::take(&mut self.migrations) {
+            self.end_target_faults(&m);
+            if let Phase::Undecided(lands, h) = &m.phase {
+                let st = h.lock().unwrap().clone();
+                let s = m.shard;
+                self.trace(format_args!(
+                    "import: shard {s} undecided, lands {lands}: {st:?}"
+                ));
+            }
+            if let Phase::Undecided(true, _) = m.phase {
+                // The import finds the new placement: the shard is on the target.
+                self.flip(m.shard, m.target, m.source);
+            }
+        }
+        let n = self.report.reactors;
+        self.rs = crate::testkit::reactors(n, &self.reg, ReactorConfig::default());
+        self.client.crash(&mut self.rs, self.t);
+    }
+
+    /// Control actions, with client I/O in flight: a hand-off, a new copy, a cancelled one.
+    fn control(&mut self) {
+        let roll = self.rng.next_u64() % 4_000;
+        let shard = (self.rng.next_u64() % SHARDS) as usize;
+        let migrating = self.migrations.iter().any(|m| m.shard == shard);
+        if roll < 16 {
+            if migrating {
+                return;
+            }
+            // A hand-off (the pool service refuses one while the shard migrates).
+            let owner = self.volume.table().shards[shard].owner as usize;
+            let to =
+                (owner + 1 + (self.rng.next_u64() as usize % (self.rs.len() - 1))) % self.rs.len();
+            self.volume.set_owner(shard, to as u16);
+            self.report.handoffs += 1;
+        } else if roll < 56 {
+            if !migrating && self.migrations.len() < 2 {
+                self.start_migration(shard);
+            }
+        } else if roll < 58 && !self.migrations.is_empty() {
+            // Cancel one (as a commit refused, or a user's stop).
+            let i = (self.rng.next_u64() % self.migrations.len() as u64) as usize;
+            if matches!(self.migrations[i].phase, Phase::Copying(_)) {
+                let m = self.migrations.remove(i);
+                self.rs[m.owner].ctx().stop_copy(self.vol, m.shard as u32);
+                self.end_target_faults(&m);
+                self.report.cancelled += 1;
+            }
+        }
+    }
+
+    fn start_migration(&mut self, shard: usize) {
+        let source = self.placement[shard];
+        let candidates: Vec<usize> = (0..MEMBERS)
+            .filter(|&m| m != source.0 && !self.free[m].is_empty())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let tm = candidates[(self.rng.next_u64() % candidates.len() as u64) as usize];
+        let te = self.free[tm].pop().expect("checked above");
+        let owner = self.volume.table().shards[shard].owner as usize;
+        let source_id = self.devs[source.0].0;
+        // As the control plane does first: writes other reactors sent to the source before
+        // now must land before a chunk is read.
+        for (i, r) in self.rs.iter_mut().enumerate() {
+            if i != owner {
+                r.ctx().mark_channel(source_id);
+            }
+        }
+        let spec = CopySpec {
+            volume: self.vol,
+            shard: shard as u32,
+            target: self.devs[tm].0,
+            target_offset_blocks: extent_at(te),
+            chunk_blocks: 1 + (self.rng.next_u64() % 32) as u32,
+            max_inflight: 1 + (self.rng.next_u64() % 4) as usize,
+            max_restarts: (self.rng.next_u64() % 6) as u32,
+            max_blocks_per_s: 0,
+        };
+        self.migrations.push(Migration {
+            shard,
+            owner,
+            source,
+            target: (tm, te),
+            phase: Phase::Settling,
+            spec,
+        });
+    }
+
+    fn end_target_faults(&self, m: &Migration) {
+        let at = extent_at(m.target.1);
+        self.devs[m.target.0]
+            .1
+            .set_range_write_fail(at, at + SHARD, 0);
+        // The target extent is not given back: a write to it may still be in flight.
+    }
+
+    fn advance_migrations(&mut self) -> Result<(), String> {
+        let mut i = 0;
+        while i < self.migrations.len() {
+            if self.advance(i)? {
+                let m = self.migrations.remove(i);
+                self.end_target_faults(&m);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves migration `i` on; returns whether it has ended.
+    fn advance(&mut self, i: usize) -> Result<bool, String> {
+        let vol = self.vol;
+        let m = &mut self.migrations[i];
+        let shard = m.shard as u32;
+        match &m.phase {
+            Phase::Settling => {
+                let source_id = self.devs[m.source.0].0;
+                let settled = self
+                    .rs
+                    .iter_mut()
+                    .enumerate()
+                    .all(|(r, x)| r == m.owner || x.ctx().marked_pending(source_id) == 0);
+                if settled {
+                    let h = self.rs[m.owner]
+                        .ctx()
+                        .start_copy(m.spec.clone())
+                        .map_err(|e| format!("start_copy of shard {shard}: {e}"))?;
+                    let at = extent_at(m.target.1);
+                    self.devs[m.target.0].1.set_range_write_fail(
+                        at,
+                        at + SHARD,
+                        self.target_write_fail_ppm,
+                    );
+                    m.phase = Phase::Copying(h);
+                    self.report.copies_started += 1;
+                    let (s, t) = (m.shard, m.target);
+                    self.trace(format_args!("shard {s}: copy to {t:?} starts"));
+                }
+                Ok(false)
+            }
+            Phase::Copying(h) => {
+                let state = h.lock().unwrap().state.clone();
+                match state {
+                    CopyState::Copying => Ok(false),
+                    CopyState::Abandoned(_) => {
+                        self.report.restarts += h.lock().unwrap().restarts as u64;
+                        self.rs[m.owner].ctx().stop_copy(vol, shard);
+                        self.report.abandoned += 1;
+                        Ok(true)
+                    }
+                    CopyState::Copied => {
+                        let h = Arc::clone(h);
+                        self.rs[m.owner].ctx().freeze_copy(vol, shard, true);
+                        m.phase = Phase::Freezing(h, self.t);
+                        Ok(false)
+                    }
+                }
+            }
+            Phase::Undecided(..) => Ok(false),
+            Phase::Freezing(h, since) => {
+                let (h, since) = (Arc::clone(h), *since);
+                let ctx = self.rs[m.owner].ctx();
+                match ctx.freeze_copy(vol, shard, true) {
+                    // Given up while frozen, and retired: its status says why.
+                    None => {
+                        m.phase = Phase::Copying(h);
+                        Ok(false)
+                    }
+                    Some((0, true))
+                        if UNDECIDED_COMMITS
+                            && self.active
+                            && (TARGET_FAULTS_WHILE_UNDECIDED
+                                || self.devs[m.target.0].1.write_fail_ppm() == 0)
+                            && self.rng.next_u64().is_multiple_of(4) =>
+                    {
+                        if !TARGET_FAULTS_WHILE_UNDECIDED {
+                            let at = extent_at(m.target.1);
+                            self.devs[m.target.0]
+                                .1
+                                .set_range_write_fail(at, at + SHARD, 0);
+                        }
+                        // The placement's write timed out: the writes go on, to both.
+                        ctx.keep_copy_undecided(vol, shard);
+                        ctx.freeze_copy(vol, shard, false);
+                        m.phase =
+                            Phase::Undecided(self.rng.next_u64().is_multiple_of(2), h.clone());
+                        let (s, st) = (m.shard, h.lock().unwrap().clone());
+                        self.trace(format_args!("shard {s} undecided: {st:?}"));
+                        self.report.undecided += 1;
+                        Ok(false)
+                    }
+                    Some((0, true)) => {
+                        // Commit: flip the route to the target, then stop the copy (the
+                        // writes it held go on by the new route).
+                        let (s, target, source, owner) = (m.shard, m.target, m.source, m.owner);
+                        self.flip(s, target, source);
+                        self.rs[owner].ctx().stop_copy(vol, shard);
+                        self.report.restarts += h.lock().unwrap().restarts as u64;
+                        self.report.committed += 1;
+                        Ok(true)
+                    }
+                    Some((_, true)) if self.t - since < FREEZE_LIMIT_NS => Ok(false),
+                    Some(_) => {
+                        // Restarted meanwhile, or held too long: let the writes go, copy on.
+                        ctx.freeze_copy(vol, shard, false);
+                        m.phase = Phase::Copying(h);
+                        Ok(false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a stopped or abandoned copy still has writes out to its target (a target
+    /// that did not answer); they too must come back once faults stop.
+    fn copy_io_left(&mut self) -> bool {
+        let vol = self.vol;
+        self.rs
+            .iter_mut()
+            .any(|r| (0..SHARDS as u32).any(|shard| r.ctx().copy_target_busy(vol, shard)))
+    }
+
+    /// With `TIDEPOOL_SIM_TRACE` set, says what the control plane does (to diagnose a seed).
+    fn trace(&self, what: std::fmt::Arguments) {
+        if self.tracing {
+            println!("sim t={} ns: {what}", self.t);
+        }
+    }
+
+    /// Routes shard `shard` to `target`, its placement now.
+    fn flip(&mut self, shard: usize, target: (usize, u64), source: (usize, u64)) {
+        let (tm, te) = target;
+        let target_id = self.devs[tm].0;
+        self.trace(format_args!(
+            "shard {shard} flips to {target:?} from {source:?}"
+        ));
+        self.volume.update(|routes| {
+            routes[shard].member = target_id;
+            routes[shard].member_name = format!("D{tm}");
+            routes[shard].offset_blocks = extent_at(te);
+        });
+        self.placement[shard] = target;
+        let now = self.t;
+        for p in self.history.iter_mut() {
+            if p.shard == shard && p.until == Nanos::MAX {
+                p.until = now;
+            }
+        }
+        self.history.push(Placed {
+            shard,
+            member: target_id,
+            offset_blocks: extent_at(te),
+            from: now,
+            until: Nanos::MAX,
+        });
+        if REUSE_SOURCE_EXTENT_AT_FLIP {
+            self.free[source.0].push(source.1);
+        }
+    }
+
+    /// Reads the whole volume back (nothing in flight) and checks it against the model.
+    fn read_back(&mut self) -> Result<(), String> {
+        let total = SHARDS * SHARD;
+        let mut first = 0;
+        while first < total {
+            let n = MAX_BLOCKS.min(total - first);
+            let on = (self.rng.next_u64() % self.rs.len() as u64) as usize;
+            self.client
+                .send_on(&mut self.rs, on, self.vol, self.t, IoType::Read, first, n);
+            first += n;
+            while !self.client.inflight.is_empty() {
+                if self.report.steps > ACTIVE_STEPS + 10_000_000 {
+                    return Err("the read-back did not complete".into());
+                }
+                self.step(false)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One placement a shard had: on `member` at `offset_blocks` from `from` until `until`.
+struct Placed {
+    shard: usize,
+    member: BdevId,
+    offset_blocks: u64,
+    from: Nanos,
+    until: Nanos,
+}
+
+/// Whether a failure was injected, between `op`'s sending and `at`, on a source extent
+/// under it: any placement its shards had meanwhile (a piece may have gone out between
+/// two flips), once it was the source (a piece sent before a flip may fail after it).
+fn source_failed(
+    devs: &[(BdevId, Arc<SimDevice>)],
+    history: &[Placed],
+    op: &Op,
+    at: Nanos,
+) -> bool {
+    let injected: Vec<_> = devs.iter().map(|(id, d)| (*id, d.injected())).collect();
+    (op.first..op.first + op.n).any(|block| {
+        let shard = (block / SHARD) as usize;
+        history
+            .iter()
+            .filter(|p| p.shard == shard && p.from <= at && op.sent <= p.until)
+            .any(|p| {
+                let on = p.offset_blocks + block % SHARD;
+                injected
+                    .iter()
+                    .filter(|(id, _)| *id == p.member)
+                    .flat_map(|(_, log)| log)
+                    .any(|f| {
+                        // Not while the extent was a copy's target, before it served.
+                        f.at >= op.sent.max(p.from)
+                            && f.at <= at
+                            && f.offset_blocks <= on
+                            && on < f.offset_blocks + f.num_blocks
+                    })
+            })
+    })
+}
