@@ -1,9 +1,9 @@
 //! A seeded, deterministic simulation of the engine's data path, in the spirit of
 //! TigerBeetle's VOPR (issue 26, "The simulator"; first version).
 //!
-//! **WARNING: two known engine bugs are excluded by switches below**
-//! ([`REUSE_SOURCE_EXTENT_AT_FLIP`], [`TARGET_FAULTS_WHILE_UNDECIDED`]); the simulator
-//! finds each as soon as its switch is turned on. Turn them on with the fixes.
+//! **WARNING: a known engine bug is excluded by a switch below**
+//! ([`REUSE_SOURCE_EXTENT_AT_FLIP`]); the simulator finds it as soon as the switch is turned
+//! on. Turn it on with the fix.
 //!
 //! **Contract.** One seed fixes everything: 2 or 3 real reactors with the real router,
 //! stepped on this thread in a seeded order on a seeded fake clock; a volume whose shards
@@ -44,8 +44,8 @@
 //! known engine bug; turn it back on once the bug is fixed):
 //! - [`REUSE_SOURCE_EXTENT_AT_FLIP`] (off): on, it finds issue 26's finding 3 (seed 28), a
 //!   source extent freed at the flip while reads to it are in flight. See its comment.
-//! - [`TARGET_FAULTS_WHILE_UNDECIDED`] (off): on, it finds issue 26's finding 1 (seed 10), a
-//!   target failure while a commit is undecided loses an acknowledged write. See its comment.
+//! - [`TARGET_FAULTS_WHILE_UNDECIDED`] (on since fix 1): off, it hid issue 26's finding 1
+//!   (seed 10), a target failure while a commit is undecided losing an acknowledged write.
 
 pub mod client;
 pub mod device;
@@ -70,18 +70,16 @@ pub const REUSE_SOURCE_EXTENT_AT_FLIP: bool = false;
 /// `keep_copy_undecided`, writes let go to both members.
 pub const UNDECIDED_COMMITS: bool = true;
 
-/// Whether a copy's target may fail writes while its commit is undecided. Off: issue 26's
-/// finding 1, which the simulator finds (seed 10 with this on: "request 2352: block 5 read
-/// back write 1025 ..., but it may hold only [2244]: an acknowledged write is lost"): an
-/// undecided copy whose target fails a mirrored write restarts, then is abandoned
-/// ("abandoned after 2 restarts, at the target's failure 3"), and stops mirroring; writes
-/// acknowledged after that went to the source alone, the late placement write landed (the
-/// import found the shard on the target), and a read returned an older write. The fix
-/// belongs in `reactor/copy.rs` (while undecided, a failed target half fails or holds the
-/// client write, never restarts or abandons the copy). With this off, a commit ends
-/// undecided only on a target with no write faults, whose range faults are then switched
-/// off.
-pub const TARGET_FAULTS_WHILE_UNDECIDED: bool = false;
+/// Whether a copy's target may fail writes while its commit is undecided. Issue 26's finding
+/// 1, which the simulator found with this on (seed 10: "request 2352: block 5 read back
+/// write 1025 ..., but it may hold only [2244]: an acknowledged write is lost"): an undecided
+/// copy whose target failed a mirrored write restarted, was abandoned and stopped mirroring,
+/// and the late placement write then landed. Since fix 1 (`reactor/copy.rs`: while
+/// undecided, a failed target half fails its client write, and the copy is never restarted
+/// or abandoned) this is on, and the model counts an undecided copy's target as a placement
+/// of its shard until the import decides, so such a client failure is allowed. Off, a
+/// commit ends undecided only on a target with no write faults.
+pub const TARGET_FAULTS_WHILE_UNDECIDED: bool = true;
 
 /// Fake time allowed, after faults stop and the clients stop sending, for every request to
 /// complete and every migration to end.

@@ -309,9 +309,23 @@ impl World {
                     "import: shard {s} undecided, lands {lands}: {st:?}"
                 ));
             }
-            if let Phase::Undecided(true, _) = m.phase {
+            match m.phase {
                 // The import finds the new placement: the shard is on the target.
-                self.flip(m.shard, m.target, m.source);
+                Phase::Undecided(true, _) => self.flip(m.shard, m.target, m.source),
+                // It finds the old one: the target is no placement from now on.
+                Phase::Undecided(false, _) => {
+                    let (target_id, at, now) =
+                        (self.devs[m.target.0].0, extent_at(m.target.1), self.t);
+                    for p in self.history.iter_mut().filter(|p| {
+                        p.shard == m.shard
+                            && p.member == target_id
+                            && p.offset_blocks == at
+                            && p.until == Nanos::MAX
+                    }) {
+                        p.until = now;
+                    }
+                }
+                _ => {}
             }
         }
         let n = self.report.reactors;
@@ -484,6 +498,16 @@ impl World {
                         }
                         // The placement's write timed out: the writes go on, to both.
                         ctx.keep_copy_undecided(vol, shard);
+                        // Until an import decides, the target is a placement too: a write
+                        // its target half failed fails its client (issue 26's fix 1).
+                        let target_id = self.devs[m.target.0].0;
+                        self.history.push(Placed {
+                            shard: m.shard,
+                            member: target_id,
+                            offset_blocks: extent_at(m.target.1),
+                            from: self.t,
+                            until: Nanos::MAX,
+                        });
                         ctx.freeze_copy(vol, shard, false);
                         m.phase =
                             Phase::Undecided(self.rng.next_u64().is_multiple_of(2), h.clone());
@@ -592,7 +616,8 @@ struct Placed {
 }
 
 /// Whether a failure was injected, between `op`'s sending and `at`, on a source extent
-/// under it: any placement its shards had meanwhile (a piece may have gone out between
+/// under it (or an undecided copy's target, a placement too until an import decides): any
+/// placement its shards had meanwhile (a piece may have gone out between
 /// two flips), once it was the source (a piece sent before a flip may fail after it).
 fn source_failed(
     devs: &[(BdevId, Arc<SimDevice>)],
