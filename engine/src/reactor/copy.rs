@@ -175,7 +175,7 @@ struct Mirror {
     answered: bool,
 }
 
-pub(super) struct Copy {
+pub(super) struct ShardCopy {
     spec: CopySpec,
     status: CopyHandle,
     source: BdevId,
@@ -210,7 +210,7 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
 }
 
-impl Copy {
+impl ShardCopy {
     fn chunk_overlaps(&self, range: (u64, u64)) -> bool {
         self.chunks
             .iter()
@@ -363,7 +363,7 @@ impl Ctx {
             last_error: None,
             target_stalled: false,
         }));
-        let copy = Copy {
+        let copy = ShardCopy {
             spec,
             status: Arc::clone(&status),
             source: route.member,

@@ -213,7 +213,7 @@ pub struct Ctx {
     counters: Counters,
     monitor: Monitor,
     /// Shards this reactor is copying to another member (see `copy`).
-    copies: Vec<Option<copy::Copy>>,
+    copies: Vec<Option<copy::ShardCopy>>,
 }
 
 impl Ctx {
