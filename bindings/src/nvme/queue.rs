@@ -220,27 +220,25 @@ impl QueuePair {
         }
     }
 
-    /// Whether a request could ever be taken (it needs no more commands than the queue has).
-    pub fn fits(&self, cmd: &Command) -> bool {
-        self.commands_for(cmd) <= self.cid_request.len()
-    }
-
     /// Queues a request (no doorbell yet). Hands the buffer back when the queue lacks room
-    /// now. Panics on a buffer too short for the transfer, or missing where one is needed: a
+    /// now, or could never take the request (it needs more commands than the queue has). Panics on a buffer too short for the transfer, or missing where one is needed: a
     /// caller's bug that would otherwise let the controller write past the buffer.
     pub fn submit(
         &mut self,
         cmd: Command,
         buf: Option<DmaBuf>,
         user_data: u64,
-    ) -> Result<(), Option<DmaBuf>> {
+    ) -> Result<(), Refused> {
         assert!(!self.retired, "submit on a retired queue");
         let needed = self.commands_for(&cmd);
-        if needed == 0 || needed > self.free_cids.len() {
-            return Err(buf);
+        if needed == 0 || needed > self.cid_request.len() {
+            return Err(Refused::TooLarge(buf));
+        }
+        if needed > self.free_cids.len() {
+            return Err(Refused::Full(buf));
         }
         let Some(request) = self.free_requests.pop() else {
-            return Err(buf);
+            return Err(Refused::Full(buf));
         };
         let data_bytes = match cmd {
             Command::Read { blocks, .. } | Command::Write { blocks, .. } => {
@@ -461,8 +459,7 @@ impl QueuePair {
         timeout: Duration,
     ) -> Result<(Status, u32, Option<DmaBuf>), QueueError> {
         const SYNC_TAG: u64 = u64::MAX;
-        if let Err(buf) = self.submit(Command::Raw(cmd), buf, SYNC_TAG) {
-            drop(buf);
+        if self.submit(Command::Raw(cmd), buf, SYNC_TAG).is_err() {
             return Err(QueueError::Full);
         }
         self.ring();
@@ -510,6 +507,15 @@ impl QueuePair {
     pub fn retire(&mut self, _halted: Halted) {
         self.retired = true;
     }
+}
+
+/// Why [`QueuePair::submit`] did not take a request; each hands its buffer back.
+#[derive(Debug)]
+pub enum Refused {
+    /// No room now: submit it again after completions.
+    Full(Option<DmaBuf>),
+    /// More commands than the queue has: it can never be taken.
+    TooLarge(Option<DmaBuf>),
 }
 
 /// Why a polled command did not complete.

@@ -377,6 +377,12 @@ mod tests {
         out
     }
 
+    /// Whether a completed read's buffer holds only `byte`.
+    fn holds_only(c: &Completion, byte: u8) -> bool {
+        let buf = c.io.buf.as_ref().expect("a read has its buffer");
+        buf.as_slice().iter().all(|&b| b == byte)
+    }
+
     /// Two writes to one block in flight together land in the order they complete, which
     /// the seed decides; a read sees the last; a failure writes nothing and is logged.
     #[test]
@@ -398,14 +404,7 @@ mod tests {
             reordered += usize::from(last == 1);
             ch.submit(io(&pool, IoType::Read, 0, 3), t).unwrap();
             let read = run(&mut ch, &mut t, 1);
-            assert!(read[0]
-                .io
-                .buf
-                .as_ref()
-                .unwrap()
-                .as_slice()
-                .iter()
-                .all(|&b| b == last));
+            assert!(holds_only(&read[0], last));
             d.set_faults(Faults {
                 write_fail_ppm: 1_000_000,
                 max_latency_ns: 10,
@@ -417,14 +416,7 @@ mod tests {
             assert_eq!(d.injected().len(), 1);
             ch.submit(io(&pool, IoType::Read, 0, 5), t).unwrap();
             let read = run(&mut ch, &mut t, 1);
-            assert!(read[0]
-                .io
-                .buf
-                .as_ref()
-                .unwrap()
-                .as_slice()
-                .iter()
-                .all(|&b| b == last));
+            assert!(holds_only(&read[0], last));
         }
         assert!(
             (5..=35).contains(&reordered),

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tidepool_bindings::nvme::queue::{Command, QueuePair, ABORTED_BY_RESET};
+use tidepool_bindings::nvme::queue::{Command, QueuePair, Refused, ABORTED_BY_RESET};
 use tidepool_bindings::nvme::spec::Status;
 
 /// The product name `bdev_get_bdevs` shows (SPDK's).
@@ -389,10 +389,6 @@ impl BdevChannel for NvmeChannel {
             }
         }
         let qp = self.qp.as_mut().expect("made above");
-        if !qp.fits(&cmd) {
-            self.done.push(io, IoStatus::Invalid);
-            return Ok(());
-        }
         let Some(slot) = self.free.pop() else {
             return Err(io);
         };
@@ -401,10 +397,16 @@ impl BdevChannel for NvmeChannel {
                 self.requests[slot as usize] = Some((io, now));
                 Ok(())
             }
-            Err(buf) => {
+            Err(Refused::Full(buf)) => {
                 self.free.push(slot);
                 io.buf = buf;
                 Err(io)
+            }
+            Err(Refused::TooLarge(buf)) => {
+                self.free.push(slot);
+                io.buf = buf;
+                self.done.push(io, IoStatus::Invalid);
+                Ok(())
             }
         }
     }
