@@ -17,8 +17,13 @@
 //! Crash safety: the placement on the members names the source until step 1 persists it,
 //! and by then every write acknowledged to a client is on the flushed target (writes were
 //! mirrored and acknowledged after both halves, and none ran during the commit). So a
-//! restart finds the shard wholly on the source or wholly on the target. The source extent
-//! is free once the new placement is written (nothing names it). If that write times out,
+//! restart finds the shard wholly on the source or wholly on the target. Once the new
+//! placement is written nothing names the source extent, but reads routed to it before the
+//! flip may still be in flight (in the device, or queued for resources), on any reactor: it
+//! stays out of use (`Pool::old_sources`; the migration shows `draining reads`) until every
+//! reactor's channel of the source has returned what it held at the flip, so that a new
+//! shard or copy placed there cannot change what those reads return (issue 26's finding 3).
+//! A read that never comes back keeps it out of use until a restart. If that write times out,
 //! it may still land (*undecided*): the copy then keeps mirroring until the pool is imported
 //! again, a write whose target half fails is failed to its client (never acknowledged from
 //! the source alone), and the volume's flushes reach the target too, so both places hold
@@ -41,6 +46,10 @@ const KEPT: usize = 32;
 const DRIVER_TICK: Duration = Duration::from_millis(2);
 /// Longest the commit may hold a shard's writes before it lets them go and tries again.
 const FREEZE_LIMIT: Duration = Duration::from_secs(2);
+/// Longest a moved shard's old source extent waits for the reads routed to it before the
+/// flip; past it, the extent stays out of use until a restart. (Longer than an NVMe
+/// command's timeout and the controller reset after it.)
+const READ_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// `migration_set_options`: how copies run.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -228,6 +237,11 @@ impl PoolService {
         })
     }
 
+    #[cfg(test)]
+    pub(super) fn set_before_flip(&self, f: impl Fn() + Send + 'static) {
+        *self.before_flip.lock().unwrap() = Some(Box::new(f));
+    }
+
     /// Whether a shard of volume `name` is being copied or committed now.
     pub fn migrating_volume(&self, name: &str) -> bool {
         self.migrations.running_for_volume(name)
@@ -296,7 +310,7 @@ impl PoolService {
                 format!("shard {shard} of volume '{volume_name}' is already on '{target}'"),
             ));
         }
-        let free = super::placement::free_extents(&pool.record, &pool.reserved);
+        let free = pool.free_extents();
         let extent = *free[t as usize].first().ok_or_else(|| {
             PoolError::NoSpace(format!(
                 "member '{target}' has no free extent for the shard"
@@ -318,7 +332,19 @@ impl PoolService {
         };
         let owner = volume.table().shards[shard].owner as usize;
         let source_id = pool.members[placed.member as usize].expect("checked above");
-        self.settle_other_reactors(source_id, owner)?;
+        // Writes reactors other than the owner sent to the source before now must land
+        // before a chunk is read: only the owner executes the shard's writes, but a reactor
+        // it took the shard over from may still have some on their way ("I/O it already
+        // started completes there", see `migrate`). (The owner marks its own channel when
+        // the copy starts.)
+        let others = (0..self.engine.reactor_count()).filter(|&r| r != owner);
+        if let Err((reactor, pending)) =
+            self.wait_for_marked(source_id, others, Duration::from_secs(10))
+        {
+            return Err(PoolError::Busy(format!(
+                "{pending} earlier write(s) to the source are still in flight on reactor                  {reactor}; try again"
+            )));
+        }
         let handle = self
             .engine
             .call_wait(owner, Duration::from_secs(5), move |r| {
@@ -358,6 +384,8 @@ impl PoolService {
             target_id,
             extent,
             target_offset,
+            source_id,
+            source_extent: placed.extent,
         };
         std::thread::Builder::new()
             .name("migration".into())
@@ -369,37 +397,73 @@ impl PoolService {
         )
     }
 
-    /// Waits until writes that reactors other than the shard's owner sent to the source
-    /// before now have landed. Only the owner executes the shard's writes, but a reactor it
-    /// took the shard over from may still have some on their way ("I/O it already started
-    /// completes there", see `migrate`), and a chunk read must not overtake them. (The owner
-    /// marks its own channel when the copy starts.)
-    fn settle_other_reactors(&self, source: BdevId, owner: usize) -> Result<(), PoolError> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    /// Waits until the I/O each of `reactors` has in flight now on its channel of `bdev`
+    /// (queued for resources included) has come back (`Ctx::mark_channel`). `Err((reactor,
+    /// pending))` names a reactor that still had some at `limit`, or did not answer.
+    fn wait_for_marked(
+        &self,
+        bdev: BdevId,
+        reactors: impl Iterator<Item = usize>,
+        limit: Duration,
+    ) -> Result<(), (usize, usize)> {
+        let deadline = std::time::Instant::now() + limit;
         let step = Duration::from_secs(5);
-        for r in (0..self.engine.reactor_count()).filter(|&r| r != owner) {
+        for r in reactors {
             let mark = move |reactor: &mut crate::reactor::Reactor| {
                 let ctx = reactor.ctx();
-                ctx.mark_channel(source);
-                ctx.marked_pending(source)
+                ctx.mark_channel(bdev);
+                ctx.marked_pending(bdev)
             };
-            let io = |e: crate::reactor::EngineError| PoolError::Io(e.to_string());
-            let mut pending = self.engine.call_wait(r, step, mark).map_err(io)?;
+            let mut pending = self.engine.call_wait(r, step, mark).map_err(|_| (r, 1))?;
             while pending > 0 {
                 if std::time::Instant::now() >= deadline {
-                    return Err(PoolError::Busy(format!(
-                        "{pending} earlier write(s) to the source are still in flight on \
-                         reactor {r}; try again"
-                    )));
+                    return Err((r, pending));
                 }
                 std::thread::sleep(Duration::from_micros(200));
                 pending = self
                     .engine
-                    .call_wait(r, step, move |reactor| reactor.ctx().marked_pending(source))
-                    .map_err(io)?;
+                    .call_wait(r, step, move |reactor| reactor.ctx().marked_pending(bdev))
+                    .map_err(|_| (r, pending))?;
             }
         }
         Ok(())
+    }
+
+    /// After a flip: waits until the reads routed to the shard's old source extent before it
+    /// have come back on every reactor, then gives the extent back (`Pool::old_sources`). One
+    /// that does not come back within [`READ_DRAIN_LIMIT`] keeps the extent out of use until
+    /// a restart.
+    fn release_old_source(&self, rec: &Arc<Mutex<Record>>, job: &Commit) {
+        lock(rec).state = "draining reads".into();
+        let drained = self.wait_for_marked(
+            job.source_id,
+            0..self.engine.reactor_count(),
+            READ_DRAIN_LIMIT,
+        );
+        let mut pools = self.lock();
+        let Some(p) = pools.get_mut(&job.pool) else {
+            return;
+        };
+        // The index now: a member removed meanwhile renumbers the rest.
+        let Some(m) = p.member_index_of(job.source_id) else {
+            return;
+        };
+        let old = (m, job.source_extent);
+        if let Some(i) = p.old_sources.iter().position(|&o| o == old) {
+            p.old_sources.swap_remove(i);
+        }
+        if let Err((reactor, pending)) = drained {
+            log::error!(
+                "volume '{}': shard {}'s old extent {} on '{}' stays out of use until a \
+                 restart: {pending} I/O(s) routed to it before the move are still in flight \
+                 on reactor {reactor}",
+                job.volume,
+                job.shard,
+                job.source_extent,
+                lock(rec).source
+            );
+            p.reserved.push(old);
+        }
     }
 
     /// Watches one copy until it is committed or abandoned.
@@ -462,6 +526,9 @@ impl PoolService {
             .call_wait_or_later(job.owner, Duration::from_secs(5), move |r| {
                 r.ctx().stop_copy(vol, shard)
             });
+        if outcome.is_ok() {
+            self.release_old_source(rec, &job);
+        }
         // After an abandoned copy, writes still out to its target usually come back at once;
         // give them a second. (A committed copy's extent is the shard's now.)
         let mut target_busy = outcome.is_err();
@@ -567,6 +634,10 @@ impl PoolService {
             lock(rec).state = "copying".into();
             return Ok(false);
         }
+        #[cfg(test)]
+        if let Some(f) = self.before_flip.lock().unwrap().as_ref() {
+            f();
+        }
         let result = self.persist_and_flip(job);
         match &result {
             Ok(()) => {}
@@ -612,6 +683,7 @@ impl PoolService {
         let vi = pool.record_index(&job.volume);
         let mut record = pool.record.clone();
         let s = &mut record.volumes[vi].shards[job.shard];
+        let old_source = (s.member, s.extent);
         s.member = target_member;
         s.extent = job.extent;
         let member_name = record.members[target_member as usize].bdev_name.clone();
@@ -623,6 +695,8 @@ impl PoolService {
             }
             return Err(e);
         }
+        // Out of use until the reads already routed there are back (`release_old_source`).
+        pool.old_sources.push(old_source);
         let (target_id, offset, shard) = (job.target_id, job.target_offset, job.shard);
         volume.update(|routes| {
             routes[shard].member = target_id;
@@ -677,4 +751,7 @@ struct Commit {
     target_id: BdevId,
     extent: u64,
     target_offset: u64,
+    source_id: BdevId,
+    /// The shard's extent on the source.
+    source_extent: u64,
 }

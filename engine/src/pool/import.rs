@@ -231,6 +231,7 @@ impl PoolService {
             members,
             volumes: BTreeMap::new(),
             reserved: Vec::new(),
+            old_sources: Vec::new(),
             draining: None,
             suspended: None,
             creation_unknown: false,

@@ -172,8 +172,13 @@ struct Pool {
     /// Registry id of each member, by member index; `None` for a missing member.
     members: Vec<Option<BdevId>>,
     volumes: BTreeMap<String, (BdevId, Arc<Volume>)>,
-    /// Target extents of copies in progress, as (member index, extent).
+    /// Extents out of use though no shard is placed there, as (member index, extent):
+    /// targets of copies in progress, and extents a write may still land on until a restart
+    /// (an abandoned copy's stalled target, a clear that timed out).
     reserved: Vec<(u32, u64)>,
+    /// Source extents of shards that moved, out of use until the reads routed to them
+    /// before the move have come back (see `copy_driver`, issue 26's finding 3).
+    old_sources: Vec<(u32, u64)>,
     /// The member being emptied by `pool_remove_bdev`, and why the drain stopped if it did.
     draining: Option<(u32, Option<String>)>,
     /// Why the pool refuses changes: a metadata write timed out and may still land, so
@@ -282,6 +287,10 @@ pub struct PoolService {
     /// Tests: runs in `pool_delete` between the marking generation and the wipes.
     #[cfg(test)]
     before_wipe: Mutex<Option<Box<dyn Fn() + Send>>>,
+    /// Tests: runs in a data migration's commit once the shard is frozen, before the new
+    /// placement is written and the route flips.
+    #[cfg(test)]
+    before_flip: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 /// Blocks in one metadata slot.
@@ -314,6 +323,8 @@ impl PoolService {
             deadline_ms: AtomicU64::new(IO_DEADLINE.as_millis() as u64),
             #[cfg(test)]
             before_wipe: Mutex::new(None),
+            #[cfg(test)]
+            before_flip: Mutex::new(None),
         }
     }
 
@@ -638,6 +649,7 @@ impl PoolService {
             members: ids,
             volumes: BTreeMap::new(),
             reserved: Vec::new(),
+            old_sources: Vec::new(),
             draining: None,
             suspended: None,
             creation_unknown: false,
@@ -876,7 +888,7 @@ impl PoolService {
             shards,
             self.engine.reactor_count(),
             &pool.open_members(),
-            &pool.reserved,
+            &pool.taken(),
         )
         .map_err(|free| {
             let shard_mib = (pool.record.shard_blocks * bs) >> 20;

@@ -9,9 +9,27 @@
 //! volume differs by at most one shard.
 
 use super::metadata::{PoolRecord, ShardRecord};
+use super::Pool;
+
+impl Pool {
+    /// Extents out of use though no shard of the record is placed there: reserved ones and
+    /// old sources whose reads are still in flight.
+    pub(super) fn taken(&self) -> Vec<(u32, u64)> {
+        self.reserved
+            .iter()
+            .chain(&self.old_sources)
+            .copied()
+            .collect()
+    }
+
+    /// [`free_extents`] of this pool: what a new shard or a copy's target may take.
+    pub(super) fn free_extents(&self) -> Vec<Vec<u64>> {
+        free_extents(&self.record, &self.taken())
+    }
+}
 
 /// Free extent indexes of every member, lowest first; `reserved` (member, extent) pairs are
-/// taken (targets of copies in progress).
+/// taken (see `Pool::taken`).
 pub fn free_extents(record: &PoolRecord, reserved: &[(u32, u64)]) -> Vec<Vec<u64>> {
     let mut used: Vec<Vec<bool>> = record
         .members

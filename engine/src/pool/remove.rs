@@ -2,6 +2,8 @@
 //! other members (one at a time, each a data migration as `shard_migrate --target-bdev` runs
 //! it, under client load), then takes it out of the pool: the placement is rewritten without
 //! it on the remaining members, its metadata slots are wiped, and its claim is released.
+//! Each move ends only once the reads routed to the member before its flip are back
+//! (`copy_driver`), so nothing of ours is in flight to the member when a new user gets it.
 //!
 //! The call returns once the drain has started; `pool_get_pools` shows the member as
 //! `draining` until it is gone, or the reason the drain stopped (a migration abandoned: the
@@ -96,7 +98,7 @@ impl PoolService {
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            let free = super::placement::free_extents(&pool.record, &pool.reserved);
+            let free = pool.free_extents();
             let elsewhere: usize = free
                 .iter()
                 .enumerate()
@@ -162,7 +164,7 @@ impl PoolService {
             let p = pools
                 .get(pool)
                 .ok_or_else(|| PoolError::NotFound(pool.into()))?;
-            let free = super::placement::free_extents(&p.record, &p.reserved);
+            let free = p.free_extents();
             p.record
                 .members
                 .iter()
@@ -236,7 +238,7 @@ impl PoolService {
         }
         p.record = record;
         p.members = members;
-        for r in &mut p.reserved {
+        for r in p.reserved.iter_mut().chain(p.old_sources.iter_mut()) {
             if r.0 as usize > m {
                 r.0 -= 1;
             }

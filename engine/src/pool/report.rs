@@ -3,7 +3,7 @@
 //! parts read: members and movable volumes for the balancer, one volume by name for the
 //! migration RPCs, every volume for tidepool-perf's timeline. Nothing here changes a pool.
 
-use super::{placement, MemberState, Pool, PoolError, PoolService};
+use super::{MemberState, Pool, PoolError, PoolService};
 use crate::bdev::{BdevId, BdevRef, BdevRegistry};
 use crate::volume::Volume;
 use serde_json::{json, Value};
@@ -26,18 +26,19 @@ impl PoolService {
             .map(|p| {
                 let r = &p.record;
                 let bs = r.block_size as u64;
-                let free = placement::free_extents(r, &p.reserved);
+                let free = p.free_extents();
+                let taken = p.taken();
                 let members: Vec<Value> = r
                     .members
                     .iter()
                     .enumerate()
                     .map(|(i, m)| {
                         let used = m.extents - free[i].len() as u64;
-                        // Extents held for copies to this member: taken, but not shards of
-                        // any volume (`volume_get_volumes` does not list them). A committed
-                        // copy's extent is a shard before its reservation goes.
-                        let reserved = p
-                            .reserved
+                        // Extents held for copies to this member, or old sources whose
+                        // reads are still in flight: taken, but not shards of any volume
+                        // (`volume_get_volumes` does not list them). A committed copy's
+                        // extent is a shard before its reservation goes.
+                        let reserved = taken
                             .iter()
                             .filter(|&&(at, extent)| {
                                 at as usize == i && !r.places_shard_at(at, extent)
@@ -109,7 +110,7 @@ impl PoolService {
         let pools = self.lock();
         let mut out = Vec::new();
         for p in pools.values() {
-            let free = placement::free_extents(&p.record, &p.reserved);
+            let free = p.free_extents();
             let open = p.open_members();
             for (i, m) in p.record.members.iter().enumerate() {
                 let Some(bdev) = p.members[i] else { continue };

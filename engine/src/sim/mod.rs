@@ -1,10 +1,6 @@
 //! A seeded, deterministic simulation of the engine's data path, in the spirit of
 //! TigerBeetle's VOPR (issue 26, "The simulator"; first version).
 //!
-//! **WARNING: a known engine bug is excluded by a switch below**
-//! ([`REUSE_SOURCE_EXTENT_AT_FLIP`]); the simulator finds it as soon as the switch is turned
-//! on. Turn it on with the fix.
-//!
 //! **Contract.** One seed fixes everything: 2 or 3 real reactors with the real router,
 //! stepped on this thread in a seeded order on a seeded fake clock; a volume whose shards
 //! live on simulated member devices ([`device::SimDevice`]: memory, seeded latency,
@@ -42,8 +38,8 @@
 //!
 //! **Switches that exclude fault combinations** (each off-by-default switch hides a
 //! known engine bug; turn it back on once the bug is fixed):
-//! - [`REUSE_SOURCE_EXTENT_AT_FLIP`] (off): on, it finds issue 26's finding 3 (seed 28), a
-//!   source extent freed at the flip while reads to it are in flight. See its comment.
+//! - [`REUSE_SOURCE_EXTENT_AT_FLIP`] (on since fix 3): off, it hid issue 26's finding 3
+//!   (seed 89), a source extent freed at the flip while reads to it are in flight.
 //! - [`TARGET_FAULTS_WHILE_UNDECIDED`] (on since fix 1): off, it hid issue 26's finding 1
 //!   (seed 10), a target failure while a commit is undecided losing an acknowledged write.
 
@@ -55,15 +51,16 @@ mod world;
 #[cfg(test)]
 mod tests;
 
-/// Whether the simulator hands a shard's old source extent to the next copy as soon as the
-/// route flips, as the pool service does today (`pool::copy_driver`). Issue 26's finding 3:
-/// reads routed before the flip may still be in flight to that extent, and a new copy's
-/// chunks then land under them. Off until that is fixed: a freed extent is never reused.
-/// Turned on, seed 28 fails ("request 375: block 95 holds bytes no write to it left
-/// (header: block 159, write 366)"): a read of shard 1 still on the device at its old
-/// extent returned a chunk of shard 2 copied there after the flip. (Seed 54 of an earlier
-/// version of the simulator showed the same.)
-pub const REUSE_SOURCE_EXTENT_AT_FLIP: bool = false;
+/// Whether a shard's old source extent goes back to the free list after the flip (to the
+/// next copy), as the pool service gives it back (`pool::copy_driver::release_old_source`):
+/// once every reactor's channel of the source has returned what it held at the flip. Off,
+/// an old extent is never reused. Issue 26's finding 3: given back at the flip itself, as the
+/// pool service did before the fix, seed 28 of an earlier version failed ("request 375:
+/// block 95 holds bytes no write to it left (header: block 159, write 366)": a read of shard
+/// 1 still on the device at its old extent returned a chunk of shard 2 copied there after
+/// the flip), and seed 89 of this one does ("block 102 read back zeroes ..., but it may hold
+/// only [718, 729]"; a chunk of zeroes copied over it).
+pub const REUSE_SOURCE_EXTENT_AT_FLIP: bool = true;
 
 /// Whether some commits end undecided (their placement write timed out; it lands or not,
 /// found at the next import, a crash here), as `pool::copy_driver` handles them:

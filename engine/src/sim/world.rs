@@ -82,6 +82,9 @@ struct World {
     /// Each shard's (member, extent).
     placement: Vec<(usize, u64)>,
     free: Vec<Vec<u64>>,
+    /// Old sources of moved shards, back to `free` once every reactor's channel of their
+    /// member has returned what it held at the flip (as `pool::copy_driver` gives them back).
+    old_sources: Vec<((usize, u64), BdevId)>,
     migrations: Vec<Migration>,
     client: Client,
     max_inflight: usize,
@@ -249,6 +252,7 @@ impl World {
             volume,
             placement,
             free,
+            old_sources: Vec::new(),
             migrations: Vec::new(),
             client,
             max_inflight,
@@ -289,7 +293,21 @@ impl World {
         }
         let (devs, history, client) = (&self.devs, &self.history, &mut self.client);
         client.reap(|op, at| source_failed(devs, history, op, at))?;
+        self.release_old_sources();
         self.advance_migrations()
+    }
+
+    /// Gives back the old sources whose reads have all come back.
+    fn release_old_sources(&mut self) {
+        let rs = &mut self.rs;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.old_sources)
+            .into_iter()
+            .partition(|(_, id)| rs.iter_mut().all(|r| r.ctx().marked_pending(*id) == 0));
+        self.old_sources = waiting;
+        for (source, _) in done {
+            self.trace(format_args!("old source {source:?} is free"));
+            self.free[source.0].push(source.1);
+        }
     }
 
     /// The process crashes: reactors, their channels (with the requests the devices had
@@ -328,6 +346,8 @@ impl World {
                 _ => {}
             }
         }
+        // Nothing of the old process is in flight any more.
+        self.release_old_sources();
         let n = self.report.reactors;
         self.rs = crate::testkit::reactors(n, &self.reg, ReactorConfig::default());
         self.client.crash(&mut self.rs, self.t);
@@ -581,7 +601,13 @@ impl World {
             until: Nanos::MAX,
         });
         if REUSE_SOURCE_EXTENT_AT_FLIP {
-            self.free[source.0].push(source.1);
+            // Reads routed to the old extent before the flip may still be in flight: it
+            // goes back once they are (`release_old_sources`).
+            let source_id = self.devs[source.0].0;
+            for r in self.rs.iter_mut() {
+                r.ctx().mark_channel(source_id);
+            }
+            self.old_sources.push((source, source_id));
         }
     }
 
