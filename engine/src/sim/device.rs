@@ -66,8 +66,8 @@ struct DiskState {
     rng: Rng,
     faults: Faults,
     faults_on: bool,
-    /// Acknowledge the next write without writing it (a planted bug).
-    plant_lost_write: bool,
+    /// Acknowledge the next write at or past this block without writing it (a planted bug).
+    plant_lost_write: Option<u64>,
     injected: Vec<InjectedFailure>,
     /// Extra write failure probability on block ranges `[start, end)` (a copy's target).
     write_fail_ranges: Vec<(u64, u64, u32)>,
@@ -106,7 +106,7 @@ impl SimDevice {
                     ..Faults::default()
                 },
                 faults_on: true,
-                plant_lost_write: false,
+                plant_lost_write: None,
                 injected: Vec::new(),
                 write_fail_ranges: Vec::new(),
                 ops: 0,
@@ -117,11 +117,6 @@ impl SimDevice {
 
     pub fn set_faults(&self, faults: Faults) {
         lock(&self.state).faults = faults;
-    }
-
-    /// The probability of a write failing anywhere on the device.
-    pub fn write_fail_ppm(&self) -> u32 {
-        lock(&self.state).faults.write_fail_ppm
     }
 
     /// Writes overlapping `[start, end)` also fail with probability `ppm` (0: no longer).
@@ -138,8 +133,10 @@ impl SimDevice {
         lock(&self.state).faults_on = false;
     }
 
-    pub fn plant_lost_write(&self) {
-        lock(&self.state).plant_lost_write = true;
+    /// Makes the next write at or past block `from_block` (client data, not the pool's
+    /// metadata) be acknowledged and not done.
+    pub fn plant_lost_write(&self, from_block: u64) {
+        lock(&self.state).plant_lost_write = Some(from_block);
     }
 
     /// The failures injected so far.
@@ -155,6 +152,20 @@ impl SimDevice {
     /// Requests completed so far.
     pub fn ops(&self) -> u64 {
         lock(&self.state).ops
+    }
+
+    /// `len` bytes from block `offset_blocks`, read straight from memory (an import, with no
+    /// process running).
+    pub fn read_raw(&self, offset_blocks: u64, len: usize) -> Vec<u8> {
+        let at = (offset_blocks * self.info.block_size as u64) as usize;
+        lock(&self.state).bytes[at..at + len].to_vec()
+    }
+
+    /// Writes `data` at block `offset_blocks` straight to memory (pool creation, an import's
+    /// rewrite).
+    pub fn write_raw(&self, offset_blocks: u64, data: &[u8]) {
+        let at = (offset_blocks * self.info.block_size as u64) as usize;
+        lock(&self.state).bytes[at..at + data.len()].copy_from_slice(data);
     }
 }
 
@@ -336,8 +347,8 @@ impl SimChannel {
                 let Some(buf) = io.buf.as_ref() else {
                     return IoStatus::Invalid;
                 };
-                if s.plant_lost_write {
-                    s.plant_lost_write = false;
+                if s.plant_lost_write.is_some_and(|b| io.offset_blocks >= b) {
+                    s.plant_lost_write = None;
                     return IoStatus::Success;
                 }
                 s.bytes[range.clone()].copy_from_slice(&buf.as_slice()[..range.len()]);

@@ -4,48 +4,60 @@
 //! **Contract.** One seed fixes everything: 2 or 3 real reactors with the real router,
 //! stepped on this thread in a seeded order on a seeded fake clock; a volume whose shards
 //! live on simulated member devices ([`device::SimDevice`]: memory, seeded latency,
-//! reordered completions, failed reads and writes, copy targets that fail writes or do not
-//! answer); a client model that keeps many overlapping reads, writes, flushes,
-//! write-zeroes and unmaps in flight at once ([`client`]); and control actions taken while that I/O is in flight: hand-offs, and data
-//! copies (`Ctx::start_copy`, the control plane's commit: mark the source on the other
-//! reactors, freeze, flip the route, stop; abandon on the copy's own giving up, or cancel)
-//! whose targets fail writes; commits whose placement write is undecided
-//! (`keep_copy_undecided`, decided at the next import); and crashes at any step (reactors,
-//! copies and requests in flight gone, queued writes torn block by block), after which new
-//! reactors take the volume as last routed. After every step the checker ([`model`]) checks:
+//! reordered completions, failed reads and writes, copy targets and metadata slots whose
+//! writes fail or do not answer); a client model that keeps many overlapping reads,
+//! writes, flushes, write-zeroes and unmaps in flight at once ([`client`]); and control
+//! actions taken while that I/O is in flight: hand-offs, and data copies (`Ctx::start_copy`,
+//! the control plane's commit: mark the source on the other reactors, freeze, persist the
+//! new placement, flip the route, stop; abandon on the copy's own giving up, or cancel).
+//!
+//! Every change of placement or owner is persisted first, as the pool service persists it
+//! ([`persist`]): the real `PoolRecord` in the real slot encoding, written member by member
+//! through the reactors to the simulated devices, the old description written back after a
+//! failed write, the pool suspended and the commit undecided (`keep_copy_undecided`) after
+//! a write with no answer. Crashes come at any step, and in a quarter of the seeds once
+//! between two members' writes of one persist: reactors, copies and requests in flight are
+//! gone, queued writes (metadata slots included) land torn block by block, and a new
+//! process imports the pool from the slots the members hold (the newest valid slot of each,
+//! the newest generation of all) and takes the volume as that description places and owns
+//! it. After every step the checker ([`model`]) checks:
 //! - every read returns, in each block, a value the block may hold: the last acknowledged
 //!   write or a write in flight (so no acknowledged write is lost, and no read returns data
 //!   never written to that block);
 //! - no client request fails unless a failure was injected, while it was in flight, on an
 //!   extent that was then the source of one of its blocks (a target's failure must never
-//!   reach a client);
+//!   reach a client; an undecided copy's target counts as a source until the import);
 //!
 //! and, once faults stop, that every request completes and every migration ends within
 //! [`LIVENESS_NS`] of fake time, and that the whole volume reads back as the model says,
 //! before and after a last crash.
 //!
 //! `TIDEPOOL_SEED=N` replays one seed; a failing seed panics with the command that replays
-//! it. `TIDEPOOL_SIM_SEEDS=N` or `TIDEPOOL_SIM_MINUTES=M` run a soak (`scripts/sim.sh`).
+//! it (`TIDEPOOL_SIM_TRACE=1` says what the control plane does, `TIDEPOOL_SIM_WATCH=block`
+//! follows one block). `TIDEPOOL_SIM_SEEDS=N` or `TIDEPOOL_SIM_MINUTES=M` run a soak
+//! (`scripts/sim.sh`).
 //!
-//! **Not yet covered** (the next engineer's list): the pool service and its metadata path
-//! (persists, crashes between the member writes of one persist, torn metadata writes, the
-//! real import, `pool_remove_bdev`, the balancer): here a hand-off or flip is "persisted" at
-//! the moment it happens, and a crash keeps the routes; the control plane is the sim's own
-//! copy of `copy_driver`'s steps (mark, start, freeze, flip, stop), not that code. FLUSH
-//! durability: the device has no volatile cache, so every acknowledged write must survive a
-//! crash (stricter than "every flushed one"), and the commit does not flush the target.
-//! Mirrored writes sent in parallel (issue 26) are whatever `reactor::copy` does.
+//! **Not yet covered** (the next engineer's list): the control plane here is the
+//! simulator's own copy of the pool service's steps (`copy_driver`'s mark, start, freeze,
+//! persist, flip, stop; `PoolService::persist` and `import`'s choice of a description), not
+//! that code, which runs on threads and wall-clock deadlines; `pool_remove_bdev`, volume
+//! create and delete, and the balancer's choices are not modelled; an import's own rewrite
+//! is written whole, with no crash during it; members never go missing (no degraded
+//! import). FLUSH durability: the device has no volatile cache, so every acknowledged
+//! write must survive a crash (stricter than "every flushed one"), and the commit does not
+//! flush the target. Mirrored writes sent in parallel (issue 26) are whatever
+//! `reactor::copy` does.
 //!
-//! **Switches that exclude fault combinations** (each off-by-default switch hides a
-//! known engine bug; turn it back on once the bug is fixed):
-//! - [`REUSE_SOURCE_EXTENT_AT_FLIP`] (on since fix 3): off, it hid issue 26's finding 3
-//!   (seed 89), a source extent freed at the flip while reads to it are in flight.
-//! - [`TARGET_FAULTS_WHILE_UNDECIDED`] (on since fix 1): off, it hid issue 26's finding 1
-//!   (seed 10), a target failure while a commit is undecided losing an acknowledged write.
+//! **The switch that excluded a fault combination**: [`REUSE_SOURCE_EXTENT_AT_FLIP`] (on
+//! since fix 3): off, it hid issue 26's finding 3 (seed 89), a source extent freed at the
+//! flip while reads to it are in flight. (Two more switches, off until fix 1, hid issue
+//! 26's finding 1, a target failure while a commit is undecided losing an acknowledged
+//! write; commits are now undecided only when their metadata write has no answer.)
 
 pub mod client;
 pub mod device;
 pub mod model;
+pub mod persist;
 mod world;
 
 #[cfg(test)]
@@ -61,22 +73,6 @@ mod tests;
 /// the flip), and seed 89 of this one does ("block 102 read back zeroes ..., but it may hold
 /// only [718, 729]"; a chunk of zeroes copied over it).
 pub const REUSE_SOURCE_EXTENT_AT_FLIP: bool = true;
-
-/// Whether some commits end undecided (their placement write timed out; it lands or not,
-/// found at the next import, a crash here), as `pool::copy_driver` handles them:
-/// `keep_copy_undecided`, writes let go to both members.
-pub const UNDECIDED_COMMITS: bool = true;
-
-/// Whether a copy's target may fail writes while its commit is undecided. Issue 26's finding
-/// 1, which the simulator found with this on (seed 10: "request 2352: block 5 read back
-/// write 1025 ..., but it may hold only [2244]: an acknowledged write is lost"): an undecided
-/// copy whose target failed a mirrored write restarted, was abandoned and stopped mirroring,
-/// and the late placement write then landed. Since fix 1 (`reactor/copy.rs`: while
-/// undecided, a failed target half fails its client write, and the copy is never restarted
-/// or abandoned) this is on, and the model counts an undecided copy's target as a placement
-/// of its shard until the import decides, so such a client failure is allowed. Off, a
-/// commit ends undecided only on a target with no write faults.
-pub const TARGET_FAULTS_WHILE_UNDECIDED: bool = true;
 
 /// Fake time allowed, after faults stop and the clients stop sending, for every request to
 /// complete and every migration to end.

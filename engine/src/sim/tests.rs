@@ -2,6 +2,7 @@
 //! (`TIDEPOOL_SEED`), the soak (`TIDEPOOL_SIM_SEEDS` / `TIDEPOOL_SIM_MINUTES`, see
 //! `scripts/sim.sh`), and the proof that the checker fails on a planted lost write.
 
+use super::persist::MetadataStats;
 use super::{run_seed, SeedReport};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -43,7 +44,9 @@ struct Totals {
     restarts: u64,
     crashes: u64,
     undecided: u64,
+    refused: u64,
     hung: u64,
+    meta: MetadataStats,
 }
 
 impl Totals {
@@ -61,7 +64,15 @@ impl Totals {
         self.restarts += r.restarts;
         self.crashes += r.crashes;
         self.undecided += r.undecided;
+        self.refused += r.refused;
         self.hung += r.hung;
+        let (m, t) = (&r.metadata, &mut self.meta);
+        t.persists += m.persists;
+        t.write_backs += m.write_backs;
+        t.unknown += m.unknown;
+        t.crashes_mid_persist += m.crashes_mid_persist;
+        t.imports += m.imports;
+        t.invalid_slots += m.invalid_slots;
     }
 
     fn print(&self, elapsed: Duration) {
@@ -70,7 +81,10 @@ impl Totals {
             "simulator: {} seeds in {:.1} s ({:.1} seeds/s); per seed: {:.0} client ops, {:.1} \
              faults injected ({:.2} writes unanswered), {:.0} blocks read and checked, {:.1} allowed client failures, {:.2} \
              hand-offs, {:.2} copies ({:.2} committed, {:.2} abandoned, {:.2} cancelled, {:.2} \
-             restarts, {:.2} undecided), {:.2} crashes; found: nothing",
+             restarts, {:.2} undecided, {:.2} refused), {:.2} crashes; metadata: {:.2} \
+             persists ({:.2} written back after a failure, {:.2} unknown), {:.3} crashes \
+             between the member writes of one persist, {:.2} imports finding {:.2} invalid \
+             slots; found: nothing",
             self.seeds,
             elapsed.as_secs_f64(),
             self.seeds as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -86,7 +100,14 @@ impl Totals {
             self.cancelled as f64 / s,
             self.restarts as f64 / s,
             self.undecided as f64 / s,
+            self.refused as f64 / s,
             self.crashes as f64 / s,
+            self.meta.persists as f64 / s,
+            self.meta.write_backs as f64 / s,
+            self.meta.unknown as f64 / s,
+            self.meta.crashes_mid_persist as f64 / s,
+            self.meta.imports as f64 / s,
+            self.meta.invalid_slots as f64 / s,
         );
     }
 }
@@ -134,14 +155,20 @@ fn simulated_engine_keeps_every_acknowledged_write_under_faults() {
     assert!(totals.abandoned > 0 && totals.cancelled > 0 && totals.handoffs > CI_SEEDS);
     assert!(totals.restarts > 0 && totals.faults > 0 && totals.failed_allowed > 0);
     assert!(totals.crashes > CI_SEEDS / 2, "too few crashes");
-    assert!(totals.undecided > 0 && totals.hung > 0);
+    assert!(totals.undecided > 0 && totals.hung > 0 && totals.refused > 0);
+    let m = &totals.meta;
+    assert!(m.write_backs > 0 && m.unknown > 0 && m.invalid_slots > 0);
+    assert!(
+        m.crashes_mid_persist > 0,
+        "no crash between the member writes of a persist"
+    );
 }
 
 /// The checker must fail when a member acknowledges a write it did not do.
 #[test]
 fn the_checker_catches_a_lost_write() {
     let mut caught = 0;
-    for seed in 1..=20 {
+    for seed in 1..=40 {
         match run_seed(seed, true) {
             Err(why) if why.contains("lost") => caught += 1,
             Err(why) => panic!("seed {seed}: unexpected finding: {why}"),
@@ -151,8 +178,8 @@ fn the_checker_catches_a_lost_write() {
     // A lost write that a later write covers before anyone reads it cannot be seen by any
     // checker; about half of these seeds read the block first.
     assert!(
-        caught >= 8,
-        "only {caught} of 20 seeds caught the lost write"
+        caught >= 15,
+        "only {caught} of 40 seeds caught the lost write"
     );
 }
 

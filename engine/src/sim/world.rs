@@ -4,10 +4,10 @@
 
 use super::client::{Client, ClientStats, Op, MAX_BLOCKS};
 use super::device::{Faults, SimDevice};
-use super::{
-    LIVENESS_NS, REUSE_SOURCE_EXTENT_AT_FLIP, TARGET_FAULTS_WHILE_UNDECIDED, UNDECIDED_COMMITS,
-};
+use super::persist::{Metadata, MetadataStats, Outcome, Purpose, SLOT_BLOCKS};
+use super::{LIVENESS_NS, REUSE_SOURCE_EXTENT_AT_FLIP};
 use crate::bdev::{BdevId, BdevInfo, BdevRegistry, IoType, IoTypeSet};
+use crate::pool::metadata::{MemberRecord, PoolRecord, ShardRecord, VolumeRecord};
 use crate::reactor::{CopyHandle, CopySpec, CopyState, Reactor, ReactorConfig};
 use crate::rng::Rng;
 use crate::time::Nanos;
@@ -20,8 +20,8 @@ const SHARDS: u64 = 4;
 const MEMBERS: usize = 4;
 /// Shard-sized extents on each member.
 const EXTENTS: u64 = 6;
-/// Where extents start on a member: not 0, so a missed translation shows.
-const BASE: u64 = 8;
+/// Where extents start on a member: after the two metadata slots.
+const BASE: u64 = 2 * SLOT_BLOCKS;
 /// Steps during which clients send and control acts.
 const ACTIVE_STEPS: u64 = 2_500;
 /// Longest a commit holds a shard's writes before it lets them go and tries again.
@@ -43,7 +43,11 @@ pub struct SeedReport {
     pub cancelled: u64,
     pub restarts: u64,
     pub crashes: u64,
+    /// Commits whose placement write had no answer: decided by the next import.
     pub undecided: u64,
+    /// Commits the pool refused (a metadata write failed, or the pool was suspended).
+    pub refused: u64,
+    pub metadata: MetadataStats,
     /// Writes a device did not answer (until `device::HANG_NS`), counted in faults too.
     pub hung: u64,
 }
@@ -54,10 +58,11 @@ enum Phase {
     Copying(CopyHandle),
     /// Holding the shard's writes since `since` until none is in flight.
     Freezing(CopyHandle, Nanos),
-    /// The new placement's write timed out: it may or may not have landed (`lands` says
-    /// which, found at the next import). The copy mirrors on (`keep_copy_undecided`) until
-    /// then.
-    Undecided(bool, CopyHandle),
+    /// Writes held, the new placement being persisted (`Metadata`).
+    Committing(CopyHandle),
+    /// The new placement's write timed out: it may or may not have landed, as the next
+    /// import finds. The copy mirrors on (`keep_copy_undecided`) until then.
+    Undecided,
 }
 
 struct Migration {
@@ -86,6 +91,8 @@ struct World {
     /// member has returned what it held at the flip (as `pool::copy_driver` gives them back).
     old_sources: Vec<((usize, u64), BdevId)>,
     migrations: Vec<Migration>,
+    /// The pool's description on the members, and its persists.
+    meta: Metadata,
     client: Client,
     max_inflight: usize,
     target_write_fail_ppm: u32,
@@ -101,32 +108,82 @@ fn extent_at(extent: u64) -> u64 {
     BASE + extent * SHARD
 }
 
+/// The pool's first description: the members, and the volume's shards at `placement`,
+/// shard `i` owned by reactor `i % reactors` (as the routes start).
+fn pool_record(
+    devs: &[(BdevId, Arc<SimDevice>)],
+    placement: &[(usize, u64)],
+    reactors: usize,
+) -> PoolRecord {
+    let members = (0..devs.len())
+        .map(|m| MemberRecord {
+            bdev_name: format!("D{m}"),
+            uuid: format!("00000000-0000-4000-8000-{m:012x}"),
+            absent_since: None,
+            num_blocks: BASE + EXTENTS * SHARD,
+            extents: EXTENTS,
+        })
+        .collect();
+    let shards = (placement.iter().enumerate())
+        .map(|(i, &(m, e))| ShardRecord {
+            member: m as u32,
+            extent: e,
+            owner: (i % reactors) as u16,
+        })
+        .collect();
+    PoolRecord {
+        name: "simpool".into(),
+        uuid: "00000000-0000-4000-8000-0000000000ff".into(),
+        block_size: BS as u32,
+        shard_blocks: SHARD,
+        members,
+        volumes: vec![VolumeRecord {
+            name: "SimVol".into(),
+            uuid: "00000000-0000-4000-8000-000000000026".into(),
+            num_blocks: SHARDS * SHARD,
+            shards,
+        }],
+        deleting: false,
+    }
+}
+
 /// Runs seed `seed`; `plant_lost_write` makes member 0 acknowledge one write it does not do
 /// (the checker must catch it). Returns what the seed did, or what the checker found.
 pub fn run_seed(seed: u64, plant_lost_write: bool) -> Result<SeedReport, String> {
     let mut w = World::new(seed);
     if plant_lost_write {
-        w.devs[0].1.plant_lost_write();
+        w.devs[0].1.plant_lost_write(BASE);
     }
     for step in 0..ACTIVE_STEPS {
-        if w.crash_steps.contains(&step) {
-            w.crash();
+        let mid_persist = w.meta.crash_mid_persist && w.meta.part_way();
+        if w.crash_steps.contains(&step) || mid_persist {
+            if mid_persist {
+                // Once per seed: between two members' writes of one persist.
+                w.meta.crash_mid_persist = false;
+            }
+            w.crash()?;
         }
         w.step(true)?;
     }
-    if w.migrations
-        .iter()
-        .any(|m| matches!(m.phase, Phase::Undecided(..)))
-    {
-        // Only an import decides an undecided commit.
-        w.crash();
+    if w.meta.suspended {
+        // Only an import decides a change whose metadata write had no answer (an undecided
+        // commit among them), and ends the suspension.
+        w.crash()?;
     }
     w.active = false;
     for (_, d) in &w.devs {
         d.stop_faults();
     }
     let stop = w.t;
-    while !w.client.inflight.is_empty() || !w.migrations.is_empty() || w.copy_io_left() {
+    while !w.client.inflight.is_empty()
+        || !w.migrations.is_empty()
+        || w.copy_io_left()
+        || !w.meta.idle()
+    {
+        if w.meta.suspended {
+            // A metadata write sent before the faults stopped had no answer.
+            w.crash()?;
+        }
         if w.t - stop > LIVENESS_NS {
             return Err(format!(
                 "liveness: {} request(s), {} migration(s) and copy I/O to a target: {} still \
@@ -142,9 +199,10 @@ pub fn run_seed(seed: u64, plant_lost_write: bool) -> Result<SeedReport, String>
     w.read_back()?;
     // And what the devices hold, with nothing of the process left: every acknowledged
     // write is on a device, not only in flight somewhere.
-    w.crash();
+    w.crash()?;
     w.read_back()?;
     let mut r = w.report.clone();
+    r.metadata = w.meta.stats;
     r.client = w.client.stats;
     r.device_ops = w.devs.iter().map(|(_, d)| d.ops()).sum();
     r.hung = w.devs.iter().map(|(_, d)| d.hung()).sum();
@@ -217,6 +275,18 @@ impl World {
             .register(Arc::new(VolumeBdev::new(Arc::clone(&volume))))
             .expect("a fresh registry");
         let mut rs = crate::testkit::reactors(n, &reg, ReactorConfig::default());
+        let record = pool_record(&devs, &placement, n);
+        let mut meta = Metadata::create(record, &devs, &mut rs);
+        meta.crash_mid_persist = rng.next_u64().is_multiple_of(4);
+        // Metadata writes fail, and one failure in 8 does not answer (until HANG_NS).
+        let meta_fail_ppm = match rng.next_u64() % 3 {
+            0 => 0,
+            1 => 20_000,
+            _ => 100_000,
+        };
+        for (_, d) in &devs {
+            d.set_range_write_fail(0, BASE, meta_fail_ppm);
+        }
         let max_inflight = 1 + (rng.next_u64() % 48) as usize;
         let client = Client::new(&mut rs, BS, SHARDS * SHARD, max_inflight);
         let target_write_fail_ppm = match rng.next_u64() % 3 {
@@ -254,6 +324,7 @@ impl World {
             free,
             old_sources: Vec::new(),
             migrations: Vec::new(),
+            meta,
             client,
             max_inflight,
             target_write_fail_ppm,
@@ -294,6 +365,9 @@ impl World {
         let (devs, history, client) = (&self.devs, &self.history, &mut self.client);
         client.reap(|op, at| source_failed(devs, history, op, at))?;
         self.release_old_sources();
+        if let Some(outcome) = self.meta.poll(&mut self.rng, &mut self.rs, self.t) {
+            self.persisted(outcome);
+        }
         self.advance_migrations()
     }
 
@@ -311,46 +385,133 @@ impl World {
     }
 
     /// The process crashes: reactors, their channels (with the requests the devices had
-    /// not yet done: those never happen) and copies are gone; the devices keep what they
-    /// hold. A new process finds the volume as last persisted, which here is the routes as
-    /// they are (a hand-off or a flip is persisted at the moment it happens), and goes on.
-    fn crash(&mut self) {
+    /// not yet done: those never happen, or land torn) and copies are gone; the devices keep
+    /// what they hold. A new process imports the pool from the members' metadata
+    /// (`Metadata::import`) and takes the volume as that description places and owns it: a
+    /// change whose persist was under way, or undecided, is there or not as the import finds.
+    fn crash(&mut self) -> Result<(), String> {
         self.trace(format_args!("crash"));
         self.report.crashes += 1;
         self.rs.clear();
+        let record = self.meta.import()?.clone();
+        let shards = &record.volumes[0].shards;
+        let undecided: Vec<(usize, (usize, u64))> = (self.migrations.iter())
+            .filter(|m| matches!(m.phase, Phase::Undecided))
+            .map(|m| (m.shard, m.target))
+            .collect();
         for m in std::mem::take(&mut self.migrations) {
             self.end_target_faults(&m);
-            if let Phase::Undecided(lands, h) = &m.phase {
-                let st = h.lock().unwrap().clone();
-                let s = m.shard;
-                self.trace(format_args!(
-                    "import: shard {s} undecided, lands {lands}: {st:?}"
-                ));
-            }
-            match m.phase {
-                // The import finds the new placement: the shard is on the target.
-                Phase::Undecided(true, _) => self.flip(m.shard, m.target, m.source),
-                // It finds the old one: the target is no placement from now on.
-                Phase::Undecided(false, _) => {
-                    let (target_id, at, now) =
-                        (self.devs[m.target.0].0, extent_at(m.target.1), self.t);
-                    for p in self.history.iter_mut().filter(|p| {
-                        p.shard == m.shard
-                            && p.member == target_id
-                            && p.offset_blocks == at
-                            && p.until == Nanos::MAX
-                    }) {
-                        p.until = now;
-                    }
-                }
-                _ => {}
+        }
+        for (shard, s) in shards.iter().enumerate() {
+            let placed = (s.member as usize, s.extent);
+            if placed != self.placement[shard] {
+                self.trace(format_args!("import: shard {shard} is at {placed:?}"));
+                let old = self.placement[shard];
+                self.flip(shard, placed, old);
             }
         }
-        // Nothing of the old process is in flight any more.
-        self.release_old_sources();
+        for (shard, (tm, te)) in undecided {
+            if self.placement[shard] == (tm, te) {
+                continue;
+            }
+            // The import kept the source: the target is no placement from now on.
+            let (target_id, at, now) = (self.devs[tm].0, extent_at(te), self.t);
+            for p in self.history.iter_mut().filter(|p| {
+                p.shard == shard
+                    && p.member == target_id
+                    && p.offset_blocks == at
+                    && p.until == Nanos::MAX
+            }) {
+                p.until = now;
+            }
+        }
+        self.volume.update(|routes| {
+            for (route, s) in routes.iter_mut().zip(shards) {
+                route.owner = s.owner;
+            }
+        });
+        // Nothing of the old process is in flight any more: every extent the description
+        // does not place is free.
+        self.old_sources.clear();
+        self.free = (0..MEMBERS)
+            .map(|m| {
+                (0..EXTENTS)
+                    .rev()
+                    .filter(|&e| !record.places_shard_at(m as u32, e))
+                    .collect()
+            })
+            .collect();
         let n = self.report.reactors;
         self.rs = crate::testkit::reactors(n, &self.reg, ReactorConfig::default());
         self.client.crash(&mut self.rs, self.t);
+        self.meta.crash(&mut self.rs);
+        Ok(())
+    }
+
+    /// A persist has its outcome: the change it was for is made, refused, or left to the
+    /// next import (an unknown hand-off changes nothing until then).
+    fn persisted(&mut self, outcome: Outcome) {
+        self.trace(format_args!("persisted: {outcome:?}"));
+        let vol = self.vol;
+        let shard = match outcome {
+            Outcome::Done(Purpose::Handoff { shard, to }) => {
+                self.volume.set_owner(shard, to);
+                self.report.handoffs += 1;
+                return;
+            }
+            Outcome::Failed(Purpose::Handoff { .. })
+            | Outcome::Unknown(Purpose::Handoff { .. }) => return,
+            Outcome::Done(Purpose::Commit { shard })
+            | Outcome::Failed(Purpose::Commit { shard })
+            | Outcome::Unknown(Purpose::Commit { shard }) => shard,
+        };
+        let i = (self.migrations.iter())
+            .position(|m| m.shard == shard && matches!(m.phase, Phase::Committing(_)))
+            .expect("a commit's migration");
+        let m = &mut self.migrations[i];
+        let Phase::Committing(h) = &m.phase else {
+            unreachable!("found above")
+        };
+        let h = Arc::clone(h);
+        let (target, source, owner) = (m.target, m.source, m.owner);
+        let ctx = self.rs[owner].ctx();
+        match outcome {
+            Outcome::Done(_) => {
+                // Flip the route to the target, then stop the copy (the writes it held go
+                // on by the new route).
+                self.flip(shard, target, source);
+                self.rs[owner].ctx().stop_copy(vol, shard as u32);
+                self.report.restarts += h.lock().unwrap().restarts as u64;
+                self.report.committed += 1;
+            }
+            Outcome::Failed(_) => {
+                // Refused: the placement stays; the writes go on, and the copy ends.
+                ctx.freeze_copy(vol, shard as u32, false);
+                ctx.stop_copy(vol, shard as u32);
+                self.report.refused += 1;
+            }
+            Outcome::Unknown(_) => {
+                // It may land: the writes go on, to both (`keep_copy_undecided`).
+                ctx.keep_copy_undecided(vol, shard as u32);
+                ctx.freeze_copy(vol, shard as u32, false);
+                // Until an import decides, the target is a placement too: a write its target
+                // half failed fails its client (issue 26's fix 1).
+                self.history.push(Placed {
+                    shard,
+                    member: self.devs[target.0].0,
+                    offset_blocks: extent_at(target.1),
+                    from: self.t,
+                    until: Nanos::MAX,
+                });
+                let st = h.lock().unwrap().clone();
+                self.trace(format_args!("shard {shard} undecided: {st:?}"));
+                self.migrations[i].phase = Phase::Undecided;
+                self.report.undecided += 1;
+                return;
+            }
+        }
+        let m = self.migrations.remove(i);
+        self.end_target_faults(&m);
     }
 
     /// Control actions, with client I/O in flight: a hand-off, a new copy, a cancelled one.
@@ -359,17 +520,22 @@ impl World {
         let shard = (self.rng.next_u64() % SHARDS) as usize;
         let migrating = self.migrations.iter().any(|m| m.shard == shard);
         if roll < 16 {
-            if migrating {
+            // A hand-off (the pool service refuses one while the shard migrates), made once
+            // the new owner is persisted.
+            if migrating || !self.meta.idle() {
                 return;
             }
-            // A hand-off (the pool service refuses one while the shard migrates).
             let owner = self.volume.table().shards[shard].owner as usize;
             let to =
                 (owner + 1 + (self.rng.next_u64() as usize % (self.rs.len() - 1))) % self.rs.len();
-            self.volume.set_owner(shard, to as u16);
-            self.report.handoffs += 1;
+            let mut record = self.meta.record.clone();
+            record.volumes[0].shards[shard].owner = to as u16;
+            let to = to as u16;
+            self.meta.begin(record, Purpose::Handoff { shard, to });
         } else if roll < 56 {
-            if !migrating && self.migrations.len() < 2 {
+            // Not while a change is being persisted: the pool service's lock orders them
+            // (a hand-off of this shard would otherwise land under the copy).
+            if !migrating && self.migrations.len() < 2 && self.meta.idle() {
                 self.start_migration(shard);
             }
         } else if roll < 58 && !self.migrations.is_empty() {
@@ -493,9 +659,10 @@ impl World {
                     }
                 }
             }
-            Phase::Undecided(..) => Ok(false),
+            Phase::Undecided | Phase::Committing(_) => Ok(false),
             Phase::Freezing(h, since) => {
                 let (h, since) = (Arc::clone(h), *since);
+                let (s, target) = (m.shard, m.target);
                 let ctx = self.rs[m.owner].ctx();
                 match ctx.freeze_copy(vol, shard, true) {
                     // Given up while frozen, and retired: its status says why.
@@ -503,48 +670,24 @@ impl World {
                         m.phase = Phase::Copying(h);
                         Ok(false)
                     }
-                    Some((0, true))
-                        if UNDECIDED_COMMITS
-                            && self.active
-                            && (TARGET_FAULTS_WHILE_UNDECIDED
-                                || self.devs[m.target.0].1.write_fail_ppm() == 0)
-                            && self.rng.next_u64().is_multiple_of(4) =>
-                    {
-                        if !TARGET_FAULTS_WHILE_UNDECIDED {
-                            let at = extent_at(m.target.1);
-                            self.devs[m.target.0]
-                                .1
-                                .set_range_write_fail(at, at + SHARD, 0);
-                        }
-                        // The placement's write timed out: the writes go on, to both.
-                        ctx.keep_copy_undecided(vol, shard);
-                        // Until an import decides, the target is a placement too: a write
-                        // its target half failed fails its client (issue 26's fix 1).
-                        let target_id = self.devs[m.target.0].0;
-                        self.history.push(Placed {
-                            shard: m.shard,
-                            member: target_id,
-                            offset_blocks: extent_at(m.target.1),
-                            from: self.t,
-                            until: Nanos::MAX,
-                        });
+                    Some((0, true)) if self.meta.suspended => {
+                        // A change the pool refuses: the writes go on, and the copy ends.
                         ctx.freeze_copy(vol, shard, false);
-                        m.phase =
-                            Phase::Undecided(self.rng.next_u64().is_multiple_of(2), h.clone());
-                        let (s, st) = (m.shard, h.lock().unwrap().clone());
-                        self.trace(format_args!("shard {s} undecided: {st:?}"));
-                        self.report.undecided += 1;
-                        Ok(false)
-                    }
-                    Some((0, true)) => {
-                        // Commit: flip the route to the target, then stop the copy (the
-                        // writes it held go on by the new route).
-                        let (s, target, source, owner) = (m.shard, m.target, m.source, m.owner);
-                        self.flip(s, target, source);
-                        self.rs[owner].ctx().stop_copy(vol, shard);
-                        self.report.restarts += h.lock().unwrap().restarts as u64;
-                        self.report.committed += 1;
+                        ctx.stop_copy(vol, shard);
+                        self.report.refused += 1;
                         Ok(true)
+                    }
+                    Some((0, true)) if self.meta.idle() => {
+                        // Persist the new placement; the writes stay held until it is known
+                        // (`persisted`).
+                        m.phase = Phase::Committing(h);
+                        let mut record = self.meta.record.clone();
+                        let placed = &mut record.volumes[0].shards[s];
+                        placed.member = target.0 as u32;
+                        placed.extent = target.1;
+                        self.meta.begin(record, Purpose::Commit { shard: s });
+                        self.trace(format_args!("shard {s}: commit persists {target:?}"));
+                        Ok(false)
                     }
                     Some((_, true)) if self.t - since < FREEZE_LIMIT_NS => Ok(false),
                     Some(_) => {
