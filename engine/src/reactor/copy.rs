@@ -72,13 +72,17 @@
 //! - no chunk is out (a copy is made undecided whole, while frozen), so this reasoning is
 //!   about mirrors only; and the volume's flushes reach the target (`router`).
 
-use super::router::{Hop, ROUTER_TASK};
+use super::router::ROUTER_TASK;
 use super::tag::{CopyIo, RouterTag, MAX_COPIES, MAX_COPY_SLOTS};
 use super::{Ctx, ReactorId};
-use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
+use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoType};
+use mirror::Mirror;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tidepool_bindings::dma::DmaPool;
+
+#[path = "mirror.rs"]
+mod mirror;
 
 /// Chunks a copy may start per poll iteration.
 pub const CHUNKS_PER_POLL: usize = 1;
@@ -160,21 +164,6 @@ struct Chunk {
     target_since: Option<u64>,
 }
 
-/// A client piece being mirrored: what the router changed in it, to put back.
-struct Mirror {
-    origin: IoOrigin,
-    io_type: IoType,
-    offset_blocks: u64,
-    start: u64,
-    end: u64,
-    source_status: IoStatus,
-    /// When its target half was sent.
-    target_since: Option<u64>,
-    /// The client has its answer (the copy gave up on a target that does not answer); the
-    /// target half is only waited for, to drop its buffer.
-    answered: bool,
-}
-
 pub(super) struct ShardCopy {
     spec: CopySpec,
     status: CopyHandle,
@@ -204,6 +193,9 @@ pub(super) struct ShardCopy {
     /// Client pieces that overlapped a chunk in flight, in arrival order.
     deferred: VecDeque<IoRequest>,
     pool: DmaPool,
+    /// Buffers for the target halves of mirrored writes sent in parallel (see `mirror`);
+    /// none if they could not be mapped: then every mirror goes one half after the other.
+    mirror_pool: Option<DmaPool>,
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
@@ -385,6 +377,7 @@ impl Ctx {
             mirrors: Vec::new(),
             deferred: VecDeque::new(),
             pool,
+            mirror_pool: mirror::mirror_pool(),
         };
         let ci = free_slot(&mut self.copies, MAX_COPIES);
         self.copies[ci] = Some(copy);
@@ -438,53 +431,6 @@ impl Ctx {
         })
     }
 
-    /// A write-like piece for a shard being copied, about to run here: mirror it, or hold it
-    /// while a chunk covers its range. Returns the piece when it is not for a copy.
-    pub(super) fn mirror_piece(
-        &mut self,
-        vol: BdevId,
-        hop: &Hop,
-        mut piece: IoRequest,
-    ) -> Option<IoRequest> {
-        let writes = matches!(
-            piece.io_type,
-            IoType::Write | IoType::Unmap | IoType::WriteZeroes
-        );
-        let ci = match (writes, self.copy_of(vol, hop.shard)) {
-            (true, Some(ci)) => ci,
-            _ => return Some(piece),
-        };
-        let c = self.copies[ci].as_mut().expect("active copy");
-        let range = (hop.within, hop.within + piece.num_blocks as u64);
-        if c.frozen
-            || c.chunk_overlaps(range)
-            || c.mirror_overlaps(range)
-            || c.deferred_overlaps(range)
-        {
-            c.deferred.push_back(piece);
-            return None;
-        }
-        let slot = free_slot(&mut c.mirrors, MAX_COPY_SLOTS);
-        c.mirrors[slot] = Some(Mirror {
-            origin: piece.origin,
-            io_type: piece.io_type,
-            offset_blocks: piece.offset_blocks,
-            start: range.0,
-            end: range.1,
-            source_status: IoStatus::Success,
-            target_since: None,
-            answered: false,
-        });
-        piece.origin = IoOrigin {
-            reactor: self.id,
-            task: ROUTER_TASK,
-            tag: tag(ci, CopyIo::Mirror { target: false }, slot),
-        };
-        piece.offset_blocks = hop.member_offset_blocks;
-        self.submit(hop.member, piece);
-        None
-    }
-
     /// One of a copy's own I/Os is back; returns a client piece's completion when that
     /// finished it.
     pub(super) fn copy_complete(&mut self, c: Completion) -> Option<Completion> {
@@ -507,54 +453,6 @@ impl Ctx {
         };
         self.retire_copy(ci);
         done
-    }
-
-    fn mirror_complete(
-        &mut self,
-        ci: usize,
-        slot: usize,
-        target_half: bool,
-        c: Completion,
-    ) -> Option<Completion> {
-        let Completion { mut io, status } = c;
-        let copy = self.copies[ci].as_mut().expect("a copy with I/O in flight");
-        if !target_half {
-            let m = copy.mirrors[slot].as_mut().expect("a live mirror");
-            m.source_status = status;
-            if status.is_success() && copy.active {
-                // The source has it; now the target, with the same buffer.
-                m.target_since = Some(self.now);
-                io.offset_blocks = copy.spec.target_offset_blocks + m.start;
-                io.origin.tag = tag(ci, CopyIo::Mirror { target: true }, slot);
-                let target = copy.spec.target;
-                self.submit(target, io);
-                return None;
-            }
-        }
-        let mut client_status = copy.mirrors[slot]
-            .as_ref()
-            .expect("a live mirror")
-            .source_status;
-        if target_half && !status.is_success() {
-            let why = format!("a mirrored write to the target failed ({status})");
-            if copy.undecided && copy.active {
-                // The target may be the shard's home after a restart, and it lacks this
-                // write: the client must not take it as written (see the module docs).
-                copy.publish(None, Some(why));
-                if client_status.is_success() {
-                    client_status = status;
-                }
-            } else {
-                copy.restart(why);
-            }
-        }
-        let m = copy.mirrors[slot].take().expect("a live mirror");
-        if m.answered {
-            return None;
-        }
-        io.origin = m.origin;
-        io.offset_blocks = m.offset_blocks;
-        Some(Completion::new(io, client_status))
     }
 
     fn chunk_complete(&mut self, ci: usize, slot: usize, c: Completion) {
@@ -718,35 +616,6 @@ impl Ctx {
         c.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
         self.answer_held_mirrors(ci);
         self.release_deferred(ci);
-    }
-
-    /// Answers the clients of copy `ci`'s mirrored writes whose source half is done and whose
-    /// target half is still out, each with its source's status and a new buffer (the held
-    /// write keeps the client's). Where no buffer can be had, that client waits as before.
-    fn answer_held_mirrors(&mut self, ci: usize) {
-        let Some(c) = self.copies[ci].as_mut() else {
-            return;
-        };
-        let block_size = c.block_size;
-        for m in c.mirrors.iter_mut().flatten() {
-            if m.answered || m.target_since.is_none() {
-                continue;
-            }
-            let blocks = m.end - m.start;
-            let buf = match m.io_type.has_data() {
-                true => match DmaPool::new(blocks as usize * block_size, 1) {
-                    Ok(pool) => pool.take().map(|mut b| {
-                        b.set_len(blocks as usize * block_size);
-                        b
-                    }),
-                    Err(_) => continue,
-                },
-                false => None,
-            };
-            m.answered = true;
-            let io = IoRequest::new(m.io_type, m.offset_blocks, blocks as u32, buf, m.origin);
-            self.ready.push(Completion::new(io, m.source_status));
-        }
     }
 
     /// Holds new write-like pieces of a shard being copied (`freeze`), or lets them go.
