@@ -4,26 +4,30 @@
 //!
 //! The copy reads the shard's source extent in chunks and writes them to the target extent,
 //! at most `max_inflight` chunks at a time. Meanwhile every client write, unmap or
-//! write-zeroes piece the owner executes on the shard is *mirrored*: written to the source,
-//! then (with the same buffer) to the target, and completed to the client with the source's
-//! status once both are back. Reads are served from the source by the normal route.
+//! write-zeroes piece the owner executes on the shard is *mirrored*: written to the source
+//! and to the target at once (the target half with a copy of the data from the copy's
+//! bounded mirror pool; one half after the other, with the client's buffer, when no mirror
+//! buffer fits or is free), and completed to the client with the source's status once both
+//! are back (see `mirror`). Reads are served from the source by the normal route.
 //!
 //! A chunk never overwrites newer mirrored data on the target, because the two never overlap
 //! in flight, and everything here runs on the one owner reactor:
 //! - a client piece that overlaps a chunk in flight waits (in `deferred`) until that chunk's
 //!   target write is back, then takes the normal path;
-//! - so does one that overlaps a mirrored write in flight, or an earlier piece still
-//!   waiting (so that it cannot pass it): each half of a mirror goes out
-//!   when the one before it is back, so two overlapping writes in flight together could
+//! - so does one that overlaps a mirrored write in flight (either half), or an earlier
+//!   piece still waiting (so that it cannot pass it): the source and the target each order
+//!   the writes they hold on their own, so two overlapping writes in flight together could
 //!   land on the source in one order and on the target in the other, and the block would
 //!   change, unwritten, when the route flips to the target;
-//! - a chunk does not start over a range a mirrored write is still writing; it starts once
-//!   the mirror is back, and then reads a source that already holds the write.
+//! - a chunk does not start over a range a mirrored write is still writing (either half);
+//!   it starts once the mirror is back, and then reads a source that already holds the
+//!   write. A mirror keeps its slot until both halves are back.
 //!
 //! A chunk in flight counts for both rules whatever its generation, so a chunk left over
 //! from before a restart cannot land on top of a newer write either. A mirror whose client
 //! was answered early (the copy gave up, below) keeps its slot until its target half is
-//! back, so it still counts too. An undecided copy (below) starts no chunk at all: it is
+//! back, so it still counts too (and no client is answered before its source half is
+//! back: the source's status is the answer). An undecided copy (below) starts no chunk at all: it is
 //! whole when it becomes undecided and is never restarted.
 //!
 //! Writes sent to the source before the copy started are not mirrored, so no chunk is read
@@ -43,15 +47,22 @@
 //! turn between them; `max_blocks_per_s` caps the rate further.
 //!
 //! Any failed target write, a chunk's or a mirror's, restarts the copy from the shard's first
-//! block (a new generation; older chunks are let finish and ignored). The client's write is
-//! acknowledged from the source: a target failure never reaches a client (but see
-//! *undecided*, below). After `max_restarts` restarts the copy is abandoned, with the reason
-//! in its status, and stops mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy too
-//! (a late write could land over a newer chunk, so it cannot restart): from then on client
-//! writes go to the source alone, and those held behind that chunk go on at once. A client
-//! write whose own target half is held is answered then, from its source half, with a new
-//! buffer of the same size (its own stays with the held write until the device gives it
-//! back, and is dropped then).
+//! block (a new generation; older chunks are let finish and ignored). So does a mirror whose
+//! source half failed while its target half landed (the target then holds data the source
+//! may not; the client gets the source's failure). The client's write is acknowledged from
+//! the source: a target failure never reaches a client (but see *undecided*, below). After
+//! `max_restarts` restarts the copy is abandoned, with the reason in its status, and stops
+//! mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy
+//! too (a late write could land over a newer chunk, so it cannot restart): from then on
+//! client writes go to the source alone, and those held behind that chunk go on at once. A
+//! client write whose own target half is held is answered then, from its source half (with
+//! its own buffer when the halves went in parallel; else with a new buffer of the same size,
+//! for its own stays with the held write until the device gives it back, and is dropped
+//! then).
+//!
+//! Memory: a copy maps its chunk buffers (`chunk_blocks * max_inflight` blocks) and its
+//! mirror pool (`mirror::MIRROR_BUFS` of `mirror::MIRROR_BUF_BYTES`, 2 MiB) when it starts,
+//! and takes no more on the I/O path (but for the rare buffer of an early answer, above).
 //!
 //! *Undecided* (`Ctx::keep_copy_undecided`): the commit's write of the new placement timed
 //! out and may still land, so after a restart the shard may be read from the target. Then
@@ -60,7 +71,9 @@
 //!   acknowledged from the source, and the copy is neither restarted nor abandoned: a
 //!   restarted copy would stop being whole, yet the late placement could make the target the
 //!   shard's home before the chunks covered that block again; an abandoned one would stop
-//!   mirroring. Failing the write is the one exception to "a target failure never reaches a
+//!   mirroring. (A failed source half under a landed target half fails its client as
+//!   usual and does not restart the copy either: either place may hold the old or the new
+//!   data.) Failing the write is the one exception to "a target failure never reaches a
 //!   client", chosen over holding it: the target has answered, and a held write could only
 //!   be retried on it until some limit and then failed anyway (every wait has a limit),
 //!   while only a re-import ends the undecided state. A failed write leaves the block's old
@@ -82,7 +95,7 @@ use std::sync::{Arc, Mutex};
 use tidepool_bindings::dma::DmaPool;
 
 #[path = "mirror.rs"]
-mod mirror;
+pub(super) mod mirror;
 
 /// Chunks a copy may start per poll iteration.
 pub const CHUNKS_PER_POLL: usize = 1;

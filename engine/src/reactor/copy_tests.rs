@@ -920,3 +920,6 @@ fn an_abandoned_copy_answers_writes_held_on_its_target_and_is_still_watched_for_
     assert!(!rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
     assert_eq!(rig.done(), 2, "no second answer to the held write");
 }
+
+#[path = "mirror_tests.rs"]
+mod mirror_tests;
