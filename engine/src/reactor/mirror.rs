@@ -99,7 +99,8 @@ impl ShardCopy {
             .filter(|p| bytes <= p.buf_size())?;
         let mut buf = pool.take()?;
         buf.set_len(bytes);
-        buf.as_mut_slice().copy_from_slice(&data.as_slice()[..bytes]);
+        buf.as_mut_slice()
+            .copy_from_slice(&data.as_slice()[..bytes]);
         Some(Some(buf))
     }
 }
@@ -255,7 +256,7 @@ impl Ctx {
                 continue;
             }
             let blocks = m.end - m.start;
-            let io = match m.held.take() {
+            let mut io = match m.held.take() {
                 Some(io) => io,
                 None => {
                     let buf = match m.io_type.has_data() {
@@ -271,7 +272,6 @@ impl Ctx {
                     IoRequest::new(m.io_type, m.offset_blocks, blocks as u32, buf, m.origin)
                 }
             };
-            let mut io = io;
             io.origin = m.origin;
             io.offset_blocks = m.offset_blocks;
             m.answered = true;

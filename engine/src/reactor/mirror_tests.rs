@@ -31,9 +31,10 @@ fn source_rig() -> (Rig, BdevId, Arc<Injection>) {
 fn on_target(rig: &mut Rig, m2: BdevId, within: u64, n: u64, seed: u64) -> bool {
     let first = COPIED_SHARD * SHARD;
     let data = rig.read(m2, TARGET_AT + within, n);
-    data.chunks(BS as usize)
-        .enumerate()
-        .all(|(i, b)| b.iter().all(|&x| x == pattern(first + within + i as u64, seed)))
+    data.chunks(BS as usize).enumerate().all(|(i, b)| {
+        b.iter()
+            .all(|&x| x == pattern(first + within + i as u64, seed))
+    })
 }
 
 /// A source that holds a mirrored write: its target half has landed meanwhile, and the
@@ -78,7 +79,10 @@ fn a_source_failure_under_a_landed_target_half_restarts_the_copy() {
     source.inject(InjectTarget::Write, ErrorKind::Failure, 1);
     rig.submit(1, vol, IoType::Write, first + 20, 3, 2);
     rig.settle(2);
-    assert!(!rig.rec[1].0.statuses()[1].is_success(), "the source failed it");
+    assert!(
+        !rig.rec[1].0.statuses()[1].is_success(),
+        "the source failed it"
+    );
     let s = status.lock().unwrap().clone();
     assert_eq!(s.restarts, 1, "{s:?}");
     let why = s.last_error.unwrap_or_default();
