@@ -8,7 +8,8 @@
 //! one request, so the target half of a write carries a copy of the data in a buffer of the
 //! copy's *mirror pool*: [`MIRROR_BUFS`] buffers of [`MIRROR_BUF_BYTES`] (the router's
 //! bounce size, the largest piece of a request that crosses shards), mapped when the copy
-//! starts, so a copy holds at most `MIRROR_BUFS * MIRROR_BUF_BYTES` (2 MiB) of them
+//! starts, so a copy holds at most `MIRROR_BUFS * MIRROR_BUF_BYTES` (2 MiB; 512 KiB under
+//! test, where there are fewer so that the simulator runs out) of them
 //! whatever its clients do. The source half keeps the client's buffer, which the client
 //! gets back. A write larger than a mirror buffer (a one-shard request sent on whole), one
 //! that finds the pool empty, or any write of a copy whose pool could not be mapped, is sent
@@ -52,7 +53,12 @@ use tidepool_bindings::dma::{DmaBuf, DmaPool};
 /// shards; a larger (one-shard) write is mirrored one half after the other.
 pub const MIRROR_BUF_BYTES: usize = BOUNCE_CHUNK_BYTES;
 /// Mirror buffers per copy: the most writes with data it mirrors in parallel at once.
+#[cfg(not(test))]
 pub const MIRROR_BUFS: usize = 16;
+/// Fewer under test, so that the simulator's clients run the copy out of mirror buffers
+/// and meet both ways of mirroring (with 16 they never did).
+#[cfg(test)]
+pub const MIRROR_BUFS: usize = 4;
 
 /// A new copy's mirror pool, or none if it cannot be mapped (its mirrors then go one half
 /// after the other).

@@ -39,8 +39,8 @@
 //! durability: the device has no volatile cache, so every acknowledged write must survive a
 //! crash (stricter than "every flushed one"), and the commit does not flush the target.
 //! Mirrored writes are sent as `reactor::copy` sends them: both halves at once (issue 26),
-//! or one after the other when the copy's mirror buffers are all out (a client depth of up
-//! to 48 can get there), so a mirror's source and target halves are in flight together,
+//! or one after the other when the copy's mirror buffers are all out (4 under test, so the
+//! clients get there), so a mirror's source and target halves are in flight together,
 //! fail, hang and complete in either order here; no switch of the sim's own is needed.
 //!
 //! **Switches that exclude fault combinations** (each off-by-default switch hides a
