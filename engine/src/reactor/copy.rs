@@ -88,7 +88,7 @@
 use super::router::ROUTER_TASK;
 use super::tag::{CopyIo, RouterTag, MAX_COPIES, MAX_COPY_SLOTS};
 use super::{Ctx, ReactorId};
-use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoType};
+use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use mirror::Mirror;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -146,12 +146,42 @@ pub enum CopyError {
     NoMemory(String),
 }
 
+/// Why a copy restarted or gave up: its status's `last_error`, and an abandoned copy's
+/// reason (the control plane shows them as text, through `Display`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CopyFailure {
+    /// A chunk's write to the target failed (restarts the copy).
+    #[error("a copy write to the target failed ({status})")]
+    TargetWrite { status: IoStatus },
+    /// A mirrored write's target half failed (restarts the copy; while undecided, fails the
+    /// client's write).
+    #[error("a mirrored write to the target failed ({status})")]
+    MirrorTarget { status: IoStatus },
+    /// A mirrored write's source half failed while its target half landed, so the target
+    /// held data the source may not (restarts the copy).
+    #[error("a mirrored write to the source failed ({status}) after its target half landed")]
+    MirrorSource { status: IoStatus },
+    /// A chunk's read of the source failed (abandons the copy).
+    #[error("reading the source failed ({status})")]
+    SourceRead { status: IoStatus },
+    /// A write to the target had no answer for `ms` (abandons the copy).
+    #[error("a write to the target has had no answer for {ms} ms")]
+    TargetSilent { ms: u64 },
+    /// Failure `restarts` was one past the `max_restarts` allowed (abandons the copy).
+    #[error("abandoned after {max_restarts} restarts, at failure {restarts}: {last}")]
+    TooManyRestarts {
+        max_restarts: u32,
+        restarts: u32,
+        last: Box<CopyFailure>,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CopyState {
     Copying,
     /// Every block is on the target; writes are still mirrored until the copy is stopped.
     Copied,
-    Abandoned(String),
+    Abandoned(CopyFailure),
 }
 
 /// A copy's progress, shared with the control plane.
@@ -161,7 +191,7 @@ pub struct CopyStatus {
     pub copied_blocks: u64,
     pub total_blocks: u64,
     pub restarts: u32,
-    pub last_error: Option<String>,
+    pub last_error: Option<CopyFailure>,
     /// Abandoned with a write to the target unanswered: it may still land, so the target
     /// extent must stay reserved (see `pool::copy_driver`).
     pub target_stalled: bool,
@@ -251,7 +281,7 @@ impl ShardCopy {
             .any(|m| overlaps(range, (m.start, m.end)))
     }
 
-    fn publish(&self, state: Option<CopyState>, error: Option<String>) {
+    fn publish(&self, state: Option<CopyState>, error: Option<CopyFailure>) {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(state) = state {
             s.state = state;
@@ -263,7 +293,7 @@ impl ShardCopy {
         s.restarts = self.restarts;
     }
 
-    fn restart(&mut self, why: String) {
+    fn restart(&mut self, why: CopyFailure) {
         if !self.active {
             return;
         }
@@ -282,12 +312,14 @@ impl ShardCopy {
         self.generation_start = self.now_hint;
         if self.restarts > self.spec.max_restarts {
             self.active = false;
-            // `restarts` counts the target's failures, chunks in flight together included,
-            // so it ends one past `max_restarts`: say which failure ended it.
-            let reason = format!(
-                "abandoned after {} restarts, at the target's failure {}: {why}",
-                self.spec.max_restarts, self.restarts
-            );
+            // `restarts` counts the failures that restart a copy (the target's, and a mirror's
+            // source under a landed target half), chunks in flight together included, so it
+            // ends one past `max_restarts`: say which failure ended it.
+            let reason = CopyFailure::TooManyRestarts {
+                max_restarts: self.spec.max_restarts,
+                restarts: self.restarts,
+                last: Box::new(why.clone()),
+            };
             self.publish(Some(CopyState::Abandoned(reason)), Some(why));
         } else {
             self.publish(Some(CopyState::Copying), Some(why));
@@ -488,13 +520,11 @@ impl Ctx {
         if writing && !status.is_success() {
             // Every failed target write restarts the copy, one left over from an earlier
             // generation too: restarts count the target's failures.
-            copy.restart(format!("a copy write to the target failed ({status})"));
+            copy.restart(CopyFailure::TargetWrite { status });
         } else if current && !status.is_success() {
-            {
-                copy.active = false;
-                let why = format!("reading the source failed ({status})");
-                copy.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
-            }
+            copy.active = false;
+            let why = CopyFailure::SourceRead { status };
+            copy.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
         } else if current && writing {
             copy.copied += chunk.blocks as u64;
             copy.publish(None, None);
@@ -622,10 +652,9 @@ impl Ctx {
             return;
         }
         c.active = false;
-        let why = format!(
-            "a write to the target has had no answer for {} ms",
-            TARGET_ANSWER_NS / 1_000_000
-        );
+        let why = CopyFailure::TargetSilent {
+            ms: TARGET_ANSWER_NS / 1_000_000,
+        };
         c.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
         self.answer_held_mirrors(ci);
         self.release_deferred(ci);

@@ -42,7 +42,7 @@
 //! target half, until back, keeps the slot and is watched by the stall rule
 //! (`target_since`) like a chunk's write.
 
-use super::{free_slot, tag, ShardCopy};
+use super::{free_slot, tag, CopyFailure, ShardCopy};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use crate::reactor::router::{Hop, BOUNCE_CHUNK_BYTES, ROUTER_TASK};
 use crate::reactor::tag::{CopyIo, MAX_COPY_SLOTS};
@@ -215,7 +215,7 @@ impl Ctx {
         let mut client_status = source_status;
         match m.target_status {
             Some(status) if !status.is_success() => {
-                let why = format!("a mirrored write to the target failed ({status})");
+                let why = CopyFailure::MirrorTarget { status };
                 if copy.undecided && copy.active {
                     // The target may be the shard's home after a restart, and it lacks this
                     // write: the client must not take it as written (see the module docs).
@@ -230,9 +230,9 @@ impl Ctx {
             Some(_) if !source_status.is_success() => {
                 // The target holds a write the source may lack: copy it again from the source
                 // (an undecided copy is not restarted; the client's failure stands).
-                copy.restart(format!(
-                    "a mirrored write to the source failed ({source_status}) after its target half landed"
-                ));
+                copy.restart(CopyFailure::MirrorSource {
+                    status: source_status,
+                });
             }
             _ => {}
         }
