@@ -478,7 +478,7 @@ impl PoolService {
                 .clone();
             match state {
                 CopyState::Copying => continue,
-                CopyState::Abandoned(why) => break Err((why, Ending::CopyFailed)),
+                CopyState::Abandoned(why) => break Err((why.to_string(), Ending::CopyFailed)),
                 CopyState::Copied => {
                     lock(rec).copied_ns.get_or_insert_with(time::now);
                     match self.commit(rec, &job) {
@@ -729,7 +729,7 @@ impl PoolService {
                     "state": r.state,
                     "bytes_copied": copied, "bytes_total": s.total_blocks * r.block_size,
                     "restarts": s.restarts,
-                    "last_error": r.error.clone().or(s.last_error),
+                    "last_error": r.error.clone().or(s.last_error.map(|e| e.to_string())),
                     "rate_mib_per_s": if secs > 0.0 { (copied as f64 / secs / 1048576.0 * 10.0).round() / 10.0 } else { 0.0 },
                     "elapsed_ms": (secs * 1000.0 * 1000.0).round() / 1000.0,
                     "copy_ms": r.copied_ns.map(|c| (c.saturating_sub(r.started_ns) as f64 / 1e3).round() / 1e3),

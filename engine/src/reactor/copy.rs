@@ -4,26 +4,30 @@
 //!
 //! The copy reads the shard's source extent in chunks and writes them to the target extent,
 //! at most `max_inflight` chunks at a time. Meanwhile every client write, unmap or
-//! write-zeroes piece the owner executes on the shard is *mirrored*: written to the source,
-//! then (with the same buffer) to the target, and completed to the client with the source's
-//! status once both are back. Reads are served from the source by the normal route.
+//! write-zeroes piece the owner executes on the shard is *mirrored*: written to the source
+//! and to the target at once (the target half with a copy of the data from the copy's
+//! bounded mirror pool; one half after the other, with the client's buffer, when no mirror
+//! buffer fits or is free), and completed to the client with the source's status once both
+//! are back (see `mirror`). Reads are served from the source by the normal route.
 //!
 //! A chunk never overwrites newer mirrored data on the target, because the two never overlap
 //! in flight, and everything here runs on the one owner reactor:
 //! - a client piece that overlaps a chunk in flight waits (in `deferred`) until that chunk's
 //!   target write is back, then takes the normal path;
-//! - so does one that overlaps a mirrored write in flight, or an earlier piece still
-//!   waiting (so that it cannot pass it): each half of a mirror goes out
-//!   when the one before it is back, so two overlapping writes in flight together could
+//! - so does one that overlaps a mirrored write in flight (either half), or an earlier
+//!   piece still waiting (so that it cannot pass it): the source and the target each order
+//!   the writes they hold on their own, so two overlapping writes in flight together could
 //!   land on the source in one order and on the target in the other, and the block would
 //!   change, unwritten, when the route flips to the target;
-//! - a chunk does not start over a range a mirrored write is still writing; it starts once
-//!   the mirror is back, and then reads a source that already holds the write.
+//! - a chunk does not start over a range a mirrored write is still writing (either half);
+//!   it starts once the mirror is back, and then reads a source that already holds the
+//!   write. A mirror keeps its slot until both halves are back.
 //!
 //! A chunk in flight counts for both rules whatever its generation, so a chunk left over
 //! from before a restart cannot land on top of a newer write either. A mirror whose client
 //! was answered early (the copy gave up, below) keeps its slot until its target half is
-//! back, so it still counts too. An undecided copy (below) starts no chunk at all: it is
+//! back, so it still counts too (and no client is answered before its source half is
+//! back: the source's status is the answer). An undecided copy (below) starts no chunk at all: it is
 //! whole when it becomes undecided and is never restarted.
 //!
 //! Writes sent to the source before the copy started are not mirrored, so no chunk is read
@@ -43,15 +47,22 @@
 //! turn between them; `max_blocks_per_s` caps the rate further.
 //!
 //! Any failed target write, a chunk's or a mirror's, restarts the copy from the shard's first
-//! block (a new generation; older chunks are let finish and ignored). The client's write is
-//! acknowledged from the source: a target failure never reaches a client (but see
-//! *undecided*, below). After `max_restarts` restarts the copy is abandoned, with the reason
-//! in its status, and stops mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy too
-//! (a late write could land over a newer chunk, so it cannot restart): from then on client
-//! writes go to the source alone, and those held behind that chunk go on at once. A client
-//! write whose own target half is held is answered then, from its source half, with a new
-//! buffer of the same size (its own stays with the held write until the device gives it
-//! back, and is dropped then).
+//! block (a new generation; older chunks are let finish and ignored). So does a mirror whose
+//! source half failed while its target half landed (the target then holds data the source
+//! may not; the client gets the source's failure). The client's write is acknowledged from
+//! the source: a target failure never reaches a client (but see *undecided*, below). After
+//! `max_restarts` restarts the copy is abandoned, with the reason in its status, and stops
+//! mirroring. A target write with no answer after [`TARGET_ANSWER_NS`] abandons the copy
+//! too (a late write could land over a newer chunk, so it cannot restart): from then on
+//! client writes go to the source alone, and those held behind that chunk go on at once. A
+//! client write whose own target half is held is answered then, from its source half (with
+//! its own buffer when the halves went in parallel; else with a new buffer of the same size,
+//! for its own stays with the held write until the device gives it back, and is dropped
+//! then).
+//!
+//! Memory: a copy maps its chunk buffers (`chunk_blocks * max_inflight` blocks) and its
+//! mirror pool (`mirror::MIRROR_BUFS` of `mirror::MIRROR_BUF_BYTES`, 2 MiB) when it starts,
+//! and takes no more on the I/O path (but for the rare buffer of an early answer, above).
 //!
 //! *Undecided* (`Ctx::keep_copy_undecided`): the commit's write of the new placement timed
 //! out and may still land, so after a restart the shard may be read from the target. Then
@@ -60,7 +71,9 @@
 //!   acknowledged from the source, and the copy is neither restarted nor abandoned: a
 //!   restarted copy would stop being whole, yet the late placement could make the target the
 //!   shard's home before the chunks covered that block again; an abandoned one would stop
-//!   mirroring. Failing the write is the one exception to "a target failure never reaches a
+//!   mirroring. (A failed source half under a landed target half fails its client as
+//!   usual and does not restart the copy either: either place may hold the old or the new
+//!   data.) Failing the write is the one exception to "a target failure never reaches a
 //!   client", chosen over holding it: the target has answered, and a held write could only
 //!   be retried on it until some limit and then failed anyway (every wait has a limit),
 //!   while only a re-import ends the undecided state. A failed write leaves the block's old
@@ -72,13 +85,17 @@
 //! - no chunk is out (a copy is made undecided whole, while frozen), so this reasoning is
 //!   about mirrors only; and the volume's flushes reach the target (`router`).
 
-use super::router::{Hop, ROUTER_TASK};
+use super::router::ROUTER_TASK;
 use super::tag::{CopyIo, RouterTag, MAX_COPIES, MAX_COPY_SLOTS};
 use super::{Ctx, ReactorId};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
+use mirror::Mirror;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tidepool_bindings::dma::DmaPool;
+
+#[path = "mirror.rs"]
+pub(super) mod mirror;
 
 /// Chunks a copy may start per poll iteration.
 pub const CHUNKS_PER_POLL: usize = 1;
@@ -129,12 +146,42 @@ pub enum CopyError {
     NoMemory(String),
 }
 
+/// Why a copy restarted or gave up: its status's `last_error`, and an abandoned copy's
+/// reason (the control plane shows them as text, through `Display`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CopyFailure {
+    /// A chunk's write to the target failed (restarts the copy).
+    #[error("a copy write to the target failed ({status})")]
+    TargetWrite { status: IoStatus },
+    /// A mirrored write's target half failed (restarts the copy; while undecided, fails the
+    /// client's write).
+    #[error("a mirrored write to the target failed ({status})")]
+    MirrorTarget { status: IoStatus },
+    /// A mirrored write's source half failed while its target half landed, so the target
+    /// held data the source may not (restarts the copy).
+    #[error("a mirrored write to the source failed ({status}) after its target half landed")]
+    MirrorSource { status: IoStatus },
+    /// A chunk's read of the source failed (abandons the copy).
+    #[error("reading the source failed ({status})")]
+    SourceRead { status: IoStatus },
+    /// A write to the target had no answer for `ms` (abandons the copy).
+    #[error("a write to the target has had no answer for {ms} ms")]
+    TargetSilent { ms: u64 },
+    /// Failure `restarts` was one past the `max_restarts` allowed (abandons the copy).
+    #[error("abandoned after {max_restarts} restarts, at failure {restarts}: {last}")]
+    TooManyRestarts {
+        max_restarts: u32,
+        restarts: u32,
+        last: Box<CopyFailure>,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CopyState {
     Copying,
     /// Every block is on the target; writes are still mirrored until the copy is stopped.
     Copied,
-    Abandoned(String),
+    Abandoned(CopyFailure),
 }
 
 /// A copy's progress, shared with the control plane.
@@ -144,7 +191,7 @@ pub struct CopyStatus {
     pub copied_blocks: u64,
     pub total_blocks: u64,
     pub restarts: u32,
-    pub last_error: Option<String>,
+    pub last_error: Option<CopyFailure>,
     /// Abandoned with a write to the target unanswered: it may still land, so the target
     /// extent must stay reserved (see `pool::copy_driver`).
     pub target_stalled: bool,
@@ -158,21 +205,6 @@ struct Chunk {
     generation: u32,
     /// When its write went to the target (none while it is read from the source).
     target_since: Option<u64>,
-}
-
-/// A client piece being mirrored: what the router changed in it, to put back.
-struct Mirror {
-    origin: IoOrigin,
-    io_type: IoType,
-    offset_blocks: u64,
-    start: u64,
-    end: u64,
-    source_status: IoStatus,
-    /// When its target half was sent.
-    target_since: Option<u64>,
-    /// The client has its answer (the copy gave up on a target that does not answer); the
-    /// target half is only waited for, to drop its buffer.
-    answered: bool,
 }
 
 pub(super) struct ShardCopy {
@@ -204,6 +236,9 @@ pub(super) struct ShardCopy {
     /// Client pieces that overlapped a chunk in flight, in arrival order.
     deferred: VecDeque<IoRequest>,
     pool: DmaPool,
+    /// Buffers for the target halves of mirrored writes sent in parallel (see `mirror`);
+    /// none if they could not be mapped: then every mirror goes one half after the other.
+    mirror_pool: Option<DmaPool>,
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
@@ -246,7 +281,7 @@ impl ShardCopy {
             .any(|m| overlaps(range, (m.start, m.end)))
     }
 
-    fn publish(&self, state: Option<CopyState>, error: Option<String>) {
+    fn publish(&self, state: Option<CopyState>, error: Option<CopyFailure>) {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(state) = state {
             s.state = state;
@@ -258,7 +293,7 @@ impl ShardCopy {
         s.restarts = self.restarts;
     }
 
-    fn restart(&mut self, why: String) {
+    fn restart(&mut self, why: CopyFailure) {
         if !self.active {
             return;
         }
@@ -277,12 +312,14 @@ impl ShardCopy {
         self.generation_start = self.now_hint;
         if self.restarts > self.spec.max_restarts {
             self.active = false;
-            // `restarts` counts the target's failures, chunks in flight together included,
-            // so it ends one past `max_restarts`: say which failure ended it.
-            let reason = format!(
-                "abandoned after {} restarts, at the target's failure {}: {why}",
-                self.spec.max_restarts, self.restarts
-            );
+            // `restarts` counts the failures that restart a copy (the target's, and a mirror's
+            // source under a landed target half), chunks in flight together included, so it
+            // ends one past `max_restarts`: say which failure ended it.
+            let reason = CopyFailure::TooManyRestarts {
+                max_restarts: self.spec.max_restarts,
+                restarts: self.restarts,
+                last: Box::new(why.clone()),
+            };
             self.publish(Some(CopyState::Abandoned(reason)), Some(why));
         } else {
             self.publish(Some(CopyState::Copying), Some(why));
@@ -385,6 +422,7 @@ impl Ctx {
             mirrors: Vec::new(),
             deferred: VecDeque::new(),
             pool,
+            mirror_pool: mirror::mirror_pool(),
         };
         let ci = free_slot(&mut self.copies, MAX_COPIES);
         self.copies[ci] = Some(copy);
@@ -438,53 +476,6 @@ impl Ctx {
         })
     }
 
-    /// A write-like piece for a shard being copied, about to run here: mirror it, or hold it
-    /// while a chunk covers its range. Returns the piece when it is not for a copy.
-    pub(super) fn mirror_piece(
-        &mut self,
-        vol: BdevId,
-        hop: &Hop,
-        mut piece: IoRequest,
-    ) -> Option<IoRequest> {
-        let writes = matches!(
-            piece.io_type,
-            IoType::Write | IoType::Unmap | IoType::WriteZeroes
-        );
-        let ci = match (writes, self.copy_of(vol, hop.shard)) {
-            (true, Some(ci)) => ci,
-            _ => return Some(piece),
-        };
-        let c = self.copies[ci].as_mut().expect("active copy");
-        let range = (hop.within, hop.within + piece.num_blocks as u64);
-        if c.frozen
-            || c.chunk_overlaps(range)
-            || c.mirror_overlaps(range)
-            || c.deferred_overlaps(range)
-        {
-            c.deferred.push_back(piece);
-            return None;
-        }
-        let slot = free_slot(&mut c.mirrors, MAX_COPY_SLOTS);
-        c.mirrors[slot] = Some(Mirror {
-            origin: piece.origin,
-            io_type: piece.io_type,
-            offset_blocks: piece.offset_blocks,
-            start: range.0,
-            end: range.1,
-            source_status: IoStatus::Success,
-            target_since: None,
-            answered: false,
-        });
-        piece.origin = IoOrigin {
-            reactor: self.id,
-            task: ROUTER_TASK,
-            tag: tag(ci, CopyIo::Mirror { target: false }, slot),
-        };
-        piece.offset_blocks = hop.member_offset_blocks;
-        self.submit(hop.member, piece);
-        None
-    }
-
     /// One of a copy's own I/Os is back; returns a client piece's completion when that
     /// finished it.
     pub(super) fn copy_complete(&mut self, c: Completion) -> Option<Completion> {
@@ -509,54 +500,6 @@ impl Ctx {
         done
     }
 
-    fn mirror_complete(
-        &mut self,
-        ci: usize,
-        slot: usize,
-        target_half: bool,
-        c: Completion,
-    ) -> Option<Completion> {
-        let Completion { mut io, status } = c;
-        let copy = self.copies[ci].as_mut().expect("a copy with I/O in flight");
-        if !target_half {
-            let m = copy.mirrors[slot].as_mut().expect("a live mirror");
-            m.source_status = status;
-            if status.is_success() && copy.active {
-                // The source has it; now the target, with the same buffer.
-                m.target_since = Some(self.now);
-                io.offset_blocks = copy.spec.target_offset_blocks + m.start;
-                io.origin.tag = tag(ci, CopyIo::Mirror { target: true }, slot);
-                let target = copy.spec.target;
-                self.submit(target, io);
-                return None;
-            }
-        }
-        let mut client_status = copy.mirrors[slot]
-            .as_ref()
-            .expect("a live mirror")
-            .source_status;
-        if target_half && !status.is_success() {
-            let why = format!("a mirrored write to the target failed ({status})");
-            if copy.undecided && copy.active {
-                // The target may be the shard's home after a restart, and it lacks this
-                // write: the client must not take it as written (see the module docs).
-                copy.publish(None, Some(why));
-                if client_status.is_success() {
-                    client_status = status;
-                }
-            } else {
-                copy.restart(why);
-            }
-        }
-        let m = copy.mirrors[slot].take().expect("a live mirror");
-        if m.answered {
-            return None;
-        }
-        io.origin = m.origin;
-        io.offset_blocks = m.offset_blocks;
-        Some(Completion::new(io, client_status))
-    }
-
     fn chunk_complete(&mut self, ci: usize, slot: usize, c: Completion) {
         let Completion { mut io, status } = c;
         let copy = self.copies[ci].as_mut().expect("a copy with I/O in flight");
@@ -577,13 +520,11 @@ impl Ctx {
         if writing && !status.is_success() {
             // Every failed target write restarts the copy, one left over from an earlier
             // generation too: restarts count the target's failures.
-            copy.restart(format!("a copy write to the target failed ({status})"));
+            copy.restart(CopyFailure::TargetWrite { status });
         } else if current && !status.is_success() {
-            {
-                copy.active = false;
-                let why = format!("reading the source failed ({status})");
-                copy.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
-            }
+            copy.active = false;
+            let why = CopyFailure::SourceRead { status };
+            copy.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
         } else if current && writing {
             copy.copied += chunk.blocks as u64;
             copy.publish(None, None);
@@ -711,42 +652,12 @@ impl Ctx {
             return;
         }
         c.active = false;
-        let why = format!(
-            "a write to the target has had no answer for {} ms",
-            TARGET_ANSWER_NS / 1_000_000
-        );
+        let why = CopyFailure::TargetSilent {
+            ms: TARGET_ANSWER_NS / 1_000_000,
+        };
         c.publish(Some(CopyState::Abandoned(why.clone())), Some(why));
         self.answer_held_mirrors(ci);
         self.release_deferred(ci);
-    }
-
-    /// Answers the clients of copy `ci`'s mirrored writes whose source half is done and whose
-    /// target half is still out, each with its source's status and a new buffer (the held
-    /// write keeps the client's). Where no buffer can be had, that client waits as before.
-    fn answer_held_mirrors(&mut self, ci: usize) {
-        let Some(c) = self.copies[ci].as_mut() else {
-            return;
-        };
-        let block_size = c.block_size;
-        for m in c.mirrors.iter_mut().flatten() {
-            if m.answered || m.target_since.is_none() {
-                continue;
-            }
-            let blocks = m.end - m.start;
-            let buf = match m.io_type.has_data() {
-                true => match DmaPool::new(blocks as usize * block_size, 1) {
-                    Ok(pool) => pool.take().map(|mut b| {
-                        b.set_len(blocks as usize * block_size);
-                        b
-                    }),
-                    Err(_) => continue,
-                },
-                false => None,
-            };
-            m.answered = true;
-            let io = IoRequest::new(m.io_type, m.offset_blocks, blocks as u32, buf, m.origin);
-            self.ready.push(Completion::new(io, m.source_status));
-        }
     }
 
     /// Holds new write-like pieces of a shard being copied (`freeze`), or lets them go.

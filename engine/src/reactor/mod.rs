@@ -41,7 +41,7 @@ use std::{collections::VecDeque, sync::Arc};
 use timers::Timers;
 
 pub use blocking::BlockingIoError;
-pub use copy::{CopyError, CopyHandle, CopySpec, CopyState, CopyStatus};
+pub use copy::{CopyError, CopyFailure, CopyHandle, CopySpec, CopyState, CopyStatus};
 pub use engine::{Engine, EngineConfig, EngineError, ReactorStats};
 pub use remote::LaneMsg;
 pub use router::{RouteCounters, BOUNCE_CHUNK_BYTES};

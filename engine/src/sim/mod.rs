@@ -45,8 +45,12 @@
 //! is written whole, with no crash during it; members never go missing (no degraded
 //! import). FLUSH durability: the device has no volatile cache, so every acknowledged
 //! write must survive a crash (stricter than "every flushed one"), and the commit does not
-//! flush the target. Mirrored writes sent in parallel (issue 26) are whatever
-//! `reactor::copy` does.
+//! flush the target.
+//!
+//! Mirrored writes are sent as `reactor::copy` sends them: both halves at once (issue 26),
+//! or one after the other when the copy's mirror buffers are all out (4 under test, so the
+//! clients get there), so a mirror's source and target halves are in flight together,
+//! fail, hang and complete in either order here.
 //!
 //! **The switch that excluded a fault combination**: [`REUSE_SOURCE_EXTENT_AT_FLIP`] (on
 //! since fix 3): off, it hid issue 26's finding 3 (seed 89), a source extent freed at the
