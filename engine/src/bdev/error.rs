@@ -75,6 +75,8 @@ const KIND_PENDING: u8 = 2;
 struct TypeInjection {
     kind: AtomicU8,
     remaining: AtomicU32,
+    /// Matching I/Os let through before the injection applies ([`Injection::inject_after`]).
+    skip: AtomicU32,
 }
 
 /// The injection state of one error bdev, shared by its channels.
@@ -88,6 +90,12 @@ pub struct Injection {
 impl Injection {
     /// Arms (or clears) an injection.
     pub fn inject(&self, target: InjectTarget, kind: ErrorKind, num: u32) {
+        self.inject_after(target, kind, 0, num)
+    }
+
+    /// Arms an injection that lets the next `skip` matching I/Os through and then catches
+    /// `num` (tests: "fail the second write from now"; the RPC has no such parameter).
+    pub fn inject_after(&self, target: InjectTarget, kind: ErrorKind, skip: u32, num: u32) {
         let types: &[IoType] = match target {
             InjectTarget::Read => &[IoType::Read],
             InjectTarget::Write => &[IoType::Write],
@@ -112,6 +120,7 @@ impl Injection {
             // Kind first: a channel only reads the kind after it won a decrement of a count
             // stored after it (Release/Acquire on `remaining`).
             slot.kind.store(code, Ordering::Relaxed);
+            slot.skip.store(skip, Ordering::Relaxed);
             slot.remaining.store(num, Ordering::Release);
         }
     }
@@ -143,6 +152,12 @@ impl Injection {
     fn take(&self, t: IoType) -> Option<ErrorKind> {
         let slot = &self.per_type[t as usize];
         if slot.remaining.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let skipped = slot
+            .skip
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1));
+        if skipped.is_ok() {
             return None;
         }
         slot.remaining

@@ -5,7 +5,8 @@
 //! to every present member and flushed before the call that made it returns, and the
 //! in-memory state changes only after that succeeded: a call that fails changes nothing
 //! (if persisting fails halfway, the previous description is written back, best effort,
-//! and the error says so), except that a write that times out suspends the pool (below).
+//! and the error says so), except that a write that times out, or a write back that does
+//! not reach every member, suspends the pool (below).
 //!
 //! - `pool_create` formats its members (refusing bdevs that already carry tidepool metadata
 //!   unless forced), writing the description as generation 1 and then 2 on every member: a
@@ -33,9 +34,9 @@
 //! Control calls are serialized by one mutex; metadata I/O runs on reactor 0 through
 //! [`Engine::read_blocks`] and friends, with deadlines.
 //!
-//! Here: create, delete, volumes, and persisting a change. Beside it: `import` (finding a
-//! pool on its members), `report` (listings, `save_config`, and the members and volumes
-//! other parts read), `remove`
+//! Here: create, delete and volumes. Beside it: `slots` (reading, persisting and wiping
+//! the members' descriptions), `import` (finding a pool on its members), `report`
+//! (listings, `save_config`, and the members and volumes other parts read), `remove`
 //! (`pool_remove_bdev`), `migrate` and `copy_driver` (moving shards), [`placement`],
 //! [`metadata`] (the slots' format) and [`crc32c`].
 
@@ -47,6 +48,7 @@ mod migrate;
 pub mod placement;
 mod remove;
 mod report;
+mod slots;
 
 pub use copy_driver::MigrationOptions;
 pub use migrate::ShardMigrateParams;
@@ -55,9 +57,7 @@ pub use remove::PoolRemoveBdevParams;
 use crate::bdev::{new_uuid, BdevError, BdevId, BdevInfo, BdevRegistry, IoType, IoTypeSet};
 use crate::reactor::{BlockingIoError, Engine};
 use crate::volume::{ShardRoute, ShardState, Volume, VolumeBdev};
-use metadata::{
-    MemberRecord, PoolRecord, ShardRecord, Slot, VolumeRecord, DATA_START_BYTES, SLOT_BYTES,
-};
+use metadata::{MemberRecord, PoolRecord, ShardRecord, VolumeRecord, DATA_START_BYTES};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -293,26 +293,6 @@ pub struct PoolService {
     before_flip: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
-/// Blocks in one metadata slot.
-fn slot_blocks(block_size: u32) -> u64 {
-    SLOT_BYTES / block_size as u64
-}
-
-fn io_error(what: String) -> impl FnOnce(BlockingIoError) -> PoolError {
-    move |e| PoolError::Io(format!("{what}: {e}"))
-}
-
-/// As [`io_error`], for a metadata write or flush: one that timed out may still land, so
-/// its outcome is unknown ([`PoolError::Unknown`]).
-fn write_error(what: String) -> impl FnOnce(BlockingIoError) -> PoolError {
-    move |e| match e {
-        BlockingIoError::Timeout(_) => PoolError::Unknown(format!(
-            "{what}: {e}; the write may still land, so whether the change was made is unknown"
-        )),
-        e => PoolError::Io(format!("{what}: {e}")),
-    }
-}
-
 impl PoolService {
     pub fn new(engine: Arc<Engine>, registry: Arc<BdevRegistry>) -> PoolService {
         PoolService {
@@ -406,103 +386,6 @@ impl PoolService {
                 return Err(e.into());
             }
         }
-        Ok(())
-    }
-
-    /// Reads both slots of a member and returns the newer whole one.
-    fn read_newest(&self, id: BdevId, block_size: u32) -> Result<Option<Slot>, PoolError> {
-        let blocks = slot_blocks(block_size);
-        let mut slots = Vec::new();
-        for slot in 0..2 {
-            let buf = self
-                .engine
-                .read_blocks(id, slot * blocks, blocks as u32, self.deadline())
-                .map_err(io_error(format!("reading metadata slot {slot}")))?;
-            slots.push(metadata::decode(buf.as_slice()));
-        }
-        let b = slots.pop().expect("two slots");
-        let a = slots.pop().expect("two slots");
-        Ok(metadata::newest([a, b]))
-    }
-
-    /// Whether a member's first block of either slot carries the tidepool magic.
-    fn has_metadata(&self, id: BdevId, block_size: u32) -> Result<bool, PoolError> {
-        for slot in 0..2 {
-            let buf = self
-                .engine
-                .read_blocks(id, slot * slot_blocks(block_size), 1, self.deadline())
-                .map_err(io_error(format!("reading metadata slot {slot}")))?;
-            if metadata::has_magic(buf.as_slice()) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Writes `record` as `generation` to every present member, then flushes them.
-    fn write_generation(
-        &self,
-        record: &PoolRecord,
-        generation: u64,
-        members: &[Option<BdevId>],
-    ) -> Result<(), PoolError> {
-        let bs = record.block_size;
-        let at = metadata::slot_of(generation) * slot_blocks(bs);
-        // Every member's slot is encoded before any is written: a description too big for a
-        // slot fails here, with nothing written (see `persist`).
-        let mut slots = Vec::new();
-        for (index, id) in members.iter().enumerate() {
-            let Some(id) = *id else { continue };
-            let bytes = metadata::encode(record, index as u32, generation, bs)
-                .map_err(|e| PoolError::NoSpace(e.to_string()))?;
-            slots.push((index, id, bytes));
-        }
-        for (index, id, bytes) in slots {
-            let name = &record.members[index].bdev_name;
-            self.engine
-                .write_blocks(id, at, &bytes, self.deadline())
-                .map_err(write_error(format!("writing pool metadata to '{name}'")))?;
-        }
-        for (index, id) in members.iter().enumerate() {
-            let Some(id) = *id else { continue };
-            let name = &record.members[index].bdev_name;
-            self.engine
-                .flush_wait(id, self.deadline())
-                .map_err(write_error(format!("flushing pool metadata on '{name}'")))?;
-        }
-        Ok(())
-    }
-
-    /// Persists `record` as the pool's next generation; on failure writes the current
-    /// description back (best effort) and leaves the pool as it was. A write that timed out
-    /// is not written over (it may still land): the pool is suspended instead.
-    ///
-    /// The failed generation g+1 may be on some members (reached before the failure, or late).
-    /// The write back goes out as g+3, as import's rewrite does: newer than any such copy
-    /// (at g+1 the two would tie, and import would pick by member order), and into the slot
-    /// the failed write used, so the slot holding g is never touched and a write back that is
-    /// torn in turn still leaves g readable. The next record goes out as g+4.
-    fn persist(&self, pool: &mut Pool, record: PoolRecord) -> Result<(), PoolError> {
-        pool.check_changes_allowed()?;
-        let generation = pool.generation + 1;
-        if let Err(e) = self.write_generation(&record, generation, &pool.members) {
-            if matches!(e, PoolError::NoSpace(_)) {
-                // The description does not fit a slot: refused before anything was written.
-                return Err(e);
-            }
-            if pool.suspend_if_unknown(&e) {
-                // Writing the old description back could race with the late write.
-                pool.generation = generation;
-                return Err(e);
-            }
-            // As generation + 2 (write_back takes the next one), the failed write's slot.
-            pool.generation = generation + 1;
-            self.write_back(pool, |_| true);
-            log::error!("pool '{}': {e}", pool.record.name);
-            return Err(e);
-        }
-        pool.generation = generation;
-        pool.record = record;
         Ok(())
     }
 
@@ -679,71 +562,6 @@ impl PoolService {
         }
     }
 
-    /// Zeroes the first block of the given slots on every present member.
-    fn wipe(&self, ids: &[Option<BdevId>], bs: u32, slots: &[u64]) -> Result<(), PoolError> {
-        self.wipe_in_order(ids, bs, slots).map_err(|(_, e)| e)
-    }
-
-    /// [`PoolService::wipe`], member after member; on failure, also the index in `ids` of
-    /// the member it stopped at (those before it are wiped, those after it untouched).
-    fn wipe_in_order(
-        &self,
-        ids: &[Option<BdevId>],
-        bs: u32,
-        slots: &[u64],
-    ) -> Result<(), (usize, PoolError)> {
-        let zero = vec![0u8; bs as usize];
-        for (index, id) in ids.iter().enumerate() {
-            let Some(id) = *id else { continue };
-            let name = || {
-                self.registry
-                    .get(id)
-                    .map_or_else(|| format!("bdev #{id}"), |b| b.info().name.clone())
-            };
-            for &slot in slots {
-                self.engine
-                    .write_blocks(id, slot * slot_blocks(bs), &zero, self.deadline())
-                    .map_err(|e| {
-                        (
-                            index,
-                            write_error(format!("wiping pool metadata on '{}'", name()))(e),
-                        )
-                    })?;
-            }
-            self.engine.flush_wait(id, self.deadline()).map_err(|e| {
-                (
-                    index,
-                    write_error(format!("flushing '{}' after wiping it", name()))(e),
-                )
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Writes `pool`'s current description, at the next generation, to each of its members
-    /// that `to` selects, one at a time so that one failing does not keep it from the
-    /// others (best effort: failures are logged). The pool's generation moves past it
-    /// whatever happens. Suspends the pool if a write's outcome is unknown.
-    fn write_back(&self, pool: &mut Pool, to: impl Fn(usize) -> bool) {
-        let generation = pool.generation + 1;
-        pool.generation = generation;
-        let members = pool.members.clone();
-        for (index, id) in members.iter().enumerate() {
-            if id.is_none() || !to(index) {
-                continue;
-            }
-            let mut only = vec![None; members.len()];
-            only[index] = *id;
-            if let Err(e) = self.write_generation(&pool.record, generation, &only) {
-                log::error!(
-                    "pool '{}': writing its description back failed: {e}",
-                    pool.record.name
-                );
-                pool.suspend_if_unknown(&e);
-            }
-        }
-    }
-
     /// Makes the volume of `v` and registers it as a bdev.
     fn register_volume(&self, pool: &mut Pool, v: &VolumeRecord) -> Result<(), PoolError> {
         let reactors = self.engine.reactor_count();
@@ -843,8 +661,18 @@ impl PoolService {
             let pool = pools.get_mut(name).expect("looked up above");
             pool.record.deleting = false;
             let unknown = matches!(e, PoolError::Unknown(_));
-            self.write_back(pool, |i| !(unknown && i == stopped_at));
+            let written_back = self.write_back(pool, |i| !(unknown && i == stopped_at));
             if pool.suspend_if_unknown(&e) {
+                return Err(e);
+            }
+            if !written_back {
+                // A member that did not take it keeps the mark: an import may finish the
+                // deletion (see `slots`).
+                let e = PoolError::Unknown(format!(
+                    "pool '{name}' not deleted: {e}; writing its description back failed on \
+                     a member, so the next import may finish the deletion"
+                ));
+                pool.suspend_if_unknown(&e);
                 return Err(e);
             }
             log::error!("pool '{name}': not deleted: {e}");

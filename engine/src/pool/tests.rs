@@ -7,6 +7,7 @@ use super::*;
 use crate::bdev::error::{ErrorKind, InjectTarget};
 use crate::bdev::IoStatus;
 use crate::config::create_bdev;
+use crate::pool::metadata::SLOT_BYTES;
 use crate::reactor::{BlockingIoError, EngineConfig};
 use crate::testkit::temp_file;
 use serde_json::{json, Value};

@@ -10,8 +10,9 @@
 //! `PoolService::persist`:
 //! - every member acknowledged: the change is made ([`Outcome::Done`]);
 //! - a member's write failed: the old description is written back to every member at
-//!   `g + 3` (newer than any copy of `g + 1`, into the slot `g + 1` used; best effort), and
-//!   then the change is refused ([`Outcome::Failed`]);
+//!   `g + 3` (newer than any copy of `g + 1`, into the slot `g + 1` used), and then the
+//!   change is refused ([`Outcome::Failed`]); if some member did not take the write back,
+//!   it may keep `g + 1` with nothing newer over it, so the outcome is unknown, as below;
 //! - a member's write had no answer within [`DEADLINE_NS`]: it may still land, so nothing is
 //!   written over it and the pool is *suspended* (no change until the next import), and the
 //!   change is [`Outcome::Unknown`].
@@ -235,6 +236,12 @@ impl Metadata {
             self.generation = job.generation;
             if job.all_acked {
                 self.whole = job.generation;
+            }
+            if job.write_back && !job.all_acked {
+                // A member may keep g + 1 with nothing newer over it (`pool::slots`).
+                self.suspended = true;
+                self.stats.unknown += 1;
+                return Some(Outcome::Unknown(job.purpose));
             }
             if job.write_back {
                 return Some(Outcome::Failed(job.purpose));

@@ -279,10 +279,11 @@ impl World {
         let mut meta = Metadata::create(record, &devs, &mut rs);
         meta.crash_mid_persist = rng.next_u64().is_multiple_of(4);
         // Metadata writes fail, and one failure in 8 does not answer (until HANG_NS).
-        let meta_fail_ppm = match rng.next_u64() % 3 {
+        let meta_fail_ppm = match rng.next_u64() % 4 {
             0 => 0,
             1 => 20_000,
-            _ => 100_000,
+            2 => 100_000,
+            _ => 500_000,
         };
         for (_, d) in &devs {
             d.set_range_write_fail(0, BASE, meta_fail_ppm);
