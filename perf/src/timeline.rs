@@ -146,6 +146,9 @@ pub struct Point {
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
+    /// The interval's latencies as (value in ns, count) pairs, lowest first: a script merges
+    /// them into the exact percentiles of a phase (the I/Os during a copy, say).
+    pub latency_ns: Vec<(u64, u64)>,
 }
 
 /// Merges the jobs' slices interval by interval; times are seconds since `t0`.
@@ -172,6 +175,15 @@ pub fn merge(slices: Vec<Slice>, t0: Nanos, interval_ns: Nanos) -> Vec<Point> {
                 p50_us: us(0.5),
                 p99_us: us(0.99),
                 p999_us: us(0.999),
+                latency_ns: h
+                    .iter_recorded()
+                    .map(|v| {
+                        (
+                            h.highest_equivalent(v.value_iterated_to()),
+                            v.count_at_value(),
+                        )
+                    })
+                    .collect(),
             }
         })
         .collect()
@@ -186,6 +198,7 @@ pub fn to_json(points: &[Point], events: &[Event], t0: Nanos, interval_ns: Nanos
         "points": points.iter().map(|p| json!({
             "t_s": round(p.t_s), "iops": p.iops.round(), "errors": p.errors,
             "p50_us": round(p.p50_us), "p99_us": round(p.p99_us), "p999_us": round(p.p999_us),
+            "latency_ns": p.latency_ns,
         })).collect::<Vec<_>>(),
         "events": events.iter().map(|e| json!({
             "t_s": round(e.at_ns.saturating_sub(t0) as f64 / 1e9), "what": e.what,
