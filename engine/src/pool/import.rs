@@ -11,6 +11,9 @@
 //! refuses: a pool whose creation did not finish (generation 1 only), an import that leaves
 //! out a present member, and a pool that was divided (changed in two parts, each without
 //! the other; see [`divided`]) unless forced. A pool marked for deletion is deleted.
+//!
+//! The choice itself ([`choose`]: which description, which bdev is which member, which
+//! refusals) does no I/O; the simulator's imports after its crashes go through it too.
 
 use super::metadata::{self, PoolRecord, Slot};
 use super::{invalid, Pool, PoolError, PoolService, MAX_MEMBERS};
@@ -87,123 +90,61 @@ impl PoolService {
                 ),
             }
         }
-        let Some(best) = slots.iter().max_by_key(|(_, _, s)| s.generation) else {
-            return Err(PoolError::NoPool(format!(
-                "no tidepool pool metadata on {}",
-                base_bdevs.join(", ")
-            )));
+        let (generation, record, members) = match choose(slots, base_bdevs, force)? {
+            Choice::Delete {
+                record,
+                generation,
+                holders,
+            } => {
+                // pool_delete stopped part-way (a crash): finish it. The marked slot goes
+                // last.
+                let ids: Vec<Option<BdevId>> = holders.into_iter().map(Some).collect();
+                let last = metadata::slot_of(generation);
+                let finished = self.wipe(&ids, record.block_size, &[1 - last, last]);
+                return Err(PoolError::NoPool(match finished {
+                    Ok(()) => format!(
+                        "pool '{}' was being deleted when tidepool stopped; the deletion is \
+                         finished now",
+                        record.name
+                    ),
+                    Err(e) => format!(
+                        "pool '{}' was being deleted when tidepool stopped; finishing the \
+                         deletion failed: {e}",
+                        record.name
+                    ),
+                }));
+            }
+            Choice::Bring {
+                generation,
+                record,
+                members,
+            } => (generation, record, members),
         };
-        let (generation, mut record) = (best.2.generation, best.2.record.clone());
-        if generation == 1 {
-            // See `create`: generation 2 follows 1 on every member before pool_create returns.
-            return Err(PoolError::NoPool(format!(
-                "pool '{}' on {}: its pool_create did not finish (generation 1 only); make it \
-                 again with pool_create and force: true",
-                record.name,
-                base_bdevs.join(", ")
-            )));
-        }
-        if let Some((_, name, s)) = slots.iter().find(|(_, _, s)| s.record.uuid != record.uuid) {
-            return Err(invalid(
-                "base_bdevs",
-                format!(
-                    "'{name}' belongs to pool '{}' ({}), not '{}' ({})",
-                    s.record.name, s.record.uuid, record.name, record.uuid
-                ),
-            ));
-        }
-        if record.deleting {
-            // pool_delete stopped part-way (a crash): finish it. The marked slot goes last.
-            let ids: Vec<Option<BdevId>> = slots
-                .iter()
-                .filter(|(_, _, s)| s.record.uuid == record.uuid)
-                .map(|(id, _, _)| Some(*id))
-                .collect();
-            let last = metadata::slot_of(generation);
-            let finished = self.wipe(&ids, record.block_size, &[1 - last, last]);
-            return Err(PoolError::NoPool(match finished {
-                Ok(()) => format!(
-                    "pool '{}' was being deleted when tidepool stopped; the deletion is \
-                     finished now",
-                    record.name
-                ),
-                Err(e) => format!(
-                    "pool '{}' was being deleted when tidepool stopped; finishing the deletion \
-                     failed: {e}",
-                    record.name
-                ),
-            }));
-        }
-        // A member's slot is trusted where the chosen record lists the same bdev at its index:
-        // a slot left on a bdev that was removed from the pool (its wipe failed, or the
-        // process died before it) names an older numbering, and must not stand in for the
-        // member that now holds that index.
-        //
-        // A member is known by the identity its own slot gives it (`Slot::index_in`), and
-        // takes the index the chosen record gives it: a member that missed a renumbering (a
-        // crash during `pool_remove_bdev`'s last write) holds its old index, and must not be
-        // lost for it; a bdev that took a missing member's name must not stand in for it.
-        let chosen = record.clone();
-        slots.retain_mut(|(_, name, s)| {
-            let index = s.member_index as usize;
-            match s.index_in(&chosen) {
-                Some(now) => {
-                    s.member_index = now as u32;
-                    true
-                }
-                None => {
-                    log::warn!(
-                        "pool_import: '{name}' holds generation {} as member {index}, which \
-                         the newest description (generation {generation}) does not list; \
-                         treated as not a member",
-                        s.generation
-                    );
-                    false
-                }
-            }
-        });
-        let mut members: Vec<Option<BdevId>> = vec![None; record.members.len()];
-        for (id, name, s) in &slots {
-            let index = s.member_index as usize;
+        for (index, id) in members.iter().enumerate() {
+            let Some((_, info)) = id.and_then(|id| found.iter().find(|(f, _)| *f == id)) else {
+                continue;
+            };
             let was = &record.members[index];
-            if let Some((_, info)) = found.iter().find(|(f, _)| f == id) {
-                if info.block_size != record.block_size || info.num_blocks < was.num_blocks {
-                    return Err(invalid(
-                        "base_bdevs",
-                        format!(
-                            "'{name}' has {} blocks of {} bytes; as member {index} of pool \
-                             '{}' it had {} blocks of {} bytes",
-                            info.num_blocks,
-                            info.block_size,
-                            record.name,
-                            was.num_blocks,
-                            record.block_size
-                        ),
-                    ));
-                }
-            }
-            if members[index].is_some() {
+            if info.block_size != record.block_size || info.num_blocks < was.num_blocks {
                 return Err(invalid(
                     "base_bdevs",
-                    format!("two bdevs claim to be member {index}; '{name}' is one"),
+                    format!(
+                        "'{}' has {} blocks of {} bytes; as member {index} of pool '{}' it had \
+                         {} blocks of {} bytes",
+                        info.name,
+                        info.num_blocks,
+                        info.block_size,
+                        record.name,
+                        was.num_blocks,
+                        record.block_size
+                    ),
                 ));
             }
-            members[index] = Some(*id);
-            record.members[index].bdev_name = name.clone();
         }
         self.check_no_member_left_out(&record, &members, base_bdevs)?;
-        if let Some(why) = divided(&record, generation, &slots) {
-            if !force {
-                return Err(invalid("base_bdevs", why));
-            }
-            log::warn!("pool_import (force): {why}");
-        }
-        for (m, id) in record.members.iter_mut().zip(&members) {
-            m.absent_since = match id {
-                Some(_) => None,
-                None => m.absent_since.or(Some(generation)),
-            };
-        }
+        let claimed: Vec<(BdevId, String)> = (members.iter().zip(&record.members))
+            .filter_map(|(id, m)| id.map(|id| (id, m.bdev_name.clone())))
+            .collect();
         let mut pools = self.lock();
         if pools.contains_key(&record.name) {
             return Err(PoolError::Exists(record.name.clone()));
@@ -214,10 +155,6 @@ impl PoolService {
             }
         }
         let user = format!("pool '{}'", record.name);
-        let claimed: Vec<(BdevId, String)> = slots
-            .iter()
-            .map(|(id, name, _)| (*id, name.clone()))
-            .collect();
         self.claim_all(&claimed, &user)?;
         // The rewrite below skips two generations. Generation + 1 may be on a member that
         // is not here (written there just before a crash, not yet elsewhere): writing another
@@ -274,6 +211,128 @@ impl PoolService {
     }
 }
 
+/// What an import does with the slots it found.
+#[derive(Debug)]
+pub(crate) enum Choice<K> {
+    /// The newest description marks the pool for deletion (`pool_delete` stopped part-way):
+    /// finish it on the bdevs that hold the pool.
+    Delete {
+        record: PoolRecord,
+        generation: u64,
+        holders: Vec<K>,
+    },
+    /// Bring the pool up from `record` (generation `generation`): `members[i]` holds member
+    /// `i` (its name in `record` is the bdev's now), `None` where it is missing, and such a
+    /// member is marked absent from `generation` on (unless it already was).
+    Bring {
+        record: PoolRecord,
+        generation: u64,
+        members: Vec<Option<K>>,
+    },
+}
+
+/// Import's choice, with no I/O: from the newest valid slot each bdev holds (`(key, name,
+/// slot)`, `key` naming the bdev to the caller), the description to bring up and which bdev
+/// is which member. Refuses (changing nothing): no slot at all, a pool whose creation did not
+/// finish, a bdev of another pool, two bdevs claiming one member, and a divided pool unless
+/// `force`. The simulator (`sim::persist`) imports through this too.
+pub(crate) fn choose<K: Copy>(
+    mut slots: Vec<(K, String, Slot)>,
+    base_bdevs: &[String],
+    force: bool,
+) -> Result<Choice<K>, PoolError> {
+    let Some(best) = slots.iter().max_by_key(|(_, _, s)| s.generation) else {
+        return Err(PoolError::NoPool(format!(
+            "no tidepool pool metadata on {}",
+            base_bdevs.join(", ")
+        )));
+    };
+    let (generation, mut record) = (best.2.generation, best.2.record.clone());
+    if generation == 1 {
+        // See `create`: generation 2 follows 1 on every member before pool_create returns.
+        return Err(PoolError::NoPool(format!(
+            "pool '{}' on {}: its pool_create did not finish (generation 1 only); make it \
+             again with pool_create and force: true",
+            record.name,
+            base_bdevs.join(", ")
+        )));
+    }
+    if let Some((_, name, s)) = slots.iter().find(|(_, _, s)| s.record.uuid != record.uuid) {
+        return Err(invalid(
+            "base_bdevs",
+            format!(
+                "'{name}' belongs to pool '{}' ({}), not '{}' ({})",
+                s.record.name, s.record.uuid, record.name, record.uuid
+            ),
+        ));
+    }
+    if record.deleting {
+        let holders = slots.iter().map(|(key, _, _)| *key).collect();
+        return Ok(Choice::Delete {
+            record,
+            generation,
+            holders,
+        });
+    }
+    // A member's slot is trusted where the chosen record lists the same bdev at its index:
+    // a slot left on a bdev that was removed from the pool (its wipe failed, or the process
+    // died before it) names an older numbering, and must not stand in for the member that
+    // now holds that index.
+    //
+    // A member is known by the identity its own slot gives it (`Slot::index_in`), and takes
+    // the index the chosen record gives it: a member that missed a renumbering (a crash
+    // during `pool_remove_bdev`'s last write) holds its old index, and must not be lost for
+    // it; a bdev that took a missing member's name must not stand in for it.
+    let chosen = record.clone();
+    slots.retain_mut(|(_, name, s)| {
+        let index = s.member_index as usize;
+        match s.index_in(&chosen) {
+            Some(now) => {
+                s.member_index = now as u32;
+                true
+            }
+            None => {
+                log::warn!(
+                    "pool_import: '{name}' holds generation {} as member {index}, which the \
+                     newest description (generation {generation}) does not list; treated as \
+                     not a member",
+                    s.generation
+                );
+                false
+            }
+        }
+    });
+    let mut members: Vec<Option<K>> = vec![None; record.members.len()];
+    for (key, name, s) in &slots {
+        let index = s.member_index as usize;
+        if members[index].is_some() {
+            return Err(invalid(
+                "base_bdevs",
+                format!("two bdevs claim to be member {index}; '{name}' is one"),
+            ));
+        }
+        members[index] = Some(*key);
+        record.members[index].bdev_name = name.clone();
+    }
+    if let Some(why) = divided(&record, generation, &slots) {
+        if !force {
+            return Err(invalid("base_bdevs", why));
+        }
+        log::warn!("pool_import (force): {why}");
+    }
+    for (m, key) in record.members.iter_mut().zip(&members) {
+        m.absent_since = match key {
+            Some(_) => None,
+            None => m.absent_since.or(Some(generation)),
+        };
+    }
+    Ok(Choice::Bring {
+        record,
+        generation,
+        members,
+    })
+}
+
 /// Whether the pool was divided: brought up twice, each time with members the other time
 /// had missing, and changed on both sides. `chosen` (the newest description, at
 /// `generation`) marks a member absent since generation `g`; if that member holds a newer
@@ -281,11 +340,7 @@ impl PoolService {
 /// went apart at `g`, and taking `chosen` would silently lose what the other side saw since
 /// (a shard moved there, say, and written). A member that merely holds an unfinished newer
 /// write (a crash part-way through a change) has no members marked missing in it. Says which.
-fn divided(
-    chosen: &PoolRecord,
-    generation: u64,
-    slots: &[(BdevId, String, Slot)],
-) -> Option<String> {
+fn divided<K>(chosen: &PoolRecord, generation: u64, slots: &[(K, String, Slot)]) -> Option<String> {
     for (_, name, s) in slots {
         let Some(since) = chosen.members[s.member_index as usize].absent_since else {
             continue;

@@ -42,7 +42,7 @@
 
 mod copy_driver;
 pub mod crc32c;
-mod import;
+pub(crate) mod import;
 pub mod metadata;
 mod migrate;
 pub mod placement;

@@ -19,14 +19,16 @@
 //!
 //! [`Metadata::import`] is what a restart does: each member's newer valid slot
 //! (`metadata::decode`, `metadata::newest`: a torn slot fails its checksum and the other is
-//! taken), the newest generation among the members, then the description rewritten whole
-//! on every member at `g + 3` (as `PoolService::import`).
+//! taken), the engine's own choice among them (`pool::import::choose`: the newest
+//! generation, each member known by the identity its slot gives it), then the description
+//! rewritten whole on every member at `g + 3` (as `PoolService::import`).
 //!
 //! The slots here are [`SLOT_BLOCKS`] blocks, not `metadata::SLOT_BYTES`: the description
 //! of the simulator's small pool fits, and the devices stay small.
 
 use super::device::SimDevice;
 use crate::bdev::{BdevId, IoStatus, IoType};
+use crate::pool::import::{choose, Choice};
 use crate::pool::metadata::{self, PoolRecord};
 use crate::reactor::{Reactor, TaskId};
 use crate::rng::Rng;
@@ -283,40 +285,49 @@ impl Metadata {
         self.recorders = spawn_recorders(rs);
     }
 
-    /// A restart's import: the newest description on the members, rewritten on every one.
+    /// A restart's import: each member's newer valid slot, and from those the description
+    /// `pool::import::choose` takes (the engine's own choice), rewritten on every member.
     /// Returns it.
     pub fn import(&mut self) -> Result<&PoolRecord, String> {
         self.stats.imports += 1;
         let bs = self.record.block_size as u64;
-        let mut best: Option<metadata::Slot> = None;
+        let mut slots = Vec::new();
         for (index, (_, d)) in self.devs.iter().enumerate() {
-            let slots = [0, 1].map(|s| {
+            let read = [0, 1].map(|s| {
                 let bytes = d.read_raw(s * SLOT_BLOCKS, (SLOT_BLOCKS * bs) as usize);
                 metadata::decode(&bytes)
             });
-            self.stats.invalid_slots += slots.iter().filter(|s| s.is_err()).count() as u64;
-            let slot = metadata::newest(slots)
-                .ok_or_else(|| format!("import: member {index} holds no valid slot"))?;
-            if slot.member_index as usize != index || slot.record.uuid != self.record.uuid {
-                return Err(format!(
-                    "import: member {index}'s slot names member {} of pool {}",
-                    slot.member_index, slot.record.uuid
-                ));
-            }
-            if best.as_ref().is_none_or(|b| slot.generation > b.generation) {
-                best = Some(slot);
+            self.stats.invalid_slots += read.iter().filter(|s| s.is_err()).count() as u64;
+            if let Some(slot) = metadata::newest(read) {
+                slots.push((index, format!("D{index}"), slot));
             }
         }
-        let best = best.expect("the pool has members");
-        if best.generation < self.whole {
+        let names: Vec<String> = (0..self.devs.len()).map(|i| format!("D{i}")).collect();
+        let choice = choose(slots, &names, false).map_err(|e| format!("import: {e}"))?;
+        let Choice::Bring {
+            record,
+            generation,
+            members,
+        } = choice
+        else {
+            return Err("import: the pool is marked for deletion".into());
+        };
+        // No member ever goes missing here: each must be found, as itself.
+        if let Some(i) = (0..members.len()).find(|&i| members[i] != Some(i)) {
             return Err(format!(
-                "import: the newest description on the members is generation {}, older than \
-                 generation {} every member acknowledged",
-                best.generation, self.whole
+                "import: member {i} is {:?} in generation {generation}",
+                members[i]
             ));
         }
-        self.record = best.record;
-        self.generation = best.generation + 3;
+        if generation < self.whole {
+            return Err(format!(
+                "import: the newest description on the members is generation {generation}, \
+                 older than generation {} every member acknowledged",
+                self.whole
+            ));
+        }
+        self.record = record;
+        self.generation = generation + 3;
         self.whole = self.generation;
         self.suspended = false;
         self.write_all_now(self.generation);
