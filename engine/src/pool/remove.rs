@@ -233,7 +233,13 @@ impl PoolService {
         // Past whatever landed, even on failure (see `persist`).
         p.generation = generation;
         if let Err(e) = written {
-            p.suspend_if_unknown(&e);
+            if !p.suspend_if_unknown(&e) {
+                // The next write goes to this one's slot, not over the slot of the last
+                // whole generation: a member this write failed on keeps that one readable
+                // even if the next write to it is torn (found by the simulator: the member
+                // came back with no valid slot).
+                p.generation = generation + 1;
+            }
             return Err(e);
         }
         p.record = record;

@@ -1,26 +1,29 @@
 //! A seeded, deterministic simulation of the engine's data path, in the spirit of
 //! TigerBeetle's VOPR (issue 26, "The simulator"; first version).
 //!
-//! **Contract.** One seed fixes everything: 2 or 3 real reactors with the real router,
-//! stepped on this thread in a seeded order on a seeded fake clock; a volume whose shards
-//! live on simulated member devices ([`device::SimDevice`]: memory, seeded latency,
-//! reordered completions, failed reads and writes, copy targets and metadata slots whose
-//! writes fail or do not answer); a client model that keeps many overlapping reads,
-//! writes, flushes, write-zeroes and unmaps in flight at once ([`client`]); and control
-//! actions taken while that I/O is in flight: hand-offs, and data copies (`Ctx::start_copy`,
-//! the control plane's commit: mark the source on the other reactors, freeze, persist the
-//! new placement, flip the route, stop; abandon on the copy's own giving up, or cancel).
+//! **Contract.** One seed fixes everything: 2 or 3 real reactors with the real router, stepped
+//! on this thread in a seeded order on a seeded fake clock; a volume whose shards live on
+//! simulated member devices ([`device::SimDevice`]: memory, seeded latency, reordered
+//! completions, failed reads and writes (a failed write lands in part half the time), copy
+//! targets and metadata slots whose writes fail or do not answer); a client model that keeps
+//! many overlapping reads, writes, flushes, write-zeroes and unmaps in flight at once
+//! ([`client`]); and control actions taken while that I/O is in flight: hand-offs, and data
+//! copies (`Ctx::start_copy`, the control plane's commit: mark the source on the other
+//! reactors, freeze, persist the new placement, flip the route, stop; abandon on the copy's own
+//! giving up, or cancel), and member removals (`pool_remove_bdev`: the member's shards copied
+//! off one by one, then, once nothing reads or writes it, the renumbered description persisted
+//! on the others and the member's slots wiped, or left as a failed wipe leaves them).
 //!
 //! Every change of placement or owner is persisted first, as the pool service persists it
 //! ([`persist`]): the real `PoolRecord` in the real slot encoding, written member by member
 //! through the reactors to the simulated devices, the old description written back after a
-//! failed write, the pool suspended and the commit undecided (`keep_copy_undecided`) after
-//! a write with no answer. Crashes come at any step, and in a quarter of the seeds once
-//! between two members' writes of one persist: reactors, copies and requests in flight are
-//! gone, queued writes (metadata slots included) land torn block by block, and a new
-//! process imports the pool from the slots the members hold (the newest valid slot of each,
-//! the newest generation of all) and takes the volume as that description places and owns
-//! it. After every step the checker ([`model`]) checks:
+//! failed write, the pool suspended and the commit undecided (`keep_copy_undecided`) after a
+//! write with no answer. Crashes come at any step, and in a quarter of the seeds once between
+//! two members' writes of one persist: reactors, copies and requests in flight are gone, queued
+//! writes (metadata slots included) land torn block by block, and a new process imports the
+//! pool from the slots the devices hold (the newest valid slot of each, and the engine's own
+//! choice among them, `pool::import::choose`) and takes the volume as that description places
+//! and owns it. After every step the checker ([`model`]) checks:
 //! - every read returns, in each block, a value the block may hold: the last acknowledged
 //!   write or a write in flight (so no acknowledged write is lost, and no read returns data
 //!   never written to that block);
@@ -40,8 +43,9 @@
 //! **Not yet covered** (the next engineer's list): the control plane here is the
 //! simulator's own copy of the pool service's steps (`copy_driver`'s mark, start, freeze,
 //! persist, flip, stop; `PoolService::persist` and `import`'s choice of a description), not
-//! that code, which runs on threads and wall-clock deadlines; `pool_remove_bdev`, volume
-//! create and delete, and the balancer's choices are not modelled; an import's own rewrite
+//! that code, which runs on threads and wall-clock deadlines; volume create and delete, and
+//! the balancer's choices (its moves are the random ones here) are not modelled; an
+//! import's own rewrite
 //! is written whole, with no crash during it; members never go missing (no degraded
 //! import). FLUSH durability: the device has no volatile cache, so every acknowledged
 //! write must survive a crash (stricter than "every flushed one"), and the commit does not

@@ -50,6 +50,10 @@ pub enum Purpose {
     Handoff { shard: usize, to: u16 },
     /// A copy's commit: shard `shard` placed on its target.
     Commit { shard: usize },
+    /// `pool_remove_bdev`'s last step: the description without device `dev` (renumbered),
+    /// written to the other members only, with no write back on failure (as `drop_member`:
+    /// no placement changes, so either description is safe to find).
+    Remove { dev: usize },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +80,8 @@ pub struct MetadataStats {
 struct Job {
     record: PoolRecord,
     generation: u64,
+    /// The devices to write, by member index of `record`.
+    targets: Vec<usize>,
     /// The next member to write.
     next: usize,
     /// When the write to member `next - 1` went out, while it is out.
@@ -97,7 +103,10 @@ pub struct Metadata {
     /// A write timed out: no change until the next import.
     pub suspended: bool,
     pub stats: MetadataStats,
+    /// The pool's members now: the device of each member index of `record`.
+    pub members: Vec<usize>,
     job: Option<Job>,
+    /// Every simulated device, in the pool or not (an import reads them all).
     devs: Vec<(BdevId, Arc<SimDevice>)>,
     recorders: Vec<(Recorder, TaskId)>,
     pool: DmaPool,
@@ -116,8 +125,8 @@ fn spawn_recorders(rs: &mut [Reactor]) -> Vec<(Recorder, TaskId)> {
 }
 
 impl Metadata {
-    /// A pool made on `devs` with description `record`: generation 2 on every member (as
-    /// `pool_create` leaves it), written straight to the devices.
+    /// A pool made on `devs` with description `record`: generations 1 and 2 on every member
+    /// (as `pool_create` leaves it), written straight to the devices.
     pub fn create(
         record: PoolRecord,
         devs: &[(BdevId, Arc<SimDevice>)],
@@ -130,23 +139,35 @@ impl Metadata {
             whole: 2,
             suspended: false,
             stats: MetadataStats::default(),
+            members: (0..devs.len()).collect(),
             job: None,
             devs: devs.to_vec(),
             recorders: spawn_recorders(rs),
             pool: DmaPool::new(SLOT_BLOCKS as usize * bs, 2).expect("a slot buffer"),
             crash_mid_persist: false,
         };
-        m.write_all_now(m.generation);
+        // Generation 1 then 2, as `pool_create` writes them: both slots hold the pool.
+        m.write_all_now(1);
+        m.write_all_now(2);
         m
     }
 
     /// Writes the description as `generation` to every member at once, with no faults (pool
     /// creation, and an import's rewrite).
     fn write_all_now(&mut self, generation: u64) {
-        for (index, (_, d)) in self.devs.iter().enumerate() {
+        for (index, &dev) in self.members.iter().enumerate() {
             let bytes = Self::encode(&self.record, index, generation);
-            d.write_raw(metadata::slot_of(generation) * SLOT_BLOCKS, &bytes);
+            self.devs[dev]
+                .1
+                .write_raw(metadata::slot_of(generation) * SLOT_BLOCKS, &bytes);
         }
+    }
+
+    /// The device each member of `record` is (members are named `D<device>`).
+    fn devices_of(record: &PoolRecord) -> Vec<usize> {
+        (record.members.iter())
+            .map(|m| m.bdev_name[1..].parse().expect("a simulated member name"))
+            .collect()
     }
 
     fn encode(record: &PoolRecord, index: usize, generation: u64) -> Vec<u8> {
@@ -170,6 +191,7 @@ impl Metadata {
         assert!(self.idle(), "one persist at a time");
         self.stats.persists += 1;
         self.job = Some(Job {
+            targets: Self::devices_of(&record),
             record,
             generation: self.generation + 1,
             next: 0,
@@ -185,7 +207,7 @@ impl Metadata {
     pub fn part_way(&self) -> bool {
         self.job.as_ref().is_some_and(|j| {
             let written = j.next - usize::from(j.out_since.is_some());
-            written > 0 && written < self.devs.len()
+            written > 0 && written < j.targets.len()
         })
     }
 
@@ -214,12 +236,21 @@ impl Metadata {
                     job.out_since = None;
                     job.all_acked = false;
                 }
+                Some(_) if matches!(job.purpose, Purpose::Remove { .. }) => {
+                    // As `drop_member`: no write back; the next write goes to this one's
+                    // slot (g + 3), leaving every member's slot of g whole.
+                    let purpose = job.purpose;
+                    self.generation = job.generation + 1;
+                    self.job = None;
+                    return Some(Outcome::Failed(purpose));
+                }
                 Some(_) => {
                     // As `persist`: the old description back at g + 3, to every member.
                     let (purpose, failed) = (job.purpose, job.generation);
                     self.generation = failed + 1;
                     self.stats.write_backs += 1;
                     self.job = Some(Job {
+                        targets: self.members.clone(),
                         record: self.record.clone(),
                         generation: failed + 2,
                         next: 0,
@@ -233,7 +264,7 @@ impl Metadata {
             }
         }
         let job = self.job.as_mut().expect("still under way");
-        if job.next == self.devs.len() {
+        if job.next == job.targets.len() {
             let job = self.job.take().expect("still under way");
             self.generation = job.generation;
             if job.all_acked {
@@ -248,6 +279,7 @@ impl Metadata {
             if job.write_back {
                 return Some(Outcome::Failed(job.purpose));
             }
+            self.members = job.targets;
             self.record = job.record;
             return Some(Outcome::Done(job.purpose));
         }
@@ -271,7 +303,8 @@ impl Metadata {
         );
         job.next += 1;
         job.out_since = Some(now);
-        rs[on].ctx().submit(self.devs[index].0, io);
+        let dev = job.targets[index];
+        rs[on].ctx().submit(self.devs[dev].0, io);
         None
     }
 
@@ -302,6 +335,8 @@ impl Metadata {
                 slots.push((index, format!("D{index}"), slot));
             }
         }
+        // Every device is offered, a removed one too (its slot, if not wiped, names an older
+        // numbering: `choose` leaves it out).
         let names: Vec<String> = (0..self.devs.len()).map(|i| format!("D{i}")).collect();
         let choice = choose(slots, &names, false).map_err(|e| format!("import: {e}"))?;
         let Choice::Bring {
@@ -312,11 +347,12 @@ impl Metadata {
         else {
             return Err("import: the pool is marked for deletion".into());
         };
-        // No member ever goes missing here: each must be found, as itself.
-        if let Some(i) = (0..members.len()).find(|&i| members[i] != Some(i)) {
+        // No member ever goes missing here: each must be found, as the device it is.
+        let devices = Self::devices_of(&record);
+        if let Some(i) = (0..members.len()).find(|&i| members[i] != Some(devices[i])) {
             return Err(format!(
-                "import: member {i} is {:?} in generation {generation}",
-                members[i]
+                "import: member {i} ({}) is found as {:?} in generation {generation}",
+                record.members[i].bdev_name, members[i]
             ));
         }
         if generation < self.whole {
@@ -327,6 +363,7 @@ impl Metadata {
             ));
         }
         self.record = record;
+        self.members = devices;
         self.generation = generation + 3;
         self.whole = self.generation;
         self.suspended = false;

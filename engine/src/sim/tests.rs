@@ -45,6 +45,8 @@ struct Totals {
     crashes: u64,
     undecided: u64,
     refused: u64,
+    drains: u64,
+    removals: u64,
     hung: u64,
     meta: MetadataStats,
 }
@@ -65,6 +67,8 @@ impl Totals {
         self.crashes += r.crashes;
         self.undecided += r.undecided;
         self.refused += r.refused;
+        self.drains += r.drains;
+        self.removals += r.removals;
         self.hung += r.hung;
         let (m, t) = (&r.metadata, &mut self.meta);
         t.persists += m.persists;
@@ -81,7 +85,8 @@ impl Totals {
             "simulator: {} seeds in {:.1} s ({:.1} seeds/s); per seed: {:.0} client ops, {:.1} \
              faults injected ({:.2} writes unanswered), {:.0} blocks read and checked, {:.1} allowed client failures, {:.2} \
              hand-offs, {:.2} copies ({:.2} committed, {:.2} abandoned, {:.2} cancelled, {:.2} \
-             restarts, {:.2} undecided, {:.2} refused), {:.2} crashes; metadata: {:.2} \
+             restarts, {:.2} undecided, {:.2} refused), {:.2} member removals started ({:.2} \
+             done), {:.2} crashes; metadata: {:.2} \
              persists ({:.2} written back after a failure, {:.2} unknown), {:.3} crashes \
              between the member writes of one persist, {:.2} imports finding {:.2} invalid \
              slots; found: nothing",
@@ -101,6 +106,8 @@ impl Totals {
             self.restarts as f64 / s,
             self.undecided as f64 / s,
             self.refused as f64 / s,
+            self.drains as f64 / s,
+            self.removals as f64 / s,
             self.crashes as f64 / s,
             self.meta.persists as f64 / s,
             self.meta.write_backs as f64 / s,
@@ -162,6 +169,7 @@ fn simulated_engine_keeps_every_acknowledged_write_under_faults() {
         m.crashes_mid_persist > 0,
         "no crash between the member writes of a persist"
     );
+    assert!(totals.removals > 0, "no member was ever removed");
 }
 
 /// The checker must fail when a member acknowledges a write it did not do.

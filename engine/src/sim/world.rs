@@ -47,6 +47,9 @@ pub struct SeedReport {
     pub undecided: u64,
     /// Commits the pool refused (a metadata write failed, or the pool was suspended).
     pub refused: u64,
+    /// Member removals started, and completed (the member out of the pool).
+    pub drains: u64,
+    pub removals: u64,
     pub metadata: MetadataStats,
     /// Writes a device did not answer (until `device::HANG_NS`), counted in faults too.
     pub hung: u64,
@@ -93,6 +96,8 @@ struct World {
     migrations: Vec<Migration>,
     /// The pool's description on the members, and its persists.
     meta: Metadata,
+    /// The device being removed from the pool (`pool_remove_bdev`), while it is.
+    draining: Option<usize>,
     client: Client,
     max_inflight: usize,
     target_write_fail_ppm: u32,
@@ -326,6 +331,7 @@ impl World {
             old_sources: Vec::new(),
             migrations: Vec::new(),
             meta,
+            draining: None,
             client,
             max_inflight,
             target_write_fail_ppm,
@@ -403,8 +409,11 @@ impl World {
         for m in std::mem::take(&mut self.migrations) {
             self.end_target_faults(&m);
         }
+        // The members the import found, a removal included (the device of each index).
+        let members = self.meta.members.clone();
+        self.draining = None;
         for (shard, s) in shards.iter().enumerate() {
-            let placed = (s.member as usize, s.extent);
+            let placed = (members[s.member as usize], s.extent);
             if placed != self.placement[shard] {
                 self.trace(format_args!("import: shard {shard} is at {placed:?}"));
                 let old = self.placement[shard];
@@ -435,11 +444,12 @@ impl World {
         // does not place is free.
         self.old_sources.clear();
         self.free = (0..MEMBERS)
-            .map(|m| {
-                (0..EXTENTS)
+            .map(|dev| match members.iter().position(|&m| m == dev) {
+                Some(m) => (0..EXTENTS)
                     .rev()
                     .filter(|&e| !record.places_shard_at(m as u32, e))
-                    .collect()
+                    .collect(),
+                None => Vec::new(),
             })
             .collect();
         let n = self.report.reactors;
@@ -462,6 +472,25 @@ impl World {
             }
             Outcome::Failed(Purpose::Handoff { .. })
             | Outcome::Unknown(Purpose::Handoff { .. }) => return,
+            Outcome::Done(Purpose::Remove { dev }) => {
+                // Out of the pool; its slots wiped, or left (a wipe that failed, or the
+                // process died before it: an import must not take it back).
+                self.draining = None;
+                self.free[dev].clear();
+                self.report.removals += 1;
+                if self.rng.next_u64().is_multiple_of(2) {
+                    let zero = vec![0u8; BS as usize];
+                    self.devs[dev].1.write_raw(0, &zero);
+                    self.devs[dev].1.write_raw(SLOT_BLOCKS, &zero);
+                }
+                self.trace(format_args!("D{dev} left the pool"));
+                return;
+            }
+            Outcome::Failed(Purpose::Remove { .. }) | Outcome::Unknown(Purpose::Remove { .. }) => {
+                // The drain stops (an unknown one: the import decides).
+                self.draining = None;
+                return;
+            }
             Outcome::Done(Purpose::Commit { shard })
             | Outcome::Failed(Purpose::Commit { shard })
             | Outcome::Unknown(Purpose::Commit { shard }) => shard,
@@ -515,8 +544,52 @@ impl World {
         self.end_target_faults(&m);
     }
 
-    /// Control actions, with client I/O in flight: a hand-off, a new copy, a cancelled one.
+    /// `pool_remove_bdev` on `dev`, under way: its shards are moved off one copy at a time,
+    /// then, once nothing reads or writes it (no copy from or to it, no old source on it
+    /// whose reads are still in flight), the description without it is persisted.
+    fn drain(&mut self, dev: usize) {
+        if !self.meta.idle() {
+            return;
+        }
+        let on_it: Vec<usize> = (0..SHARDS as usize)
+            .filter(|&s| self.placement[s].0 == dev)
+            .collect();
+        let busy = |w: &World, shard: usize| w.migrations.iter().any(|m| m.shard == shard);
+        if let Some(&shard) = on_it.iter().find(|&&s| !busy(self, s)) {
+            if self.migrations.len() < 2 {
+                self.start_migration(shard);
+            }
+            return;
+        }
+        let touched = self
+            .migrations
+            .iter()
+            .any(|m| m.source.0 == dev || m.target.0 == dev)
+            || self.old_sources.iter().any(|(s, _)| s.0 == dev);
+        if !on_it.is_empty() || touched {
+            return;
+        }
+        let Some(m) = self.meta.members.iter().position(|&d| d == dev) else {
+            self.draining = None;
+            return;
+        };
+        let mut record = self.meta.record.clone();
+        record.members.remove(m);
+        for s in &mut record.volumes[0].shards {
+            if s.member as usize > m {
+                s.member -= 1;
+            }
+        }
+        self.trace(format_args!("D{dev}: removal persists"));
+        self.meta.begin(record, Purpose::Remove { dev });
+    }
+
+    /// Control actions, with client I/O in flight: a hand-off, a new copy, a cancelled one,
+    /// a member removal (`pool_remove_bdev`).
     fn control(&mut self) {
+        if let Some(dev) = self.draining {
+            self.drain(dev);
+        }
         let roll = self.rng.next_u64() % 4_000;
         let shard = (self.rng.next_u64() % SHARDS) as usize;
         let migrating = self.migrations.iter().any(|m| m.shard == shard);
@@ -539,7 +612,17 @@ impl World {
             if !migrating && self.migrations.len() < 2 && self.meta.idle() {
                 self.start_migration(shard);
             }
-        } else if roll < 58 && !self.migrations.is_empty() {
+        } else if roll < 59 {
+            // Start removing a member, while three or more are left (the volume needs two:
+            // its four shards on six extents each).
+            if self.draining.is_none() && self.meta.members.len() > 2 && !self.meta.suspended {
+                let members = &self.meta.members;
+                let dev = members[(self.rng.next_u64() % members.len() as u64) as usize];
+                self.trace(format_args!("D{dev}: removal starts"));
+                self.draining = Some(dev);
+                self.report.drains += 1;
+            }
+        } else if roll < 61 && !self.migrations.is_empty() {
             // Cancel one (as a commit refused, or a user's stop).
             let i = (self.rng.next_u64() % self.migrations.len() as u64) as usize;
             if matches!(self.migrations[i].phase, Phase::Copying(_)) {
@@ -553,8 +636,9 @@ impl World {
 
     fn start_migration(&mut self, shard: usize) {
         let source = self.placement[shard];
-        let candidates: Vec<usize> = (0..MEMBERS)
-            .filter(|&m| m != source.0 && !self.free[m].is_empty())
+        // Members only, and not one being removed (it takes no new shards).
+        let candidates: Vec<usize> = (self.meta.members.iter().copied())
+            .filter(|&m| m != source.0 && Some(m) != self.draining && !self.free[m].is_empty())
             .collect();
         if candidates.is_empty() {
             return;
@@ -684,7 +768,10 @@ impl World {
                         m.phase = Phase::Committing(h);
                         let mut record = self.meta.record.clone();
                         let placed = &mut record.volumes[0].shards[s];
-                        placed.member = target.0 as u32;
+                        placed.member = (self.meta.members.iter())
+                            .position(|&m| m == target.0)
+                            .expect("a copy's target is a member")
+                            as u32;
                         placed.extent = target.1;
                         self.meta.begin(record, Purpose::Commit { shard: s });
                         self.trace(format_args!("shard {s}: commit persists {target:?}"));
