@@ -45,9 +45,8 @@
 //! persist, flip, stop; `PoolService::persist` and `import`'s choice of a description), not
 //! that code, which runs on threads and wall-clock deadlines; volume create and delete, and
 //! the balancer's choices (its moves are the random ones here) are not modelled; an
-//! import's own rewrite
-//! is written whole, with no crash during it; members never go missing (no degraded
-//! import). FLUSH durability: the device has no volatile cache, so every acknowledged
+//! import's own rewrite is written whole, with no crash during it; members never go
+//! missing (no degraded import). FLUSH durability: the device has no volatile cache, so every acknowledged
 //! write must survive a crash (stricter than "every flushed one"), and the commit does not
 //! flush the target.
 //!
