@@ -92,9 +92,8 @@
 //!   once (each would keep a slot and a buffer), so its memory stays bounded. The copy stays
 //!   undecided, active and mirroring; its status shows the reason (`TargetSilent`), not
 //!   `target_stalled` (that flag is a copy's that gave up; `copy_target_busy` still says
-//!   the write is out). A late target half that lands
-//!   leaves the new data on the target: a failed write may leave either place with the old
-//!   or the new data;
+//!   the write is out). A late target half that lands leaves the new data on the target: a
+//!   failed write may leave either place with the old or the new data;
 //! - no chunk is out (a copy is made undecided whole, while frozen), so this reasoning is
 //!   about mirrors only; and the volume's flushes reach the target (`router`).
 
