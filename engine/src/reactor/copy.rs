@@ -25,10 +25,11 @@
 //!
 //! A chunk in flight counts for both rules whatever its generation, so a chunk left over
 //! from before a restart cannot land on top of a newer write either. A mirror whose client
-//! was answered early (the copy gave up, below) keeps its slot until its target half is
-//! back, so it still counts too (and no client is answered before its source half is
-//! back: the source's status is the answer). An undecided copy (below) starts no chunk at all: it is
-//! whole when it becomes undecided and is never restarted.
+//! was answered early (the copy gave up, or, undecided, its target half stalled: below)
+//! keeps its slot until its target half is back, so it still counts too (and no client is
+//! answered before its source half is back: its request and buffer ride with it). An
+//! undecided copy (below) starts no chunk at all: it is whole when it becomes undecided and
+//! is never restarted.
 //!
 //! Writes sent to the source before the copy started are not mirrored, so no chunk is read
 //! until they have landed (on a device a read may overtake a write): the copy marks the
@@ -78,10 +79,21 @@
 //!   be retried on it until some limit and then failed anyway (every wait has a limit),
 //!   while only a re-import ends the undecided state. A failed write leaves the block's old
 //!   or new data on either place, as any failed write may;
-//! - a slow target is waited for, not abandoned (its clients wait with it). That wait has
-//!   no limit of its own here: it ends when the device answers or fails the write (an NVMe
-//!   command timeout does); a limit that fails the client and the writes held behind it is
-//!   still to do;
+//! - a slow target is waited for, not abandoned (its clients wait with it), for at most
+//!   [`TARGET_ANSWER_NS`], the limit an active copy has: a client write whose target half
+//!   has had no answer for that long fails with `mirror::TARGET_SILENT` (`ETIMEDOUT`: the
+//!   target did not answer in time; the source's own failure if it failed), once its source
+//!   half is back, never before, and never with success while its target half is out. That
+//!   mirror is *stalled*: it keeps its slot until its target half is back (it may still
+//!   land), so the writes that overlap it and wait in `deferred` are failed too (they were
+//!   never sent: no block changed), and so is, at once, every new overlapping write while
+//!   the slot lives (else they would queue without bound); writes elsewhere go on as usual.
+//!   A copy holding `mirror::MAX_STALLED_MIRRORS` stalled mirrors fails every new write at
+//!   once (each would keep a slot and a buffer), so its memory stays bounded. The copy stays
+//!   undecided, active and mirroring; its status shows the reason (`TargetSilent`), not
+//!   `target_stalled` (that flag is a copy's that gave up; `copy_target_busy` still says
+//!   the write is out). A late target half that lands leaves the new data on the target: a
+//!   failed write may leave either place with the old or the new data;
 //! - no chunk is out (a copy is made undecided whole, while frozen), so this reasoning is
 //!   about mirrors only; and the volume's flushes reach the target (`router`).
 
@@ -99,7 +111,8 @@ pub(super) mod mirror;
 
 /// Chunks a copy may start per poll iteration.
 pub const CHUNKS_PER_POLL: usize = 1;
-/// Longest a write to a copy's target may go unanswered before the copy is abandoned.
+/// Longest a write to a copy's target may go unanswered before the copy is abandoned (while
+/// undecided: before the client write it belongs to fails; see the module docs).
 #[cfg(not(test))]
 pub const TARGET_ANSWER_NS: u64 = 5_000_000_000;
 #[cfg(test)]
@@ -164,7 +177,8 @@ pub enum CopyFailure {
     /// A chunk's read of the source failed (abandons the copy).
     #[error("reading the source failed ({status})")]
     SourceRead { status: IoStatus },
-    /// A write to the target had no answer for `ms` (abandons the copy).
+    /// A write to the target had no answer for `ms` (abandons the copy; while undecided, fails
+    /// the client's write and those held behind it instead).
     #[error("a write to the target has had no answer for {ms} ms")]
     TargetSilent { ms: u64 },
     /// Failure `restarts` was one past the `max_restarts` allowed (abandons the copy).
@@ -447,7 +461,8 @@ impl Ctx {
 
     /// The new placement of a copied shard may or may not have landed (its write timed out):
     /// every write must reach both members until the pool is imported again, so the copy is
-    /// not abandoned when its target is slow to answer (its clients wait for the target).
+    /// not abandoned when its target is slow to answer (its clients wait for the target, up
+    /// to [`TARGET_ANSWER_NS`], then fail: see the module docs).
     pub fn keep_copy_undecided(&mut self, volume: BdevId, shard: u32) -> bool {
         let Some(ci) = self.copy_of(volume, shard as u64) else {
             return false;
@@ -629,15 +644,19 @@ impl Ctx {
     /// Abandons copy `ci` if a write to its target has gone unanswered for
     /// [`TARGET_ANSWER_NS`], and lets the client writes held behind its chunks go on.
     /// A copy that already gave up (abandoned, or stopped) is checked too while it has
-    /// target writes out: its extent must stay reserved if one of them never answers.
+    /// target writes out: its extent must stay reserved if one of them never answers. An
+    /// active undecided copy is never abandoned: its late target halves fail their clients
+    /// (`fail_stalled_mirrors`).
     fn abandon_if_target_stalled(&mut self, ci: usize) {
         let now = self.now;
-        let Some(c) = self.copies[ci]
-            .as_mut()
-            .filter(|c| !(c.active && c.undecided))
-        else {
+        let Some(c) = self.copies[ci].as_mut() else {
             return;
         };
+        if c.active && c.undecided {
+            // Never abandoned: its late writes fail their clients instead (see `mirror`).
+            self.fail_stalled_mirrors(ci);
+            return;
+        }
         let oldest = c.target_writes_since().min();
         if oldest.is_none_or(|t| now.saturating_sub(t) <= TARGET_ANSWER_NS) {
             return;

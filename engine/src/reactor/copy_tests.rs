@@ -798,39 +798,6 @@ fn stopping_a_copy_answers_writes_that_wait_for_its_target() {
     assert!(!rig.rs[1].ctx().copy_target_busy(vol, COPIED_SHARD as u32));
 }
 
-/// A copy whose commit may or may not have landed keeps every write on both members: a
-/// slow target is waited for, not abandoned (the shard may live there after a restart).
-#[test]
-fn an_undecided_copy_waits_for_a_slow_target_instead_of_giving_up() {
-    let (mut rig, _, ee) = copy_rig();
-    let vol = rig.vol;
-    let status = copy_to_copied(&mut rig, ee);
-    assert!(rig.rs[1]
-        .ctx()
-        .keep_copy_undecided(vol, COPIED_SHARD as u32));
-    let block = COPIED_SHARD * SHARD + 7;
-    hold_target_writes(&rig, 1);
-    rig.submit(1, vol, IoType::Write, block, 1, 5);
-    let until = std::time::Instant::now()
-        + std::time::Duration::from_nanos(3 * crate::reactor::copy::TARGET_ANSWER_NS);
-    while std::time::Instant::now() < until {
-        poll_rounds(&mut rig, 10);
-    }
-    assert_eq!(rig.done(), 0, "the write waits for its target half");
-    assert_eq!(
-        status.lock().unwrap().state,
-        crate::reactor::CopyState::Copied
-    );
-    release_target(&rig);
-    rig.settle(1);
-    rig.all_success();
-    rig.release();
-    rig.check(block, 1, 5);
-    let on_target = rig.read(ee, TARGET_AT + 7, 1);
-    assert!(on_target.iter().all(|&x| x == pattern(block, 5)));
-    rig.rs[1].ctx().stop_copy(vol, COPIED_SHARD as u32);
-}
-
 /// A reactor runs at most `tag::MAX_COPIES` copies at once (the width of the copy index in
 /// an I/O tag): one more is refused with an error, not started under an index that decodes
 /// as another copy's. Once one ends, a new one may start.

@@ -26,7 +26,7 @@
 //! - both succeeded: the client is told so;
 //! - the target half failed: as before, the copy restarts and the client gets the source's
 //!   status; while undecided, the client gets the failure and the copy neither restarts nor
-//!   is abandoned (see `copy`);
+//!   is abandoned (see `copy`; a target half that does not answer at all: *Stalled*, below);
 //! - the source half failed and the target half landed (only possible in parallel): the
 //!   target now holds data the source may not, so the copy restarts (the target is copied
 //!   again from the source), with a reason that says the source write failed; the client
@@ -41,8 +41,21 @@
 //! answered when that half is back, never before: the source's status is its answer. The
 //! target half, until back, keeps the slot and is watched by the stall rule
 //! (`target_since`) like a chunk's write.
+//!
+//! **Stalled, undecided** (`fail_stalled_mirrors`, from the poll loop). An undecided copy
+//! never gives up, so its clients are answered only when both halves are back, but not
+//! after [`TARGET_ANSWER_NS`] without an answer from the target: that mirror is marked
+//! `stalled` and its client, once its source half is back (with the same request or buffer
+//! as on giving up, above), gets [`TARGET_SILENT`], never success: the target lacks the
+//! write, and after a restart the shard may be read there. The slot stays until the target
+//! half is back (the ordering rules need it), so what overlaps it fails instead of waiting
+//! behind it: the pieces in `deferred` when it stalls, and any new one at once
+//! (`blocked_by_stalled`), as does every new write of a copy holding
+//! [`MAX_STALLED_MIRRORS`]. None of those was sent anywhere. When the late target half
+//! lands, the slot goes (its client had its answer) and overlapping writes are mirrored as
+//! usual again.
 
-use super::{free_slot, tag, CopyFailure, ShardCopy};
+use super::{free_slot, tag, CopyFailure, ShardCopy, TARGET_ANSWER_NS};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use crate::reactor::router::{Hop, BOUNCE_CHUNK_BYTES, ROUTER_TASK};
 use crate::reactor::tag::{CopyIo, MAX_COPY_SLOTS};
@@ -66,6 +79,24 @@ pub(super) fn mirror_pool() -> Option<DmaPool> {
     DmaPool::new(MIRROR_BUF_BYTES, MIRROR_BUFS).ok()
 }
 
+/// The answer to a client write of an undecided copy whose target half has had no answer
+/// for [`TARGET_ANSWER_NS`], and to a write held behind it: the target did not answer in
+/// time (not the source's status: the source may well have it; a failed write may leave
+/// either place with the old or the new data).
+pub const TARGET_SILENT: IoStatus = IoStatus::Failed {
+    errno: libc::ETIMEDOUT,
+};
+
+/// Stalled mirrors (target halves past [`TARGET_ANSWER_NS`], their clients answered) an
+/// undecided copy keeps before it fails every new write at once: each keeps a slot and a
+/// buffer until its target answers, and a target that answers none would otherwise gather
+/// one for every write the clients, answered, send again.
+#[cfg(not(test))]
+pub const MAX_STALLED_MIRRORS: usize = 32;
+/// Fewer under test, so that a test reaches the bound with few writes.
+#[cfg(test)]
+pub const MAX_STALLED_MIRRORS: usize = 8;
+
 /// A client piece being mirrored: what the router changed in it, to put back, and where its
 /// two halves are.
 pub(super) struct Mirror {
@@ -85,8 +116,12 @@ pub(super) struct Mirror {
     /// The request holding the client's buffer, back from its device while the other half
     /// is still out.
     held: Option<IoRequest>,
-    /// The client has its answer (the copy gave up); the rest is only waited for.
+    /// The client has its answer (the copy gave up, or the target half stalled); the rest
+    /// is only waited for.
     answered: bool,
+    /// Its target half passed [`TARGET_ANSWER_NS`] while the copy was undecided: its client
+    /// fails, and so do the writes that overlap it, until its target half is back.
+    stalled: bool,
 }
 
 impl ShardCopy {
@@ -108,6 +143,18 @@ impl ShardCopy {
         buf.as_mut_slice()
             .copy_from_slice(&data.as_slice()[..bytes]);
         Some(Some(buf))
+    }
+
+    /// Whether a write to `range` must fail at once: it overlaps a stalled mirror (it would
+    /// wait behind it for as long as the target does), or the copy holds
+    /// [`MAX_STALLED_MIRRORS`] of them.
+    fn blocked_by_stalled(&self, range: (u64, u64)) -> bool {
+        let mut stalled = self.mirrors.iter().flatten().filter(|m| m.stalled);
+        let mut n = 0;
+        stalled.any(|m| {
+            n += 1;
+            n >= MAX_STALLED_MIRRORS || super::overlaps(range, (m.start, m.end))
+        })
     }
 }
 
@@ -131,6 +178,11 @@ impl Ctx {
         let now = self.now;
         let c = self.copies[ci].as_mut().expect("active copy");
         let range = (hop.within, hop.within + piece.num_blocks as u64);
+        if c.blocked_by_stalled(range) {
+            // Never sent anywhere: failing it changes no block.
+            self.ready.push(Completion::new(piece, TARGET_SILENT));
+            return None;
+        }
         if c.frozen
             || c.chunk_overlaps(range)
             || c.mirror_overlaps(range)
@@ -153,6 +205,7 @@ impl Ctx {
             target_status: None,
             held: None,
             answered: false,
+            stalled: false,
         });
         let origin = |target| IoOrigin {
             reactor: self.id,
@@ -250,6 +303,49 @@ impl Ctx {
     /// request (parallel), or a new buffer of its size (one half after the other: the held
     /// write keeps the client's). Where no buffer can be had, that client waits as before.
     pub(super) fn answer_held_mirrors(&mut self, ci: usize) {
+        self.answer_early(ci, false);
+    }
+
+    /// Copy `ci` is active and undecided: marks the mirrors whose target half has had no
+    /// answer for [`TARGET_ANSWER_NS`] stalled, answers their clients with [`TARGET_SILENT`]
+    /// once their source half is back (never before), and fails the writes waiting behind
+    /// them (`mirror_piece` fails them). Each keeps its slot until its target half is back.
+    pub(super) fn fail_stalled_mirrors(&mut self, ci: usize) {
+        let now = self.now;
+        let Some(c) = self.copies[ci].as_mut() else {
+            return;
+        };
+        let mut newly = false;
+        for m in c.mirrors.iter_mut().flatten() {
+            let late = m
+                .target_since
+                .is_some_and(|t| now.saturating_sub(t) > TARGET_ANSWER_NS);
+            if late && !m.stalled {
+                m.stalled = true;
+                newly = true;
+            }
+        }
+        if !newly && !c.mirrors.iter().flatten().any(|m| m.stalled && !m.answered) {
+            return;
+        }
+        if newly {
+            // Neither restarted nor abandoned (see `copy`): the reason is only shown.
+            let why = CopyFailure::TargetSilent {
+                ms: TARGET_ANSWER_NS / 1_000_000,
+            };
+            c.publish(None, Some(why));
+        }
+        self.answer_early(ci, true);
+        if newly {
+            // Those overlapping a stalled mirror fail now; the rest wait again, in order.
+            self.release_deferred(ci);
+        }
+    }
+
+    /// Answers the clients of copy `ci`'s mirrors (the stalled ones only, if `stalled`)
+    /// whose source half is back and whose target half is still out: with the source's
+    /// status, or [`TARGET_SILENT`] for a stalled one the source did not fail.
+    fn answer_early(&mut self, ci: usize, stalled: bool) {
         let Some(c) = self.copies[ci].as_mut() else {
             return;
         };
@@ -258,9 +354,13 @@ impl Ctx {
             let Some(source_status) = m.source_status else {
                 continue;
             };
-            if m.answered || m.target_since.is_none() {
+            if m.answered || m.target_since.is_none() || (stalled && !m.stalled) {
                 continue;
             }
+            let status = match m.stalled && source_status.is_success() {
+                true => TARGET_SILENT,
+                false => source_status,
+            };
             let blocks = m.end - m.start;
             let mut io = match m.held.take() {
                 Some(io) => io,
@@ -281,7 +381,7 @@ impl Ctx {
             io.origin = m.origin;
             io.offset_blocks = m.offset_blocks;
             m.answered = true;
-            self.ready.push(Completion::new(io, source_status));
+            self.ready.push(Completion::new(io, status));
         }
     }
 }
