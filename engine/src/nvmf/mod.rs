@@ -1,4 +1,13 @@
-//! NVMe over Fabrics, TCP transport (issue 29): so far the wire format, [`pdu`]. The target
-//! (serving bdevs to the Linux initiator) and the initiator bdev are to be built on it.
+//! NVMe over Fabrics, TCP transport (issue 29). Built so far, each without I/O of its own:
+//! - [`pdu`]: the wire format, every NVMe/TCP PDU decoded and encoded with its bounds;
+//! - [`fabrics`]: the Fabrics command set (Connect, Property Get/Set, Disconnect), the
+//!   Connect data, the status codes a target answers with, a fabrics controller's properties;
+//! - [`identify`]: what a target's admin queue returns (Identify Controller and Namespace,
+//!   the namespace lists, the discovery log page).
+//!
+//! Still to build on them: the target's queue pairs served as reactor pollers, and the
+//! initiator bdev.
 
+pub mod fabrics;
+pub mod identify;
 pub mod pdu;
