@@ -3,11 +3,14 @@
 //! - [`fabrics`]: the Fabrics command set (Connect, Property Get/Set, Disconnect), the
 //!   Connect data, the status codes a target answers with, a fabrics controller's properties;
 //! - [`identify`]: what a target's admin queue returns (Identify Controller and Namespace,
-//!   the namespace lists, the discovery log page).
+//!   the namespace lists, the discovery log page);
+//! - [`admin`]: a target controller's admin commands (Identify, Get Log Page, Get/Set
+//!   Features, Keep Alive, Asynchronous Event Request, Property Get/Set).
 //!
 //! Still to build on them: the target's queue pairs served as reactor pollers, and the
 //! initiator bdev.
 
+pub mod admin;
 pub mod fabrics;
 pub mod identify;
 pub mod pdu;
