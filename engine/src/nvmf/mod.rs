@@ -5,12 +5,15 @@
 //! - [`identify`]: what a target's admin queue returns (Identify Controller and Namespace,
 //!   the namespace lists, the discovery log page);
 //! - [`admin`]: a target controller's admin commands (Identify, Get Log Page, Get/Set
-//!   Features, Keep Alive, Asynchronous Event Request, Property Get/Set).
+//!   Features, Keep Alive, Asynchronous Event Request, Property Get/Set);
+//! - [`connect`]: a target's controllers (dynamic model) and the Fabrics Connect that makes
+//!   them or joins an I/O queue to one, against a [`connect::Directory`] of subsystems.
 //!
 //! Still to build on them: the target's queue pairs served as reactor pollers, and the
 //! initiator bdev.
 
 pub mod admin;
+pub mod connect;
 pub mod fabrics;
 pub mod identify;
 pub mod pdu;
