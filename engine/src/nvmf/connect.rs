@@ -24,6 +24,7 @@ use super::fabrics::{
     Codes, ConnectData, ConnectRefusal, Properties, CNTLID_DYNAMIC, DISCOVERY_NQN,
 };
 use super::identify::{ControllerInfo, DiscoveryEntry, NamespaceInfo};
+use crate::bdev::BdevId;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,6 +46,8 @@ pub struct SubsystemView {
     pub allow_any_host: bool,
     pub hosts: Vec<String>,
     pub namespaces: Vec<NamespaceInfo>,
+    /// The bdev behind each namespace id.
+    pub bdevs: Vec<(u32, BdevId)>,
     pub max_nsid: u32,
     /// For the discovery subsystem: the entries of its log page, and their generation.
     pub discovery: Vec<DiscoveryEntry>,
@@ -80,6 +83,8 @@ pub struct Limits {
 /// One controller and what its queues share.
 pub struct ControllerSlot {
     pub controller: Controller,
+    /// The bdev behind each namespace id (from the subsystem, at the admin Connect).
+    pub bdevs: Vec<(u32, BdevId)>,
     pub host_nqn: String,
     pub host_id: [u8; 16],
     /// I/O queues connected, by id (1-based; bit 0 unused).
@@ -218,6 +223,7 @@ impl Controllers {
         };
         let shared = Arc::new(Mutex::new(ControllerSlot {
             controller,
+            bdevs: subsystem.bdevs,
             host_nqn: data.host_nqn.clone(),
             host_id: data.host_id,
             io_queues: vec![false; l.max_io_queues as usize + 1],
@@ -272,6 +278,7 @@ mod tests {
             allow_any_host,
             hosts: vec![HOST.into()],
             namespaces: vec![],
+            bdevs: vec![],
             max_nsid: 32,
             discovery: vec![],
             discovery_generation: 0,

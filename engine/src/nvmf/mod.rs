@@ -7,12 +7,16 @@
 //! - [`admin`]: a target controller's admin commands (Identify, Get Log Page, Get/Set
 //!   Features, Keep Alive, Asynchronous Event Request, Property Get/Set);
 //! - [`connect`]: a target's controllers (dynamic model) and the Fabrics Connect that makes
-//!   them or joins an I/O queue to one, against a [`connect::Directory`] of subsystems.
+//!   them or joins an I/O queue to one, against a [`connect::Directory`] of subsystems;
+//! - [`conn`]: one target queue pair, a host's TCP connection served by a reactor as a
+//!   poller (ICReq, Connect, admin commands, Read/Write/Flush/Write Zeroes/deallocate with
+//!   in-capsule data, R2T and H2CData, C2HData, digests), tested over loopback.
 //!
-//! Still to build on them: the target's queue pairs served as reactor pollers, and the
-//! initiator bdev.
+//! Still to build on them: the listener that places connections on reactors behind the
+//! `nvmf_*` RPCs' subsystem registry, keep-alive timeouts, and the initiator bdev.
 
 pub mod admin;
+pub mod conn;
 pub mod connect;
 pub mod fabrics;
 pub mod identify;

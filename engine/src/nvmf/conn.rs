@@ -1,0 +1,704 @@
+//! One NVMe/TCP queue pair on the target side: a host's TCP connection, served by a reactor
+//! as a poller task (as NBD's connections are).
+//!
+//! **Contract.** The connection reads PDUs ([`pdu::decode`]) and answers them in order:
+//! 1. ICReq: ICResp with the digests the host asked for, data aligned as it asked (CPDA 0),
+//!    and [`MAX_H2C_DATA`] bytes per H2CData PDU.
+//! 2. The first command capsule must be a Fabrics Connect with its 1024 bytes of data in the
+//!    capsule; [`Controllers::connect`] makes or joins the controller, and the response
+//!    carries the controller id (or the refusal's status, IATTR and IPO). Anything else
+//!    before it is a sequence error.
+//! 3. On queue 0, admin commands go to the controller ([`Controller::execute_admin`]): data
+//!    goes back in one C2HData PDU, then the response capsule.
+//! 4. On an I/O queue: Read, Write, Flush, Write Zeroes and Dataset Management (deallocate)
+//!    on the controller's namespaces, each executed on the reactor's channel of the
+//!    namespace's bdev. A write's data comes in the capsule (up to [`IN_CAPSULE_BYTES`]) or,
+//!    above that, after an R2T for all of it (the host then sends H2CData PDUs of at most
+//!    [`MAX_H2C_DATA`]); a read's data goes back in one C2HData. A command needs a data buffer
+//!    of the connection's pool ([`DATA_BUFFERS`] of [`MAX_TRANSFER`], the MDTS): when none is
+//!    free it waits, in order, for one to come back.
+//!
+//! Bad input never panics and changes nothing outside the command: an out-of-range LBA, an
+//! unknown namespace or opcode, a transfer above MDTS, or a write whose data length is not the
+//! command's gets its NVMe status; a malformed PDU, a PDU out of sequence (H2CData for no R2T,
+//! a second ICReq), or a data digest error ends the connection with a C2HTermReq carrying the
+//! Fatal Error Status, and only this connection. When the connection ends (the host closed it,
+//! or a fatal error), it stops reading, waits for the I/O it started, and leaves its queue (the
+//! admin queue takes its controller with it).
+//!
+//! Not yet: keep-alive timeouts, SQ flow control (responses carry SQHD, and the host's queue
+//! size bounds the commands in flight), and the C2HData SUCCESS optimisation.
+
+use super::admin::AdminReply;
+use super::connect::{lock, Connected, Controllers, Directory};
+use super::fabrics::{self, Codes, ConnectData, FabricsCommand, CONNECT_DATA_BYTES};
+use super::pdu::{self, Decoded, Digests, Fes, Framing, InitConnection, Pdu, PduError, Transfer};
+use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
+use crate::nbd::waker::SocketWaker;
+use crate::reactor::{Ctx, Task, TaskId};
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use tidepool_bindings::dma::{DmaBuf, DmaPool};
+use tidepool_bindings::nvme::spec::{nvm, CompletionEntry, Status, SubmissionEntry};
+
+/// Bytes of data a command capsule may carry.
+pub const IN_CAPSULE_BYTES: u32 = 8192;
+/// Bytes per H2CData PDU (ICResp's MAXH2CDATA).
+pub const MAX_H2C_DATA: u32 = 128 << 10;
+/// The largest transfer of one command (MDTS 5: 32 pages of 4 KiB).
+pub const MDTS: u8 = 5;
+pub const MAX_TRANSFER: usize = 4096 << MDTS;
+/// Data buffers per connection.
+pub const DATA_BUFFERS: usize = 32;
+/// The largest PDU a host may send: a capsule with in-capsule data, or an H2CData, with
+/// header, padding and digests.
+const MAX_PDU: u32 = 8 + 64 + 4 + IN_CAPSULE_BYTES + 4 + MAX_H2C_DATA;
+/// Bytes read from the socket per poll.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Where the connection is in its life.
+enum Phase {
+    AwaitIcReq,
+    AwaitConnect,
+    Serving(Connected),
+}
+
+/// One namespace as the I/O queue sees it.
+#[derive(Clone, Copy)]
+struct Namespace {
+    nsid: u32,
+    bdev: BdevId,
+    block_size: u32,
+    num_blocks: u64,
+}
+
+/// A command in flight on an I/O queue.
+struct Command {
+    cid: u16,
+    io_type: IoType,
+    bdev: BdevId,
+    lba: u64,
+    blocks: u32,
+    /// Bytes of data it moves (0 for flush, write zeroes).
+    bytes: u32,
+    /// A write's data received so far (after an R2T).
+    received: u32,
+    buf: Option<DmaBuf>,
+    /// Deallocate ranges still to be sent, as (lba, blocks).
+    ranges: Vec<(u64, u32)>,
+    /// Requests out on the bdev.
+    out: u32,
+    status: Status,
+}
+
+pub struct TargetConnection {
+    stream: TcpStream,
+    peer: String,
+    id: TaskId,
+    controllers: Arc<Controllers>,
+    directory: Arc<dyn Directory + Send + Sync>,
+    waker: Arc<SocketWaker>,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    sent: usize,
+    phase: Phase,
+    digests: Digests,
+    framing: Framing,
+    namespaces: Vec<Namespace>,
+    /// Commands in flight, by slot (the slot is an R2T's transfer tag and the I/O's tag).
+    commands: Vec<Option<Command>>,
+    /// Capsules waiting for a data buffer, in order.
+    waiting: VecDeque<(SubmissionEntry, Vec<u8>)>,
+    pool: DmaPool,
+    sq_head: u16,
+    /// Bdev requests out.
+    inflight: usize,
+    /// Why the connection ends, once it does.
+    closing: Option<String>,
+}
+
+impl TargetConnection {
+    pub fn new(
+        stream: TcpStream,
+        peer: String,
+        controllers: Arc<Controllers>,
+        directory: Arc<dyn Directory + Send + Sync>,
+        waker: Arc<SocketWaker>,
+    ) -> std::io::Result<TargetConnection> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        Ok(TargetConnection {
+            stream,
+            peer,
+            id: 0,
+            controllers,
+            directory,
+            waker,
+            input: Vec::new(),
+            output: Vec::new(),
+            sent: 0,
+            phase: Phase::AwaitIcReq,
+            digests: Digests::default(),
+            framing: Framing::PLAIN,
+            namespaces: Vec::new(),
+            commands: Vec::new(),
+            waiting: VecDeque::new(),
+            pool: DmaPool::new(MAX_TRANSFER, DATA_BUFFERS)?,
+            sq_head: 0,
+            inflight: 0,
+            closing: None,
+        })
+    }
+
+    fn receive(&mut self) -> usize {
+        let mut n = 0;
+        let mut chunk = [0u8; 64 << 10];
+        while self.closing.is_none() && n < READ_CHUNK {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => self.end("the host closed the connection"),
+                Ok(k) => {
+                    self.input.extend_from_slice(&chunk[..k]);
+                    n += k;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => self.end(&format!("reading: {e}")),
+            }
+        }
+        n
+    }
+
+    fn send(&mut self) -> usize {
+        let mut n = 0;
+        while self.sent < self.output.len() {
+            match self.stream.write(&self.output[self.sent..]) {
+                Ok(0) => break,
+                Ok(k) => {
+                    self.sent += k;
+                    n += k;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.end(&format!("writing: {e}"));
+                    self.output.clear();
+                    self.sent = 0;
+                    break;
+                }
+            }
+        }
+        if self.sent == self.output.len() {
+            self.output.clear();
+            self.sent = 0;
+        }
+        n
+    }
+
+    fn end(&mut self, why: &str) {
+        if self.closing.is_none() {
+            log::info!("nvmf: {}: {why}", self.peer);
+            self.closing = Some(why.to_string());
+        }
+    }
+
+    /// Ends the connection for a fatal PDU error: a C2HTermReq first.
+    fn terminate(&mut self, err: &PduError) {
+        let fes = err.fes.unwrap_or(Fes::DataOutOfRange);
+        let offending = self.input[..self.input.len().min(128)].to_vec();
+        pdu::encode_c2h_term_req(&mut self.output, fes, err, &offending);
+        self.input.clear();
+        self.end(&format!("protocol error: {err}"));
+    }
+
+    /// Takes every whole PDU in the input.
+    fn process(&mut self, ctx: &mut Ctx) -> usize {
+        let mut work = 0;
+        while self.closing.is_none() {
+            let decoded = pdu::decode(&self.input, self.digests, MAX_PDU);
+            let (pdu, used) = match decoded {
+                Ok(Decoded::Pdu(p, used)) => (p, used),
+                Ok(Decoded::Incomplete(_)) => break,
+                Err(e) => {
+                    self.terminate(&e);
+                    break;
+                }
+            };
+            let input = std::mem::take(&mut self.input);
+            let result = self.take(ctx, pdu, &input);
+            self.input = input;
+            self.input.drain(..used);
+            if let Err(e) = result {
+                self.terminate(&e);
+            }
+            work += 1;
+        }
+        work
+    }
+
+    fn sequence_error(what: &str) -> PduError {
+        PduError {
+            fes: Some(Fes::SequenceError),
+            fei: 0,
+            what: what.into(),
+        }
+    }
+
+    fn take(&mut self, ctx: &mut Ctx, pdu: Pdu, input: &[u8]) -> Result<(), PduError> {
+        match (&self.phase, pdu) {
+            (Phase::AwaitIcReq, Pdu::IcReq(req)) => {
+                if req.pfv != 0 {
+                    return Err(PduError {
+                        fes: Some(Fes::UnsupportedParameter),
+                        fei: 8,
+                        what: format!("PDU format version {}", req.pfv),
+                    });
+                }
+                self.digests = req.digests;
+                let resp = InitConnection {
+                    pfv: 0,
+                    data_alignment: 0,
+                    digests: req.digests,
+                    limit: MAX_H2C_DATA,
+                };
+                pdu::encode_ic_resp(&mut self.output, &resp);
+                self.framing = Framing {
+                    digests: req.digests,
+                    pdo_align: (req.data_alignment as usize + 1) * 4,
+                };
+                self.phase = Phase::AwaitConnect;
+                Ok(())
+            }
+            (Phase::AwaitConnect, Pdu::CapsuleCmd { sqe, data }) => {
+                self.connect(&sqe, &input[data]);
+                Ok(())
+            }
+            (Phase::Serving(q), Pdu::CapsuleCmd { sqe, data }) => {
+                self.sq_head = (self.sq_head + 1) % q.entries;
+                if q.qid == 0 {
+                    self.admin(&sqe);
+                } else {
+                    self.waiting.push_back((sqe, input[data].to_vec()));
+                    self.start_waiting(ctx);
+                }
+                Ok(())
+            }
+            (
+                Phase::Serving(_),
+                Pdu::H2CData {
+                    transfer,
+                    last,
+                    data,
+                },
+            ) => self.h2c_data(ctx, &transfer, last, &input[data]),
+            (_, Pdu::TermReq { fes, .. }) => {
+                self.end(&format!(
+                    "the host terminated the connection (status {fes:#x})"
+                ));
+                Ok(())
+            }
+            _ => Err(Self::sequence_error("a PDU out of sequence")),
+        }
+    }
+
+    fn respond(&mut self, cqe: CompletionEntry) {
+        let mut cqe = cqe;
+        if let Phase::Serving(q) = &self.phase {
+            cqe.sq_head = self.sq_head;
+            cqe.sq_id = q.qid;
+        }
+        pdu::encode_capsule_resp(&mut self.output, &cqe, self.framing);
+    }
+
+    fn connect(&mut self, sqe: &SubmissionEntry, data: &[u8]) {
+        let cid = sqe.cid();
+        let (recfmt, qid, sqsize, kato_ms) = match FabricsCommand::parse(sqe) {
+            Ok(FabricsCommand::Connect {
+                recfmt,
+                qid,
+                sqsize,
+                kato_ms,
+                ..
+            }) => (recfmt, qid, sqsize, kato_ms),
+            _ => {
+                self.respond(fabrics::completion(
+                    cid,
+                    Codes::COMMAND_SEQUENCE_ERROR,
+                    0,
+                    0,
+                ));
+                return;
+            }
+        };
+        let connected = if data.len() == CONNECT_DATA_BYTES {
+            ConnectData::parse(data).and_then(|d| {
+                self.controllers
+                    .connect(&*self.directory, recfmt, qid, sqsize, kato_ms, &d)
+            })
+        } else {
+            Err(fabrics::ConnectRefusal::invalid_parameter(false, 24))
+        };
+        match connected {
+            Ok(q) => {
+                let cntlid = q.cntlid;
+                let slot = lock(&q.controller);
+                let info = &slot.controller.namespaces;
+                self.namespaces = slot
+                    .bdevs
+                    .iter()
+                    .filter_map(|&(nsid, bdev)| {
+                        let ns = info.iter().find(|n| n.nsid == nsid)?;
+                        Some(Namespace {
+                            nsid,
+                            bdev,
+                            block_size: ns.block_size,
+                            num_blocks: ns.num_blocks,
+                        })
+                    })
+                    .collect();
+                drop(slot);
+                log::info!(
+                    "nvmf: {} connected queue {} of controller {cntlid}",
+                    self.peer,
+                    q.qid
+                );
+                self.sq_head = 1 % q.entries;
+                self.phase = Phase::Serving(q);
+                self.respond(fabrics::completion(cid, Codes::SUCCESS, cntlid as u32, 0));
+            }
+            Err(refusal) => {
+                self.respond(fabrics::completion(cid, refusal.status, refusal.dw0(), 0));
+            }
+        }
+    }
+
+    fn admin(&mut self, sqe: &SubmissionEntry) {
+        let Phase::Serving(q) = &self.phase else {
+            return;
+        };
+        let reply = lock(&q.controller).controller.execute_admin(sqe);
+        match reply {
+            AdminReply::Complete(cqe) => self.respond(cqe),
+            AdminReply::Data(bytes, cqe) => {
+                pdu::encode_c2h_data(
+                    &mut self.output,
+                    cqe.cid,
+                    0,
+                    &bytes,
+                    true,
+                    false,
+                    self.framing,
+                );
+                self.respond(cqe);
+            }
+            AdminReply::Held => {}
+        }
+    }
+
+    fn fail(&mut self, cid: u16, status: Status) {
+        self.respond(fabrics::completion(cid, status, 0, 0));
+    }
+
+    /// Starts the waiting capsules, in order, while buffers last.
+    fn start_waiting(&mut self, ctx: &mut Ctx) {
+        while let Some((sqe, _)) = self.waiting.front() {
+            let needs_buffer = matches!(
+                sqe.opcode(),
+                nvm::READ | nvm::WRITE | nvm::DATASET_MANAGEMENT
+            );
+            if needs_buffer && self.pool.available() == 0 {
+                return;
+            }
+            let (sqe, data) = self.waiting.pop_front().expect("checked above");
+            self.start(ctx, &sqe, &data);
+        }
+    }
+
+    fn free_slot(&mut self) -> usize {
+        match self.commands.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.commands.push(None);
+                self.commands.len() - 1
+            }
+        }
+    }
+
+    /// One I/O command: checked, then its data asked for (R2T) or its I/O sent.
+    fn start(&mut self, ctx: &mut Ctx, sqe: &SubmissionEntry, data: &[u8]) {
+        let cid = sqe.cid();
+        let Some(ns) = self.namespaces.iter().find(|n| n.nsid == sqe.nsid).copied() else {
+            return self.fail(cid, Codes::INVALID_NAMESPACE);
+        };
+        let lba = sqe.cdw10 as u64 | (sqe.cdw11 as u64) << 32;
+        let blocks = (sqe.cdw12 & 0xffff) + 1;
+        let (io_type, bytes) = match sqe.opcode() {
+            nvm::READ => (IoType::Read, blocks * ns.block_size),
+            nvm::WRITE => (IoType::Write, blocks * ns.block_size),
+            nvm::WRITE_ZEROES => (IoType::WriteZeroes, 0),
+            nvm::FLUSH => (IoType::Flush, 0),
+            nvm::DATASET_MANAGEMENT if sqe.cdw11 & (1 << 2) != 0 => {
+                let ranges = (sqe.cdw10 & 0xff) + 1;
+                (IoType::Unmap, ranges * 16)
+            }
+            // Dataset Management without deallocate: hints only, nothing to do.
+            nvm::DATASET_MANAGEMENT => return self.fail(cid, Codes::SUCCESS),
+            _ => return self.fail(cid, Codes::INVALID_OPCODE),
+        };
+        let ranged = matches!(io_type, IoType::Read | IoType::Write | IoType::WriteZeroes);
+        if ranged && (lba >= ns.num_blocks || ns.num_blocks - lba < blocks as u64) {
+            return self.fail(cid, Codes::LBA_OUT_OF_RANGE);
+        }
+        if bytes as usize > MAX_TRANSFER {
+            return self.fail(cid, Codes::INVALID_FIELD);
+        }
+        let mut buf = None;
+        if bytes > 0 {
+            let Some(mut b) = self.pool.take() else {
+                // Not reached: start_waiting checked.
+                return self.fail(cid, Codes::INTERNAL_ERROR);
+            };
+            b.set_len(bytes as usize);
+            buf = Some(b);
+        }
+        let slot = self.free_slot();
+        self.commands[slot] = Some(Command {
+            cid,
+            io_type,
+            bdev: ns.bdev,
+            lba,
+            blocks,
+            bytes,
+            received: 0,
+            buf,
+            ranges: Vec::new(),
+            out: 0,
+            status: Codes::SUCCESS,
+        });
+        let needs_data = matches!(io_type, IoType::Write | IoType::Unmap);
+        if !needs_data {
+            return self.submit(ctx, slot);
+        }
+        if !data.is_empty() {
+            // In the capsule: all of it, or the command is wrong.
+            if data.len() != bytes as usize {
+                self.commands[slot] = None;
+                return self.fail(cid, Codes::SGL_INVALID_DESCRIPTOR);
+            }
+            let c = self.commands[slot].as_mut().expect("just made");
+            if let Some(b) = c.buf.as_mut() {
+                b.as_mut_slice().copy_from_slice(data);
+            }
+            c.received = bytes;
+            return self.data_complete(ctx, slot);
+        }
+        // Ask for all of it; the host sends it in H2CData PDUs.
+        let r2t = Transfer {
+            cccid: cid,
+            ttag: slot as u16,
+            offset: 0,
+            length: bytes,
+        };
+        pdu::encode_r2t(&mut self.output, &r2t, self.framing);
+    }
+
+    fn h2c_data(
+        &mut self,
+        ctx: &mut Ctx,
+        t: &Transfer,
+        last: bool,
+        data: &[u8],
+    ) -> Result<(), PduError> {
+        let out_of_range = |what: &str| PduError {
+            fes: Some(Fes::DataOutOfRange),
+            fei: 8,
+            what: what.into(),
+        };
+        let slot = t.ttag as usize;
+        let Some(c) = self.commands.get_mut(slot).and_then(Option::as_mut) else {
+            return Err(Self::sequence_error("H2CData for no R2T"));
+        };
+        if c.cid != t.cccid || t.offset != c.received || data.len() as u32 != t.length {
+            return Err(out_of_range(
+                "H2CData at an offset or length the R2T did not ask",
+            ));
+        }
+        if t.length > MAX_H2C_DATA || c.received + t.length > c.bytes {
+            return Err(out_of_range("H2CData past the command's data"));
+        }
+        if let Some(b) = c.buf.as_mut() {
+            let at = c.received as usize;
+            b.as_mut_slice()[at..at + data.len()].copy_from_slice(data);
+        }
+        c.received += t.length;
+        if c.received == c.bytes {
+            if !last {
+                return Err(Self::sequence_error("the last H2CData is not marked last"));
+            }
+            self.data_complete(ctx, slot);
+        }
+        Ok(())
+    }
+
+    /// A write's or deallocate's data is all here: send its I/O.
+    fn data_complete(&mut self, ctx: &mut Ctx, slot: usize) {
+        let c = self.commands[slot].as_mut().expect("a live command");
+        if c.io_type == IoType::Unmap {
+            let ns = self.namespaces.iter().find(|n| n.bdev == c.bdev).copied();
+            let raw = c.buf.take();
+            let mut ranges = Vec::new();
+            if let (Some(raw), Some(ns)) = (raw.as_ref(), ns) {
+                for r in raw.as_slice().chunks(16) {
+                    let blocks = u32::from_le_bytes(r[4..8].try_into().expect("4 bytes"));
+                    let lba = u64::from_le_bytes(r[8..16].try_into().expect("8 bytes"));
+                    if blocks == 0 {
+                        continue;
+                    }
+                    if lba >= ns.num_blocks || ns.num_blocks - lba < blocks as u64 {
+                        c.status = Codes::LBA_OUT_OF_RANGE;
+                        ranges.clear();
+                        break;
+                    }
+                    ranges.push((lba, blocks));
+                }
+            }
+            drop(raw);
+            c.ranges = ranges;
+        }
+        self.submit(ctx, slot);
+    }
+
+    fn submit(&mut self, ctx: &mut Ctx, slot: usize) {
+        let c = self.commands[slot].as_mut().expect("a live command");
+        let origin = IoOrigin {
+            reactor: ctx.reactor_id(),
+            task: self.id,
+            tag: slot as u64,
+        };
+        let mut requests = Vec::new();
+        match c.io_type {
+            IoType::Unmap => {
+                for (lba, blocks) in std::mem::take(&mut c.ranges) {
+                    requests.push(IoRequest::new(IoType::Unmap, lba, blocks, None, origin));
+                }
+            }
+            IoType::Flush => requests.push(IoRequest::new(IoType::Flush, 0, 0, None, origin)),
+            t => requests.push(IoRequest::new(t, c.lba, c.blocks, c.buf.take(), origin)),
+        }
+        if requests.is_empty() {
+            let (cid, status) = (c.cid, c.status);
+            self.commands[slot] = None;
+            return self.fail(cid, status);
+        }
+        c.out = requests.len() as u32;
+        let bdev = c.bdev;
+        for io in requests {
+            self.inflight += 1;
+            ctx.submit(bdev, io);
+        }
+    }
+
+    fn finish(&mut self, ctx: &mut Ctx, slot: usize) {
+        let Some(mut c) = self.commands.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        if c.io_type == IoType::Read && c.status == Codes::SUCCESS {
+            if let Some(buf) = c.buf.take() {
+                pdu::encode_c2h_data(
+                    &mut self.output,
+                    c.cid,
+                    0,
+                    &buf.as_slice()[..c.bytes as usize],
+                    true,
+                    false,
+                    self.framing,
+                );
+            }
+        }
+        self.fail(c.cid, c.status);
+        // Its buffer (if any) went back to the pool with `c`: the next capsules may start.
+        drop(c);
+        self.start_waiting(ctx);
+    }
+
+    fn close(&mut self, ctx: &mut Ctx) {
+        if let Phase::Serving(q) = &self.phase {
+            self.controllers.disconnect(q.cntlid, q.qid);
+        }
+        let _ = self.waker.deregister(self.stream.as_raw_fd());
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        ctx.finish(self.id);
+    }
+}
+
+/// The NVMe status of a bdev's answer.
+fn nvme_status(s: IoStatus) -> Status {
+    match s {
+        IoStatus::Success => Codes::SUCCESS,
+        IoStatus::Nvme { sct, sc } => Status::new(sct, sc),
+        IoStatus::Invalid => Codes::INVALID_FIELD,
+        IoStatus::Unsupported => Codes::INVALID_OPCODE,
+        IoStatus::Aborted => Codes::ABORTED_SQ_DELETION,
+        IoStatus::Failed { .. } => Codes::DATA_TRANSFER_ERROR,
+    }
+}
+
+impl Task for TargetConnection {
+    fn on_start(&mut self, ctx: &mut Ctx, id: TaskId) {
+        self.id = id;
+        ctx.add_poller(id);
+        if let Err(e) =
+            self.waker
+                .register(self.stream.as_raw_fd(), ctx.reactor_id(), ctx.own_inbox())
+        {
+            log::warn!("nvmf: {}: cannot watch the socket: {e}", self.peer);
+        }
+    }
+
+    fn on_complete(&mut self, ctx: &mut Ctx, done: Completion) {
+        self.inflight -= 1;
+        let slot = done.io.origin.tag as usize;
+        let Some(c) = self.commands.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if !done.status.is_success() && c.status == Codes::SUCCESS {
+            c.status = nvme_status(done.status);
+        }
+        if done.io.io_type == IoType::Read {
+            c.buf = done.io.buf;
+        }
+        c.out -= 1;
+        if c.out == 0 {
+            self.finish(ctx, slot);
+        }
+    }
+
+    fn on_poll(&mut self, ctx: &mut Ctx) -> usize {
+        let mut work = self.send();
+        if self.closing.is_none() {
+            work += self.receive();
+            work += self.process(ctx);
+        }
+        work += self.send();
+        ctx.count_net_bytes(work as u64);
+        if self.closing.is_some() && self.inflight == 0 {
+            self.send();
+            self.close(ctx);
+            return work + 1;
+        }
+        work
+    }
+
+    fn on_park(&mut self, ctx: &mut Ctx) -> bool {
+        let writable = !self.output.is_empty();
+        self.waker
+            .arm(self.stream.as_raw_fd(), ctx.reactor_id(), writable)
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;
