@@ -40,6 +40,7 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tidepool_bindings::dma::{DmaBuf, DmaPool};
 use tidepool_bindings::nvme::spec::{nvm, CompletionEntry, Status, SubmissionEntry};
@@ -101,6 +102,8 @@ pub struct TargetConnection {
     controllers: Arc<Controllers>,
     directory: Arc<dyn Directory + Send + Sync>,
     waker: Arc<SocketWaker>,
+    /// The target's count of live connections (this one counted until it closes).
+    live: Arc<AtomicUsize>,
     input: Vec<u8>,
     output: Vec<u8>,
     sent: usize,
@@ -127,9 +130,12 @@ impl TargetConnection {
         controllers: Arc<Controllers>,
         directory: Arc<dyn Directory + Send + Sync>,
         waker: Arc<SocketWaker>,
+        live: Arc<AtomicUsize>,
     ) -> std::io::Result<TargetConnection> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
+        let pool = DmaPool::new(MAX_TRANSFER, DATA_BUFFERS)?;
+        live.fetch_add(1, Ordering::AcqRel);
         Ok(TargetConnection {
             stream,
             peer,
@@ -137,6 +143,7 @@ impl TargetConnection {
             controllers,
             directory,
             waker,
+            live,
             input: Vec::new(),
             output: Vec::new(),
             sent: 0,
@@ -146,7 +153,7 @@ impl TargetConnection {
             namespaces: Vec::new(),
             commands: Vec::new(),
             waiting: VecDeque::new(),
-            pool: DmaPool::new(MAX_TRANSFER, DATA_BUFFERS)?,
+            pool,
             sq_head: 0,
             inflight: 0,
             closing: None,
@@ -629,6 +636,7 @@ impl TargetConnection {
         }
         let _ = self.waker.deregister(self.stream.as_raw_fd());
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.live.fetch_sub(1, Ordering::AcqRel);
         ctx.finish(self.id);
     }
 }

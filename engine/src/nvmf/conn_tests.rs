@@ -215,6 +215,7 @@ fn with_target(host: impl FnOnce(std::net::SocketAddr) + Send + 'static) {
         mdts: MDTS,
     }));
     let waker = SocketWaker::start().unwrap();
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -232,6 +233,7 @@ fn with_target(host: impl FnOnce(std::net::SocketAddr) + Send + 'static) {
                 Arc::clone(&controllers),
                 Arc::clone(&directory),
                 Arc::clone(&waker),
+                Arc::clone(&live),
             )
             .unwrap();
             rs[0].spawn(Box::new(conn));
@@ -377,4 +379,105 @@ fn bad_commands_get_their_status_and_a_malformed_pdu_ends_only_its_connection() 
         ka.prp2 = 0;
         assert!(a.command(ka, &[]).0.status().is_success());
     });
+}
+
+/// The listener places connections on the engine's reactors; listening twice on one address
+/// is counted, and the port closes with its last user.
+#[test]
+fn the_target_listens_places_connections_and_closes_the_port_with_its_last_user() {
+    use crate::nvmf::target::{ListenError, NvmfTarget};
+    use crate::reactor::{Engine, EngineConfig};
+    let registry = Arc::new(BdevRegistry::new());
+    let malloc = MallocBdev::create(&MallocCreateParams {
+        name: Some("M1".into()),
+        num_blocks: BLOCKS,
+        block_size: BS,
+        uuid: None,
+    })
+    .unwrap();
+    let bdev = registry.register(Arc::new(malloc)).unwrap();
+    let mut config = EngineConfig::new(vec![0, 1]);
+    config.pin = false;
+    let engine = Arc::new(Engine::start(config, Arc::clone(&registry)).unwrap());
+    let view = SubsystemView {
+        nqn: SUB.into(),
+        serial: "TP-TARGET".into(),
+        model: "tidepool".into(),
+        allow_any_host: true,
+        hosts: vec![],
+        namespaces: vec![NamespaceInfo {
+            nsid: 1,
+            num_blocks: BLOCKS,
+            block_size: BS,
+            uuid: [6; 16],
+            deallocated_reads_zeroes: true,
+        }],
+        bdevs: vec![(1, bdev)],
+        max_nsid: 32,
+        discovery: vec![],
+        discovery_generation: 0,
+    };
+    let limits = Limits {
+        max_queue_entries: 128,
+        max_io_queues: 4,
+        in_capsule_bytes: IN_CAPSULE_BYTES,
+        mdts: MDTS,
+    };
+    let target = NvmfTarget::new(Arc::clone(&engine), Arc::new(Dir(view)), limits).unwrap();
+    assert!(matches!(
+        target.listen("not an address"),
+        Err(ListenError::BadAddress(_))
+    ));
+    let addr = target.listen("127.0.0.1:0").unwrap();
+    assert_eq!(target.listen(&addr.to_string()), Ok(addr), "a second user");
+    let taken = target.listen(&addr.to_string().replace("127.0.0.1", "0.0.0.0"));
+    assert!(matches!(taken, Err(ListenError::Bind { .. })), "{taken:?}");
+
+    let mut a = Host::connect(addr, Digests::default());
+    let cntlid = admin_up(&mut a);
+    // Two I/O queues, placed round robin over the two reactors, both serving.
+    let mut queues: Vec<Host> = (1..=2)
+        .map(|qid| {
+            let mut q = Host::connect(addr, Digests::default());
+            assert!(q.connect_queue(qid, cntlid).status().is_success());
+            q
+        })
+        .collect();
+    for (i, q) in queues.iter_mut().enumerate() {
+        let data = pattern(i as u8 + 3, 8192);
+        let lba = i as u64 * 64;
+        assert!(q.write_after_r2t(lba, &data).status().is_success());
+        let (_, back) = q.command(Host::rw(nvm::READ, lba, 16, 8192), &[]);
+        assert_eq!(back, data);
+    }
+    assert_eq!(target.connections(), 3);
+    assert!(target.stop_listening(addr));
+    assert!(
+        Host::connect_raw(addr).is_ok(),
+        "still listening for its other user"
+    );
+    assert!(target.stop_listening(addr));
+    assert!(Host::connect_raw(addr).is_err(), "the port is closed");
+    assert!(!target.stop_listening(addr));
+    // Connections already made go on.
+    let (cqe, _) = queues[0].command(Host::rw(nvm::READ, 0, 16, 8192), &[]);
+    assert!(cqe.status().is_success());
+    drop(queues);
+    drop(a);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while target.connections() > 0 {
+        assert!(std::time::Instant::now() < until, "connections did not end");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        target.controllers().count(),
+        0,
+        "the controller went with its admin queue"
+    );
+}
+
+impl Host {
+    fn connect_raw(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+        TcpStream::connect(addr)
+    }
 }

@@ -12,8 +12,11 @@
 //!   poller (ICReq, Connect, admin commands, Read/Write/Flush/Write Zeroes/deallocate with
 //!   in-capsule data, R2T and H2CData, C2HData, digests), tested over loopback.
 //!
-//! Still to build on them: the listener that places connections on reactors behind the
-//! `nvmf_*` RPCs' subsystem registry, keep-alive timeouts, and the initiator bdev.
+//! - [`target`]: the listeners, each an accept thread placing connections on the reactors
+//!   round robin, counted per address so subsystems can share a port.
+//!
+//! Still to build on them: the `nvmf_*` RPCs' subsystem registry as the target's
+//! [`connect::Directory`], keep-alive timeouts, and the initiator bdev.
 
 pub mod admin;
 pub mod conn;
@@ -21,3 +24,4 @@ pub mod connect;
 pub mod fabrics;
 pub mod identify;
 pub mod pdu;
+pub mod target;
