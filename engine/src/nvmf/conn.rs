@@ -26,8 +26,12 @@
 //! or a fatal error), it stops reading, waits for the I/O it started, and leaves its queue (the
 //! admin queue takes its controller with it).
 //!
-//! Not yet: keep-alive timeouts, SQ flow control (responses carry SQHD, and the host's queue
-//! size bounds the commands in flight), and the C2HData SUCCESS optimisation.
+//! Keep alive: an admin queue whose host sent no command for its Keep Alive Timeout (Connect's
+//! KATO, or Set Features Keep Alive Timer) ends, and with it the controller; every queue of a
+//! controller that ended ends too.
+//!
+//! Not yet: SQ flow control (responses carry SQHD, and the host's queue size bounds the
+//! commands in flight), and the C2HData SUCCESS optimisation.
 
 use super::admin::AdminReply;
 use super::connect::{lock, Connected, Controllers, Directory};
@@ -40,7 +44,7 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tidepool_bindings::dma::{DmaBuf, DmaPool};
 use tidepool_bindings::nvme::spec::{nvm, CompletionEntry, Status, SubmissionEntry};
@@ -121,6 +125,11 @@ pub struct TargetConnection {
     inflight: usize,
     /// Why the connection ends, once it does.
     closing: Option<String>,
+    /// The controller's end, once connected (see `ControllerSlot::ended`).
+    ended: Option<Arc<AtomicBool>>,
+    /// On an admin queue: the keep alive timeout (0: none), and when a command last came.
+    kato_ns: u64,
+    last_admin_ns: u64,
 }
 
 impl TargetConnection {
@@ -157,6 +166,9 @@ impl TargetConnection {
             sq_head: 0,
             inflight: 0,
             closing: None,
+            ended: None,
+            kato_ns: 0,
+            last_admin_ns: 0,
         })
     }
 
@@ -279,12 +291,13 @@ impl TargetConnection {
                 Ok(())
             }
             (Phase::AwaitConnect, Pdu::CapsuleCmd { sqe, data }) => {
-                self.connect(&sqe, &input[data]);
+                self.connect(&sqe, &input[data], ctx.now());
                 Ok(())
             }
             (Phase::Serving(q), Pdu::CapsuleCmd { sqe, data }) => {
                 self.sq_head = (self.sq_head + 1) % q.entries;
                 if q.qid == 0 {
+                    self.last_admin_ns = ctx.now();
                     self.admin(&sqe);
                 } else {
                     self.waiting.push_back((sqe, input[data].to_vec()));
@@ -319,7 +332,7 @@ impl TargetConnection {
         pdu::encode_capsule_resp(&mut self.output, &cqe, self.framing);
     }
 
-    fn connect(&mut self, sqe: &SubmissionEntry, data: &[u8]) {
+    fn connect(&mut self, sqe: &SubmissionEntry, data: &[u8], now: u64) {
         let cid = sqe.cid();
         let (recfmt, qid, sqsize, kato_ms) = match FabricsCommand::parse(sqe) {
             Ok(FabricsCommand::Connect {
@@ -365,6 +378,11 @@ impl TargetConnection {
                         })
                     })
                     .collect();
+                self.ended = Some(Arc::clone(&slot.ended));
+                if q.qid == 0 {
+                    self.kato_ns = kato_ms as u64 * 1_000_000;
+                    self.last_admin_ns = now;
+                }
                 drop(slot);
                 log::info!(
                     "nvmf: {} connected queue {} of controller {cntlid}",
@@ -385,7 +403,13 @@ impl TargetConnection {
         let Phase::Serving(q) = &self.phase else {
             return;
         };
-        let reply = lock(&q.controller).controller.execute_admin(sqe);
+        let reply = {
+            let mut slot = lock(&q.controller);
+            let reply = slot.controller.execute_admin(sqe);
+            // Set Features Keep Alive Timer changes the timeout from now on.
+            self.kato_ns = slot.controller.kato_ms as u64 * 1_000_000;
+            reply
+        };
         match reply {
             AdminReply::Complete(cqe) => self.respond(cqe),
             AdminReply::Data(bytes, cqe) => {
@@ -684,6 +708,16 @@ impl Task for TargetConnection {
     }
 
     fn on_poll(&mut self, ctx: &mut Ctx) -> usize {
+        if self
+            .ended
+            .as_ref()
+            .is_some_and(|e| e.load(Ordering::Acquire))
+        {
+            self.end("its controller ended");
+        }
+        if self.kato_ns > 0 && ctx.now().saturating_sub(self.last_admin_ns) > self.kato_ns {
+            self.end("keep alive timeout: no admin command within the host's KATO");
+        }
         let mut work = self.send();
         if self.closing.is_none() {
             work += self.receive();

@@ -481,3 +481,44 @@ impl Host {
         TcpStream::connect(addr)
     }
 }
+
+/// An admin queue whose host stops sending for its KATO ends, and its I/O queues with it;
+/// one that keeps sending Keep Alive stays.
+#[test]
+fn a_controller_whose_host_goes_quiet_past_its_keep_alive_timeout_ends_with_its_queues() {
+    with_target(|addr| {
+        let mut a = Host::connect(addr, Digests::default());
+        let cntlid = admin_up(&mut a);
+        let mut q = Host::connect(addr, Digests::default());
+        assert!(q.connect_queue(1, cntlid).status().is_success());
+        // Keep Alive Timer 300 ms; Keep Alive every 50 ms for a second: still up.
+        let mut kato = SubmissionEntry::new(admin::SET_FEATURES, 0);
+        kato.cdw10 = crate::nvmf::admin::features::KEEP_ALIVE_TIMER;
+        kato.cdw11 = 300;
+        assert!(a.command(kato, &[]).0.status().is_success());
+        let ka = SubmissionEntry::new(crate::nvmf::admin::opcode::KEEP_ALIVE, 0);
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(a.command(ka, &[]).0.status().is_success());
+        }
+        assert!(q
+            .command(Host::rw(nvm::READ, 0, 8, 4096), &[])
+            .0
+            .status()
+            .is_success());
+        // Quiet: both connections end.
+        let started = std::time::Instant::now();
+        for s in [&mut a.s, &mut q.s] {
+            let mut rest = Vec::new();
+            assert!(
+                s.read_to_end(&mut rest).is_ok(),
+                "the connection did not end"
+            );
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(250),
+            "ended after {took:?}, before its KATO"
+        );
+    });
+}

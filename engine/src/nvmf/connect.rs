@@ -26,6 +26,7 @@ use super::fabrics::{
 use super::identify::{ControllerInfo, DiscoveryEntry, NamespaceInfo};
 use crate::bdev::BdevId;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Byte offsets of Connect's fields in the submission entry, for IPO.
@@ -89,6 +90,9 @@ pub struct ControllerSlot {
     pub host_id: [u8; 16],
     /// I/O queues connected, by id (1-based; bit 0 unused).
     io_queues: Vec<bool>,
+    /// Set when the controller ends (its admin queue closed, or its keep alive expired):
+    /// every queue's connection watches it and ends too.
+    pub ended: Arc<AtomicBool>,
 }
 
 pub type SharedController = Arc<Mutex<ControllerSlot>>;
@@ -227,6 +231,7 @@ impl Controllers {
             host_nqn: data.host_nqn.clone(),
             host_id: data.host_id,
             io_queues: vec![false; l.max_io_queues as usize + 1],
+            ended: Arc::new(AtomicBool::new(false)),
         }));
         table.insert(cntlid, Arc::clone(&shared));
         Ok(Connected {
@@ -238,11 +243,13 @@ impl Controllers {
     }
 
     /// Queue `qid` of controller `cntlid` went away (its connection closed). When the admin
-    /// queue goes, the controller goes with it (its I/O queues find it gone at their next
-    /// admin-side lookup, and end with their connections).
+    /// queue goes, the controller goes with it, and its I/O queues' connections end
+    /// (`ControllerSlot::ended`).
     pub fn disconnect(&self, cntlid: u16, qid: u16) {
         if qid == 0 {
-            self.table().remove(&cntlid);
+            if let Some(c) = self.table().remove(&cntlid) {
+                lock(&c).ended.store(true, Ordering::Release);
+            }
             return;
         }
         if let Some(c) = self.table().get(&cntlid) {

@@ -16,7 +16,7 @@
 //!   round robin, counted per address so subsystems can share a port.
 //!
 //! Still to build on them: the `nvmf_*` RPCs' subsystem registry as the target's
-//! [`connect::Directory`], keep-alive timeouts, and the initiator bdev.
+//! [`connect::Directory`], and the initiator bdev.
 
 pub mod admin;
 pub mod conn;
