@@ -3,7 +3,7 @@
 //! `tidepoold --json` read and `save_config` writes.
 //!
 //! The `bdev` subsystem's entries run in order through [`create_bdevs`], the same function
-//! the RPC methods use. The `pool`, `balancer` and `nbd` subsystems need the running engine:
+//! the RPC methods use. The `pool`, `balancer`, `nbd` and `nvmf` subsystems need the running engine:
 //! [`deferred_entries`] hands their entries to the caller, which runs them once the reactors
 //! are up. Other subsystems are accepted only when their config is empty (an SPDK config
 //! lists many; tidepool has nothing to set in them). Loading is all or nothing: on the
@@ -179,12 +179,13 @@ pub fn create_bdev(
 /// Subsystems whose entries need the running engine, in the order they run, with the
 /// method prefixes each accepts: [`apply`] leaves them to the caller, which runs them through
 /// the RPC methods of the same name once the reactors are up. Pools come first (with the
-/// options their copies run by), so that the balancer finds their shards and NBD can export
-/// their volumes.
+/// options their copies run by), so that the balancer finds their shards and NBD and NVMe-oF
+/// can serve their volumes.
 pub const DEFERRED_SUBSYSTEMS: &[(&str, &[&str])] = &[
     ("pool", &["migration_set_options", "pool_", "volume_"]),
     ("balancer", &["balancer_set_options"]),
     ("nbd", &["nbd_"]),
+    ("nvmf", &["nvmf_"]),
 ];
 
 fn is_deferred(name: &str) -> bool {
@@ -381,15 +382,17 @@ pub const SUBSYSTEMS: &[(&str, &[&str])] = &[
     ("pool", &["bdev"]),
     ("balancer", &["pool"]),
     ("nbd", &["bdev", "pool"]),
+    ("nvmf", &["bdev", "pool"]),
 ];
 
 /// The config that recreates every bdev in `registry` (bases before the bdevs stacked on
-/// them), then the `pool`, `balancer` and `nbd` entries given.
+/// them), then the `pool`, `balancer`, `nbd` and `nvmf` entries given.
 pub fn save(
     registry: &BdevRegistry,
     pool: Vec<Value>,
     balancer: Vec<Value>,
     nbd: Vec<Value>,
+    nvmf: Vec<Value>,
 ) -> Value {
     let entries: Vec<Value> = registry
         .list()
@@ -402,6 +405,7 @@ pub fn save(
         {"subsystem": "pool", "config": pool},
         {"subsystem": "balancer", "config": balancer},
         {"subsystem": "nbd", "config": nbd},
+        {"subsystem": "nvmf", "config": nvmf},
     ]})
 }
 
@@ -429,7 +433,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(made, ["M0", "EE_M0", "N0", "D0"]);
-        let saved = save(&reg, Vec::new(), Vec::new(), Vec::new());
+        let saved = save(&reg, Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let reg2 = BdevRegistry::new();
         assert_eq!(apply(&saved, &reg2).unwrap(), made);
         assert_eq!(reg2.lookup("EE_M0").unwrap().1.info().num_blocks, 256);
@@ -441,7 +445,13 @@ mod tests {
 
     #[test]
     fn save_writes_the_listed_subsystems_in_order_each_after_its_dependencies() {
-        let saved = save(&BdevRegistry::new(), Vec::new(), Vec::new(), Vec::new());
+        let saved = save(
+            &BdevRegistry::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         let names: Vec<&str> = saved["subsystems"]
             .as_array()
             .unwrap()
@@ -531,8 +541,8 @@ mod tests {
                 "submit_hold_us",
             ),
             (
-                json!({"subsystems": [{"subsystem": "nvmf", "config": [{"method": "x"}]}]}),
-                "nvmf",
+                json!({"subsystems": [{"subsystem": "iscsi", "config": [{"method": "x"}]}]}),
+                "iscsi",
             ),
         ] {
             let err = apply(&bad, &reg).unwrap_err().to_string();
@@ -541,11 +551,13 @@ mod tests {
     }
 
     /// The subsystems that need the engine come back in run order (pools and their copy
-    /// options, then the balancer, then NBD) whatever order the file lists them in; a method
+    /// options, then the balancer, then NBD, then NVMe-oF) whatever order the file lists them in; a method
     /// that does not belong to its subsystem is refused by name.
     #[test]
     fn deferred_entries_run_in_subsystem_order_and_stay_in_their_subsystem() {
         let config = json!({"subsystems": [
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}]},
             {"subsystem": "nbd", "config": [{"method": "nbd_start_disk", "params": {"n": 1}}]},
             {"subsystem": "balancer", "config": [
                 {"method": "balancer_set_options", "params": {"enabled": true}}]},
@@ -564,7 +576,8 @@ mod tests {
                 "migration_set_options",
                 "pool_create",
                 "balancer_set_options",
-                "nbd_start_disk"
+                "nbd_start_disk",
+                "nvmf_create_transport"
             ]
         );
         let astray = json!({"subsystems": [{"subsystem": "balancer", "config": [

@@ -24,4 +24,5 @@ pub mod connect;
 pub mod fabrics;
 pub mod identify;
 pub mod pdu;
+pub mod subsystem;
 pub mod target;

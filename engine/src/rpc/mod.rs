@@ -27,6 +27,7 @@ use crate::balancer::Balancer;
 use crate::bdev::{BdevError, BdevRegistry};
 use crate::config::CreateError;
 use crate::nbd::{NbdError, NbdService};
+use crate::nvmf::subsystem::{NvmfError, Subsystems};
 use crate::pool::{PoolError, PoolService};
 use crate::reactor::{Engine, EngineError};
 use serde::de::DeserializeOwned;
@@ -103,6 +104,7 @@ pub struct Services {
     pub engine: Arc<Engine>,
     pub registry: Arc<BdevRegistry>,
     pub nbd: NbdService,
+    pub nvmf: Arc<Subsystems>,
     pub pools: Arc<PoolService>,
     pub balancer: Balancer,
 }
@@ -114,6 +116,7 @@ impl Services {
             engine: Arc::clone(engine),
             registry: Arc::clone(registry),
             nbd: NbdService::new(Arc::clone(engine), Arc::clone(registry)),
+            nvmf: Arc::new(Subsystems::new(Arc::clone(registry))),
             balancer: Balancer::start(Arc::clone(engine), Arc::clone(&pools)),
             pools,
         }
@@ -133,6 +136,26 @@ impl From<NbdError> for RpcError {
             NbdError::Busy(_) => -libc::EBUSY,
             NbdError::Bdev(_) => unreachable!("converted above"),
             NbdError::Listen { .. } => -libc::EADDRINUSE,
+        };
+        RpcError::new(code, e.to_string())
+    }
+}
+
+impl From<NvmfError> for RpcError {
+    fn from(e: NvmfError) -> RpcError {
+        let code = match &e {
+            NvmfError::Bdev(_) => match e {
+                NvmfError::Bdev(b) => return b.into(),
+                _ => unreachable!("matched above"),
+            },
+            NvmfError::InvalidParam { .. } => INVALID_PARAMS,
+            NvmfError::Exists(_) => -libc::EEXIST,
+            NvmfError::NotFound(_) => -libc::ENODEV,
+            NvmfError::Busy(_) => -libc::EBUSY,
+            NvmfError::Limit(_) => -libc::ENOSPC,
+            NvmfError::NoTransport(_) => -libc::EINVAL,
+            NvmfError::HostNotAllowed { .. } => -libc::EPERM,
+            NvmfError::Listen { .. } => -libc::EADDRINUSE,
         };
         RpcError::new(code, e.to_string())
     }

@@ -219,6 +219,12 @@ fn flush_all(engine: &Engine, registry: &BdevRegistry) {
 /// The call that takes back what a config entry wrote on the devices, if anything (the
 /// other entries change only the running daemon, which exits).
 fn undo_of(method: &str, params: &Value) -> Option<(&'static str, Value)> {
+    if method == "nvmf_create_subsystem" {
+        // Deleting the subsystem releases its namespaces' bdevs and closes its listeners,
+        // so the entries that filled it need no undo of their own.
+        let nqn = params.get("nqn")?.clone();
+        return Some(("nvmf_delete_subsystem", serde_json::json!({ "nqn": nqn })));
+    }
     let name = params.get("name")?.clone();
     match method {
         "pool_create" => Some(("pool_delete", serde_json::json!({ "name": name }))),

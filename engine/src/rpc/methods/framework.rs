@@ -87,6 +87,7 @@ fn save_config(
         services.pools.config_entries(),
         services.balancer.config_entries(),
         services.nbd.config_entries(),
+        services.nvmf.config_entries(),
     ))
 }
 

@@ -10,6 +10,7 @@ pub mod framework;
 pub mod load;
 pub mod nbd;
 pub mod nvme;
+pub mod nvmf;
 pub mod pool;
 pub mod testing;
 
@@ -45,6 +46,7 @@ pub fn all() -> Vec<Method> {
     methods.extend(nvme::methods());
     methods.extend(pool::methods());
     methods.extend(nbd::methods());
+    methods.extend(nvmf::methods());
     methods.extend(load::methods());
     methods.extend(balancer::methods());
     methods
