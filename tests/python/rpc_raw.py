@@ -102,7 +102,14 @@ def scenario_methods(scratch):
               "bdev_null_delete", "bdev_uring_create", "bdev_uring_delete", "bdev_error_create",
               "bdev_error_delete", "bdev_error_inject_error", "bdev_delay_create",
               "bdev_delay_delete", "bdev_delay_update_latency", "bdev_nvme_attach_controller",
-              "bdev_nvme_detach_controller", "bdev_nvme_get_controllers"]:
+              "bdev_nvme_detach_controller", "bdev_nvme_get_controllers",
+              "nvmf_create_transport", "nvmf_get_transports", "nvmf_create_subsystem",
+              "nvmf_delete_subsystem", "nvmf_get_subsystems", "nvmf_subsystem_add_ns",
+              "nvmf_subsystem_remove_ns", "nvmf_subsystem_add_listener",
+              "nvmf_subsystem_remove_listener", "nvmf_subsystem_add_host",
+              "nvmf_subsystem_remove_host", "nvmf_subsystem_allow_any_host",
+              "nvmf_subsystem_get_controllers", "nvmf_subsystem_get_qpairs",
+              "nvmf_subsystem_get_listeners"]:
         check(m in methods, f"rpc_get_methods lists {m}")
     reactors = result(c.call("framework_get_reactors"), "framework_get_reactors")
     check(reactors["tick_rate"] > 0 and len(reactors["reactors"]) >= 1, "reactors reported")
@@ -252,6 +259,42 @@ def scenario_framing(scratch):
     c.send(json.dumps([{"jsonrpc": "2.0", "method": "rpc_get_methods"}, {"jsonrpc": "2.0", "method": "bdev_get_bdevs"}]))
     c.send(json.dumps({"jsonrpc": "2.0", "method": "rpc_get_methods", "id": "after"}))
     check(c.recv().get("id") == "after", "an all-notification batch gets no response")
+    # The NVMe-oF target's bad input: each refused by name, and nothing changes.
+    nqn = "nqn.2016-06.io.spdk:raw"
+    check(result(c.call("nvmf_create_transport", {"trtype": "TCP"}), "nvmf_create_transport") is True, "nvmf_create_transport")
+    result(c.call("nvmf_create_subsystem", {"nqn": nqn}), "nvmf_create_subsystem")
+    result(c.call("bdev_malloc_create", {"name": "RawNs", "num_blocks": 64, "block_size": 4096}), "create RawNs")
+    check(result(c.call("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": "RawNs"}}), "add_ns") == 1, "nvmf_subsystem_add_ns returns nsid 1")
+    listed = result(c.call("nvmf_get_subsystems"), "nvmf_get_subsystems")
+    check(listed[0]["nqn"] == "nqn.2014-08.org.nvmexpress.discovery" and listed[0]["subtype"] == "Discovery", "the discovery subsystem comes first", json.dumps(listed[0]))
+    check(listed[1]["nqn"] == nqn and listed[1]["subtype"] == "NVMe" and listed[1]["namespaces"][0]["bdev_name"] == "RawNs", "the new subsystem is listed", json.dumps(listed[1]))
+    for method, params, code, needle in [
+        ("nvmf_create_transport", {"trtype": "TCP"}, -17, "already exists"),
+        ("nvmf_create_transport", {"trtype": "PCIe"}, -32602, "only TCP"),
+        ("nvmf_create_transport", {"trtype": "TCP", "max_queue_depth": -1}, -32602, "max_queue_depth"),
+        ("nvmf_create_subsystem", {"nqn": nqn}, -17, "already exists"),
+        ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:" + "x" * 210}, -32602, "at most 223"),
+        ("nvmf_create_subsystem", {"nqn": "nqn.2014-08.org.nvmexpress.discovery"}, -32602, "always exists"),
+        ("nvmf_create_subsystem", {"nqn": ["nqn.2016-06.io.spdk:a"]}, -32602, "nqn"),
+        ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:b", "allow_any_host": 1}, -32602, "allow_any_host"),
+        ("nvmf_delete_subsystem", {"nqn": "nqn.2016-06.io.spdk:ghost"}, -19, "ghost"),
+        ("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": "ghost"}}, -19, "ghost"),
+        ("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": "RawNs", "nsid": 4294967295}}, -32602, "nsid"),
+        ("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": "RawNs"}, -32602, "namespace"),
+        ("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": "RawNs"}}, -16, "in use"),
+        ("bdev_malloc_delete", {"name": "RawNs"}, -16, "NVMe-oF subsystem"),
+        ("nvmf_subsystem_remove_ns", {"nqn": nqn, "nsid": 2}, -19, "nsid 2"),
+        ("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": 4420}}, -32602, "trsvcid"),
+        ("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": {"trtype": "TCP", "traddr": "300.1.1.1", "trsvcid": "4420"}}, -32602, "traddr"),
+        ("nvmf_subsystem_add_host", {"nqn": nqn, "host": "bob"}, -32602, "host"),
+        ("nvmf_subsystem_remove_host", {"nqn": nqn, "host": "nqn.2016-06.io.spdk:bob"}, -19, "bob"),
+        ("nvmf_subsystem_allow_any_host", {"nqn": nqn, "allow_any_host": None}, -32602, "allow_any_host"),
+        ("nvmf_get_subsystems", {"nqn": "nqn.2016-06.io.spdk:ghost"}, -19, "ghost"),
+    ]:
+        error(c.call(method, params), code, f"{method} {json.dumps(params)}", needle)
+    check(result(c.call("nvmf_get_subsystems"), "after the refusals") == listed, "the refusals changed nothing")
+    result(c.call("nvmf_delete_subsystem", {"nqn": nqn}), "cleanup")
+    check(result(c.call("bdev_malloc_delete", {"name": "RawNs"}), "delete RawNs") is True, "deleting the subsystem released its bdev")
     c.send(json.dumps({"jsonrpc": "2.0", "method": "bdev_null_create", "params": {"name": "NoteN", "num_blocks": 8, "block_size": 512}}))
     names = [b["name"] for b in result(c.call("bdev_get_bdevs", rid=7), "list")]
     check("NoteN" in names, "a notification still runs")

@@ -479,3 +479,164 @@ fn save_config_of_a_pool_on_ram_bdevs_starts_again_with_the_same_layout() {
     let pools = d.tpctl_ok(&["call", "pool_get_pools", "{}"]);
     assert_eq!(pools[0]["shard_size_kib"], 16 * 1024, "{pools}");
 }
+
+/// The NVMe-oF target's control plane in rpc.py's forms: a transport, a subsystem with a
+/// host, namespaces and a listener; bad input refused with the daemon unchanged; then
+/// `save_config` loaded with `--json` gives the same subsystems.
+#[test]
+fn nvmf_subsystems_in_rpc_py_forms_survive_save_config_and_json() {
+    let s = Scratch::new("rpc-nvmf");
+    let saved_path = s.join("saved.json");
+    let nqn = "nqn.2016-06.io.spdk:cnode1";
+    let host = "nqn.2016-06.io.example:host1";
+    let (before, transports) = {
+        let d = Daemon::start(&s, "first", &[]);
+        d.tpctl_ok(&["bdev_malloc_create", "-b", "M0", "4", "512"]);
+        d.tpctl_ok(&["bdev_null_create", "N0", "4", "4096"]);
+        d.tpctl_ok(&["bdev_null_create", "N1", "4", "4096"]);
+        let listen = ["-t", "tcp", "-a", "127.0.0.1", "-s", "4420"];
+        // A listener needs the transport first, as in SPDK.
+        let out = d.tpctl(&[&["nvmf_subsystem_add_listener", nqn][..], &listen[..]].concat());
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(
+            d.tpctl_ok(&[
+                "nvmf_create_transport",
+                "-t",
+                "TCP",
+                "-q",
+                "64",
+                "-c",
+                "8192"
+            ]),
+            true
+        );
+        let out = d.tpctl(&["nvmf_create_transport", "-t", "TCP"]);
+        assert_eq!(out.status.code(), Some(1), "only once: {}", text(&out));
+        d.tpctl_ok(&[
+            "nvmf_create_subsystem",
+            nqn,
+            "-s",
+            "SPDK001",
+            "-d",
+            "tidepool",
+            "-m",
+            "8",
+        ]);
+        d.tpctl_ok(&["nvmf_create_subsystem", "nqn.2016-06.io.spdk:open", "-a"]);
+        assert_eq!(d.tpctl_ok(&["nvmf_subsystem_add_ns", nqn, "M0"]), 1);
+        assert_eq!(
+            d.tpctl_ok(&["nvmf_subsystem_add_ns", nqn, "N0", "-n", "5"]),
+            5
+        );
+        assert_eq!(d.tpctl_ok(&["nvmf_subsystem_add_ns", nqn, "N1"]), 2);
+        assert_eq!(d.tpctl_ok(&["nvmf_subsystem_remove_ns", nqn, "2"]), true);
+        d.tpctl_ok(&[&["nvmf_subsystem_add_listener", nqn][..], &listen[..]].concat());
+        d.tpctl_ok(&[
+            "nvmf_subsystem_add_listener",
+            "nqn.2014-08.org.nvmexpress.discovery",
+            "-t",
+            "tcp",
+            "-a",
+            "::1",
+            "-s",
+            "8009",
+            "-f",
+            "ipv6",
+        ]);
+        d.tpctl_ok(&["nvmf_subsystem_add_host", nqn, host]);
+        d.tpctl_ok(&["nvmf_subsystem_allow_any_host", nqn, "-e"]);
+        d.tpctl_ok(&["nvmf_subsystem_allow_any_host", nqn, "-d"]);
+
+        // Refusals: exit 1, the server's reason, nothing changed.
+        let listed = d.tpctl_ok(&["nvmf_get_subsystems"]);
+        for (args, needle) in [
+            (vec!["nvmf_create_subsystem", "cnode9"], "not a valid NQN"),
+            (vec!["nvmf_create_subsystem", nqn], "already exists"),
+            (
+                vec![
+                    "nvmf_delete_subsystem",
+                    "nqn.2014-08.org.nvmexpress.discovery",
+                ],
+                "cannot be deleted",
+            ),
+            (vec!["nvmf_subsystem_add_ns", nqn, "M0"], "in use"),
+            (vec!["nvmf_subsystem_add_ns", nqn, "nope"], "nope"),
+            (
+                vec!["nvmf_subsystem_add_ns", nqn, "N1", "-n", "9"],
+                "max_namespaces",
+            ),
+            (
+                vec!["nvmf_subsystem_add_host", nqn, "host1"],
+                "not a valid NQN",
+            ),
+            (
+                vec![
+                    "nvmf_subsystem_add_listener",
+                    nqn,
+                    "-t",
+                    "tcp",
+                    "-a",
+                    "127.0.0.1",
+                    "-s",
+                    "0",
+                ],
+                "trsvcid",
+            ),
+            (vec!["bdev_malloc_delete", "M0"], "NVMe-oF subsystem"),
+        ] {
+            let out = d.tpctl(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+            assert!(err.contains(needle), "{args:?}: '{err}' lacks '{needle}'");
+        }
+        let out = d.tpctl(&["nvmf_subsystem_allow_any_host", nqn]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "-e or -d is required: {}",
+            text(&out)
+        );
+        assert_eq!(d.tpctl_ok(&["nvmf_get_subsystems"]), listed);
+
+        let one = &d.tpctl_ok(&["nvmf_get_subsystems", nqn])[0];
+        assert_eq!(one["serial_number"], "SPDK001");
+        assert_eq!(one["allow_any_host"], false);
+        assert_eq!(one["hosts"][0]["nqn"], host);
+        let nsids: Vec<u64> = one["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["nsid"].as_u64().unwrap())
+            .collect();
+        assert_eq!(nsids, [1, 5]);
+        assert_eq!(
+            d.tpctl_ok(&["nvmf_subsystem_get_controllers", nqn]),
+            serde_json::json!([])
+        );
+        let subsystems = d.tpctl_ok(&["framework_get_subsystems"]);
+        assert!(subsystems
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["subsystem"] == "nvmf"));
+        let config = d.tpctl_ok(&["framework_get_config", "nvmf"]);
+        let saved = d.tpctl_ok(&["save_config"]);
+        let in_saved = saved["subsystems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["subsystem"] == "nvmf")
+            .unwrap()["config"]
+            .clone();
+        assert_eq!(config, in_saved, "both ways of saving agree");
+        std::fs::write(&saved_path, serde_json::to_string_pretty(&saved).unwrap()).unwrap();
+        (listed, d.tpctl_ok(&["nvmf_get_transports"]))
+    };
+    let d = Daemon::start(&s, "second", &["--json", &saved_path]);
+    assert_eq!(d.tpctl_ok(&["nvmf_get_subsystems"]), before);
+    assert_eq!(d.tpctl_ok(&["nvmf_get_transports"]), transports);
+    assert_eq!(transports[0]["in_capsule_data_size"], 8192);
+    // Deleting a subsystem releases its bdevs.
+    d.tpctl_ok(&["nvmf_delete_subsystem", nqn]);
+    d.tpctl_ok(&["bdev_malloc_delete", "M0"]);
+}

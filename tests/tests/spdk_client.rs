@@ -107,6 +107,36 @@ fn spdk_rpc_saves_a_config_and_loads_it_into_a_fresh_daemon_unchanged() {
         vec!["nbd_server_start", "-a", &format!("unix:{nbd}")],
         vec!["nbd_export_create", "eu", "vu"],
         vec!["nbd_export_create", "em", "vm", "--read-only"],
+        // The NVMe-oF target's subsystems: SPDK's client saves and loads them by SPDK's names.
+        vec!["nvmf_create_transport", "-t", "TCP", "-q", "64"],
+        vec![
+            "nvmf_create_subsystem",
+            "nqn.2016-06.io.spdk:cnode1",
+            "-s",
+            "SPDK00000000000001",
+        ],
+        vec![
+            "nvmf_subsystem_add_ns",
+            "nqn.2016-06.io.spdk:cnode1",
+            "EE_N0",
+            "-n",
+            "3",
+        ],
+        vec![
+            "nvmf_subsystem_add_host",
+            "nqn.2016-06.io.spdk:cnode1",
+            "nqn.2016-06.io.example:host1",
+        ],
+        vec![
+            "nvmf_subsystem_add_listener",
+            "nqn.2016-06.io.spdk:cnode1",
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            "4420",
+        ],
     ] {
         let out = d1.tpctl(&args);
         assert!(out.status.success(), "tpctl {args:?}: {}", text(&out));
@@ -114,6 +144,7 @@ fn spdk_rpc_saves_a_config_and_loads_it_into_a_fresh_daemon_unchanged() {
     let bdevs1 = d1.tpctl_ok(&["bdev_get_bdevs"]);
     let volumes1 = d1.tpctl_ok(&["volume_get_volumes"]);
     let exports1 = d1.tpctl_ok(&["nbd_get_exports"]);
+    let nvmf1 = d1.tpctl_ok(&["nvmf_get_subsystems"]);
     let config1 = spdk(&d1.socket, &["save_config"], None);
     std::fs::write(&saved, &config1).expect("write saved config");
     // The first daemon lets go of the files (and the NBD socket path) before the second one
@@ -171,6 +202,7 @@ fn spdk_rpc_saves_a_config_and_loads_it_into_a_fresh_daemon_unchanged() {
         exports(&exports2),
         "{exports1} / {exports2}"
     );
+    assert_eq!(d2.tpctl_ok(&["nvmf_get_subsystems"]), nvmf1);
     // A subsystem nobody has is an error that says where to look, not an empty config.
     let out = Command::new(spdk_rpc())
         .args(["-s", &d2.socket, "framework_get_config", "iscsi"])

@@ -47,7 +47,7 @@ enum Method {
     SaveConfig,
     /// The config's subsystems in the order they run, each with what it depends on
     FrameworkGetSubsystems,
-    /// One subsystem's config entries (bdev, pool, balancer, nbd)
+    /// One subsystem's config entries (bdev, pool, balancer, nbd, nvmf)
     FrameworkGetConfig {
         /// Subsystem name
         name: String,
@@ -321,6 +321,141 @@ enum Method {
         #[arg(short = 'n', long = "name")]
         name: Option<String>,
     },
+    /// Create the NVMe-oF transport (TCP only; once)
+    NvmfCreateTransport {
+        /// Transport type: TCP
+        #[arg(short = 't', long = "trtype")]
+        trtype: String,
+        #[arg(short = 'q', long = "max-queue-depth")]
+        max_queue_depth: Option<u32>,
+        #[arg(short = 'm', long = "max-io-qpairs-per-ctrlr")]
+        max_io_qpairs_per_ctrlr: Option<u32>,
+        #[arg(short = 'c', long = "in-capsule-data-size")]
+        in_capsule_data_size: Option<u32>,
+        #[arg(short = 'i', long = "max-io-size")]
+        max_io_size: Option<u32>,
+        #[arg(short = 'u', long = "io-unit-size")]
+        io_unit_size: Option<u32>,
+        #[arg(short = 'a', long = "max-aq-depth")]
+        max_aq_depth: Option<u32>,
+        #[arg(short = 'n', long = "num-shared-buffers")]
+        num_shared_buffers: Option<u32>,
+        #[arg(short = 'b', long = "buf-cache-size")]
+        buf_cache_size: Option<u32>,
+        /// Zero-copy sends
+        #[arg(short = 'z', long = "zcopy")]
+        zcopy: bool,
+        /// Disable the C2H success optimization (send a response capsule after each read)
+        #[arg(short = 'o', long = "c2h-success")]
+        no_c2h_success: bool,
+        #[arg(short = 'y', long = "sock-priority")]
+        sock_priority: Option<u32>,
+        #[arg(long = "abort-timeout-sec")]
+        abort_timeout_sec: Option<u32>,
+    },
+    /// The NVMe-oF transport and its options
+    NvmfGetTransports {
+        #[arg(short = 't', long = "trtype")]
+        trtype: Option<String>,
+    },
+    /// Create an NVM subsystem
+    NvmfCreateSubsystem {
+        nqn: String,
+        /// Serial number (up to 20 ASCII characters)
+        #[arg(short = 's', long = "serial-number")]
+        serial_number: Option<String>,
+        /// Model number (up to 40 ASCII characters)
+        #[arg(short = 'd', long = "model-number")]
+        model_number: Option<String>,
+        /// Let any host connect
+        #[arg(short = 'a', long = "allow-any-host")]
+        allow_any_host: bool,
+        /// Most namespaces (default 32)
+        #[arg(short = 'm', long = "max-namespaces")]
+        max_namespaces: Option<u32>,
+    },
+    /// Delete an NVM subsystem; its bdevs are released
+    NvmfDeleteSubsystem { nqn: String },
+    /// Subsystems with their listeners, hosts and namespaces, or one
+    NvmfGetSubsystems { nqn: Option<String> },
+    /// Serve BDEV_NAME as a namespace of NQN (prints the nsid)
+    NvmfSubsystemAddNs {
+        nqn: String,
+        bdev_name: String,
+        /// Namespace ID (default: the lowest free)
+        #[arg(short = 'n', long = "nsid")]
+        nsid: Option<u32>,
+        /// Namespace UUID (default: the bdev's)
+        #[arg(short = 'u', long = "uuid")]
+        uuid: Option<String>,
+        /// Refuse writes (tidepool's; SPDK has no such option)
+        #[arg(short = 'r', long = "read-only")]
+        read_only: bool,
+    },
+    /// Remove namespace NSID from NQN
+    NvmfSubsystemRemoveNs { nqn: String, nsid: u32 },
+    /// Listen for NQN on an address
+    NvmfSubsystemAddListener {
+        nqn: String,
+        #[command(flatten)]
+        address: ListenArgs,
+    },
+    /// Stop listening for NQN on an address
+    NvmfSubsystemRemoveListener {
+        nqn: String,
+        #[command(flatten)]
+        address: ListenArgs,
+    },
+    /// Allow HOST (a host NQN) to connect to NQN
+    NvmfSubsystemAddHost { nqn: String, host: String },
+    /// Take HOST off NQN's allowed hosts
+    NvmfSubsystemRemoveHost { nqn: String, host: String },
+    /// Let any host connect to NQN (-e), or only the listed ones (-d)
+    NvmfSubsystemAllowAnyHost {
+        nqn: String,
+        #[arg(
+            short = 'e',
+            long = "enable",
+            conflicts_with = "disable",
+            required_unless_present = "disable"
+        )]
+        enable: bool,
+        #[arg(short = 'd', long = "disable")]
+        disable: bool,
+    },
+    /// Controllers connected to NQN
+    NvmfSubsystemGetControllers { nqn: String },
+    /// Queue pairs connected to NQN
+    NvmfSubsystemGetQpairs { nqn: String },
+    /// Listeners of NQN
+    NvmfSubsystemGetListeners { nqn: String },
+}
+
+/// rpc.py's listener options.
+#[derive(clap::Args, Debug)]
+struct ListenArgs {
+    /// Transport type: tcp
+    #[arg(short = 't', long = "trtype")]
+    trtype: String,
+    /// IP address
+    #[arg(short = 'a', long = "traddr")]
+    traddr: String,
+    /// Port
+    #[arg(short = 's', long = "trsvcid")]
+    trsvcid: String,
+    /// Address family: ipv4 or ipv6 (default ipv4)
+    #[arg(short = 'f', long = "adrfam")]
+    adrfam: Option<String>,
+}
+
+impl ListenArgs {
+    fn to_json(&self) -> Value {
+        let mut a = json!({"trtype": self.trtype, "traddr": self.traddr, "trsvcid": self.trsvcid});
+        if let Some(f) = &self.adrfam {
+            a["adrfam"] = json!(f);
+        }
+        a
+    }
 }
 
 /// Bytes in a MiB, for rpc.py's sizes.
@@ -558,6 +693,105 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
         ),
         Method::NbdExportDelete { name } => ("nbd_export_delete", json!({"name": name})),
         Method::NbdGetExports { name } => ("nbd_get_exports", json!({"name": name})),
+        Method::NvmfCreateTransport {
+            trtype,
+            max_queue_depth,
+            max_io_qpairs_per_ctrlr,
+            in_capsule_data_size,
+            max_io_size,
+            io_unit_size,
+            max_aq_depth,
+            num_shared_buffers,
+            buf_cache_size,
+            zcopy,
+            no_c2h_success,
+            sock_priority,
+            abort_timeout_sec,
+        } => (
+            "nvmf_create_transport",
+            json!({"trtype": trtype, "max_queue_depth": max_queue_depth,
+                "max_io_qpairs_per_ctrlr": max_io_qpairs_per_ctrlr,
+                "in_capsule_data_size": in_capsule_data_size, "max_io_size": max_io_size,
+                "io_unit_size": io_unit_size, "max_aq_depth": max_aq_depth,
+                "num_shared_buffers": num_shared_buffers, "buf_cache_size": buf_cache_size,
+                "zcopy": zcopy.then_some(true), "c2h_success": no_c2h_success.then_some(false),
+                "sock_priority": sock_priority, "abort_timeout_sec": abort_timeout_sec}),
+        ),
+        Method::NvmfGetTransports { trtype } => {
+            ("nvmf_get_transports", json!({ "trtype": trtype }))
+        }
+        Method::NvmfCreateSubsystem {
+            nqn,
+            serial_number,
+            model_number,
+            allow_any_host,
+            max_namespaces,
+        } => (
+            "nvmf_create_subsystem",
+            json!({"nqn": nqn, "serial_number": serial_number, "model_number": model_number,
+                "allow_any_host": allow_any_host.then_some(true),
+                "max_namespaces": max_namespaces}),
+        ),
+        Method::NvmfDeleteSubsystem { nqn } => ("nvmf_delete_subsystem", json!({ "nqn": nqn })),
+        Method::NvmfGetSubsystems { nqn } => ("nvmf_get_subsystems", json!({ "nqn": nqn })),
+        Method::NvmfSubsystemAddNs {
+            nqn,
+            bdev_name,
+            nsid,
+            uuid,
+            read_only,
+        } => {
+            let mut ns = json!({"bdev_name": bdev_name});
+            for (key, value) in [
+                ("nsid", json!(nsid)),
+                ("uuid", json!(uuid)),
+                ("read_only", json!(read_only.then_some(true))),
+            ] {
+                if !value.is_null() {
+                    ns[key] = value;
+                }
+            }
+            (
+                "nvmf_subsystem_add_ns",
+                json!({"nqn": nqn, "namespace": ns}),
+            )
+        }
+        Method::NvmfSubsystemRemoveNs { nqn, nsid } => (
+            "nvmf_subsystem_remove_ns",
+            json!({"nqn": nqn, "nsid": nsid}),
+        ),
+        Method::NvmfSubsystemAddListener { nqn, address } => (
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": nqn, "listen_address": address.to_json()}),
+        ),
+        Method::NvmfSubsystemRemoveListener { nqn, address } => (
+            "nvmf_subsystem_remove_listener",
+            json!({"nqn": nqn, "listen_address": address.to_json()}),
+        ),
+        Method::NvmfSubsystemAddHost { nqn, host } => {
+            ("nvmf_subsystem_add_host", json!({"nqn": nqn, "host": host}))
+        }
+        Method::NvmfSubsystemRemoveHost { nqn, host } => (
+            "nvmf_subsystem_remove_host",
+            json!({"nqn": nqn, "host": host}),
+        ),
+        Method::NvmfSubsystemAllowAnyHost {
+            nqn,
+            enable,
+            disable: _,
+        } => (
+            "nvmf_subsystem_allow_any_host",
+            json!({"nqn": nqn, "allow_any_host": enable}),
+        ),
+        Method::NvmfSubsystemGetControllers { nqn } => {
+            ("nvmf_subsystem_get_controllers", json!({ "nqn": nqn }))
+        }
+        Method::NvmfSubsystemGetQpairs { nqn } => {
+            ("nvmf_subsystem_get_qpairs", json!({ "nqn": nqn }))
+        }
+        Method::NvmfSubsystemGetListeners { nqn } => {
+            ("nvmf_subsystem_get_listeners", json!({ "nqn": nqn }))
+        }
         Method::BdevMallocDelete { name } => ("bdev_malloc_delete", json!({"name": name})),
         Method::BdevNullDelete { name } => ("bdev_null_delete", json!({"name": name})),
         Method::BdevUringDelete { name } => ("bdev_uring_delete", json!({"name": name})),
