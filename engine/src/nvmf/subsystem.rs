@@ -227,7 +227,7 @@ impl TransportOptions {
         range("num_shared_buffers", self.num_shared_buffers, 1, 1 << 20)?;
         range("sock_priority", self.sock_priority, 0, 6)?;
         range("abort_timeout_sec", self.abort_timeout_sec, 0, 3600)?;
-        if self.in_capsule_data_size % 16 != 0 {
+        if !self.in_capsule_data_size.is_multiple_of(16) {
             return Err(invalid(
                 "in_capsule_data_size",
                 format!(
@@ -236,7 +236,9 @@ impl TransportOptions {
                 ),
             ));
         }
-        if self.max_io_size % self.io_unit_size != 0 || self.max_io_size / self.io_unit_size > 16 {
+        if !self.max_io_size.is_multiple_of(self.io_unit_size)
+            || self.max_io_size / self.io_unit_size > 16
+        {
             return Err(invalid(
                 "io_unit_size",
                 format!(
