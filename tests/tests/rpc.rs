@@ -1,7 +1,7 @@
 //! tidepoold and tpctl as an operator runs them: a real daemon on a scratch socket, driven by
 //! tpctl and by a raw JSON-RPC client written in Python (standard library only).
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use tidepool_tests::{bin, external, run, text, Daemon, Scratch};
@@ -545,6 +545,10 @@ fn nvmf_subsystems_in_rpc_py_forms_survive_save_config_and_json() {
         ]);
         d.tpctl_ok(&["nvmf_subsystem_add_host", nqn, host]);
         d.tpctl_ok(&["nvmf_subsystem_allow_any_host", nqn, "-e"]);
+        assert_eq!(
+            d.tpctl_ok(&["nvmf_get_subsystems", nqn])[0]["allow_any_host"],
+            true
+        );
         d.tpctl_ok(&["nvmf_subsystem_allow_any_host", nqn, "-d"]);
 
         // Refusals: exit 1, the server's reason, nothing changed.
@@ -639,4 +643,52 @@ fn nvmf_subsystems_in_rpc_py_forms_survive_save_config_and_json() {
     // Deleting a subsystem releases its bdevs.
     d.tpctl_ok(&["nvmf_delete_subsystem", nqn]);
     d.tpctl_ok(&["bdev_malloc_delete", "M0"]);
+}
+
+/// A `--json` config that fails after an NVMe-oF subsystem took a volume as a namespace is
+/// undone in reverse: the subsystem is deleted first (releasing the volume), so the volume
+/// and the pool can be, and the mended config starts on devices without a pool on them.
+#[test]
+fn a_failing_config_deletes_its_nvmf_subsystem_so_the_pool_under_it_is_undone() {
+    let s = Scratch::new("rpc-nvmf-undo");
+    let fa = s.join("a.img");
+    std::fs::File::create(&fa)
+        .and_then(|h| h.set_len(64 << 20))
+        .expect("member file");
+    let nqn = "nqn.2016-06.io.spdk:undo";
+    let config = |bad: bool| {
+        let mut nvmf = vec![
+            json!({"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}),
+            json!({"method": "nvmf_create_subsystem", "params": {"nqn": nqn}}),
+            json!({"method": "nvmf_subsystem_add_ns",
+                "params": {"nqn": nqn, "namespace": {"bdev_name": "v"}}}),
+        ];
+        if bad {
+            nvmf.push(json!({"method": "nvmf_subsystem_add_ns",
+                "params": {"nqn": nqn, "namespace": {"bdev_name": "nope"}}}));
+        }
+        let cfg = json!({"subsystems": [
+            {"subsystem": "bdev", "config": [{"method": "bdev_uring_create",
+                "params": {"name": "A", "filename": fa, "block_size": 4096}}]},
+            {"subsystem": "pool", "config": [
+                {"method": "pool_create",
+                    "params": {"name": "p", "base_bdevs": ["A"], "shard_size_mib": 4}},
+                {"method": "volume_create", "params": {"pool": "p", "name": "v", "size_mib": 8}}]},
+            {"subsystem": "nvmf", "config": nvmf},
+        ]});
+        s.file("cfg.json", &cfg.to_string())
+    };
+    let sock = s.join("undo.sock");
+    let out = run("tidepoold", &["-r", &sock, "--json", &config(true)]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope"), "{}", text(&out));
+    let d = Daemon::start(&s, "mended", &["--json", &config(false)]);
+    let listed = d.tpctl_ok(&["nvmf_get_subsystems", nqn]);
+    assert_eq!(listed[0]["namespaces"][0]["bdev_name"], "v", "{listed}");
+    assert!(
+        err.contains("undone with nvmf_delete_subsystem"),
+        "{}",
+        text(&out)
+    );
 }
