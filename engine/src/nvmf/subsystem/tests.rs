@@ -746,6 +746,30 @@ fn hosts_decide_who_connects_and_discovery_lists_what_a_host_may_reach() {
     );
     assert!(nvmf.check_host(NQN, HOST).is_err());
     assert_eq!(nvmf.listen_addresses().len(), 1, "one address, listed once");
+    let err = call(
+        &nvmf,
+        "nvmf_subsystem_add_listener",
+        Some(
+            json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "traddr": "127.000.0.1",
+            "trsvcid": "4420"}}),
+        ),
+    );
+    assert!(err.is_err(), "not an address Rust reads: {err:?}");
+    ok(
+        &nvmf,
+        "nvmf_subsystem_add_listener",
+        json!({"nqn": NQN, "listen_address":
+        {"trtype": "TCP", "adrfam": "IPv6", "traddr": "0:0::1", "trsvcid": "4420"}}),
+    );
+    let err = call(&nvmf, "nvmf_subsystem_add_listener", Some(json!({"nqn": NQN,
+        "listen_address": {"trtype": "TCP", "adrfam": "IPv6", "traddr": "::1", "trsvcid": "4420"}})))
+        .unwrap_err();
+    assert_eq!(
+        err.code,
+        -libc::EEXIST,
+        "one address however it is written: {err}"
+    );
+    assert_eq!(nvmf.listeners(NQN).unwrap()[1].traddr, "::1");
 }
 
 #[test]

@@ -3,8 +3,7 @@
 //! `nvmf_delete_subsystem`, `nvmf_get_subsystems`) and what each holds (namespaces, hosts,
 //! listeners), and the connections the target reports (`nvmf_subsystem_get_controllers`,
 //! `_get_qpairs`, `_get_listeners`). The state lives in [`crate::nvmf::subsystem`]; each
-//! method here only parses its params and calls it, through [`call`], which the unit tests
-//! use without an engine.
+//! method here only parses its params and calls it.
 
 use super::Method;
 use crate::nvmf::subsystem::{
@@ -16,86 +15,112 @@ use serde_json::{json, Value};
 
 type NvmfHandler = fn(&Subsystems, Option<Value>) -> Result<Value, RpcError>;
 
-/// Every method: name, help, handler.
-const TABLE: &[(&str, &str, NvmfHandler)] = &[
+/// One list makes both [`TABLE`] (for [`call`]) and the method table's entries, whose
+/// handlers reach the same functions through `Services::nvmf`.
+macro_rules! nvmf_methods {
+    ($(($name:literal, $help:literal, $f:ident)),* $(,)?) => {
+        /// Every method: name, help, handler.
+        const TABLE: &[(&str, &str, NvmfHandler)] = &[$(($name, $help, $f)),*];
+
+        pub fn methods() -> Vec<Method> {
+            vec![$(Method {
+                name: $name,
+                help: $help,
+                handler: {
+                    fn handler(
+                        s: &Services,
+                        _: &[Method],
+                        p: Option<Value>,
+                    ) -> Result<Value, RpcError> {
+                        $f(&s.nvmf, p)
+                    }
+                    handler
+                },
+            }),*]
+        }
+    };
+}
+
+nvmf_methods![
     (
         "nvmf_create_transport",
         "Create the TCP transport (trtype, max_queue_depth, max_io_qpairs_per_ctrlr, ...); once",
-        create_transport,
+        create_transport
     ),
     (
         "nvmf_get_transports",
         "The transport and its options",
-        get_transports,
+        get_transports
     ),
     (
         "nvmf_create_subsystem",
         "Create an NVM subsystem: nqn, serial_number, model_number, allow_any_host, max_namespaces",
-        create_subsystem,
+        create_subsystem
     ),
     (
         "nvmf_delete_subsystem",
         "Delete a subsystem with no controller connected; its bdevs are released",
-        delete_subsystem,
+        delete_subsystem
     ),
     (
         "nvmf_get_subsystems",
         "Subsystems with their listeners, hosts and namespaces (or the one named by nqn)",
-        get_subsystems,
+        get_subsystems
     ),
     (
         "nvmf_subsystem_add_ns",
         "Serve a bdev as a namespace: nqn, namespace {bdev_name, nsid, uuid}; returns the nsid",
-        add_ns,
+        add_ns
     ),
     (
         "nvmf_subsystem_remove_ns",
         "Remove namespace nsid from subsystem nqn and release its bdev",
-        remove_ns,
+        remove_ns
     ),
     (
         "nvmf_subsystem_add_listener",
         "Listen for subsystem nqn on listen_address {trtype, adrfam, traddr, trsvcid}",
-        add_listener,
+        add_listener
     ),
     (
         "nvmf_subsystem_remove_listener",
         "Stop listening for subsystem nqn on listen_address",
-        remove_listener,
+        remove_listener
     ),
     (
         "nvmf_subsystem_add_host",
         "Allow host (a host NQN) to connect to subsystem nqn",
-        add_host,
+        add_host
     ),
     (
         "nvmf_subsystem_remove_host",
         "Take host off subsystem nqn's allowed hosts",
-        remove_host,
+        remove_host
     ),
     (
         "nvmf_subsystem_allow_any_host",
         "Let any host connect to subsystem nqn (allow_any_host true) or the listed ones only",
-        allow_any_host,
+        allow_any_host
     ),
     (
         "nvmf_subsystem_get_controllers",
         "Controllers connected to subsystem nqn",
-        get_controllers,
+        get_controllers
     ),
     (
         "nvmf_subsystem_get_qpairs",
         "Queue pairs connected to subsystem nqn",
-        get_qpairs,
+        get_qpairs
     ),
     (
         "nvmf_subsystem_get_listeners",
         "Listeners of subsystem nqn",
-        get_listeners,
+        get_listeners
     ),
 ];
 
-/// Runs nvmf method `name` on `nvmf`.
+/// Runs nvmf method `name` on `nvmf` (the unit tests call the methods this way, without an
+/// engine).
 pub fn call(nvmf: &Subsystems, name: &str, params: Option<Value>) -> Result<Value, RpcError> {
     match TABLE.iter().find(|(n, _, _)| *n == name) {
         Some((_, _, handler)) => handler(nvmf, params),
@@ -104,82 +129,6 @@ pub fn call(nvmf: &Subsystems, name: &str, params: Option<Value>) -> Result<Valu
             format!("method '{name}' not found"),
         )),
     }
-}
-
-/// The method table's entries; each handler finds its own row in [`TABLE`] by name.
-pub fn methods() -> Vec<Method> {
-    macro_rules! via_table {
-        ($name:literal) => {{
-            fn handler(s: &Services, _: &[Method], p: Option<Value>) -> Result<Value, RpcError> {
-                call(&s.nvmf, $name, p)
-            }
-            handler as super::Handler
-        }};
-    }
-    let handlers: [(&str, super::Handler); 15] = [
-        ("nvmf_create_transport", via_table!("nvmf_create_transport")),
-        ("nvmf_get_transports", via_table!("nvmf_get_transports")),
-        ("nvmf_create_subsystem", via_table!("nvmf_create_subsystem")),
-        ("nvmf_delete_subsystem", via_table!("nvmf_delete_subsystem")),
-        ("nvmf_get_subsystems", via_table!("nvmf_get_subsystems")),
-        ("nvmf_subsystem_add_ns", via_table!("nvmf_subsystem_add_ns")),
-        (
-            "nvmf_subsystem_remove_ns",
-            via_table!("nvmf_subsystem_remove_ns"),
-        ),
-        (
-            "nvmf_subsystem_add_listener",
-            via_table!("nvmf_subsystem_add_listener"),
-        ),
-        (
-            "nvmf_subsystem_remove_listener",
-            via_table!("nvmf_subsystem_remove_listener"),
-        ),
-        (
-            "nvmf_subsystem_add_host",
-            via_table!("nvmf_subsystem_add_host"),
-        ),
-        (
-            "nvmf_subsystem_remove_host",
-            via_table!("nvmf_subsystem_remove_host"),
-        ),
-        (
-            "nvmf_subsystem_allow_any_host",
-            via_table!("nvmf_subsystem_allow_any_host"),
-        ),
-        (
-            "nvmf_subsystem_get_controllers",
-            via_table!("nvmf_subsystem_get_controllers"),
-        ),
-        (
-            "nvmf_subsystem_get_qpairs",
-            via_table!("nvmf_subsystem_get_qpairs"),
-        ),
-        (
-            "nvmf_subsystem_get_listeners",
-            via_table!("nvmf_subsystem_get_listeners"),
-        ),
-    ];
-    assert_eq!(
-        handlers.len(),
-        TABLE.len(),
-        "every nvmf method has a handler"
-    );
-    TABLE
-        .iter()
-        .map(|(name, help, _)| {
-            let handler = handlers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, h)| *h)
-                .expect("every nvmf method has a handler");
-            Method {
-                name,
-                help,
-                handler,
-            }
-        })
-        .collect()
 }
 
 #[derive(Deserialize)]
