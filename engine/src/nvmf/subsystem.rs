@@ -19,9 +19,11 @@
 //!   `max_namespaces`), [`MAX_HOSTS`], [`MAX_LISTENERS`], [`MAX_CONTROLLERS`] per subsystem,
 //!   and the transport's `max_io_qpairs_per_ctrlr`.
 //!
-//! [`params`] holds what the methods take, each with its checks.
+//! [`params`] holds what the methods take, each with its checks; [`target`] makes the
+//! registry the target's Connect directory and the target the registry's listener binder.
 
 pub mod params;
+pub mod target;
 
 pub use params::{check_nqn, ListenAddress, NamespaceParams, SubsystemParams, TransportOptions};
 
