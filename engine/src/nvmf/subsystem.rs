@@ -100,6 +100,12 @@ pub trait ListenerBinder: Send + Sync {
     fn stop_listening(&self, address: &ListenAddress);
 }
 
+/// Makes the transport's socket side (the target) when the transport is created, from its
+/// options: the daemon's services install one (`rpc::Services`), so that a transport made
+/// by RPC or by a `--json` config serves hosts; a registry without one only keeps state.
+pub type BinderFactory =
+    Box<dyn Fn(&TransportOptions) -> Result<Arc<dyn ListenerBinder>, String> + Send + Sync>;
+
 /// One namespace as the protocol code sees it: the bdev and its geometry when it was added.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceView {
@@ -283,6 +289,7 @@ pub struct Subsystems {
     registry: Arc<BdevRegistry>,
     state: RwLock<State>,
     binder: RwLock<Option<Arc<dyn ListenerBinder>>>,
+    factory: RwLock<Option<BinderFactory>>,
 }
 
 impl Subsystems {
@@ -295,7 +302,13 @@ impl Subsystems {
                 generation: 0,
             }),
             binder: RwLock::new(None),
+            factory: RwLock::new(None),
         }
+    }
+
+    /// Installs what makes the target when the transport is created.
+    pub fn set_binder_factory(&self, factory: BinderFactory) {
+        *self.factory.write().unwrap_or_else(|p| p.into_inner()) = Some(factory);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -349,9 +362,27 @@ impl Subsystems {
                 options.trtype
             )));
         }
+        // The target first: a transport that cannot serve is not created.
+        let factory = self.factory.read().unwrap_or_else(|p| p.into_inner());
+        let binder = match factory.as_ref().map(|f| f(&options)) {
+            Some(Ok(b)) => Some(b),
+            Some(Err(reason)) => {
+                return Err(NvmfError::Listen {
+                    address: format!("the {} transport", options.trtype),
+                    reason,
+                })
+            }
+            None => None,
+        };
+        drop(factory);
         log::info!("nvmf: {} transport created", options.trtype);
         state.transport = Some(options);
         state.generation += 1;
+        drop(state);
+        if let Some(binder) = binder {
+            // No listener exists before the transport: nothing to open yet.
+            self.set_binder(binder)?;
+        }
         Ok(())
     }
 

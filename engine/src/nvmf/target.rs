@@ -10,7 +10,7 @@
 //! listener does not end the connections it accepted. At most [`MAX_CONNECTIONS`] are live;
 //! past that, new ones are closed at once.
 
-use super::conn::TargetConnection;
+use super::conn::{self, TargetConnection};
 use super::connect::{Controllers, Directory, Limits};
 use crate::nbd::waker::SocketWaker;
 use crate::reactor::Engine;
@@ -62,6 +62,12 @@ impl NvmfTarget {
         directory: Arc<dyn Directory + Send + Sync>,
         limits: Limits,
     ) -> std::io::Result<NvmfTarget> {
+        // What a connection serves (`conn`): no more, whatever the transport's options say.
+        let limits = Limits {
+            in_capsule_bytes: limits.in_capsule_bytes.min(conn::IN_CAPSULE_BYTES),
+            mdts: limits.mdts.min(conn::MDTS),
+            ..limits
+        };
         Ok(NvmfTarget {
             shared: Arc::new(Shared {
                 engine,

@@ -27,7 +27,8 @@ use crate::balancer::Balancer;
 use crate::bdev::{BdevError, BdevRegistry};
 use crate::config::CreateError;
 use crate::nbd::{NbdError, NbdService};
-use crate::nvmf::subsystem::{NvmfError, Subsystems};
+use crate::nvmf::subsystem::{ListenerBinder, NvmfError, Subsystems};
+use crate::nvmf::target::NvmfTarget;
 use crate::pool::{PoolError, PoolService};
 use crate::reactor::{Engine, EngineError};
 use serde::de::DeserializeOwned;
@@ -112,11 +113,21 @@ pub struct Services {
 impl Services {
     pub fn new(engine: &Arc<Engine>, registry: &Arc<BdevRegistry>) -> Services {
         let pools = Arc::new(PoolService::new(Arc::clone(engine), Arc::clone(registry)));
+        let nvmf = Arc::new(Subsystems::new(Arc::clone(registry)));
+        // The NVMe/TCP target, made with the transport (its limits are the transport's). It
+        // and the registry hold each other until `Subsystems::clear_binder` (at shutdown).
+        let (for_target, directory) = (Arc::clone(engine), Arc::downgrade(&nvmf));
+        nvmf.set_binder_factory(Box::new(move |options| {
+            let directory = directory.upgrade().ok_or("the nvmf registry is gone")?;
+            let target = NvmfTarget::new(Arc::clone(&for_target), directory, options.limits())
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(target) as Arc<dyn ListenerBinder>)
+        }));
         Services {
             engine: Arc::clone(engine),
             registry: Arc::clone(registry),
             nbd: NbdService::new(Arc::clone(engine), Arc::clone(registry)),
-            nvmf: Arc::new(Subsystems::new(Arc::clone(registry))),
+            nvmf,
             balancer: Balancer::start(Arc::clone(engine), Arc::clone(&pools)),
             pools,
         }

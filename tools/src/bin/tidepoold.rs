@@ -162,6 +162,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     // NBD clients stop being read; each connection finishes its I/O and sends its replies.
     // (NotRunning, when no server was started, needs no action.)
     let _ = services.nbd.stop_server();
+    // NVMe/TCP: the listeners close (connections end with the process); the target and the
+    // registry stop holding each other.
+    services.nvmf.clear_binder();
     drop(services);
     flush_all(&engine, &registry);
     match Arc::try_unwrap(engine) {

@@ -1,0 +1,123 @@
+#!/bin/sh
+# The Linux kernel's NVMe/TCP initiator against tidepoold's target, in the guest (busybox sh,
+# run by main.sh with /tp/env exported; issue 29).
+#
+# Checks, each of which fails the test on its own: tidepoold serves a malloc bdev as namespace
+# 1 of a subsystem listening on 127.0.0.1:4420 (set up by a --json config, then listed by
+# tpctl nvmf_get_subsystems); the kernel connects through /dev/nvme-fabrics, its controller's
+# transport reads tcp and its model and serial are tidepoold's; patterns written with O_DIRECT
+# at several offsets and sizes (4 KiB in the capsule, 1 MiB: R2T, H2CData, split at the
+# target's MDTS) read back the same, and read back the same again through a second connection
+# after the first is deleted; a connect to an unknown subsystem is refused; the discovery
+# controller connects; tidepoold is still serving at the end.
+set -u
+failures=0
+check() {
+    what=$1
+    shift
+    if "$@"; then
+        echo "t_nvmf: ok: $what"
+    else
+        echo "t_nvmf: FAIL: $what"
+        failures=$((failures + 1))
+    fi
+}
+NQN=nqn.2016-06.io.tidepool:guest
+SOCK=/tmp/tp-nvmf.sock
+cat >/tmp/nvmf.json <<J
+{"subsystems":[
+ {"subsystem":"bdev","config":[
+  {"method":"bdev_malloc_create","params":{"name":"M0","num_blocks":131072,"block_size":512}}]},
+ {"subsystem":"nvmf","config":[
+  {"method":"nvmf_create_transport","params":{"trtype":"TCP"}},
+  {"method":"nvmf_create_subsystem","params":{"nqn":"$NQN","allow_any_host":true,"serial_number":"TPGUEST01","model_number":"tidepool"}},
+  {"method":"nvmf_subsystem_add_ns","params":{"nqn":"$NQN","namespace":{"bdev_name":"M0"}}},
+  {"method":"nvmf_subsystem_add_listener","params":{"nqn":"$NQN","listen_address":{"trtype":"tcp","adrfam":"ipv4","traddr":"127.0.0.1","trsvcid":"4420"}}}]}]}
+J
+/tp/release/tidepoold -m 0x1 -r "$SOCK" --json /tmp/nvmf.json >/tmp/tidepoold.log 2>&1 &
+tp=$!
+i=0
+while [ ! -S "$SOCK" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+check "tidepoold is up" [ -S "$SOCK" ]
+subsystems=$(/tp/release/tpctl -s "$SOCK" nvmf_get_subsystems 2>&1)
+check "nvmf_get_subsystems lists the subsystem and its listener" \
+    sh -c "echo '$subsystems' | grep -q '$NQN' && echo '$subsystems' | grep -q 4420"
+
+# connect NQN: the kernel connects; prints the controller's name (nvmeN).
+connect() {
+    echo "nqn=$1,transport=tcp,traddr=127.0.0.1,trsvcid=4420" >/dev/nvme-fabrics 2>/tmp/connect.err || return 1
+    for c in /sys/class/nvme/nvme*; do
+        [ "$(cat "$c/transport" 2>/dev/null)" = tcp ] || continue
+        [ "$(cat "$c/subsysnqn" 2>/dev/null)" = "$1" ] || continue
+        [ "$(cat "$c/state" 2>/dev/null)" = live ] || continue
+        echo "${c##*/}"
+        return 0
+    done
+    return 1
+}
+# The block device of controller $1 (the multipath head nvme<S>n1 of its path nvme<S>c<C>n1).
+blockdev() {
+    for n in /sys/class/nvme/"$1"/nvme*n1; do
+        [ -e "$n" ] || continue
+        b=${n##*/}
+        case $b in
+            *c*n1) b=$(echo "$b" | sed 's/c[0-9]*n1$/n1/') ;;
+        esac
+        echo "/dev/$b"
+        return 0
+    done
+    return 1
+}
+
+ctrl=$(connect "$NQN")
+check "the kernel connects to $NQN over tcp" [ -n "$ctrl" ]
+if [ -n "$ctrl" ]; then
+    model=$(sed 's/[[:space:]]*$//' "/sys/class/nvme/$ctrl/model")
+    serial=$(sed 's/[[:space:]]*$//' "/sys/class/nvme/$ctrl/serial")
+    check "its model and serial are tidepoold's ($model, $serial)" \
+        [ "$model" = tidepool -a "$serial" = TPGUEST01 ]
+    i=0
+    dev=
+    while [ -z "$dev" ] && [ $i -lt 100 ]; do dev=$(blockdev "$ctrl"); [ -b "$dev" ] || dev=; sleep 0.05; i=$((i + 1)); done
+    check "its namespace appears as a block device ($dev)" [ -n "$dev" ]
+    size=$(cat "/sys/class/block/${dev#/dev/}/size" 2>/dev/null)
+    check "of the bdev's size (131072 sectors: $size)" [ "$size" = 131072 ]
+    # write_read SIZE_KIB OFFSET_KIB: a random pattern written and read back with O_DIRECT.
+    write_read() {
+        dd if=/dev/urandom of=/tmp/pat bs=1024 count="$1" status=none &&
+            dd if=/tmp/pat of="$dev" bs=1024 seek="$2" count="$1" oflag=direct conv=notrunc status=none &&
+            dd if="$dev" of=/tmp/back bs=1024 skip="$2" count="$1" iflag=direct status=none &&
+            cmp -s /tmp/pat /tmp/back && cp /tmp/pat "/tmp/pat.$2"
+    }
+    check "4 KiB at 0 reads back" write_read 4 0
+    check "1 MiB at 1 MiB reads back" write_read 1024 1024
+    check "64 KiB at 60 MiB reads back" write_read 64 61440
+    echo 1 >"/sys/class/nvme/$ctrl/delete_controller"
+    check "the controller is deleted" sh -c "[ ! -e /sys/class/nvme/$ctrl ]"
+    ctrl2=$(connect "$NQN")
+    check "a second connection is served" [ -n "$ctrl2" ]
+    if [ -n "$ctrl2" ]; then
+        i=0
+        dev=
+        while [ -z "$dev" ] && [ $i -lt 100 ]; do dev=$(blockdev "$ctrl2"); [ -b "$dev" ] || dev=; sleep 0.05; i=$((i + 1)); done
+        check "it reads back what the first one wrote" sh -c \
+            "dd if=$dev of=/tmp/again bs=1024 skip=1024 count=1024 iflag=direct status=none && cmp -s /tmp/again /tmp/pat.1024"
+        echo 1 >"/sys/class/nvme/$ctrl2/delete_controller"
+    fi
+fi
+refused_connect() { ! connect "$1" >/dev/null; }
+check "a connect to an unknown subsystem is refused" refused_connect nqn.2016-06.io.tidepool:nope
+disc=$(connect nqn.2014-08.org.nvmexpress.discovery)
+check "the discovery controller connects" [ -n "$disc" ]
+[ -z "$disc" ] || echo 1 >"/sys/class/nvme/$disc/delete_controller"
+check "tidepoold is still serving" kill -0 "$tp"
+kill "$tp"
+wait "$tp"
+if [ "$failures" -ne 0 ]; then
+    echo "t_nvmf: --- tidepoold's log"
+    tail -n 40 /tmp/tidepoold.log
+    echo "t_nvmf: --- dmesg"
+    dmesg | grep -i nvme | tail -n 20
+fi
+echo "t_nvmf: $failures failure(s)"
+[ "$failures" -eq 0 ]
