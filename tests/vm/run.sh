@@ -149,7 +149,7 @@ export TP_TEST_ARGS='${test_args[*]}'
 export TP_TEST_TIMEOUT=${TP_VM_TEST_TIMEOUT:-300}
 ENV
 # BENCH_* settings reach the guest's benchmark scripts (perf/nvme_guest_bench.sh sets them).
-for var in BENCH_SECONDS BENCH_ROUNDS; do
+for var in BENCH_SECONDS BENCH_ROUNDS BENCH_NO_PARK BENCH_TP_CPU; do
     val=${!var:-}
     [[ "$val" =~ ^[0-9]*$ ]] || die "$var must be a whole number, not '$val'"
     [ -z "$val" ] || echo "export $var=$val" >>"$stage/tp/run.env"

@@ -128,7 +128,7 @@ KROOT="$KDIR/$kver/root"
 # --- the base initramfs --------------------------------------------------------------------
 # The modules the guest init loads; their dependencies come from modules.dep.
 # brd and ext4 give the guest's /tmp a file system with O_DIRECT (tmpfs has none before 6.6).
-MODULES=(nvme nvme-core vfio vfio-pci vfio_iommu_type1 nvme-tcp nvme-fabrics nvmet nvmet-tcp brd ext4 crc32c_generic)
+MODULES=(nvme nvme-core vfio vfio-pci vfio_iommu_type1 nvme-tcp nvme-fabrics nvmet nvmet-tcp brd null_blk ext4 crc32c_generic)
 recipe="kernel=$kver busybox=$(installed_version busybox-static) modules=${MODULES[*]} setup=$(sha256sum "$0" | cut -c1-16)"
 if [ ! -f "$VM/base.cpio" ] || [ "$(cat "$VM/base.recipe" 2>/dev/null)" != "$recipe" ]; then
     log "building the base initramfs ($recipe)"

@@ -224,36 +224,42 @@ impl TargetConnection {
     }
 
     /// Ends the connection for a fatal PDU error: a C2HTermReq first.
-    fn terminate(&mut self, err: &PduError) {
+    /// Ends the connection for a fatal PDU error: a C2HTermReq first, carrying the start of
+    /// the offending PDU.
+    fn terminate(&mut self, err: &PduError, offending: &[u8]) {
         let fes = err.fes.unwrap_or(Fes::DataOutOfRange);
-        let offending = self.input[..self.input.len().min(128)].to_vec();
-        pdu::encode_c2h_term_req(&mut self.output, fes, err, &offending);
-        self.input.clear();
+        let offending = &offending[..offending.len().min(128)];
+        pdu::encode_c2h_term_req(&mut self.output, fes, err, offending);
         self.end(&format!("protocol error: {err}"));
     }
 
-    /// Takes every whole PDU in the input.
+    /// Takes every whole PDU in the input. (The taken bytes go in one drain at the end: one
+    /// per PDU would move the rest of the buffer every time.)
     fn process(&mut self, ctx: &mut Ctx) -> usize {
         let mut work = 0;
+        let input = std::mem::take(&mut self.input);
+        let mut at = 0;
         while self.closing.is_none() {
-            let decoded = pdu::decode(&self.input, self.digests, MAX_PDU);
-            let (pdu, used) = match decoded {
+            let rest = &input[at..];
+            let (pdu, used) = match pdu::decode(rest, self.digests, MAX_PDU) {
                 Ok(Decoded::Pdu(p, used)) => (p, used),
                 Ok(Decoded::Incomplete(_)) => break,
                 Err(e) => {
-                    self.terminate(&e);
+                    self.terminate(&e, rest);
+                    at = input.len();
                     break;
                 }
             };
-            let input = std::mem::take(&mut self.input);
-            let result = self.take(ctx, pdu, &input);
-            self.input = input;
-            self.input.drain(..used);
-            if let Err(e) = result {
-                self.terminate(&e);
+            if let Err(e) = self.take(ctx, pdu, &rest[..used]) {
+                self.terminate(&e, &rest[..used]);
+                at = input.len();
+                break;
             }
+            at += used;
             work += 1;
         }
+        self.input = input;
+        self.input.drain(..at);
         work
     }
 

@@ -39,6 +39,12 @@ tp=$!
 i=0
 while [ ! -S "$SOCK" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
 check "tidepoold is up" [ -S "$SOCK" ]
+# The listener opens once the --json config is loaded: wait for it in the listing.
+i=0
+until /tp/release/tpctl -s "$SOCK" nvmf_get_subsystems 2>/dev/null | grep -q 4420 || [ $i -ge 100 ]; do
+    sleep 0.1
+    i=$((i + 1))
+done
 subsystems=$(/tp/release/tpctl -s "$SOCK" nvmf_get_subsystems 2>&1)
 check "nvmf_get_subsystems lists the subsystem and its listener" \
     sh -c "echo '$subsystems' | grep -q '$NQN' && echo '$subsystems' | grep -q 4420"
