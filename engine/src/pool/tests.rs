@@ -1,7 +1,8 @@
 //! Pool tests on a running engine (two unpinned reactors) with uring bdevs on scratch files,
 //! so that a "restart" is a new engine and registry reading the same files. The tests under
 //! load and under faults (hand-overs, copies, failing or late metadata writes) are in
-//! `fault_tests.rs`, which shares the helpers here.
+//! `fault_tests.rs`, and those of reads in flight across a move in `read_drain_tests.rs`;
+//! both share the helpers here.
 
 use super::*;
 use crate::bdev::error::{ErrorKind, InjectTarget};
@@ -895,3 +896,6 @@ fn formatting_a_member_of_another_pool_needs_force() {
 
 #[path = "fault_tests.rs"]
 mod faults;
+
+#[path = "read_drain_tests.rs"]
+mod read_drain;

@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 /// Largest request, in blocks.
 pub const MAX_BLOCKS: u64 = 16;
 
-fn spawn_recorders(rs: &mut [Reactor]) -> Vec<(Recorder, TaskId)> {
+/// A recorder task on each reactor (the client's, and the metadata writer's in `persist`).
+pub(super) fn spawn_recorders(rs: &mut [Reactor]) -> Vec<(Recorder, TaskId)> {
     rs.iter_mut()
         .map(|r| {
             let rec = Recorder::default();

@@ -26,6 +26,7 @@
 //! The slots here are [`SLOT_BLOCKS`] blocks, not `metadata::SLOT_BYTES`: the description
 //! of the simulator's small pool fits, and the devices stay small.
 
+use super::client::spawn_recorders;
 use super::device::SimDevice;
 use crate::bdev::{BdevId, IoStatus, IoType};
 use crate::pool::import::{choose, Choice};
@@ -112,16 +113,6 @@ pub struct Metadata {
     pool: DmaPool,
     /// Crash at the next chance between two members' writes of a persist.
     pub crash_mid_persist: bool,
-}
-
-fn spawn_recorders(rs: &mut [Reactor]) -> Vec<(Recorder, TaskId)> {
-    rs.iter_mut()
-        .map(|r| {
-            let rec = Recorder::default();
-            let task = r.spawn(Box::new(rec.clone()));
-            (rec, task)
-        })
-        .collect()
 }
 
 impl Metadata {
