@@ -34,7 +34,7 @@
 //! commands in flight), and the C2HData SUCCESS optimisation.
 
 use super::admin::AdminReply;
-use super::connect::{lock, Connected, Controllers, Directory};
+use super::connect::{lock, Connected, Controllers, Directory, QueueReport};
 use super::fabrics::{self, Codes, ConnectData, FabricsCommand, CONNECT_DATA_BYTES};
 use super::pdu::{self, Decoded, Digests, Fes, Framing, InitConnection, Pdu, PduError, Transfer};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
@@ -127,6 +127,8 @@ pub struct TargetConnection {
     closing: Option<String>,
     /// The controller's end, once connected (see `ControllerSlot::ended`).
     ended: Option<Arc<AtomicBool>>,
+    /// The subsystem connected to (reported to the directory when the queue ends).
+    subsystem_nqn: String,
     /// On an admin queue: the keep alive timeout (0: none), and when a command last came.
     kato_ns: u64,
     last_admin_ns: u64,
@@ -167,6 +169,7 @@ impl TargetConnection {
             inflight: 0,
             closing: None,
             ended: None,
+            subsystem_nqn: String::new(),
             kato_ns: 0,
             last_admin_ns: 0,
         })
@@ -395,6 +398,18 @@ impl TargetConnection {
                     self.peer,
                     q.qid
                 );
+                if let (Ok(d), Ok(local)) = (ConnectData::parse(data), self.stream.local_addr()) {
+                    self.directory.queue_connected(&QueueReport {
+                        subsystem_nqn: d.subsystem_nqn.clone(),
+                        cntlid,
+                        qid: q.qid,
+                        host_nqn: d.host_nqn,
+                        host_id: d.host_id,
+                        local,
+                        peer: self.peer.clone(),
+                    });
+                    self.subsystem_nqn = d.subsystem_nqn;
+                }
                 self.sq_head = 1 % q.entries;
                 self.phase = Phase::Serving(q);
                 self.respond(fabrics::completion(cid, Codes::SUCCESS, cntlid as u32, 0));
@@ -663,6 +678,8 @@ impl TargetConnection {
     fn close(&mut self, ctx: &mut Ctx) {
         if let Phase::Serving(q) = &self.phase {
             self.controllers.disconnect(q.cntlid, q.qid);
+            self.directory
+                .queue_disconnected(&self.subsystem_nqn, q.cntlid, q.qid);
         }
         let _ = self.waker.deregister(self.stream.as_raw_fd());
         let _ = self.stream.shutdown(std::net::Shutdown::Both);

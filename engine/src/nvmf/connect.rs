@@ -65,9 +65,27 @@ impl SubsystemView {
     }
 }
 
-/// Where Connect looks subsystems up.
+/// One queue a Connect attached, as the target reports it to its directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueReport {
+    pub subsystem_nqn: String,
+    pub cntlid: u16,
+    pub qid: u16,
+    pub host_nqn: String,
+    pub host_id: [u8; 16],
+    /// The target's address the host reached.
+    pub local: std::net::SocketAddr,
+    pub peer: String,
+}
+
+/// Where Connect looks subsystems up, and what it tells of the queues it attaches (for
+/// listings, and so that a subsystem with hosts connected is not changed under them).
 pub trait Directory {
     fn subsystem(&self, nqn: &str) -> Option<SubsystemView>;
+    /// A queue connected; on queue 0 its controller is new.
+    fn queue_connected(&self, _queue: &QueueReport) {}
+    /// A queue's connection ended; on queue 0 its controller ended with it.
+    fn queue_disconnected(&self, _subsystem_nqn: &str, _cntlid: u16, _qid: u16) {}
 }
 
 /// Limits every controller of this target shares.

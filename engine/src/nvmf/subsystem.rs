@@ -811,6 +811,20 @@ impl Subsystems {
         Ok(cntlid)
     }
 
+    /// Records a controller the target made (with the id the target gave it).
+    pub fn record_controller(&self, nqn: &str, cntlid: u16, hostnqn: &str, hostid: &str) {
+        let mut state = self.write();
+        if let Ok(s) = state.find_mut(nqn) {
+            s.controllers.retain(|c| c.cntlid != cntlid);
+            s.qpairs.retain(|q| q.cntlid != cntlid);
+            s.controllers.push(ControllerInfo {
+                cntlid,
+                hostnqn: hostnqn.into(),
+                hostid: hostid.into(),
+            });
+        }
+    }
+
     /// Forgets a controller and its queue pairs.
     pub fn disconnect_controller(&self, nqn: &str, cntlid: u16) {
         let mut state = self.write();

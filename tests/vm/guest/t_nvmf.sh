@@ -98,6 +98,11 @@ if [ -n "$ctrl" ]; then
     check "4 KiB at 0 reads back" write_read 4 0
     check "1 MiB at 1 MiB reads back" write_read 1024 1024
     check "64 KiB at 60 MiB reads back" write_read 64 61440
+    ctrls=$(/tp/release/tpctl -s "$SOCK" nvmf_subsystem_get_controllers "$NQN" 2>&1)
+    check "nvmf_subsystem_get_controllers lists the kernel's controller" \
+        sh -c "echo '$ctrls' | grep -q cntlid"
+    refused_delete() { ! /tp/release/tpctl -s "$SOCK" nvmf_delete_subsystem "$NQN" >/dev/null 2>&1; }
+    check "the subsystem cannot be deleted under a connected host" refused_delete
     echo 1 >"/sys/class/nvme/$ctrl/delete_controller"
     check "the controller is deleted" sh -c "[ ! -e /sys/class/nvme/$ctrl ]"
     ctrl2=$(connect "$NQN")
@@ -117,6 +122,14 @@ disc=$(connect nqn.2014-08.org.nvmexpress.discovery)
 check "the discovery controller connects" [ -n "$disc" ]
 [ -z "$disc" ] || echo 1 >"/sys/class/nvme/$disc/delete_controller"
 check "tidepoold is still serving" kill -0 "$tp"
+# Every host gone: no controller listed, and the subsystem can be deleted.
+i=0
+until [ "$(/tp/release/tpctl -s "$SOCK" nvmf_subsystem_get_controllers "$NQN" 2>/dev/null | grep -c cntlid)" = 0 ] || [ $i -ge 50 ]; do
+    sleep 0.1
+    i=$((i + 1))
+done
+check "the subsystem is deleted once no host is connected" \
+    /tp/release/tpctl -s "$SOCK" nvmf_delete_subsystem "$NQN"
 kill "$tp"
 wait "$tp"
 if [ "$failures" -ne 0 ]; then

@@ -9,7 +9,7 @@
 
 use super::{ListenAddress, ListenerBinder, Subsystems, Subtype, TransportOptions};
 use crate::bdev::IoType;
-use crate::nvmf::connect::{Directory, Limits, SubsystemView as ConnectView};
+use crate::nvmf::connect::{Directory, Limits, QueueReport, SubsystemView as ConnectView};
 use crate::nvmf::identify::{DiscoveryEntry, NamespaceInfo};
 use crate::nvmf::target::NvmfTarget;
 
@@ -82,6 +82,40 @@ impl Directory for Subsystems {
             discovery,
             discovery_generation: state.generation,
         })
+    }
+
+    fn queue_connected(&self, q: &QueueReport) {
+        if q.qid == 0 {
+            let host_id: String = q.host_id.iter().map(|b| format!("{b:02x}")).collect();
+            self.record_controller(&q.subsystem_nqn, q.cntlid, &q.host_nqn, &host_id);
+        }
+        let listen_address = ListenAddress {
+            trtype: "TCP".into(),
+            adrfam: if q.local.is_ipv6() { "IPv6" } else { "IPv4" }.into(),
+            traddr: q.local.ip().to_string(),
+            trsvcid: q.local.port().to_string(),
+        };
+        let qpair = super::QpairInfo {
+            cntlid: q.cntlid,
+            qid: q.qid,
+            listen_address,
+            peer_address: q.peer.clone(),
+        };
+        if let Err(e) = self.add_qpair(&q.subsystem_nqn, qpair) {
+            log::warn!(
+                "nvmf: queue {} of controller {} not listed: {e}",
+                q.qid,
+                q.cntlid
+            );
+        }
+    }
+
+    fn queue_disconnected(&self, nqn: &str, cntlid: u16, qid: u16) {
+        if qid == 0 {
+            self.disconnect_controller(nqn, cntlid);
+        } else {
+            self.remove_qpair(nqn, cntlid, qid);
+        }
     }
 }
 
