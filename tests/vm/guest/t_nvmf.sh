@@ -8,8 +8,10 @@
 # transport reads tcp and its model and serial are tidepoold's; patterns written with O_DIRECT
 # at several offsets and sizes (4 KiB in the capsule, 1 MiB: R2T, H2CData, split at the
 # target's MDTS) read back the same, and read back the same again through a second connection
-# after the first is deleted; a connect to an unknown subsystem is refused; the discovery
-# controller connects; tidepoold is still serving at the end.
+# after the first is deleted; while connected, tpctl lists the kernel's controller and its
+# three queue pairs (admin and one I/O queue per vCPU) and refuses to delete the subsystem;
+# a connect to an unknown subsystem is refused; the discovery controller connects; tidepoold
+# is still serving at the end, and deletes the subsystem once no host is connected.
 set -u
 failures=0
 check() {
@@ -101,6 +103,11 @@ if [ -n "$ctrl" ]; then
     ctrls=$(/tp/release/tpctl -s "$SOCK" nvmf_subsystem_get_controllers "$NQN" 2>&1)
     check "nvmf_subsystem_get_controllers lists the kernel's controller" \
         sh -c "echo '$ctrls' | grep -q cntlid"
+    # The kernel opens an I/O queue per vCPU (2) beside the admin queue: three queue pairs,
+    # each a TCP connection served by the reactor.
+    qpairs=$(/tp/release/tpctl -s "$SOCK" nvmf_subsystem_get_qpairs "$NQN" 2>&1 | grep -c '"qid"')
+    check "nvmf_subsystem_get_qpairs lists the admin queue and two I/O queues ($qpairs)" \
+        [ "$qpairs" -ge 3 ]
     refused_delete() { ! /tp/release/tpctl -s "$SOCK" nvmf_delete_subsystem "$NQN" >/dev/null 2>&1; }
     check "the subsystem cannot be deleted under a connected host" refused_delete
     echo 1 >"/sys/class/nvme/$ctrl/delete_controller"
