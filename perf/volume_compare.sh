@@ -93,31 +93,9 @@ ratios (this machine's speed drifts by more than 10 % between minutes).
   its half of the volume. A piece of I/O whose shard the other reactor owns crosses the rings
   there and back ("crossed").
 
-What a crossing costs: the request and its completion each take one lane hop, and each side
-does a message's work (gathering it, publishing the batch, taking it off, routing it again).
-The data is not what costs: a measure-only build that gave every crossed malloc request a
-buffer of the executing reactor's own changed neither randwrite nor randread far apart
-(2026-11-26, see below). Reactors talk over lanes: one
-single-producer ring per ordered pair of reactors (`engine/src/ring.rs`); a reactor gathers up
-to 64 messages per peer (`SEND_BATCH`) and publishes them with one store, and takes at most 128
-per lane per iteration (`inbox_batch`). Before the lanes (one multi-producer ring per reactor:
-a locked compare-exchange per message on each side) 100 % crossing (`--remote`, null bdev)
-reached 0.43x of local I/O and this benchmark 0.62-0.79x randwrite; with them `--remote`
-reached about 1.0x in the foundation run (see that section), and 0.31x on far cores (null
-bdevs, 2026-11-26: see below).
-
-Read the ratio with the machine's state in mind. This VM's two vCPUs are sometimes close
-together and sometimes far apart, and it changes within seconds: a cache line moves between
-them in about 40-60 ns one way, or in about 190-250 ns (a C ping-pong of one atomic between two
-pinned threads). The reactor ping's median round trip follows it, about 0.28 us close and
-1.2-1.3 us far, so each raw/volume pair is labelled by a ping before and after it. Raw I/O
-never crosses cores and runs faster far apart: 4 KiB randwrite at about 9 M, against 6-6.8 M
-close (close, the two vCPUs presumably share one physical core). The volume gains less from
-the extra core: half its requests cross, and a crossing costs each core about 60 ns far apart
-against about 28 ns close (null bdevs, `--remote`), of which the lanes themselves take about
-23 ns and 12 ns (`tidepool-perf --bench lanes`). A rarer third state reads about 0.7 us; the
-labels count it as far. On a host whose reactor cores are far apart (another CCD or socket),
-expect the far figures.
+Each round is labelled close or far by a reactor ping before and after it: this VM's two
+vCPUs move between near and far apart, and a crossing costs more far apart (how to read the
+rounds, and what a crossing costs: `perf/NOTES.md`, volume).
 
 | workload | raw total (median) | volume total (median) | volume / raw, each round | volume / raw (median) | close rounds (median, count) | far rounds (median, count) | crossed reactors | p99 raw / volume |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
