@@ -13,12 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-5}
 ROUNDS=${2:-3}
-LOG=$(mktemp)
-trap 'rm -f "$LOG"' EXIT
-BENCH_SECONDS=$T BENCH_ROUNDS=$ROUNDS TP_VM_TEST_TIMEOUT=500 \
-    tests/vm/run.sh --scripts bench_nvme.sh --timeout 540 >"$LOG" 2>&1 \
-    || { tail -40 "$LOG"; echo "nvme_guest_bench: the guest run failed" >&2; exit 1; }
-echo "perf/nvme_guest_bench.sh $T $ROUNDS  ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD))"
+. perf/guest_bench.sh
+guest_bench bench_nvme.sh "$T" "$ROUNDS"
 grep -o 'BENCH .*' "$LOG" | sort -u | python3 -c '
 import sys, statistics, collections
 runs = collections.defaultdict(list)

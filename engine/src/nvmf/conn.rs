@@ -36,7 +36,7 @@
 use super::admin::AdminReply;
 use super::connect::{lock, Connected, Controllers, Directory, QueueReport};
 use super::fabrics::{self, Codes, ConnectData, FabricsCommand, CONNECT_DATA_BYTES};
-use super::pdu::{self, Decoded, Digests, Fes, Framing, InitConnection, Pdu, PduError, Transfer};
+use super::pdu::{self, Decoded, Fes, Framing, InitConnection, Pdu, PduError, Transfer};
 use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use crate::nbd::waker::SocketWaker;
 use crate::reactor::{Ctx, Task, TaskId};
@@ -80,11 +80,18 @@ struct Namespace {
     num_blocks: u64,
 }
 
+impl Namespace {
+    /// Whether blocks `[lba, lba + blocks)` are inside the namespace.
+    fn contains(&self, lba: u64, blocks: u32) -> bool {
+        lba < self.num_blocks && self.num_blocks - lba >= blocks as u64
+    }
+}
+
 /// A command in flight on an I/O queue.
 struct Command {
     cid: u16,
     io_type: IoType,
-    bdev: BdevId,
+    ns: Namespace,
     lba: u64,
     blocks: u32,
     /// Bytes of data it moves (0 for flush, write zeroes).
@@ -112,7 +119,7 @@ pub struct TargetConnection {
     output: Vec<u8>,
     sent: usize,
     phase: Phase,
-    digests: Digests,
+    /// The digests and data alignment negotiated at ICReq time.
     framing: Framing,
     namespaces: Vec<Namespace>,
     /// Commands in flight, by slot (the slot is an R2T's transfer tag and the I/O's tag).
@@ -159,7 +166,6 @@ impl TargetConnection {
             output: Vec::new(),
             sent: 0,
             phase: Phase::AwaitIcReq,
-            digests: Digests::default(),
             framing: Framing::PLAIN,
             namespaces: Vec::new(),
             commands: Vec::new(),
@@ -244,7 +250,7 @@ impl TargetConnection {
         let mut at = 0;
         while self.closing.is_none() {
             let rest = &input[at..];
-            let (pdu, used) = match pdu::decode(rest, self.digests, MAX_PDU) {
+            let (pdu, used) = match pdu::decode(rest, self.framing.digests, MAX_PDU) {
                 Ok(Decoded::Pdu(p, used)) => (p, used),
                 Ok(Decoded::Incomplete(_)) => break,
                 Err(e) => {
@@ -284,7 +290,6 @@ impl TargetConnection {
                         what: format!("PDU format version {}", req.pfv),
                     });
                 }
-                self.digests = req.digests;
                 let resp = InitConnection {
                     pfv: 0,
                     data_alignment: 0,
@@ -308,9 +313,11 @@ impl TargetConnection {
                 if q.qid == 0 {
                     self.last_admin_ns = ctx.now();
                     self.admin(&sqe);
+                } else if self.waiting.is_empty() && self.can_start(&sqe) {
+                    self.start(ctx, &sqe, &input[data]);
                 } else {
+                    // Behind others, or no buffer free: in order, with a copy of its data.
                     self.waiting.push_back((sqe, input[data].to_vec()));
-                    self.start_waiting(ctx);
                 }
                 Ok(())
             }
@@ -361,16 +368,19 @@ impl TargetConnection {
                 return;
             }
         };
-        let connected = if data.len() == CONNECT_DATA_BYTES {
-            ConnectData::parse(data).and_then(|d| {
-                self.controllers
-                    .connect(&*self.directory, recfmt, qid, sqsize, kato_ms, &d)
-            })
+        let parsed = if data.len() == CONNECT_DATA_BYTES {
+            ConnectData::parse(data)
         } else {
             Err(fabrics::ConnectRefusal::invalid_parameter(false, 24))
         };
+        let connected = parsed.and_then(|d| {
+            let q = self
+                .controllers
+                .connect(&*self.directory, recfmt, qid, sqsize, kato_ms, &d);
+            q.map(|q| (q, d))
+        });
         match connected {
-            Ok(q) => {
+            Ok((q, d)) => {
                 let cntlid = q.cntlid;
                 let slot = lock(&q.controller);
                 let info = &slot.controller.namespaces;
@@ -398,7 +408,7 @@ impl TargetConnection {
                     self.peer,
                     q.qid
                 );
-                if let (Ok(d), Ok(local)) = (ConnectData::parse(data), self.stream.local_addr()) {
+                if let Ok(local) = self.stream.local_addr() {
                     self.directory.queue_connected(&QueueReport {
                         subsystem_nqn: d.subsystem_nqn.clone(),
                         cntlid,
@@ -408,8 +418,8 @@ impl TargetConnection {
                         local,
                         peer: self.peer.clone(),
                     });
-                    self.subsystem_nqn = d.subsystem_nqn;
                 }
+                self.subsystem_nqn = d.subsystem_nqn;
                 self.sq_head = 1 % q.entries;
                 self.phase = Phase::Serving(q);
                 self.respond(fabrics::completion(cid, Codes::SUCCESS, cntlid as u32, 0));
@@ -453,14 +463,19 @@ impl TargetConnection {
         self.respond(fabrics::completion(cid, status, 0, 0));
     }
 
+    /// Whether a command can start now: it needs no data buffer, or one is free.
+    fn can_start(&self, sqe: &SubmissionEntry) -> bool {
+        let needs_buffer = matches!(
+            sqe.opcode(),
+            nvm::READ | nvm::WRITE | nvm::DATASET_MANAGEMENT
+        );
+        !needs_buffer || self.pool.available() > 0
+    }
+
     /// Starts the waiting capsules, in order, while buffers last.
     fn start_waiting(&mut self, ctx: &mut Ctx) {
         while let Some((sqe, _)) = self.waiting.front() {
-            let needs_buffer = matches!(
-                sqe.opcode(),
-                nvm::READ | nvm::WRITE | nvm::DATASET_MANAGEMENT
-            );
-            if needs_buffer && self.pool.available() == 0 {
+            if !self.can_start(sqe) {
                 return;
             }
             let (sqe, data) = self.waiting.pop_front().expect("checked above");
@@ -500,7 +515,7 @@ impl TargetConnection {
             _ => return self.fail(cid, Codes::INVALID_OPCODE),
         };
         let ranged = matches!(io_type, IoType::Read | IoType::Write | IoType::WriteZeroes);
-        if ranged && (lba >= ns.num_blocks || ns.num_blocks - lba < blocks as u64) {
+        if ranged && !ns.contains(lba, blocks) {
             return self.fail(cid, Codes::LBA_OUT_OF_RANGE);
         }
         if bytes as usize > MAX_TRANSFER {
@@ -519,7 +534,7 @@ impl TargetConnection {
         self.commands[slot] = Some(Command {
             cid,
             io_type,
-            bdev: ns.bdev,
+            ns,
             lba,
             blocks,
             bytes,
@@ -598,17 +613,16 @@ impl TargetConnection {
     fn data_complete(&mut self, ctx: &mut Ctx, slot: usize) {
         let c = self.commands[slot].as_mut().expect("a live command");
         if c.io_type == IoType::Unmap {
-            let ns = self.namespaces.iter().find(|n| n.bdev == c.bdev).copied();
             let raw = c.buf.take();
             let mut ranges = Vec::new();
-            if let (Some(raw), Some(ns)) = (raw.as_ref(), ns) {
+            if let Some(raw) = raw.as_ref() {
                 for r in raw.as_slice().chunks(16) {
                     let blocks = u32::from_le_bytes(r[4..8].try_into().expect("4 bytes"));
                     let lba = u64::from_le_bytes(r[8..16].try_into().expect("8 bytes"));
                     if blocks == 0 {
                         continue;
                     }
-                    if lba >= ns.num_blocks || ns.num_blocks - lba < blocks as u64 {
+                    if !c.ns.contains(lba, blocks) {
                         c.status = Codes::LBA_OUT_OF_RANGE;
                         ranges.clear();
                         break;
@@ -629,27 +643,32 @@ impl TargetConnection {
             task: self.id,
             tag: slot as u64,
         };
-        let mut requests = Vec::new();
-        match c.io_type {
+        let bdev = c.ns.bdev;
+        let io = match c.io_type {
             IoType::Unmap => {
-                for (lba, blocks) in std::mem::take(&mut c.ranges) {
-                    requests.push(IoRequest::new(IoType::Unmap, lba, blocks, None, origin));
+                // One request per range (none: the command ends with its status).
+                let ranges = std::mem::take(&mut c.ranges);
+                if ranges.is_empty() {
+                    let (cid, status) = (c.cid, c.status);
+                    self.commands[slot] = None;
+                    return self.fail(cid, status);
                 }
+                c.out = ranges.len() as u32;
+                self.inflight += ranges.len();
+                for (lba, blocks) in ranges {
+                    ctx.submit(
+                        bdev,
+                        IoRequest::new(IoType::Unmap, lba, blocks, None, origin),
+                    );
+                }
+                return;
             }
-            IoType::Flush => requests.push(IoRequest::new(IoType::Flush, 0, 0, None, origin)),
-            t => requests.push(IoRequest::new(t, c.lba, c.blocks, c.buf.take(), origin)),
-        }
-        if requests.is_empty() {
-            let (cid, status) = (c.cid, c.status);
-            self.commands[slot] = None;
-            return self.fail(cid, status);
-        }
-        c.out = requests.len() as u32;
-        let bdev = c.bdev;
-        for io in requests {
-            self.inflight += 1;
-            ctx.submit(bdev, io);
-        }
+            IoType::Flush => IoRequest::new(IoType::Flush, 0, 0, None, origin),
+            t => IoRequest::new(t, c.lba, c.blocks, c.buf.take(), origin),
+        };
+        c.out = 1;
+        self.inflight += 1;
+        ctx.submit(bdev, io);
     }
 
     fn finish(&mut self, ctx: &mut Ctx, slot: usize) {

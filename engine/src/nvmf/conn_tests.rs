@@ -9,6 +9,7 @@ use crate::bdev::BdevRegistry;
 use crate::nvmf::connect::{Limits, SubsystemView};
 use crate::nvmf::fabrics::{fctype, property, CNTLID_DYNAMIC, DISCOVERY_NQN, OPCODE};
 use crate::nvmf::identify::NamespaceInfo;
+use crate::nvmf::pdu::Digests;
 use crate::reactor::ReactorConfig;
 use std::net::TcpListener;
 use std::thread::JoinHandle;

@@ -9,18 +9,8 @@
 # io_uring writes with verification on tppoll0; the glibc binaries run in this guest.
 set -u
 
-failures=0
-# check WHAT COMMAND...: runs COMMAND; if it fails, so does the test, naming WHAT.
-check() {
-    what=$1
-    shift
-    if "$@"; then
-        echo "t_devices: ok: $what"
-    else
-        echo "t_devices: FAIL: $what"
-        failures=$((failures + 1))
-    fi
-}
+TEST=t_devices
+. /tp/guest/check.sh
 
 # --- tpvfio0 on vfio-pci -------------------------------------------------------------------
 pci=/sys/bus/pci/devices/$TP_VFIO_BDF

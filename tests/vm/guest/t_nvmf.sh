@@ -13,17 +13,8 @@
 # a connect to an unknown subsystem is refused; the discovery controller connects; tidepoold
 # is still serving at the end, and deletes the subsystem once no host is connected.
 set -u
-failures=0
-check() {
-    what=$1
-    shift
-    if "$@"; then
-        echo "t_nvmf: ok: $what"
-    else
-        echo "t_nvmf: FAIL: $what"
-        failures=$((failures + 1))
-    fi
-}
+TEST=t_nvmf
+. /tp/guest/check.sh
 NQN=nqn.2016-06.io.tidepool:guest
 SOCK=/tmp/tp-nvmf.sock
 cat >/tmp/nvmf.json <<J

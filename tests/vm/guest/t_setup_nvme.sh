@@ -9,17 +9,8 @@
 # namespace comes back.
 set -u
 setup=/tp/scripts/setup_nvme.sh
-failures=0
-check() {
-    what=$1
-    shift
-    if "$@"; then
-        echo "t_setup_nvme: ok: $what"
-    else
-        echo "t_setup_nvme: FAIL: $what"
-        failures=$((failures + 1))
-    fi
-}
+TEST=t_setup_nvme
+. /tp/guest/check.sh
 refused() { ! "$@" >/tmp/refused.out 2>&1 && cat /tmp/refused.out && grep -q . /tmp/refused.out; }
 
 fault_bdf=$(basename "$(readlink -f "/sys/class/nvme/${TP_FAULT_CTRL#/dev/}/device")")
