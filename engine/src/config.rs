@@ -70,17 +70,18 @@ pub fn create_bdevs(
     }
     let p: AttachParams = params(value)?;
     p.check()?;
+    let address = p.address();
     for l in registry.list() {
         if let Some(n) = l.bdev.downcast_ref::<NvmeBdev>() {
             let c = n.controller();
-            if c.name() == p.name || c.bdf() == p.traddr {
+            if c.name() == p.name || c.address() == address {
                 let param = if c.name() == p.name { "name" } else { "traddr" };
                 return Err(CreateError::Bdev(BdevError::invalid(
                     param,
                     format!(
                         "controller '{}' at {} is already attached",
                         c.name(),
-                        c.bdf()
+                        c.address()
                     ),
                 )));
             }

@@ -121,6 +121,7 @@ pub mod admin {
     pub const IDENTIFY: u8 = 0x06;
     pub const SET_FEATURES: u8 = 0x09;
     pub const GET_FEATURES: u8 = 0x0a;
+    pub const KEEP_ALIVE: u8 = 0x18;
 }
 
 /// NVM command set opcodes (NVM Command Set Specification, figure 18).
@@ -228,6 +229,32 @@ impl SubmissionEntry {
         let mut e = SubmissionEntry::new(admin::DELETE_IO_CQ, 0);
         e.cdw10 = qid as u32;
         e
+    }
+
+    /// Describes the command's data as an NVMe over Fabrics host does, with one SGL
+    /// descriptor in the data pointer (4.3.2; PSDT = 01b): `in_capsule` data follows the entry
+    /// in the same capsule (a Data Block descriptor with the Offset subtype, offset 0);
+    /// otherwise the transport moves `bytes` on its own (a Transport SGL Data Block
+    /// descriptor: C2HData, or H2CData after an R2T, for NVMe/TCP). 0 bytes is a null
+    /// descriptor.
+    pub fn set_sgl(&mut self, bytes: u32, in_capsule: bool) {
+        /// Descriptor type in bits 7:4 and subtype in 3:0 of the descriptor's last byte.
+        const DATA_BLOCK_OFFSET: u64 = 0x01;
+        const TRANSPORT_DATA_BLOCK: u64 = 0x5a;
+        const PSDT_SGL: u32 = 1 << 14;
+        self.cdw0 = (self.cdw0 & !(3 << 14)) | PSDT_SGL;
+        self.prp1 = 0;
+        let kind = if in_capsule {
+            DATA_BLOCK_OFFSET
+        } else {
+            TRANSPORT_DATA_BLOCK
+        };
+        self.prp2 = bytes as u64 | kind << 56;
+    }
+
+    /// Keep Alive (5.16).
+    pub fn keep_alive() -> SubmissionEntry {
+        SubmissionEntry::new(admin::KEEP_ALIVE, 0)
     }
 
     /// Read, Write or Write Zeroes (NVM 3.2.4, 3.2.6, 3.2.8): `blocks` as a count.
@@ -396,6 +423,10 @@ pub struct IdentifyController {
     pub oncs: u16,
     /// Volatile Write Cache (bit 0: present).
     pub vwc: u8,
+    /// Maximum Outstanding Commands (MAXCMD; fabrics controllers report it, 0: not given).
+    pub maxcmd: u16,
+    /// I/O Queue Command Capsule Supported Size in 16-byte units (IOCCSZ; fabrics only).
+    pub ioccsz: u32,
 }
 
 /// Byte offsets in the Identify Controller page.
@@ -410,6 +441,8 @@ mod idctl {
     pub const NN: usize = 516;
     pub const ONCS: usize = 520;
     pub const VWC: usize = 525;
+    pub const MAXCMD: usize = 514;
+    pub const IOCCSZ: usize = 1792;
 }
 
 /// The size of every Identify data structure.
@@ -444,7 +477,14 @@ impl IdentifyController {
             nn: le32(page, idctl::NN),
             oncs: le16(page, idctl::ONCS),
             vwc: page[idctl::VWC],
+            maxcmd: le16(page, idctl::MAXCMD),
+            ioccsz: le32(page, idctl::IOCCSZ),
         }
+    }
+    /// Data bytes an I/O command capsule may carry after its 64-byte entry (from IOCCSZ; 0
+    /// where the controller takes no in-capsule data).
+    pub fn in_capsule_bytes(&self) -> usize {
+        (self.ioccsz as usize * 16).saturating_sub(64)
     }
     /// Dataset Management is supported (ONCS bit 2).
     pub fn has_dataset_management(&self) -> bool {

@@ -25,7 +25,6 @@ use tidepool_bindings::nvme::spec::{
 pub mod opcode {
     pub const GET_LOG_PAGE: u8 = 0x02;
     pub const ASYNC_EVENT_REQUEST: u8 = 0x0c;
-    pub const KEEP_ALIVE: u8 = 0x18;
 }
 
 /// Log page identifiers.
@@ -112,7 +111,7 @@ impl Controller {
             opcode::GET_LOG_PAGE => self.log_page(sqe),
             admin::SET_FEATURES => self.set_feature(sqe),
             admin::GET_FEATURES => self.get_feature(sqe),
-            opcode::KEEP_ALIVE => done(sqe, Codes::SUCCESS),
+            admin::KEEP_ALIVE => done(sqe, Codes::SUCCESS),
             opcode::ASYNC_EVENT_REQUEST if self.held_aers.len() < MAX_HELD_AERS => {
                 self.held_aers.push(sqe.cid());
                 AdminReply::Held
@@ -424,7 +423,7 @@ mod tests {
         }
         let aer = cmd(opcode::ASYNC_EVENT_REQUEST, 0, 0, 0, 0);
         assert_eq!(status(&c.execute_admin(&aer)), AER_LIMIT_EXCEEDED);
-        let ka = cmd(opcode::KEEP_ALIVE, 0, 0, 0, 0);
+        let ka = cmd(admin::KEEP_ALIVE, 0, 0, 0, 0);
         assert_eq!(status(&c.execute_admin(&ka)), Codes::SUCCESS);
     }
 

@@ -376,7 +376,7 @@ fn bad_commands_get_their_status_and_a_malformed_pdu_ends_only_its_connection() 
         assert!(status(&mut q, Host::rw(nvm::WRITE, 0, 8, 4096), &data).is_success());
         let (_, back) = q.command(Host::rw(nvm::READ, 0, 8, 4096), &[]);
         assert_eq!(back, data);
-        let mut ka = SubmissionEntry::new(crate::nvmf::admin::opcode::KEEP_ALIVE, 0);
+        let mut ka = SubmissionEntry::new(tidepool_bindings::nvme::spec::admin::KEEP_ALIVE, 0);
         ka.prp2 = 0;
         assert!(a.command(ka, &[]).0.status().is_success());
     });
@@ -497,7 +497,7 @@ fn a_controller_whose_host_goes_quiet_past_its_keep_alive_timeout_ends_with_its_
         kato.cdw10 = crate::nvmf::admin::features::KEEP_ALIVE_TIMER;
         kato.cdw11 = 300;
         assert!(a.command(kato, &[]).0.status().is_success());
-        let ka = SubmissionEntry::new(crate::nvmf::admin::opcode::KEEP_ALIVE, 0);
+        let ka = SubmissionEntry::new(tidepool_bindings::nvme::spec::admin::KEEP_ALIVE, 0);
         for _ in 0..20 {
             std::thread::sleep(std::time::Duration::from_millis(50));
             assert!(a.command(ka, &[]).0.status().is_success());

@@ -114,6 +114,47 @@ impl FabricsCommand {
             _ => Err(Codes::INVALID_OPCODE),
         }
     }
+
+    /// The submission entry a host sends for this command (the inverse of [`parse`](Self::parse));
+    /// the caller sets the command identifier and the data pointer.
+    pub fn entry(&self) -> SubmissionEntry {
+        let (fctype, cdw10, cdw11, cdw12, cdw13) = match *self {
+            FabricsCommand::Connect {
+                recfmt,
+                qid,
+                sqsize,
+                cattr,
+                kato_ms,
+            } => (
+                fctype::CONNECT,
+                recfmt as u32 | (qid as u32) << 16,
+                sqsize as u32 | (cattr as u32) << 16,
+                kato_ms,
+                0,
+            ),
+            FabricsCommand::PropertyGet { wide, offset } => {
+                (fctype::PROPERTY_GET, wide as u32, offset, 0, 0)
+            }
+            FabricsCommand::PropertySet {
+                wide,
+                offset,
+                value,
+            } => (
+                fctype::PROPERTY_SET,
+                wide as u32,
+                offset,
+                value as u32,
+                (value >> 32) as u32,
+            ),
+            FabricsCommand::Disconnect => (fctype::DISCONNECT, 0, 0, 0, 0),
+        };
+        let mut e = SubmissionEntry::new(OPCODE, fctype as u32);
+        e.cdw10 = cdw10;
+        e.cdw11 = cdw11;
+        e.cdw12 = cdw12;
+        e.cdw13 = cdw13;
+        e
+    }
 }
 
 /// Why a Connect was refused, with what its completion reports: the status, and for invalid
@@ -353,6 +394,14 @@ mod tests {
                 value: 7 << 32 | 0x46_0001
             })
         );
+        for sqe in [connect, get, set] {
+            let cmd = FabricsCommand::parse(&sqe).unwrap();
+            assert_eq!(
+                cmd.entry(),
+                sqe,
+                "a host's entry for {cmd:?} reads back as sent"
+            );
+        }
         assert_eq!(
             FabricsCommand::parse(&fabrics(0x05, 0, 0, 0, 0)),
             Err(Codes::INVALID_OPCODE)

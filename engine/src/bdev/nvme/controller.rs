@@ -59,7 +59,7 @@ pub enum NvmeError {
 }
 
 /// What each active namespace is.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Namespace {
     pub nsid: u32,
     pub num_blocks: u64,

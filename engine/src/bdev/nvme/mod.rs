@@ -1,38 +1,44 @@
-//! The `nvme` bdev: a userspace NVMe driver over VFIO (PCIe), in SPDK's shape.
+//! The `nvme` bdev in SPDK's shape: one module, two transports, the same NVMe commands and
+//! statuses (`tidepool_bindings::nvme::spec`).
 //!
-//! `bdev_nvme_attach_controller -b NAME -t pcie -a BDF` brings a controller up
-//! ([`controller`]) and registers one bdev per active namespace, `NAMEn1`, `NAMEn2`, ….
-//! Each reactor's channel on a namespace creates its own I/O queue pair when it opens and
-//! deletes it when it closes, submits without a system call, rings the doorbell once per
-//! poll step for everything submitted since, and reaps completions by phase tag. No
-//! interrupts.
+//! `bdev_nvme_attach_controller -b NAME -t TRTYPE ...` brings a controller up and registers one
+//! bdev per usable active namespace, `NAMEn1`, `NAMEn2`, …:
+//! - `-t pcie -a BDF`: a userspace driver over VFIO ([`controller`], [`pcie`]). Each
+//!   reactor's channel creates its own I/O queue pair when it opens, submits without a system
+//!   call and reaps completions by phase tag. No interrupts.
+//! - `-t tcp -a ADDR -s PORT -n NQN`: an NVMe/TCP host ([`tcp`]). Each reactor's channel has
+//!   its own I/O queue, a TCP connection; the controller reconnects as SPDK's
+//!   `ctrlr_loss_timeout_sec`, `reconnect_delay_sec` and `fast_io_fail_timeout_sec` say.
 //!
 //! Contract, beyond the bdev contract's:
-//! - Reads and writes larger than the controller's MDTS are split (in `bindings`' queue
-//!   pair); a request completes with its first failing command's NVMe status, as
-//!   [`IoStatus::Nvme`], counted per status on the controller.
+//! - Reads and writes larger than the controller's MDTS are split; a request completes with
+//!   its first failing command's NVMe status, as [`IoStatus::Nvme`].
 //! - Flush is sent only where the controller has a volatile write cache (elsewhere there is
 //!   nothing to flush and it succeeds at once); Write Zeroes and Deallocate (unmap) are
 //!   offered only where ONCS says the controller has them, so the engine's usual fallbacks
 //!   apply elsewhere.
-//! - A request in flight longer than the command timeout, or a controller fatal status,
-//!   resets the controller; every request it held fails with EIO. A controller that is gone
-//!   fails every request with ENODEV. Nothing is retried here.
+//! - PCIe: a request in flight longer than the command timeout, or a controller fatal status,
+//!   resets the controller; every request it held fails with EIO, and a controller that is
+//!   gone fails every request with ENODEV. Nothing is retried.
+//! - TCP: a failed queue's requests are sent again once the controller is back; they fail
+//!   with EIO past the fast-fail time and with ENODEV once the controller is lost.
 
 pub mod controller;
+pub mod pcie;
+pub mod tcp;
 
-use super::{
-    Bdev, BdevChannel, BdevError, BdevInfo, Completion, DoneQueue, IoRequest, IoStatus, IoType,
-    IoTypeSet,
-};
-use crate::time::Nanos;
+use super::{Bdev, BdevChannel, BdevError, BdevInfo, IoStatus, IoType, IoTypeSet};
+pub use controller::Namespace;
 use controller::{Controller, NvmeError};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tidepool_bindings::nvme::queue::{Command, QueuePair, Refused, ABORTED_BY_RESET};
-use tidepool_bindings::nvme::spec::Status;
+use tcp::link::{Endpoint, TcpError};
+use tcp::{ReconnectOptions, Settings, TcpController};
+use tidepool_bindings::nvme::queue::ABORTED_BY_RESET;
+use tidepool_bindings::nvme::spec::{IdentifyController, Status};
 
 /// The product name `bdev_get_bdevs` shows (SPDK's).
 pub const PRODUCT_NAME: &str = "NVMe disk";
@@ -43,26 +49,125 @@ fn default_io_queue_entries() -> u16 {
 fn default_timeout_ms() -> u64 {
     10_000
 }
+fn default_keep_alive_timeout_ms() -> u32 {
+    10_000
+}
 
-/// `bdev_nvme_attach_controller` parameters: SPDK's `name`, `trtype`, `traddr`, and
-/// tidepool's queue size and command timeout.
+/// `bdev_nvme_attach_controller` parameters: SPDK's names (`name`, `trtype`, `traddr`,
+/// `adrfam`, `trsvcid`, `subnqn`, `hostnqn`, `hdgst`, `ddgst`, and the reconnect options),
+/// and tidepool's queue size and command timeout.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttachParams {
     pub name: String,
-    /// `PCIe` (any case); `TCP` is the NVMe/TCP initiator, not built yet.
+    /// `PCIe` or `TCP` (any case).
     pub trtype: String,
-    /// The PCI address, `dddd:bb:dd.f`.
+    /// PCIe: the PCI address, `dddd:bb:dd.f`. TCP: the controller's IP address.
     pub traddr: String,
-    /// Entries of each reactor's I/O queue pair (at most what CAP.MQES allows).
+    /// TCP: `IPv4` or `IPv6` (checked against `traddr`).
+    #[serde(default)]
+    pub adrfam: Option<String>,
+    /// TCP: the port.
+    #[serde(default)]
+    pub trsvcid: Option<String>,
+    /// TCP: the subsystem's NQN.
+    #[serde(default)]
+    pub subnqn: Option<String>,
+    /// TCP: the host NQN to connect as (default: one made from a new UUID).
+    #[serde(default)]
+    pub hostnqn: Option<String>,
+    /// TCP: header and data digests (CRC-32C).
+    #[serde(default)]
+    pub hdgst: bool,
+    #[serde(default)]
+    pub ddgst: bool,
+    /// TCP: SPDK's reconnect options (see `tcp::ReconnectOptions`).
+    #[serde(default)]
+    pub ctrlr_loss_timeout_sec: i64,
+    #[serde(default)]
+    pub reconnect_delay_sec: u64,
+    #[serde(default)]
+    pub fast_io_fail_timeout_sec: u64,
+    /// TCP: the admin queue's Keep Alive Timeout (Keep Alive goes every half of it).
+    #[serde(default = "default_keep_alive_timeout_ms")]
+    pub keep_alive_timeout_ms: u32,
+    /// Entries of each reactor's I/O queue pair (at most what the controller allows).
     #[serde(default = "default_io_queue_entries")]
     pub io_queue_entries: u16,
-    /// A command with no completion after this long resets the controller.
+    /// A command with no completion after this long resets the controller (PCIe) or fails
+    /// its queue (TCP).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
 }
 
+/// Which transport an attach is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trtype {
+    Pcie,
+    Tcp,
+}
+
 impl AttachParams {
+    pub fn trtype(&self) -> Result<Trtype, BdevError> {
+        if self.trtype.eq_ignore_ascii_case("pcie") {
+            Ok(Trtype::Pcie)
+        } else if self.trtype.eq_ignore_ascii_case("tcp") {
+            Ok(Trtype::Tcp)
+        } else {
+            Err(BdevError::invalid(
+                "trtype",
+                format!("'{}' is not supported (PCIe or TCP)", self.trtype),
+            ))
+        }
+    }
+
+    fn reconnect(&self) -> ReconnectOptions {
+        ReconnectOptions {
+            ctrlr_loss_timeout_sec: self.ctrlr_loss_timeout_sec,
+            reconnect_delay_sec: self.reconnect_delay_sec,
+            fast_io_fail_timeout_sec: self.fast_io_fail_timeout_sec,
+        }
+    }
+
+    /// The NVMe/TCP controller's socket address.
+    fn socket_addr(&self) -> Result<SocketAddr, BdevError> {
+        let ip: IpAddr = self.traddr.parse().map_err(|_| {
+            BdevError::invalid("traddr", format!("'{}' is not an IP address", self.traddr))
+        })?;
+        if let Some(fam) = &self.adrfam {
+            let ok = (fam.eq_ignore_ascii_case("ipv4") && ip.is_ipv4())
+                || (fam.eq_ignore_ascii_case("ipv6") && ip.is_ipv6());
+            if !ok {
+                return Err(BdevError::invalid(
+                    "adrfam",
+                    format!("'{fam}' does not match traddr {ip} (IPv4 or IPv6)"),
+                ));
+            }
+        }
+        let port = self
+            .trsvcid
+            .as_deref()
+            .ok_or_else(|| BdevError::invalid("trsvcid", "is required for TCP"))?;
+        match port.parse::<u16>() {
+            Ok(p) if p != 0 => Ok(SocketAddr::new(ip, p)),
+            _ => Err(BdevError::invalid(
+                "trsvcid",
+                format!("'{port}' is not a port (1-65535)"),
+            )),
+        }
+    }
+
+    /// Where the controller is, as duplicate attaches are told apart: the PCI address, or
+    /// the socket address and subsystem.
+    pub fn address(&self) -> String {
+        match (self.trtype(), self.socket_addr()) {
+            (Ok(Trtype::Tcp), Ok(addr)) => {
+                format!("{addr} {}", self.subnqn.as_deref().unwrap_or(""))
+            }
+            _ => self.traddr.clone(),
+        }
+    }
+
     pub fn check(&self) -> Result<(), BdevError> {
         if self.name.is_empty()
             || !self
@@ -75,14 +180,45 @@ impl AttachParams {
                 format!("'{}' must be letters, digits, '_' or '-'", self.name),
             ));
         }
-        if !self.trtype.eq_ignore_ascii_case("pcie") {
-            return Err(BdevError::invalid(
-                "trtype",
-                format!("'{}' is not supported (only PCIe)", self.trtype),
-            ));
+        match self.trtype()? {
+            Trtype::Pcie => {
+                tidepool_bindings::nvme::pci::check_bdf(&self.traddr)
+                    .map_err(|e| BdevError::invalid("traddr", e.to_string()))?;
+                let tcp_only = [
+                    ("adrfam", self.adrfam.is_some()),
+                    ("trsvcid", self.trsvcid.is_some()),
+                    ("subnqn", self.subnqn.is_some()),
+                    ("hostnqn", self.hostnqn.is_some()),
+                    ("hdgst", self.hdgst),
+                    ("ddgst", self.ddgst),
+                    (
+                        "ctrlr_loss_timeout_sec",
+                        self.reconnect() != ReconnectOptions::NONE,
+                    ),
+                ];
+                if let Some((param, _)) = tcp_only.iter().find(|(_, set)| *set) {
+                    return Err(BdevError::invalid(param, "is for trtype TCP only"));
+                }
+            }
+            Trtype::Tcp => {
+                self.socket_addr()?;
+                let subnqn = self
+                    .subnqn
+                    .as_deref()
+                    .ok_or_else(|| BdevError::invalid("subnqn", "is required for TCP"))?;
+                check_nqn("subnqn", subnqn)?;
+                if let Some(h) = &self.hostnqn {
+                    check_nqn("hostnqn", h)?;
+                }
+                self.reconnect().check()?;
+                if self.keep_alive_timeout_ms != 0 && self.keep_alive_timeout_ms < 1000 {
+                    return Err(BdevError::invalid(
+                        "keep_alive_timeout_ms",
+                        "must be 0 (none) or at least 1000",
+                    ));
+                }
+            }
         }
-        tidepool_bindings::nvme::pci::check_bdf(&self.traddr)
-            .map_err(|e| BdevError::invalid("traddr", e.to_string()))?;
         if !(2..=4096).contains(&self.io_queue_entries) {
             return Err(BdevError::invalid(
                 "io_queue_entries",
@@ -97,6 +233,12 @@ impl AttachParams {
         }
         Ok(())
     }
+}
+
+/// An NQN as the base specification writes them (the target's own check).
+fn check_nqn(param: &'static str, nqn: &str) -> Result<(), BdevError> {
+    crate::nvmf::subsystem::check_nqn(param, nqn)
+        .map_err(|e| BdevError::invalid(param, e.to_string()))
 }
 
 impl From<NvmeError> for BdevError {
@@ -119,20 +261,110 @@ impl From<NvmeError> for BdevError {
     }
 }
 
+impl From<TcpError> for BdevError {
+    fn from(e: TcpError) -> BdevError {
+        BdevError::Os {
+            context: "bdev_nvme_attach_controller".into(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// The attached controller behind a namespace's bdev.
+pub enum Transport {
+    Pcie(Arc<Controller>),
+    Tcp(Arc<TcpController>),
+}
+
+impl Transport {
+    pub fn name(&self) -> &str {
+        match self {
+            Transport::Pcie(c) => c.name(),
+            Transport::Tcp(c) => c.name(),
+        }
+    }
+    /// As [`AttachParams::address`] gives it.
+    pub fn address(&self) -> String {
+        match self {
+            Transport::Pcie(c) => c.bdf().to_string(),
+            Transport::Tcp(c) => c.address(),
+        }
+    }
+    /// `bdev_nvme_get_controllers`' entry.
+    pub fn report(&self) -> Value {
+        match self {
+            Transport::Pcie(c) => c.report(),
+            Transport::Tcp(c) => c.report(),
+        }
+    }
+    fn identity(&self) -> &IdentifyController {
+        match self {
+            Transport::Pcie(c) => c.identity(),
+            Transport::Tcp(c) => c.identity(),
+        }
+    }
+    fn namespaces(&self) -> &[Namespace] {
+        match self {
+            Transport::Pcie(c) => c.namespaces(),
+            Transport::Tcp(c) => c.namespaces(),
+        }
+    }
+    fn share(&self) -> Transport {
+        match self {
+            Transport::Pcie(c) => Transport::Pcie(Arc::clone(c)),
+            Transport::Tcp(c) => Transport::Tcp(Arc::clone(c)),
+        }
+    }
+}
+
+/// A random host NQN, as SPDK and nvme-cli make one.
+fn new_hostnqn() -> String {
+    format!("nqn.2014-08.org.nvmexpress:uuid:{}", super::new_uuid())
+}
+
+fn connect_tcp(p: &AttachParams) -> Result<TcpController, BdevError> {
+    let hostnqn = p.hostnqn.clone().unwrap_or_else(new_hostnqn);
+    let mut host_id = [0u8; 16];
+    let hex: String = super::new_uuid().chars().filter(|c| *c != '-').collect();
+    for (i, b) in host_id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    let settings = Settings {
+        endpoint: Endpoint {
+            addr: p.socket_addr()?,
+            subnqn: p.subnqn.clone().unwrap_or_default(),
+            hostnqn,
+            host_id,
+            digests: crate::nvmf::pdu::Digests {
+                header: p.hdgst,
+                data: p.ddgst,
+            },
+            timeout: Duration::from_millis(p.timeout_ms.min(10_000)),
+        },
+        io_queue_entries: p.io_queue_entries,
+        kato_ms: p.keep_alive_timeout_ms,
+        reconnect: p.reconnect(),
+    };
+    Ok(TcpController::attach(&p.name, settings)?)
+}
+
 /// Attaches a controller and makes one bdev per usable active namespace (not registered
 /// yet: the caller registers them, all or none).
 pub fn attach(p: &AttachParams) -> Result<Vec<NvmeBdev>, BdevError> {
     p.check()?;
-    let ctrl = Arc::new(Controller::attach(
-        &p.name,
-        &p.traddr,
-        p.io_queue_entries,
-        Duration::from_millis(p.timeout_ms),
-    )?);
+    let ctrl = match p.trtype()? {
+        Trtype::Pcie => Transport::Pcie(Arc::new(Controller::attach(
+            &p.name,
+            &p.traddr,
+            p.io_queue_entries,
+            Duration::from_millis(p.timeout_ms),
+        )?)),
+        Trtype::Tcp => Transport::Tcp(Arc::new(connect_tcp(p)?)),
+    };
     if ctrl.namespaces().is_empty() {
         return Err(BdevError::invalid(
             "traddr",
-            format!("controller {} has no usable active namespace", p.traddr),
+            format!("controller {} has no usable active namespace", p.address()),
         ));
     }
     let id = ctrl.identity();
@@ -156,7 +388,7 @@ pub fn attach(p: &AttachParams) -> Result<Vec<NvmeBdev>, BdevError> {
                 uuid: super::new_uuid(),
                 supported: IoTypeSet::of(&supported),
             },
-            ctrl: Arc::clone(&ctrl),
+            ctrl: ctrl.share(),
             nsid: ns.nsid,
             saves_attach: ns.nsid == first,
             params: p.clone(),
@@ -167,7 +399,7 @@ pub fn attach(p: &AttachParams) -> Result<Vec<NvmeBdev>, BdevError> {
 /// One namespace of an attached controller.
 pub struct NvmeBdev {
     info: BdevInfo,
-    ctrl: Arc<Controller>,
+    ctrl: Transport,
     nsid: u32,
     /// The first namespace's bdev writes the attach entry for the whole controller.
     saves_attach: bool,
@@ -175,7 +407,7 @@ pub struct NvmeBdev {
 }
 
 impl NvmeBdev {
-    pub fn controller(&self) -> &Arc<Controller> {
+    pub fn controller(&self) -> &Transport {
         &self.ctrl
     }
 }
@@ -186,30 +418,32 @@ impl Bdev for NvmeBdev {
     }
 
     fn open_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
-        let block_shift = self.info.block_size.trailing_zeros();
-        let generation = self.ctrl.generation();
-        let qp = self.ctrl.create_io_queue(self.nsid, block_shift)?;
-        let slots = qp.entries() as usize;
-        Ok(Box::new(NvmeChannel {
-            ctrl: Arc::clone(&self.ctrl),
-            nsid: self.nsid,
-            block_shift,
-            flush_has_work: self.ctrl.identity().has_volatile_write_cache(),
-            timeout_ns: self.ctrl.command_timeout().as_nanos() as u64,
-            qp: Some(qp),
-            generation,
-            requests: (0..slots).map(|_| None).collect(),
-            free: (0..slots as u32).rev().collect(),
-            done: DoneQueue::with_capacity(slots),
-            next_check_ns: 0,
-        }))
+        Ok(match &self.ctrl {
+            Transport::Pcie(c) => {
+                Box::new(pcie::NvmeChannel::open(c, self.nsid, self.info.block_size)?)
+            }
+            Transport::Tcp(c) => Box::new(tcp::channel::TcpChannel::new(
+                Arc::clone(c),
+                self.nsid,
+                self.info.block_size,
+                self.params.timeout_ms * 1_000_000,
+            )),
+        })
     }
 
     fn driver_specific(&self) -> Value {
         let id = self.ctrl.identity();
+        let trid = match &self.ctrl {
+            Transport::Pcie(c) => json!({"trtype": "PCIe", "traddr": c.bdf()}),
+            Transport::Tcp(c) => {
+                let ep = &c.settings().endpoint;
+                json!({"trtype": "TCP", "adrfam": if ep.addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                    "traddr": ep.addr.ip().to_string(), "trsvcid": ep.addr.port().to_string(),
+                    "subnqn": ep.subnqn})
+            }
+        };
         json!({"nvme": [{
-            "pci_address": self.ctrl.bdf(),
-            "trid": {"trtype": "PCIe", "traddr": self.ctrl.bdf()},
+            "trid": trid,
             "ctrlr_data": {"model_number": id.model, "serial_number": id.serial,
                 "firmware_revision": id.firmware, "vendor_id": format!("{:#06x}", id.vid),
                 "cntlid": id.cntlid, "mdts": id.mdts},
@@ -222,125 +456,27 @@ impl Bdev for NvmeBdev {
         if !self.saves_attach {
             return Value::Null;
         }
-        json!({"method": "bdev_nvme_attach_controller", "params": {
-            "name": self.params.name, "trtype": "PCIe", "traddr": self.params.traddr,
-            "io_queue_entries": self.params.io_queue_entries,
-            "timeout_ms": self.params.timeout_ms}})
-    }
-}
-
-/// How often a channel looks for timed-out commands and a fatal controller status.
-const CHECK_INTERVAL_NS: Nanos = 100_000_000;
-
-struct NvmeChannel {
-    ctrl: Arc<Controller>,
-    nsid: u32,
-    block_shift: u32,
-    flush_has_work: bool,
-    timeout_ns: u64,
-    /// None after a reset took the queue, until the next request makes a new one.
-    qp: Option<QueuePair>,
-    /// The controller's reset generation `qp` belongs to.
-    generation: u64,
-    /// Requests in flight (their buffers are in the queue pair), by slot, with when they went.
-    requests: Vec<Option<(IoRequest, Nanos)>>,
-    free: Vec<u32>,
-    /// Requests answered without the device (no work, or refused).
-    done: DoneQueue,
-    next_check_ns: Nanos,
-}
-
-impl NvmeChannel {
-    /// Fails every request a reset took, and drops the dead queue pair.
-    fn catch_up_with_reset(&mut self) {
-        let Some(mut qp) = self.qp.take() else {
-            self.generation = self.ctrl.generation();
-            return;
-        };
-        if let Some(halted) = self.ctrl.halted_since_reset() {
-            let (requests, free, done) = (&mut self.requests, &mut self.free, &mut self.done);
-            qp.abandon_all(halted, |c| {
-                if let Some((mut io, _)) = requests[c.user_data as usize].take() {
-                    free.push(c.user_data as u32);
-                    io.buf = c.buf;
-                    done.push(io, IoStatus::Failed { errno: libc::EIO });
-                }
-            });
-        } else {
-            // Gone without a halt proof: keep the queue (its memory leaks on drop).
-            log::error!("nvme {}: queue taken by a failed reset", self.ctrl.name());
-        }
-        drop(qp);
-        self.generation = self.ctrl.generation();
-    }
-
-    fn command(&self, io: &IoRequest) -> Option<Command> {
-        let (nsid, lba, blocks) = (self.nsid, io.offset_blocks, io.num_blocks);
-        Some(match io.io_type {
-            IoType::Read => Command::Read { nsid, lba, blocks },
-            IoType::Write => Command::Write { nsid, lba, blocks },
-            IoType::Flush if self.flush_has_work => Command::Flush { nsid },
-            IoType::Flush => return None,
-            IoType::WriteZeroes => Command::WriteZeroes { nsid, lba, blocks },
-            IoType::Unmap => Command::Deallocate { nsid, lba, blocks },
-        })
-    }
-
-    fn check_health(&mut self, now: Nanos) {
-        if now < self.next_check_ns {
-            return;
-        }
-        self.next_check_ns = now + CHECK_INTERVAL_NS;
-        if self.ctrl.check_gone() {
-            self.fail_gone();
-            return;
-        }
-        if self.qp.as_ref().is_none_or(|q| q.inflight() == 0) {
-            return;
-        }
-        let oldest = self.requests.iter().flatten().map(|(_, at)| *at).min();
-        let reason = if self.ctrl.fatal() {
-            Some("controller fatal status (CSTS.CFS)".to_string())
-        } else {
-            oldest
-                .filter(|&at| now.saturating_sub(at) > self.timeout_ns)
-                .map(|_| {
-                    format!(
-                        "a command had no completion within {} ms",
-                        self.timeout_ns / 1_000_000
-                    )
-                })
-        };
-        if let Some(reason) = reason {
-            if let Err(e) = self.ctrl.reset(self.generation, &reason) {
-                log::error!("nvme {}: reset failed: {e}", self.ctrl.name());
-            }
-            self.catch_up_with_reset();
-        }
-    }
-
-    /// Once the controller is gone: fails everything in flight with ENODEV if the device can
-    /// do no more DMA (it reads all ones); a device the kernel merely asked back still
-    /// completes what it holds, so its queue stays until that comes back.
-    fn fail_gone(&mut self) {
-        let Some(halted) = self.ctrl.halted_now() else {
-            return;
-        };
-        if let Some(mut qp) = self.qp.take() {
-            let (requests, free, done) = (&mut self.requests, &mut self.free, &mut self.done);
-            qp.abandon_all(halted, |c| {
-                if let Some((mut io, _)) = requests[c.user_data as usize].take() {
-                    free.push(c.user_data as u32);
-                    io.buf = c.buf;
-                    let errno = libc::ENODEV;
-                    done.push(io, IoStatus::Failed { errno });
-                }
-            });
+        let p = &self.params;
+        match &self.ctrl {
+            Transport::Pcie(_) => json!({"method": "bdev_nvme_attach_controller", "params": {
+                "name": p.name, "trtype": "PCIe", "traddr": p.traddr,
+                "io_queue_entries": p.io_queue_entries, "timeout_ms": p.timeout_ms}}),
+            Transport::Tcp(c) => json!({"method": "bdev_nvme_attach_controller", "params": {
+                "name": p.name, "trtype": "TCP",
+                "adrfam": if c.settings().endpoint.addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                "traddr": p.traddr, "trsvcid": p.trsvcid, "subnqn": p.subnqn,
+                "hostnqn": c.settings().endpoint.hostnqn, "hdgst": p.hdgst, "ddgst": p.ddgst,
+                "ctrlr_loss_timeout_sec": p.ctrlr_loss_timeout_sec,
+                "reconnect_delay_sec": p.reconnect_delay_sec,
+                "fast_io_fail_timeout_sec": p.fast_io_fail_timeout_sec,
+                "keep_alive_timeout_ms": p.keep_alive_timeout_ms,
+                "io_queue_entries": p.io_queue_entries, "timeout_ms": p.timeout_ms}}),
         }
     }
 }
 
-fn io_status(status: Status) -> IoStatus {
+/// A command's NVMe status as the bdev layer reports it.
+pub(crate) fn io_status(status: Status) -> IoStatus {
     if status.is_success() {
         IoStatus::Success
     } else if status == ABORTED_BY_RESET {
@@ -349,104 +485,6 @@ fn io_status(status: Status) -> IoStatus {
         IoStatus::Nvme {
             sct: status.sct(),
             sc: status.sc(),
-        }
-    }
-}
-
-impl BdevChannel for NvmeChannel {
-    fn submit(&mut self, mut io: IoRequest, now: Nanos) -> Result<(), IoRequest> {
-        self.check_health(now);
-        if self.ctrl.is_gone() {
-            self.fail_gone();
-            self.done.push(
-                io,
-                IoStatus::Failed {
-                    errno: libc::ENODEV,
-                },
-            );
-            return Ok(());
-        }
-        if self.generation != self.ctrl.generation() {
-            self.catch_up_with_reset();
-        }
-        let Some(cmd) = self.command(&io) else {
-            self.done.push(io, IoStatus::Success);
-            return Ok(());
-        };
-        if self.qp.is_none() {
-            match self.ctrl.create_io_queue(self.nsid, self.block_shift) {
-                Ok(qp) => self.qp = Some(qp),
-                Err(e) => {
-                    log::error!("nvme {}: no I/O queue: {e}", self.ctrl.name());
-                    let errno = if self.ctrl.is_gone() {
-                        libc::ENODEV
-                    } else {
-                        libc::EIO
-                    };
-                    self.done.push(io, IoStatus::Failed { errno });
-                    return Ok(());
-                }
-            }
-        }
-        let qp = self.qp.as_mut().expect("made above");
-        let Some(slot) = self.free.pop() else {
-            return Err(io);
-        };
-        match qp.submit(cmd, io.buf.take(), slot as u64) {
-            Ok(()) => {
-                self.requests[slot as usize] = Some((io, now));
-                Ok(())
-            }
-            Err(Refused::Full(buf)) => {
-                self.free.push(slot);
-                io.buf = buf;
-                Err(io)
-            }
-            Err(Refused::TooLarge(buf)) => {
-                self.free.push(slot);
-                io.buf = buf;
-                self.done.push(io, IoStatus::Invalid);
-                Ok(())
-            }
-        }
-    }
-
-    fn poll(&mut self, now: Nanos, max: usize, out: &mut Vec<Completion>) -> usize {
-        if self.generation != self.ctrl.generation() {
-            self.catch_up_with_reset();
-        }
-        let mut n = self.done.drain_into(max, out);
-        if let Some(qp) = self.qp.as_mut() {
-            // Checked again here: a reset on another reactor may have begun since.
-            if self.generation == self.ctrl.generation() {
-                qp.ring();
-            }
-            let (requests, free, ctrl) = (&mut self.requests, &mut self.free, &self.ctrl);
-            n += qp.reap(max - n, |c| {
-                let (mut io, _) = requests[c.user_data as usize]
-                    .take()
-                    .expect("a completion for a request in flight");
-                free.push(c.user_data as u32);
-                io.buf = c.buf;
-                if !c.status.is_success() {
-                    ctrl.count_error(c.status);
-                }
-                out.push(Completion::new(io, io_status(c.status)));
-            });
-        }
-        self.check_health(now);
-        n
-    }
-
-    fn inflight(&self) -> usize {
-        self.done.len() + self.qp.as_ref().map_or(0, |q| q.inflight())
-    }
-}
-
-impl Drop for NvmeChannel {
-    fn drop(&mut self) {
-        if let Some(qp) = self.qp.take() {
-            self.ctrl.delete_io_queue(qp, self.generation);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The userspace NVMe driver's methods, with SPDK's names and parameters:
+//! The `nvme` bdev's methods (PCIe through VFIO, and NVMe/TCP), with SPDK's names and parameters:
 //! `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`, `bdev_nvme_get_controllers`.
 //!
 //! Attach makes one bdev per active namespace (`NAMEn1`, …) and returns their names; it is
@@ -24,7 +24,7 @@ pub fn methods() -> Vec<Method> {
     vec![
         m(
             "bdev_nvme_attach_controller",
-            "Attach an NVMe controller through VFIO {name, trtype: PCIe, traddr: BDF, io_queue_entries?, timeout_ms?}; one bdev per namespace",
+            "Attach an NVMe controller {name, trtype: PCIe, traddr: BDF} or an NVMe/TCP subsystem {name, trtype: TCP, traddr: IP, trsvcid: PORT, subnqn, adrfam?, hostnqn?, hdgst?, ddgst?, ctrlr_loss_timeout_sec?, reconnect_delay_sec?, fast_io_fail_timeout_sec?, keep_alive_timeout_ms?}, with io_queue_entries?, timeout_ms?; one bdev per namespace",
             attach,
         ),
         m(
