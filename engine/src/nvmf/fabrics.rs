@@ -157,6 +157,34 @@ impl FabricsCommand {
     }
 }
 
+/// A Fabrics command's failed status as a host reports it: the command-specific codes by their
+/// Fabrics names (figure 24 of the Fabrics specification), and for invalid Connect parameters
+/// where the bad one is (from DW0's IATTR and IPO).
+pub fn describe_refusal(status: Status, dw0: u32) -> String {
+    let name = match status.code() {
+        c if c == Codes::INCOMPATIBLE_FORMAT => "Incompatible Format",
+        c if c == Codes::CONTROLLER_BUSY => "Controller Busy",
+        c if c == Codes::CONNECT_INVALID_HOST => "Connect Invalid Host",
+        c if c == Codes::CONNECT_INVALID_PARAMETERS => {
+            let (in_data, offset) = (dw0 >> 16 & 1 == 1, dw0 as u16);
+            let field = match (in_data, offset as usize) {
+                (true, SUBNQN_AT) => " (the subsystem NQN: no such subsystem here)",
+                (true, HOSTNQN_AT) => " (the host NQN)",
+                (true, CNTLID_AT) => " (the controller id)",
+                _ => "",
+            };
+            let place = if in_data { "data" } else { "command" };
+            return format!(
+                "Connect Invalid Parameters, in the {place} at byte {offset}{field} (sct {:#x}, sc {:#04x})",
+                status.sct(),
+                status.sc()
+            );
+        }
+        _ => return status.to_string(),
+    };
+    format!("{name} (sct {:#x}, sc {:#04x})", status.sct(), status.sc())
+}
+
 /// Why a Connect was refused, with what its completion reports: the status, and for invalid
 /// parameters where the bad one is (IATTR: in the command or in the data; IPO: its byte
 /// offset), which go in the completion's DW0.

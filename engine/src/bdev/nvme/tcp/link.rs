@@ -31,11 +31,13 @@ pub enum TcpError {
     },
     #[error("{addr}: protocol error: {what}")]
     Protocol { addr: SocketAddr, what: String },
-    #[error("{addr}: {op} refused: {status}")]
+    #[error("{addr}: {op} refused: {detail}")]
     Status {
         addr: SocketAddr,
         op: &'static str,
         status: Status,
+        /// The status named for the command (a Connect's codes are the Fabrics ones).
+        detail: String,
     },
 }
 
@@ -223,7 +225,17 @@ impl Link {
                 (Pdu::CapsuleResp(cqe), _) if cqe.cid == cid => {
                     let status = cqe.status();
                     if !status.is_success() {
-                        return Err(TcpError::Status { addr, op, status });
+                        let detail = if sqe.opcode() == crate::nvmf::fabrics::OPCODE {
+                            crate::nvmf::fabrics::describe_refusal(status, cqe.dw0)
+                        } else {
+                            status.to_string()
+                        };
+                        return Err(TcpError::Status {
+                            addr,
+                            op,
+                            status,
+                            detail,
+                        });
                     }
                     return Ok((cqe, data));
                 }
