@@ -96,13 +96,28 @@ pub struct Daemon {
     pub socket: String,
     /// Where its stderr (the log) goes.
     pub log: String,
-    _turn: std::sync::MutexGuard<'static, ()>,
+    /// The test's turn to run daemons (a second daemon beside the first holds none).
+    _turn: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl Daemon {
     /// Starts `tidepoold -r <scratch>/<name>.sock` plus `args`, and waits until it answers.
     pub fn start(scratch: &Scratch, name: &str, args: &[&str]) -> Daemon {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        Daemon::spawn(scratch, name, args, Some(turn))
+    }
+
+    /// Starts a second daemon in the same test, beside `first` (whose turn covers both).
+    pub fn start_beside(_first: &Daemon, scratch: &Scratch, name: &str, args: &[&str]) -> Daemon {
+        Daemon::spawn(scratch, name, args, None)
+    }
+
+    fn spawn(
+        scratch: &Scratch,
+        name: &str,
+        args: &[&str],
+        turn: Option<std::sync::MutexGuard<'static, ()>>,
+    ) -> Daemon {
         let socket = scratch.join(&format!("{name}.sock"));
         let log = scratch.join(&format!("{name}.log"));
         let child = Command::new(bin("tidepoold"))

@@ -110,17 +110,52 @@ enum Method {
     },
     /// Delete a uring bdev
     BdevUringDelete { name: String },
-    /// Attach an NVMe controller through VFIO: one bdev per namespace, NAMEn1, NAMEn2, ...
+    /// Attach an NVMe controller (PCIe, through VFIO) or an NVMe/TCP subsystem: one bdev per
+    /// namespace, NAMEn1, NAMEn2, ...
     BdevNvmeAttachController {
         /// Controller name
         #[arg(short = 'b', long = "name")]
         name: String,
-        /// Transport type (PCIe)
+        /// Transport type (PCIe or TCP)
         #[arg(short = 't', long = "trtype")]
         trtype: String,
-        /// Transport address: the PCI address, dddd:bb:dd.f
+        /// Transport address: the PCI address (dddd:bb:dd.f), or the target's IP address
         #[arg(short = 'a', long = "traddr")]
         traddr: String,
+        /// TCP: address family (IPv4 or IPv6)
+        #[arg(short = 'f', long = "adrfam")]
+        adrfam: Option<String>,
+        /// TCP: the target's port
+        #[arg(short = 's', long = "trsvcid")]
+        trsvcid: Option<String>,
+        /// TCP: the subsystem NQN
+        #[arg(short = 'n', long = "subnqn")]
+        subnqn: Option<String>,
+        /// TCP: the host NQN (default: a new uuid NQN)
+        #[arg(short = 'q', long = "hostnqn")]
+        hostnqn: Option<String>,
+        /// TCP: header digest
+        #[arg(long = "hdgst")]
+        hdgst: bool,
+        /// TCP: data digest
+        #[arg(long = "ddgst")]
+        ddgst: bool,
+        /// TCP: seconds before a disconnected controller is lost (-1: never; 0: one try)
+        #[arg(
+            short = 'l',
+            long = "ctrlr-loss-timeout-sec",
+            allow_hyphen_values = true
+        )]
+        ctrlr_loss_timeout_sec: Option<i64>,
+        /// TCP: seconds between reconnect tries
+        #[arg(short = 'o', long = "reconnect-delay-sec")]
+        reconnect_delay_sec: Option<u64>,
+        /// TCP: seconds after which I/O fails while reconnecting (0: never)
+        #[arg(short = 'u', long = "fast-io-fail-timeout-sec")]
+        fast_io_fail_timeout_sec: Option<u64>,
+        /// TCP: keep alive timeout in ms (0: none)
+        #[arg(short = 'k', long = "keep-alive-timeout-ms")]
+        keep_alive_timeout_ms: Option<u32>,
         /// Entries of each reactor's I/O queue pair (default 256)
         #[arg(long = "io-queue-entries")]
         io_queue_entries: Option<u16>,
@@ -554,11 +589,27 @@ fn request(method: Method) -> Result<(String, Option<Value>), String> {
             name,
             trtype,
             traddr,
+            adrfam,
+            trsvcid,
+            subnqn,
+            hostnqn,
+            hdgst,
+            ddgst,
+            ctrlr_loss_timeout_sec,
+            reconnect_delay_sec,
+            fast_io_fail_timeout_sec,
+            keep_alive_timeout_ms,
             io_queue_entries,
             timeout_ms,
         } => (
             "bdev_nvme_attach_controller",
-            json!({"name": name, "trtype": trtype, "traddr": traddr,
+            json!({"name": name, "trtype": trtype, "traddr": traddr, "adrfam": adrfam,
+                "trsvcid": trsvcid, "subnqn": subnqn, "hostnqn": hostnqn,
+                "hdgst": hdgst.then_some(true), "ddgst": ddgst.then_some(true),
+                "ctrlr_loss_timeout_sec": ctrlr_loss_timeout_sec,
+                "reconnect_delay_sec": reconnect_delay_sec,
+                "fast_io_fail_timeout_sec": fast_io_fail_timeout_sec,
+                "keep_alive_timeout_ms": keep_alive_timeout_ms,
                 "io_queue_entries": io_queue_entries, "timeout_ms": timeout_ms}),
         ),
         Method::BdevNvmeDetachController { name } => {

@@ -472,7 +472,11 @@ impl Inner {
     /// The controller's thread: Keep Alive, queue openings and reconnects, until detached.
     fn run(self: Arc<Self>, admin: Link) {
         let s = &self.settings;
-        let keep_alive_every = Duration::from_millis((s.kato_ms / 2).max(100) as u64);
+        // Keep Alive every half KATO; with no KATO, none (an hour is never, for this loop).
+        let keep_alive_every = match s.kato_ms {
+            0 => Duration::from_secs(3600),
+            kato => Duration::from_millis((kato / 2) as u64),
+        };
         let delay = Duration::from_secs(s.reconnect.reconnect_delay_sec);
         let mut admin = Some(admin);
         let mut next_keep_alive = Instant::now() + keep_alive_every;
