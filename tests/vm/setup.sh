@@ -5,15 +5,16 @@
 # Contract: on exit 0, these exist and match each other:
 #   - qemu-system-x86_64 from bookworm-backports, the same version as the installed qemu-utils
 #     (the image ships qemu-utils 10.0 from backports, which conflicts with bookworm's 7.2
-#     system emulator); busybox-static, kmod (depmod), cpio and fio from bookworm;
+#     system emulator); busybox-static, kmod (depmod), cpio, fio and nvme-cli from bookworm;
 #   - target/vm/kernel/current -> KVER/, holding the Debian guest kernel that linux-image-amd64
 #     depends on (resolved when it is first fetched, never pinned): vmlinux (the uncompressed
 #     ELF, booted directly through PVH) and root/ (the package unpacked with dpkg -x, never
 #     installed, with modules.dep made by depmod);
 #   - target/vm/base.cpio: the base initramfs (busybox, and the kernel modules the guest loads
 #     with their modules.dep closure);
-#   - target/vm/fio.cpio: fio with its shared libraries (78 MiB: Debian's fio links ceph,
-#     gluster and ICU), in an archive of its own because it never changes between runs.
+#   - target/vm/fio.cpio: fio, qemu-io and nvme-cli with their shared libraries (78 MiB:
+#     Debian's fio links ceph, gluster and ICU), in an archive of its own because it never
+#     changes between runs.
 # tests/vm/run.sh appends its per-run archive to these two.
 # Anything that cannot be had exits non-zero with the reason: the guest phase never skips.
 #
@@ -89,7 +90,7 @@ if [ "$qemu_version" != "$utils_version" ]; then
         || die "cannot install qemu-system-x86=$utils_version (is it still in bookworm-backports?)"
 fi
 need=()
-for pkg in busybox-static kmod cpio fio binutils; do
+for pkg in busybox-static kmod cpio fio binutils nvme-cli; do
     [ -n "$(installed_version "$pkg")" ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -162,14 +163,15 @@ if [ ! -f "$VM/base.cpio" ] || [ "$(cat "$VM/base.recipe" 2>/dev/null)" != "$rec
     echo "$recipe" >"$VM/base.recipe"
     rm -rf "$stage" "$VM/base.deps"
 fi
-# --- fio and qemu-io (an NBD client for the guest tests) with their libraries ---------------
-fio_recipe="fio=$(installed_version fio) qemu-utils=$(installed_version qemu-utils) closure=$(sha256sum "$HERE/closure.sh" | cut -c1-16)"
+# --- fio, qemu-io (an NBD client for the guest tests) and nvme-cli, with their libraries ------
+fio_recipe="fio=$(installed_version fio) qemu-utils=$(installed_version qemu-utils) nvme-cli=$(installed_version nvme-cli) closure=$(sha256sum "$HERE/closure.sh" | cut -c1-16)"
 if [ ! -f "$VM/fio.cpio" ] || [ "$(cat "$VM/fio.recipe" 2>/dev/null)" != "$fio_recipe" ]; then
     log "building the fio archive ($fio_recipe)"
     stage="$VM/fio.stage"
     rm -rf "$stage"
     "$HERE/closure.sh" "$stage" /usr/bin/fio usr/bin/fio /usr/bin/qemu-io usr/bin/qemu-io \
-        || die "cannot gather fio's and qemu-io's libraries"
+        /usr/sbin/nvme usr/sbin/nvme \
+        || die "cannot gather fio's, qemu-io's and nvme-cli's libraries"
     (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$VM/fio.cpio.tmp"
     mv "$VM/fio.cpio.tmp" "$VM/fio.cpio"
     echo "$fio_recipe" >"$VM/fio.recipe"

@@ -10,8 +10,11 @@
 # target's MDTS) read back the same, and read back the same again through a second connection
 # after the first is deleted; while connected, tpctl lists the kernel's controller and its
 # three queue pairs (admin and one I/O queue per vCPU) and refuses to delete the subsystem;
-# a connect to an unknown subsystem is refused; the discovery controller connects; tidepoold
-# is still serving at the end, and deletes the subsystem once no host is connected.
+# fio with io_uring writes and verifies from both vCPUs (both I/O queues); a fio reading when
+# the controller is deleted ends; a connect to an unknown subsystem is refused; the
+# discovery controller connects, and nvme-cli's discover lists the subsystem with its
+# address; tidepoold is still serving at the end, and deletes the subsystem once no host is
+# connected.
 set -u
 TEST=t_nvmf
 . /tp/guest/check.sh
@@ -101,8 +104,35 @@ if [ -n "$ctrl" ]; then
         [ "$qpairs" -ge 3 ]
     refused_delete() { ! /tp/release/tpctl -s "$SOCK" nvmf_delete_subsystem "$NQN" >/dev/null 2>&1; }
     check "the subsystem cannot be deleted under a connected host" refused_delete
+    # fio with io_uring, one job per vCPU (so on both of the kernel's I/O queues), writing
+    # with O_DIRECT and verifying every block it wrote.
+    uring_verify() {
+        /usr/bin/fio --name=uring --filename="$dev" --ioengine=io_uring --direct=1 \
+            --rw=randwrite --bs=4k --iodepth=16 --size=8m --offset=8m --offset_increment=8m \
+            --numjobs=2 --cpus_allowed=0-1 --cpus_allowed_policy=split \
+            --verify=crc32c --do_verify=1 --verify_fatal=1 >/tmp/fio-verify.out 2>&1
+        rc=$?
+        grep -E 'err=|verify' /tmp/fio-verify.out | head -n 4
+        [ "$rc" -eq 0 ]
+    }
+    check "fio io_uring writes and verifies 16 MiB from two vCPUs" uring_verify
+    # Disconnect under I/O: fio reads while the controller is deleted; fio ends (with its
+    # errors), and tidepoold goes on serving the next connection (below).
+    /usr/bin/fio --name=busy --filename="$dev" --ioengine=io_uring --direct=1 --rw=randread \
+        --bs=4k --iodepth=32 --time_based --runtime=30 >/tmp/fio-busy.out 2>&1 &
+    busy=$!
+    sleep 1
     echo 1 >"/sys/class/nvme/$ctrl/delete_controller"
     check "the controller is deleted" sh -c "[ ! -e /sys/class/nvme/$ctrl ]"
+    fio_ended() {
+        i=0
+        while kill -0 "$busy" 2>/dev/null; do
+            i=$((i + 1))
+            [ $i -le 200 ] || { kill "$busy"; return 1; }
+            sleep 0.1
+        done
+    }
+    check "fio, reading when the controller went, ends" fio_ended
     ctrl2=$(connect "$NQN")
     check "a second connection is served" [ -n "$ctrl2" ]
     if [ -n "$ctrl2" ]; then
@@ -119,6 +149,17 @@ check "a connect to an unknown subsystem is refused" refused_connect nqn.2016-06
 disc=$(connect nqn.2014-08.org.nvmexpress.discovery)
 check "the discovery controller connects" [ -n "$disc" ]
 [ -z "$disc" ] || echo 1 >"/sys/class/nvme/$disc/delete_controller"
+# nvme-cli's discover reads the discovery log page: the subsystem, its address and port.
+HOSTNQN=nqn.2014-08.org.nvmexpress:uuid:2f0c7d1e-58a1-4c35-9d0e-4a3c2b1f0e11
+discover() {
+    /usr/sbin/nvme discover -t tcp -a 127.0.0.1 -s 4420 --hostnqn="$HOSTNQN" \
+        --hostid=2f0c7d1e-58a1-4c35-9d0e-4a3c2b1f0e11 >/tmp/discover.out 2>&1
+    rc=$?
+    cat /tmp/discover.out
+    [ "$rc" -eq 0 ] && grep -q "subnqn: *$NQN" /tmp/discover.out &&
+        grep -q 'trsvcid: *4420' /tmp/discover.out && grep -q 'trtype: *tcp' /tmp/discover.out
+}
+check "nvme discover lists $NQN at 127.0.0.1:4420" discover
 check "tidepoold is still serving" kill -0 "$tp"
 # Every host gone: no controller listed, and the subsystem can be deleted.
 i=0
