@@ -199,7 +199,12 @@ def scenario_errors(scratch):
     error(c.call("bdev_nvme_attach_controller", {**pcie, "traddr": "00:01.0"}), -32602, "malformed PCI address", "not a PCI address")
     error(c.call("bdev_nvme_attach_controller", {**pcie, "traddr": "0000:ff:1f.7"}), -32602, "no such PCI device", "no PCI device 0000:ff:1f.7")
     error(c.call("bdev_nvme_attach_controller", pcie), -32602, "traddr missing", "traddr")
-    error(c.call("bdev_nvme_attach_controller", {**pcie, "trtype": "RDMA", "traddr": "0000:00:01.0"}), -32602, "another transport", "only PCIe")
+    error(c.call("bdev_nvme_attach_controller", {**pcie, "trtype": "RDMA", "traddr": "0000:00:01.0"}), -32602, "another transport", "PCIe or TCP")
+    tcp = {"name": "Nt", "trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": "4420", "subnqn": "nqn.2016-06.io.spdk:cnode1"}
+    error(c.call("bdev_nvme_attach_controller", {**tcp, "trsvcid": None}), -32602, "TCP without a port", "trsvcid")
+    error(c.call("bdev_nvme_attach_controller", {**tcp, "subnqn": "cnode1"}), -32602, "TCP with a bad subsystem NQN", "subnqn")
+    error(c.call("bdev_nvme_attach_controller", {**tcp, "ctrlr_loss_timeout_sec": 5}), -32602, "a loss timeout without a reconnect delay", "reconnect_delay_sec")
+    error(c.call("bdev_nvme_attach_controller", {**pcie, "traddr": "0000:00:01.0", "subnqn": "nqn.2016-06.io.spdk:cnode1"}), -32602, "a TCP option on PCIe", "TCP only")
     error(c.call("bdev_nvme_attach_controller", {**pcie, "traddr": "0000:00:01.0", "io_queue_entries": 1}), -32602, "a one-entry queue", "io_queue_entries")
     error(c.call("bdev_nvme_attach_controller", {**pcie, "traddr": "0000:00:01.0", "colour": 1}), -32602, "unknown parameter", "colour")
     error(c.call("bdev_nvme_attach_controller", {"name": "bad name", "trtype": "PCIe", "traddr": "0000:00:01.0"}), -32602, "a name with a space", "name")

@@ -65,23 +65,7 @@ pub fn pool_volume_export(
     crate::nbd_unix_uri(&nbd, "vol")
 }
 
-/// qemu-io's arguments for `cmds` (each a `-c` command) against `uri`.
-pub fn qemu_io_args(uri: &str, cmds: &[String]) -> Vec<String> {
-    let mut args = vec!["-f".to_string(), "raw".into(), uri.to_string()];
-    for c in cmds {
-        args.extend(["-c".into(), c.clone()]);
-    }
-    args
-}
-
-/// qemu-io (in the guest with its libraries) running `cmds`; requires every one to succeed.
-pub fn qemu_io(uri: &str, cmds: &[String]) {
-    let args = qemu_io_args(uri, cmds);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = crate::external("qemu-io", &args);
-    let shown = crate::text(&out);
-    assert!(out.status.success() && !shown.contains("failed"), "{shown}");
-}
+pub use crate::{qemu_io, qemu_io_args};
 
 /// Runs `scripts/setup_nvme.sh` (in the guest at `$TP_SCRIPTS`) with `args`; requires success.
 pub fn setup_nvme(args: &[&str]) -> String {

@@ -271,6 +271,35 @@ pub fn spdk_rpc() -> PathBuf {
     path
 }
 
+/// qemu-io's arguments for `cmds` (each a `-c` command) against `uri`.
+pub fn qemu_io_args(uri: &str, cmds: &[String]) -> Vec<String> {
+    let mut args = vec!["-f".to_string(), "raw".into(), uri.to_string()];
+    for c in cmds {
+        args.extend(["-c".into(), c.clone()]);
+    }
+    args
+}
+
+/// qemu-io running `cmds`; requires every one to succeed.
+pub fn qemu_io(uri: &str, cmds: &[String]) {
+    let args = qemu_io_args(uri, cmds);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = external("qemu-io", &args);
+    let shown = text(&out);
+    assert!(out.status.success() && !shown.contains("failed"), "{shown}");
+}
+
+/// Starts qemu-io running `cmds` in order against `uri` (a client streaming writes while a
+/// test moves shards); wait for its output to see that each one succeeded.
+pub fn spawn_qemu_io(uri: &str, cmds: &[String]) -> std::process::Child {
+    Command::new("qemu-io")
+        .args(qemu_io_args(uri, cmds))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("qemu-io (scripts/test.sh installs qemu-utils)")
+}
+
 /// An NBD URI for `export` on the Unix socket `sock` (what qemu-io and nbdinfo take).
 pub fn nbd_unix_uri(sock: &str, export: &str) -> String {
     format!("nbd+unix:///{export}?socket={sock}")

@@ -87,7 +87,10 @@ fn attach_identifies_the_controller_and_refuses_bad_input() {
             vec!["-b", "Nvme0", "-t", "pcie", "-a", "0000:00:1f.6"],
             "already attached",
         ),
-        (vec!["-b", "Bad", "-t", "tcp", "-a", &bdf], "only PCIe"),
+        (
+            vec!["-b", "Bad", "-t", "tcp", "-a", &bdf],
+            "not an IP address",
+        ),
     ] {
         let mut full = vec!["bdev_nvme_attach_controller"];
         full.extend(args.iter().copied());

@@ -135,12 +135,7 @@ fn a_copy_onto_a_write_fault_target_restarts_completes_or_is_abandoned_unseen() 
     let cmds: Vec<String> = (0..rounds)
         .flat_map(|r| (0..8u64).map(move |k| format!("write -P {} {} 2M", 0x20 + r, k * 2 * MIB)))
         .collect();
-    let writer = Command::new("qemu-io")
-        .args(qemu_io_args(&uri, &cmds))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-io in the guest");
+    let writer = tidepool_tests::spawn_qemu_io(&uri, &cmds);
     let started = d.tpctl_ok(&["shard_migrate", "vol", "0", "--target-bdev", "Fault0n1"]);
     assert_eq!(started["state"], "copying", "{started}");
     let status = wait_migration(&d);

@@ -4,9 +4,10 @@
 //! in the middle of a copy; and a member removed from a pool under writes.
 
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tidepool_tests::{bdev_config_with, external, nbd_unix_uri, text, Daemon, Scratch};
+use tidepool_tests::{
+    bdev_config_with, nbd_unix_uri, qemu_io, spawn_qemu_io, text, Daemon, Scratch,
+};
 
 const MIB: u64 = 1 << 20;
 /// Member files: 2 MiB of metadata and eight 4 MiB shard extents.
@@ -70,35 +71,6 @@ fn shards(d: &Daemon) -> Vec<Value> {
         .clone()
 }
 
-/// qemu-io's arguments for `cmds` (each a `-c` command) against `uri`.
-fn qemu_io_args(uri: &str, cmds: &[String]) -> Vec<String> {
-    let mut args = vec!["-f".to_string(), "raw".into(), uri.to_string()];
-    for c in cmds {
-        args.extend(["-c".into(), c.clone()]);
-    }
-    args
-}
-
-/// qemu-io with `-c` commands; requires success and no failed command.
-fn qemu_io(uri: &str, cmds: &[String]) {
-    let args = qemu_io_args(uri, cmds);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = external("qemu-io", &args);
-    let shown = text(&out);
-    assert!(out.status.success() && !shown.contains("failed"), "{shown}");
-}
-
-/// Starts qemu-io running `cmds` in order against `uri` (a client streaming writes while
-/// the test moves shards); wait for its output to see that each one succeeded.
-fn spawn_writer(uri: &str, cmds: &[String]) -> std::process::Child {
-    Command::new("qemu-io")
-        .args(qemu_io_args(uri, cmds))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-io (scripts/test.sh installs qemu-utils)")
-}
-
 fn migration(d: &Daemon) -> Value {
     d.tpctl_ok(&["migration_get_status", "-n", "vol"])[0].clone()
 }
@@ -138,7 +110,7 @@ fn a_shard_migrates_under_writes_through_target_failures_and_reads_back_right() 
             ));
         }
     }
-    let writer = spawn_writer(&uri, &cmds);
+    let writer = spawn_qemu_io(&uri, &cmds);
     let started = d.tpctl_ok(&[
         "shard_migrate",
         "vol",
@@ -339,7 +311,7 @@ fn pool_remove_bdev_under_writes_empties_a_member_and_releases_it() {
             cmds.push(format!("write -P {} {} 64k", 0x60 + round, k * MIB));
         }
     }
-    let writer = spawn_writer(&uri, &cmds);
+    let writer = spawn_qemu_io(&uri, &cmds);
     let started = d.tpctl_ok(&["pool_remove_bdev", "p", "B"]);
     assert_eq!(started["shards_to_move"], 2);
     let deadline = Instant::now() + Duration::from_secs(60);

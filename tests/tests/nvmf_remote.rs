@@ -5,9 +5,8 @@
 //! fails, the host reconnects when the target returns, and a second copy onto it completes.
 
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tidepool_tests::{external, nbd_unix_uri, text, Daemon, Scratch};
+use tidepool_tests::{nbd_unix_uri, qemu_io, spawn_qemu_io, text, Daemon, Scratch};
 
 const MIB: u64 = 1 << 20;
 /// Member size: 2 MiB of metadata and eight 4 MiB shard extents.
@@ -48,22 +47,6 @@ fn start_target(host: &Daemon, s: &Scratch, name: &str, cfg: &str, port: u16) ->
         std::thread::sleep(Duration::from_millis(20));
     }
     t
-}
-
-fn qemu_io_args(uri: &str, cmds: &[String]) -> Vec<String> {
-    let mut args = vec!["-f".to_string(), "raw".into(), uri.to_string()];
-    for c in cmds {
-        args.extend(["-c".into(), c.clone()]);
-    }
-    args
-}
-
-fn qemu_io(uri: &str, cmds: &[String]) {
-    let args = qemu_io_args(uri, cmds);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = external("qemu-io", &args);
-    let shown = text(&out);
-    assert!(out.status.success() && !shown.contains("failed"), "{shown}");
 }
 
 fn migration(d: &Daemon) -> Value {
@@ -175,12 +158,7 @@ fn a_shard_copy_onto_a_remote_member_survives_its_target_being_killed() {
                 .map(move |k| format!("write -P {} {} 256k", 0x20 + round, base + k * 256 * 1024))
         })
         .collect();
-    let writer = Command::new("qemu-io")
-        .args(qemu_io_args(&uri, &cmds))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-io (scripts/test.sh installs qemu-utils)");
+    let mut writer = spawn_qemu_io(&uri, &cmds);
     let started = h.tpctl_ok(&[
         "shard_migrate",
         "vol",
@@ -194,7 +172,6 @@ fn a_shard_copy_onto_a_remote_member_survives_its_target_being_killed() {
         assert!(Instant::now() < deadline, "the copy made no progress");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut writer = writer;
     assert!(
         writer.try_wait().expect("writer").is_none(),
         "the writer finished before the kill: nothing overlapped it"

@@ -6,10 +6,9 @@
 use super::*;
 use crate::bdev::malloc::{MallocBdev, MallocCreateParams};
 use crate::bdev::BdevRegistry;
-use crate::nvmf::connect::{Limits, SubsystemView};
-use crate::nvmf::fabrics::{fctype, property, CNTLID_DYNAMIC, DISCOVERY_NQN, OPCODE};
-use crate::nvmf::identify::NamespaceInfo;
+use crate::nvmf::fabrics::{fctype, property, CNTLID_DYNAMIC, OPCODE};
 use crate::nvmf::pdu::Digests;
+use crate::nvmf::testing::{self, Dir};
 use crate::reactor::ReactorConfig;
 use std::net::TcpListener;
 use std::thread::JoinHandle;
@@ -19,14 +18,6 @@ const SUB: &str = "nqn.2016-06.io.tidepool:test";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
 const BS: u32 = 512;
 const BLOCKS: u64 = 8192;
-
-struct Dir(SubsystemView);
-
-impl Directory for Dir {
-    fn subsystem(&self, nqn: &str) -> Option<SubsystemView> {
-        (nqn == self.0.nqn || nqn == DISCOVERY_NQN).then(|| self.0.clone())
-    }
-}
 
 /// A host's end of one connection.
 struct Host {
@@ -190,31 +181,9 @@ fn with_target(host: impl FnOnce(std::net::SocketAddr) + Send + 'static) {
     .unwrap();
     let bdev = registry.register(Arc::new(malloc)).unwrap();
     let mut rs = crate::testkit::reactors(1, &registry, ReactorConfig::default());
-    let view = SubsystemView {
-        nqn: SUB.into(),
-        serial: "TP-TEST".into(),
-        model: "tidepool".into(),
-        allow_any_host: false,
-        hosts: vec![HOST.into()],
-        namespaces: vec![NamespaceInfo {
-            nsid: 1,
-            num_blocks: BLOCKS,
-            block_size: BS,
-            uuid: [5; 16],
-            deallocated_reads_zeroes: true,
-        }],
-        bdevs: vec![(1, bdev)],
-        max_nsid: 32,
-        discovery: vec![],
-        discovery_generation: 0,
-    };
+    let view = testing::view(SUB, "TP-TEST", bdev, BLOCKS, BS, &[HOST]);
+    let controllers = Arc::new(Controllers::new(testing::limits()));
     let directory: Arc<dyn Directory + Send + Sync> = Arc::new(Dir(view));
-    let controllers = Arc::new(Controllers::new(Limits {
-        max_queue_entries: 128,
-        max_io_queues: 4,
-        in_capsule_bytes: IN_CAPSULE_BYTES,
-        mdts: MDTS,
-    }));
     let waker = SocketWaker::start().unwrap();
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -400,30 +369,8 @@ fn the_target_listens_places_connections_and_closes_the_port_with_its_last_user(
     let mut config = EngineConfig::new(vec![0, 1]);
     config.pin = false;
     let engine = Arc::new(Engine::start(config, Arc::clone(&registry)).unwrap());
-    let view = SubsystemView {
-        nqn: SUB.into(),
-        serial: "TP-TARGET".into(),
-        model: "tidepool".into(),
-        allow_any_host: true,
-        hosts: vec![],
-        namespaces: vec![NamespaceInfo {
-            nsid: 1,
-            num_blocks: BLOCKS,
-            block_size: BS,
-            uuid: [6; 16],
-            deallocated_reads_zeroes: true,
-        }],
-        bdevs: vec![(1, bdev)],
-        max_nsid: 32,
-        discovery: vec![],
-        discovery_generation: 0,
-    };
-    let limits = Limits {
-        max_queue_entries: 128,
-        max_io_queues: 4,
-        in_capsule_bytes: IN_CAPSULE_BYTES,
-        mdts: MDTS,
-    };
+    let view = testing::view(SUB, "TP-TARGET", bdev, BLOCKS, BS, &[]);
+    let limits = testing::limits();
     let target = NvmfTarget::new(Arc::clone(&engine), Arc::new(Dir(view)), limits).unwrap();
     assert!(matches!(
         target.listen("not an address"),

@@ -26,3 +26,5 @@ pub mod identify;
 pub mod pdu;
 pub mod subsystem;
 pub mod target;
+#[cfg(test)]
+pub(crate) mod testing;

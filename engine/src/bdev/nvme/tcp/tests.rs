@@ -9,10 +9,8 @@ use crate::bdev::nvme::{attach, AttachParams, NvmeBdev};
 use crate::bdev::{
     Bdev, BdevChannel, BdevRegistry, Completion, IoOrigin, IoRequest, IoStatus, IoType,
 };
-use crate::nvmf::conn::{IN_CAPSULE_BYTES, MDTS};
-use crate::nvmf::connect::{Directory, Limits, SubsystemView};
-use crate::nvmf::identify::NamespaceInfo;
 use crate::nvmf::target::NvmfTarget;
+use crate::nvmf::testing::{self, Dir};
 use crate::reactor::{Engine, EngineConfig};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -23,14 +21,6 @@ use tidepool_bindings::dma::DmaPool;
 const SUB: &str = "nqn.2016-06.io.tidepool:initiator-test";
 const BS: u32 = 512;
 const BLOCKS: u64 = 16384;
-
-struct Dir(SubsystemView);
-
-impl Directory for Dir {
-    fn subsystem(&self, nqn: &str) -> Option<SubsystemView> {
-        (nqn == self.0.nqn).then(|| self.0.clone())
-    }
-}
 
 /// A target on its own reactor thread, serving one malloc bdev that outlives it.
 struct Target {
@@ -48,30 +38,8 @@ impl Target {
         let mut config = EngineConfig::new(vec![0]);
         config.pin = false;
         let engine = Arc::new(Engine::start(config, Arc::clone(registry)).unwrap());
-        let view = SubsystemView {
-            nqn: SUB.into(),
-            serial: "TP-INIT".into(),
-            model: "tidepool".into(),
-            allow_any_host: true,
-            hosts: vec![],
-            namespaces: vec![NamespaceInfo {
-                nsid: 1,
-                num_blocks: BLOCKS,
-                block_size: BS,
-                uuid: [3; 16],
-                deallocated_reads_zeroes: true,
-            }],
-            bdevs: vec![(1, bdev)],
-            max_nsid: 32,
-            discovery: vec![],
-            discovery_generation: 0,
-        };
-        let limits = Limits {
-            max_queue_entries: 128,
-            max_io_queues: 4,
-            in_capsule_bytes: IN_CAPSULE_BYTES,
-            mdts: MDTS,
-        };
+        let view = testing::view(SUB, "TP-INIT", bdev, BLOCKS, BS, &[]);
+        let limits = testing::limits();
         let nvmf = NvmfTarget::new(engine, Arc::new(Dir(view)), limits).unwrap();
         // The port may take a moment to come free after a stop.
         let until = Instant::now() + Duration::from_secs(5);
