@@ -4,8 +4,6 @@
 //! bad commands, and a malformed PDU that ends only its own connection.
 
 use super::*;
-use crate::bdev::malloc::{MallocBdev, MallocCreateParams};
-use crate::bdev::BdevRegistry;
 use crate::nvmf::fabrics::{fctype, property, CNTLID_DYNAMIC, OPCODE};
 use crate::nvmf::pdu::Digests;
 use crate::nvmf::testing::{self, Dir};
@@ -171,15 +169,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 /// Runs `host` against a target on one reactor until it returns.
 fn with_target(host: impl FnOnce(std::net::SocketAddr) + Send + 'static) {
-    let registry = Arc::new(BdevRegistry::new());
-    let malloc = MallocBdev::create(&MallocCreateParams {
-        name: Some("M0".into()),
-        num_blocks: BLOCKS,
-        block_size: BS,
-        uuid: None,
-    })
-    .unwrap();
-    let bdev = registry.register(Arc::new(malloc)).unwrap();
+    let (registry, bdev) = testing::malloc_registry("M0", BLOCKS, BS);
     let mut rs = crate::testkit::reactors(1, &registry, ReactorConfig::default());
     let view = testing::view(SUB, "TP-TEST", bdev, BLOCKS, BS, &[HOST]);
     let controllers = Arc::new(Controllers::new(testing::limits()));
@@ -357,15 +347,7 @@ fn bad_commands_get_their_status_and_a_malformed_pdu_ends_only_its_connection() 
 fn the_target_listens_places_connections_and_closes_the_port_with_its_last_user() {
     use crate::nvmf::target::{ListenError, NvmfTarget};
     use crate::reactor::{Engine, EngineConfig};
-    let registry = Arc::new(BdevRegistry::new());
-    let malloc = MallocBdev::create(&MallocCreateParams {
-        name: Some("M1".into()),
-        num_blocks: BLOCKS,
-        block_size: BS,
-        uuid: None,
-    })
-    .unwrap();
-    let bdev = registry.register(Arc::new(malloc)).unwrap();
+    let (registry, bdev) = testing::malloc_registry("M1", BLOCKS, BS);
     let mut config = EngineConfig::new(vec![0, 1]);
     config.pin = false;
     let engine = Arc::new(Engine::start(config, Arc::clone(&registry)).unwrap());

@@ -6,7 +6,9 @@ use super::conn::{IN_CAPSULE_BYTES, MDTS};
 use super::connect::{Directory, Limits, SubsystemView};
 use super::fabrics::DISCOVERY_NQN;
 use super::identify::NamespaceInfo;
-use crate::bdev::BdevId;
+use crate::bdev::malloc::{MallocBdev, MallocCreateParams};
+use crate::bdev::{BdevId, BdevRegistry};
+use std::sync::Arc;
 
 /// A directory of one subsystem.
 pub struct Dir(pub SubsystemView);
@@ -55,4 +57,22 @@ pub fn limits() -> Limits {
         in_capsule_bytes: IN_CAPSULE_BYTES,
         mdts: MDTS,
     }
+}
+
+/// A registry holding one malloc bdev `name`; with its id.
+pub fn malloc_registry(
+    name: &str,
+    num_blocks: u64,
+    block_size: u32,
+) -> (Arc<BdevRegistry>, BdevId) {
+    let registry = Arc::new(BdevRegistry::new());
+    let malloc = MallocBdev::create(&MallocCreateParams {
+        name: Some(name.into()),
+        num_blocks,
+        block_size,
+        uuid: None,
+    })
+    .expect("a malloc bdev");
+    let id = registry.register(Arc::new(malloc)).expect("registered");
+    (registry, id)
 }

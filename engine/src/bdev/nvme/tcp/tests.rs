@@ -4,7 +4,6 @@
 //! R2Ts, requests split over MDTS, digests, two queues at once, a raw client's malformed PDUs,
 //! and the target going away mid-I/O under each set of reconnect options.
 
-use crate::bdev::malloc::{MallocBdev, MallocCreateParams};
 use crate::bdev::nvme::{attach, AttachParams, NvmeBdev};
 use crate::bdev::{
     Bdev, BdevChannel, BdevRegistry, Completion, IoOrigin, IoRequest, IoStatus, IoType,
@@ -141,16 +140,7 @@ impl Drop for Relay {
 }
 
 fn registry() -> Arc<BdevRegistry> {
-    let registry = Arc::new(BdevRegistry::new());
-    let malloc = MallocBdev::create(&MallocCreateParams {
-        name: Some("M0".into()),
-        num_blocks: BLOCKS,
-        block_size: BS,
-        uuid: None,
-    })
-    .unwrap();
-    registry.register(Arc::new(malloc)).unwrap();
-    registry
+    testing::malloc_registry("M0", BLOCKS, BS).0
 }
 
 fn params(addr: SocketAddr) -> AttachParams {
