@@ -16,7 +16,7 @@
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tidepool_tests::guest::{attach, env, pool_volume_export, qemu_io, qemu_io_args, setup_nvme};
+use tidepool_tests::guest::{attach, env, pool_volume_export, qemu_io, setup_nvme};
 use tidepool_tests::{text, Daemon, Scratch};
 
 const MIB: u64 = 1 << 20;
