@@ -11,7 +11,8 @@
 # spdk_nvme_discover must succeed and name the subsystem. Then, in rounds, alternating,
 # `spdk_nvme_perf -c 0x2` (core 1) runs 4 KiB randread q16 against each target on core 0,
 # each serving a null bdev (512-byte blocks, 1 GiB): `tidepoold --cores 0` and
-# `nvmf_tgt -m 0x1`. Medians, with p99 and every round; the ratio is tidepool / SPDK.
+# `nvmf_tgt -m 0x1 -u` (no PCI scan). Medians, with p99 and every round; the ratio is
+# tidepool / SPDK.
 #
 #   perf/spdk_nvmf_compare.sh SPDK_DIR [SECONDS] [ROUNDS]      defaults: 10 s, 3 rounds
 # Env: SPDK_APP_ARGS: extra arguments for every SPDK app (e.g. "--no-huge -s 1024" where no
@@ -57,7 +58,7 @@ J
 "$TP/tidepoold" --cores 0 -r "$RES/tp.sock" -L warn --json "$RES/tp.json" &
 PIDS+=($!)
 # shellcheck disable=SC2086
-"$BIN/nvmf_tgt" -m 0x1 -r "$RES/spdk.sock" $APP_ARGS >"$RES/nvmf_tgt.log" 2>&1 &
+"$BIN/nvmf_tgt" -m 0x1 -u -r "$RES/spdk.sock" $APP_ARGS >"$RES/nvmf_tgt.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 500); do [ -S "$RES/spdk.sock" ] && break; sleep 0.02; done
 rpc() { python3 "$RPC" -s "$RES/spdk.sock" "$@" >/dev/null; }
@@ -74,9 +75,11 @@ wait_port "$SPDK_PORT"
 "$BIN/spdk_nvme_identify" $APP_ARGS -r "$(trid $TP_PORT)" >"$RES/identify.txt" 2>&1 ||
   { cat "$RES/identify.txt"; echo "spdk_nvme_identify failed against tidepoold" >&2; exit 1; }
 grep -q "$NQN" "$RES/identify.txt" || { cat "$RES/identify.txt"; exit 1; }
+# (spdk_nvme_discover prints the log, then waits for change notices until it gets SIGINT.)
 # shellcheck disable=SC2086
-"$BIN/spdk_nvme_discover" $APP_ARGS -r "trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:$TP_PORT" \
-  >"$RES/discover.txt" 2>&1 || { cat "$RES/discover.txt"; echo "spdk_nvme_discover failed" >&2; exit 1; }
+timeout --preserve-status -s INT 5 "$BIN/spdk_nvme_discover" $APP_ARGS \
+  -r "trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:$TP_PORT" >"$RES/discover.txt" 2>&1 ||
+  { cat "$RES/discover.txt"; echo "spdk_nvme_discover failed" >&2; exit 1; }
 grep -q "$NQN" "$RES/discover.txt" || { cat "$RES/discover.txt"; exit 1; }
 echo "== spdk_nvme_identify and spdk_nvme_discover name $NQN on tidepoold's target"
 
@@ -114,7 +117,7 @@ Produced by `perf/spdk_nvmf_compare.sh SPDK_DIR {T} {rounds}` on one machine ({o
 {cpu}), with an SPDK build made for the measurement only (not part of the project).
 `spdk_nvme_identify` and `spdk_nvme_discover` first read tidepoold's target (both must name the
 subsystem). Then `spdk_nvme_perf -c 0x2 -q 16 -o 4096 -w randread -t {T}` (core 1) against each
-target on core 0 serving a 1 GiB null bdev: `tidepoold --cores 0` and `nvmf_tgt -m 0x1`,
+target on core 0 serving a 1 GiB null bdev: `tidepoold --cores 0` and `nvmf_tgt -m 0x1 -u`,
 alternating, {rounds} rounds; medians, with p99 and every round.
 
 | row | tidepoold | SPDK nvmf_tgt | tidepool / SPDK |

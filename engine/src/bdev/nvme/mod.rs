@@ -442,7 +442,12 @@ impl Bdev for NvmeBdev {
                     "subnqn": ep.subnqn})
             }
         };
+        let pci_address = match &self.ctrl {
+            Transport::Pcie(c) => json!(c.bdf()),
+            Transport::Tcp(_) => Value::Null,
+        };
         json!({"nvme": [{
+            "pci_address": pci_address,
             "trid": trid,
             "ctrlr_data": {"model_number": id.model, "serial_number": id.serial,
                 "firmware_revision": id.firmware, "vendor_id": format!("{:#06x}", id.vid),
