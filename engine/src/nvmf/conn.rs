@@ -425,6 +425,11 @@ impl TargetConnection {
                 self.respond(fabrics::completion(cid, Codes::SUCCESS, cntlid as u32, 0));
             }
             Err(refusal) => {
+                log::warn!(
+                    "nvmf: {}: Connect of queue {qid} refused: {}",
+                    self.peer,
+                    fabrics::describe_refusal(refusal.status, refusal.dw0())
+                );
                 self.respond(fabrics::completion(cid, refusal.status, refusal.dw0(), 0));
             }
         }

@@ -404,6 +404,12 @@ mod tests {
             &data(SUB, "nqn.2014-08.org.example:other", 0xffff),
         );
         assert_eq!(stranger.status, Codes::CONNECT_INVALID_HOST);
+        let nameless = refused(0, 0, 31, &data(SUB, "", 0xffff));
+        assert_eq!(
+            nameless.status,
+            Codes::CONNECT_INVALID_HOST,
+            "no host NQN is on no host list"
+        );
         assert_eq!(
             refused(0, 0, 31, &data(SUB, HOST, 5)).offset,
             DATA_CNTLID_AT

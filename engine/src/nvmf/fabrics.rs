@@ -237,12 +237,14 @@ const CNTLID_AT: usize = 16;
 const SUBNQN_AT: usize = 256;
 const HOSTNQN_AT: usize = 512;
 
-fn nqn_at(data: &[u8], at: usize) -> Result<String, ConnectRefusal> {
+/// The NQN in the field at `at`: NUL-terminated, at most [`NQN_MAX_BYTES`], and empty only
+/// when `may_be_empty`.
+fn nqn_at(data: &[u8], at: usize, may_be_empty: bool) -> Result<String, ConnectRefusal> {
     let field = &data[at..at + NQN_FIELD_BYTES];
     let len = field
         .iter()
         .position(|&b| b == 0)
-        .filter(|&n| n > 0 && n <= NQN_MAX_BYTES)
+        .filter(|&n| (n > 0 || may_be_empty) && n <= NQN_MAX_BYTES)
         .ok_or(ConnectRefusal::invalid_parameter(true, at as u16))?;
     std::str::from_utf8(&field[..len])
         .map(str::to_string)
@@ -260,8 +262,11 @@ impl ConnectData {
         Ok(ConnectData {
             host_id,
             cntlid: u16::from_le_bytes([data[CNTLID_AT], data[CNTLID_AT + 1]]),
-            subsystem_nqn: nqn_at(data, SUBNQN_AT)?,
-            host_nqn: nqn_at(data, HOSTNQN_AT)?,
+            subsystem_nqn: nqn_at(data, SUBNQN_AT, false)?,
+            // SPDK's initiator sends none unless told one, and SPDK's target and the kernel's
+            // let it in where any host may connect: so does this one (an empty host NQN is
+            // in no subsystem's host list).
+            host_nqn: nqn_at(data, HOSTNQN_AT, true)?,
         })
     }
 
@@ -460,10 +465,17 @@ mod tests {
         let e = ConnectData::parse(&unterminated).unwrap_err();
         assert_eq!((e.in_data, e.offset), (true, SUBNQN_AT as u16));
         assert_eq!(e.dw0(), 1 << 16 | SUBNQN_AT as u32);
-        let mut empty_host = bytes;
+        let mut empty_host = bytes.clone();
         empty_host[HOSTNQN_AT..HOSTNQN_AT + NQN_FIELD_BYTES].fill(0);
-        let e = ConnectData::parse(&empty_host).unwrap_err();
-        assert_eq!(e.offset, HOSTNQN_AT as u16);
+        assert_eq!(
+            ConnectData::parse(&empty_host).unwrap().host_nqn,
+            "",
+            "an empty host NQN is taken (SPDK's initiator sends one)"
+        );
+        let mut empty_subsystem = bytes;
+        empty_subsystem[SUBNQN_AT..SUBNQN_AT + NQN_FIELD_BYTES].fill(0);
+        let e = ConnectData::parse(&empty_subsystem).unwrap_err();
+        assert_eq!(e.offset, SUBNQN_AT as u16);
     }
 
     #[test]
