@@ -63,6 +63,9 @@ pub const DATA_BUFFERS: usize = 32;
 const MAX_PDU: u32 = 8 + 64 + 4 + IN_CAPSULE_BYTES + 4 + MAX_H2C_DATA;
 /// Bytes read from the socket per poll.
 const READ_CHUNK: usize = 256 << 10;
+/// The input grows by this much when less than `READ_MIN_SPACE` is left to read into.
+const READ_SPACE: usize = 64 << 10;
+const READ_MIN_SPACE: usize = 16 << 10;
 
 /// Where the connection is in its life.
 enum Phase {
@@ -115,7 +118,10 @@ pub struct TargetConnection {
     waker: Arc<SocketWaker>,
     /// The target's count of live connections (this one counted until it closes).
     live: Arc<AtomicUsize>,
+    /// Bytes received: `input[..filled]` (the rest is space to read into, zeroed only when
+    /// it grows, so that a read does not clear its buffer first).
     input: Vec<u8>,
+    filled: usize,
     output: Vec<u8>,
     sent: usize,
     phase: Phase,
@@ -163,6 +169,7 @@ impl TargetConnection {
             waker,
             live,
             input: Vec::new(),
+            filled: 0,
             output: Vec::new(),
             sent: 0,
             phase: Phase::AwaitIcReq,
@@ -183,12 +190,14 @@ impl TargetConnection {
 
     fn receive(&mut self) -> usize {
         let mut n = 0;
-        let mut chunk = [0u8; 64 << 10];
         while self.closing.is_none() && n < READ_CHUNK {
-            match self.stream.read(&mut chunk) {
+            if self.input.len() - self.filled < READ_MIN_SPACE {
+                self.input.resize(self.filled + READ_SPACE, 0);
+            }
+            match self.stream.read(&mut self.input[self.filled..]) {
                 Ok(0) => self.end("the host closed the connection"),
                 Ok(k) => {
-                    self.input.extend_from_slice(&chunk[..k]);
+                    self.filled += k;
                     n += k;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -242,33 +251,35 @@ impl TargetConnection {
         self.end(&format!("protocol error: {err}"));
     }
 
-    /// Takes every whole PDU in the input. (The taken bytes go in one drain at the end: one
-    /// per PDU would move the rest of the buffer every time.)
+    /// Takes every whole PDU in the input. (What is left, a PDU not all there yet, moves to
+    /// the front once at the end: moving it per PDU would copy the rest every time.)
     fn process(&mut self, ctx: &mut Ctx) -> usize {
         let mut work = 0;
         let input = std::mem::take(&mut self.input);
+        let end = self.filled;
         let mut at = 0;
         while self.closing.is_none() {
-            let rest = &input[at..];
+            let rest = &input[at..end];
             let (pdu, used) = match pdu::decode(rest, self.framing.digests, MAX_PDU) {
                 Ok(Decoded::Pdu(p, used)) => (p, used),
                 Ok(Decoded::Incomplete(_)) => break,
                 Err(e) => {
                     self.terminate(&e, rest);
-                    at = input.len();
+                    at = end;
                     break;
                 }
             };
             if let Err(e) = self.take(ctx, pdu, &rest[..used]) {
                 self.terminate(&e, &rest[..used]);
-                at = input.len();
+                at = end;
                 break;
             }
             at += used;
             work += 1;
         }
         self.input = input;
-        self.input.drain(..at);
+        self.input.copy_within(at..end, 0);
+        self.filled = end - at;
         work
     }
 
