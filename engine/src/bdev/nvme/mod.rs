@@ -273,7 +273,25 @@ impl From<TcpError> for BdevError {
 /// The attached controller behind a namespace's bdev.
 pub enum Transport {
     Pcie(Arc<Controller>),
-    Tcp(Arc<TcpController>),
+    Tcp(Arc<TcpAttachment>),
+}
+
+/// An NVMe/TCP controller as its bdevs hold it: when the last of them goes (detach), the
+/// controller is detached, so that its channels fail what they hold and close, whatever
+/// the reconnect options. (Channels hold the controller itself.)
+pub struct TcpAttachment(pub Arc<TcpController>);
+
+impl std::ops::Deref for TcpAttachment {
+    type Target = TcpController;
+    fn deref(&self) -> &TcpController {
+        &self.0
+    }
+}
+
+impl Drop for TcpAttachment {
+    fn drop(&mut self) {
+        self.0.detach();
+    }
 }
 
 impl Transport {
@@ -359,7 +377,7 @@ pub fn attach(p: &AttachParams) -> Result<Vec<NvmeBdev>, BdevError> {
             p.io_queue_entries,
             Duration::from_millis(p.timeout_ms),
         )?)),
-        Trtype::Tcp => Transport::Tcp(Arc::new(connect_tcp(p)?)),
+        Trtype::Tcp => Transport::Tcp(Arc::new(TcpAttachment(Arc::new(connect_tcp(p)?)))),
     };
     if ctrl.namespaces().is_empty() {
         return Err(BdevError::invalid(
@@ -372,7 +390,12 @@ pub fn attach(p: &AttachParams) -> Result<Vec<NvmeBdev>, BdevError> {
     if id.has_write_zeroes() {
         supported.push(IoType::WriteZeroes);
     }
-    if id.has_dataset_management() {
+    // Deallocate's range list goes in the capsule on NVMe/TCP: offered only where it fits.
+    let ranges_fit = match &ctrl {
+        Transport::Pcie(_) => true,
+        Transport::Tcp(_) => id.in_capsule_bytes() >= 16,
+    };
+    if id.has_dataset_management() && ranges_fit {
         supported.push(IoType::Unmap);
     }
     let first = ctrl.namespaces()[0].nsid;
@@ -423,7 +446,7 @@ impl Bdev for NvmeBdev {
                 Box::new(pcie::NvmeChannel::open(c, self.nsid, self.info.block_size)?)
             }
             Transport::Tcp(c) => Box::new(tcp::channel::TcpChannel::new(
-                Arc::clone(c),
+                Arc::clone(&c.0),
                 self.nsid,
                 self.info.block_size,
                 self.params.timeout_ms * 1_000_000,

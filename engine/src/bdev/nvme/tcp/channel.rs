@@ -34,6 +34,13 @@ const CHECK_INTERVAL_NS: Nanos = 100_000_000;
 const NO_QUEUE_RETRY_NS: Nanos = 1_000_000_000;
 /// Blocks one Read, Write or Write Zeroes names at most (NLB is 16 bits).
 const MAX_NLB: u32 = 1 << 16;
+/// Times a request is sent again after its queue failed before it fails with EIO (SPDK's
+/// `bdev_retry_count` default): a request that takes every queue down with it (a target
+/// that resets on it) must not be resent for ever.
+const MAX_RESENDS: u32 = 3;
+/// Sent output is dropped from the buffer's front once this much of it has gone (the buffer
+/// is otherwise emptied only when all of it has, which a steady stream may never allow).
+const OUTPUT_COMPACT_BYTES: usize = 1 << 20;
 
 /// One bdev request, possibly sent as several commands.
 struct Request {
@@ -44,6 +51,8 @@ struct Request {
     /// Commands out.
     out: u32,
     status: IoStatus,
+    /// Times it went back to the wait after its queue failed.
+    resends: u32,
 }
 
 impl Request {
@@ -162,14 +171,17 @@ impl TcpChannel {
                     }
                     Queue::Asked(ask) => {
                         let Some(result) = ask.take() else { return };
+                        let asked_in = ask.generation;
                         self.queue = Queue::None;
                         match result {
+                            // A queue of an older controller is no good (dropped: it closes).
+                            Ok(_) if asked_in != generation => {}
                             Ok(link) => {
                                 self.queue = Queue::Up(Box::new(Wire::new(link, generation)))
                             }
                             Err(AskError::Connection(why)) => {
-                                self.failed_generation = Some(generation);
-                                self.ctrl.report_failure(generation, why);
+                                self.failed_generation = Some(asked_in);
+                                self.ctrl.report_failure(asked_in, why);
                             }
                             Err(AskError::NotUp) => {}
                             Err(e @ AskError::NoQueue(_)) => {
@@ -222,6 +234,7 @@ impl TcpChannel {
         let mut out: Vec<u32> = w.commands.iter().flatten().map(|c| c.request).collect();
         out.sort_unstable();
         out.dedup();
+        let mut again = Vec::with_capacity(out.len());
         for &id in &out {
             let r = self.requests[id as usize]
                 .as_mut()
@@ -230,10 +243,20 @@ impl TcpChannel {
             r.started = false;
             r.out = 0;
             r.status = IoStatus::Success;
+            r.resends += 1;
+            if r.resends <= MAX_RESENDS {
+                again.push(id);
+            }
         }
         self.waiting.retain(|id| out.binary_search(id).is_err());
-        for &id in out.iter().rev() {
+        for &id in again.iter().rev() {
             self.waiting.push_front(id);
+        }
+        for id in out
+            .into_iter()
+            .filter(|id| again.binary_search(id).is_err())
+        {
+            self.finish(id, IoStatus::Failed { errno: libc::EIO });
         }
     }
 
@@ -548,7 +571,10 @@ impl Wire {
             match self.link.stream.write(&self.output[self.sent..]) {
                 Ok(0) => return Err("the connection took no bytes".into()),
                 Ok(n) => self.sent += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.compact_output();
+                    return Ok(());
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("write: {e}")),
             }
@@ -556,6 +582,14 @@ impl Wire {
         self.output.clear();
         self.sent = 0;
         Ok(())
+    }
+
+    /// Drops what has been sent from the front of the output, once there is much of it.
+    fn compact_output(&mut self) {
+        if self.sent >= OUTPUT_COMPACT_BYTES {
+            self.output.drain(..self.sent);
+            self.sent = 0;
+        }
     }
 }
 
@@ -587,6 +621,7 @@ impl BdevChannel for TcpChannel {
             started: false,
             out: 0,
             status: IoStatus::Success,
+            resends: 0,
         };
         let id = match self.free_requests.pop() {
             Some(id) => {

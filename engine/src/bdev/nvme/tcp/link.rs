@@ -213,13 +213,26 @@ impl Link {
                     Pdu::C2HData {
                         transfer,
                         data: range,
-                        ..
+                        last,
+                        success,
                     },
                     buf,
-                ) if transfer.cccid == cid && transfer.offset as usize == data.len() => {
+                ) if transfer.cccid == cid
+                    && transfer.offset as usize == data.len()
+                    && !range.is_empty() =>
+                {
                     data.extend_from_slice(&buf[range]);
                     if data.len() > in_bytes as usize {
                         return Err(self.protocol(format!("{op}: more data than asked")));
+                    }
+                    if last && success {
+                        // The controller's success flag stands for a CapsuleResp it does not
+                        // send (NVMe/TCP 1.0, 3.6.2.7): all zero but the command's identifier.
+                        let cqe = CompletionEntry {
+                            cid,
+                            ..CompletionEntry::default()
+                        };
+                        return Ok((cqe, data));
                     }
                 }
                 (Pdu::CapsuleResp(cqe), _) if cqe.cid == cid => {

@@ -75,8 +75,17 @@ impl ReconnectOptions {
             self.fast_io_fail_timeout_sec,
         );
         let bad = |p, why: &str| Err(BdevError::invalid(p, why.to_string()));
-        if loss < -1 {
-            return bad("ctrlr_loss_timeout_sec", "must be -1 (for ever), 0 or more");
+        if !(-1..=MAX_OPTION_SEC as i64).contains(&loss) {
+            return bad(
+                "ctrlr_loss_timeout_sec",
+                "must be -1 (for ever), or from 0 to 604800 (a week)",
+            );
+        }
+        if delay > MAX_OPTION_SEC || fast > MAX_OPTION_SEC {
+            return bad(
+                "reconnect_delay_sec",
+                "reconnect_delay_sec and fast_io_fail_timeout_sec must be at most 604800 (a week)",
+            );
         }
         if loss == 0 {
             if delay != 0 || fast != 0 {
@@ -108,6 +117,9 @@ impl ReconnectOptions {
         Ok(())
     }
 }
+
+/// The longest any reconnect option may be, in seconds (a week): more is a typo.
+const MAX_OPTION_SEC: u64 = 7 * 24 * 3600;
 
 /// What the reactors see of the controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,9 +157,21 @@ struct Facts {
     max_entries: u16,
 }
 
+impl Facts {
+    /// Entries of each I/O queue: what was asked, within CAP.MQES + 1 and MAXCMD.
+    fn queue_entries(&self, asked: u16) -> u16 {
+        let mut entries = asked.min(self.max_entries);
+        if self.identity.maxcmd != 0 {
+            entries = entries.min(self.identity.maxcmd);
+        }
+        entries
+    }
+}
+
 /// A channel's request for an I/O queue, filled in by the controller's thread.
 pub struct QueueAsk {
-    generation: u64,
+    /// The generation the queue is for: a result is good only while it is current.
+    pub generation: u64,
     thread: String,
     result: Mutex<Option<Result<Link, AskError>>>,
 }
@@ -180,6 +204,9 @@ struct Shared {
     /// I/O queues open in the current generation: qid → the thread holding it.
     queues: BTreeMap<u16, String>,
     cntlid: u16,
+    /// What the controller granted at the last (re)connect: I/O queues, and entries each.
+    io_queues: u16,
+    io_queue_entries: u16,
     last_error: Option<String>,
     /// When the controller went down (None while up).
     down_since: Option<Instant>,
@@ -190,8 +217,6 @@ struct Inner {
     settings: Settings,
     identity: IdentifyController,
     namespaces: Vec<Namespace>,
-    io_queues: u16,
-    io_queue_entries: u16,
     max_command_bytes: u32,
     /// generation << 2 | state.
     health: AtomicU64,
@@ -297,10 +322,7 @@ impl TcpController {
     /// controller cannot be reached or refuses.
     pub fn attach(name: &str, settings: Settings) -> Result<TcpController, TcpError> {
         let (admin, facts) = bring_up(&settings)?;
-        let mut entries = settings.io_queue_entries.min(facts.max_entries);
-        if facts.identity.maxcmd != 0 {
-            entries = entries.min(facts.identity.maxcmd);
-        }
+        let entries = facts.queue_entries(settings.io_queue_entries);
         let max_command_bytes = match facts.identity.mdts {
             0 => MAX_COMMAND_BYTES,
             m => (4096u32 << m.min(8)).min(MAX_COMMAND_BYTES),
@@ -309,8 +331,6 @@ impl TcpController {
             name: name.to_string(),
             identity: facts.identity,
             namespaces: facts.namespaces,
-            io_queues: facts.io_queues,
-            io_queue_entries: entries,
             max_command_bytes,
             health: AtomicU64::new(UP),
             shared: Mutex::new(Shared {
@@ -319,6 +339,8 @@ impl TcpController {
                 asks: Vec::new(),
                 queues: BTreeMap::new(),
                 cntlid: admin.cntlid,
+                io_queues: facts.io_queues,
+                io_queue_entries: entries,
                 last_error: None,
                 down_since: None,
             }),
@@ -352,9 +374,6 @@ impl TcpController {
     }
     pub fn namespaces(&self) -> &[Namespace] {
         &self.inner.namespaces
-    }
-    pub fn io_queue_entries(&self) -> u16 {
-        self.inner.io_queue_entries
     }
     pub fn max_command_bytes(&self) -> u32 {
         self.inner.max_command_bytes
@@ -393,9 +412,21 @@ impl TcpController {
 
     /// A channel gives its queue back (its socket is closed).
     pub fn release_queue(&self, generation: u64, qid: u16) {
+        // Under the lock: a reconnect clears the table under it, and a newer generation's
+        // channel may hold the same qid.
+        let mut s = lock(&self.inner.shared);
         if self.health() == (Health::Up { generation }) {
-            lock(&self.inner.shared).queues.remove(&qid);
+            s.queues.remove(&qid);
         }
+    }
+
+    /// Detach: the thread ends (closing the admin queue) and every request fails with
+    /// ENODEV from now on, so that the channels drain and close. Never blocks.
+    pub fn detach(&self) {
+        let mut s = lock(&self.inner.shared);
+        s.stop = true;
+        self.inner.set_health(self.inner.generation(), LOST);
+        self.inner.wake.notify_all();
     }
 
     /// A queue of `generation` failed: the controller goes down and reconnects.
@@ -438,8 +469,8 @@ impl TcpController {
                 "firmware_revision": id.firmware,
                 "max_transfer_bytes": i.max_command_bytes,
                 "namespaces": i.namespaces,
-                "io_queues_granted": i.io_queues,
-                "io_queue_entries": i.io_queue_entries,
+                "io_queues_granted": s.io_queues,
+                "io_queue_entries": s.io_queue_entries,
                 "io_qpairs": queues,
                 "digests": {"header": ep.digests.header, "data": ep.digests.data},
                 "reconnects": i.reconnects.load(Ordering::Relaxed),
@@ -450,19 +481,22 @@ impl TcpController {
 }
 
 impl Drop for TcpController {
+    /// Not joined: the last reference may go on a reactor, which must not wait for a
+    /// connect or a Keep Alive in flight. The thread sees `stop` and ends by itself.
     fn drop(&mut self) {
-        lock(&self.inner.shared).stop = true;
-        self.inner.wake.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.detach();
+        drop(self.thread.take());
     }
 }
 
 impl Inner {
+    /// Sets the health word; lost is for good (a detach, or the loss timeout, made it so).
     fn set_health(&self, generation: u64, state: u64) {
-        self.health
-            .store(generation << 2 | state, Ordering::Release);
+        let _ = self
+            .health
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w & 3 != LOST).then_some(generation << 2 | state)
+            });
     }
 
     fn generation(&self) -> u64 {
@@ -472,14 +506,17 @@ impl Inner {
     /// The controller's thread: Keep Alive, queue openings and reconnects, until detached.
     fn run(self: Arc<Self>, admin: Link) {
         let s = &self.settings;
-        // Keep Alive every half KATO; with no KATO, none (an hour is never, for this loop).
-        let keep_alive_every = match s.kato_ms {
-            0 => Duration::from_secs(3600),
-            kato => Duration::from_millis((kato / 2) as u64),
+        // Keep Alive every half KATO; with no KATO, none (the loop still wakes hourly).
+        let keep_alive_every = Duration::from_millis((s.kato_ms / 2).max(1) as u64);
+        let keep_alive = s.kato_ms != 0;
+        let idle_wait = if keep_alive {
+            keep_alive_every
+        } else {
+            Duration::from_secs(3600)
         };
         let delay = Duration::from_secs(s.reconnect.reconnect_delay_sec);
         let mut admin = Some(admin);
-        let mut next_keep_alive = Instant::now() + keep_alive_every;
+        let mut next_keep_alive = Instant::now() + idle_wait;
         let mut next_try = Instant::now();
         loop {
             let mut g = lock(&self.shared);
@@ -498,6 +535,7 @@ impl Inner {
                         continue;
                     }
                     drop(g);
+                    let link = admin.as_mut().expect("up means an admin link");
                     for ask in asks {
                         if down.is_some() {
                             ask.fail(AskError::NotUp);
@@ -506,14 +544,17 @@ impl Inner {
                         if let Err(AskError::Connection(why)) = self.open_queue(&ask) {
                             down = Some(why);
                         }
+                        // Between openings too: many of them must not starve Keep Alive.
+                        if down.is_none() && keep_alive && Instant::now() >= next_keep_alive {
+                            down = Self::send_keep_alive(link).err();
+                            next_keep_alive = Instant::now() + keep_alive_every;
+                        }
                     }
                     if down.is_none() && Instant::now() >= next_keep_alive {
-                        let ka = SubmissionEntry::keep_alive();
-                        let link = admin.as_mut().expect("up means an admin link");
-                        if let Err(e) = link.command("Keep Alive", ka, &[], 0) {
-                            down = Some(e.to_string());
+                        if keep_alive {
+                            down = Self::send_keep_alive(link).err();
                         }
-                        next_keep_alive = Instant::now() + keep_alive_every;
+                        next_keep_alive = Instant::now() + idle_wait;
                     }
                     if let Some(why) = down {
                         log::warn!("nvme {}: controller down: {why}", self.name);
@@ -556,13 +597,15 @@ impl Inner {
                             }
                             let mut g = lock(&self.shared);
                             g.cntlid = link.cntlid;
+                            g.io_queues = facts.io_queues;
+                            g.io_queue_entries = facts.queue_entries(s.io_queue_entries);
                             g.down_since = None;
                             g.failed = None;
                             admin = Some(link);
                             self.reconnects.fetch_add(1, Ordering::Relaxed);
                             self.set_health(generation + 1, UP);
                             log::info!("nvme {}: reconnected", self.name);
-                            next_keep_alive = Instant::now() + keep_alive_every;
+                            next_keep_alive = Instant::now() + idle_wait;
                         }
                         Err(e) => {
                             lock(&self.shared).last_error = Some(e.to_string());
@@ -578,6 +621,14 @@ impl Inner {
                 }
             }
         }
+    }
+
+    fn send_keep_alive(admin: &mut Link) -> Result<(), String> {
+        let ka = SubmissionEntry::keep_alive();
+        admin
+            .command("Keep Alive", ka, &[], 0)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Moves a down controller to failing I/O or lost once its times have passed.
@@ -612,16 +663,16 @@ impl Inner {
             if self.health.load(Ordering::Acquire) & 3 != UP || ask.generation != generation {
                 return Err(AskError::NotUp);
             }
-            let (qid, cntlid) = {
+            let (qid, cntlid, entries) = {
                 let mut g = lock(&self.shared);
-                let free = (1..=self.io_queues).find(|q| !g.queues.contains_key(q));
-                let qid = free.ok_or(AskError::NoQueue(self.io_queues))?;
+                let free = (1..=g.io_queues).find(|q| !g.queues.contains_key(q));
+                let qid = free.ok_or(AskError::NoQueue(g.io_queues))?;
                 g.queues.insert(qid, ask.thread.clone());
-                (qid, g.cntlid)
+                (qid, g.cntlid, g.io_queue_entries)
             };
             let q = QueueRequest {
                 qid,
-                entries: self.io_queue_entries,
+                entries,
                 cntlid,
                 kato_ms: 0,
             };

@@ -489,6 +489,40 @@ fn without_reconnect_options_a_dead_target_fails_requests_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A detach while the controller reconnects for ever (`ctrlr_loss_timeout_sec` -1) with a
+/// request waiting: the request fails with ENODEV at once, so the channel drains and closes.
+#[test]
+fn a_detach_fails_what_waits_even_when_reconnects_go_on_for_ever() {
+    let registry = registry();
+    let target = Target::start(&registry, "127.0.0.1:0");
+    let mut relay = Relay::start("127.0.0.1:0", target.addr).unwrap();
+    let mut h = Host::attach(&reconnecting(relay.addr, -1, 1, 0));
+    assert_eq!(h.write(0, &pattern(1, 4096)), IoStatus::Success);
+    relay.cut();
+    let io = h.request(IoType::Read, 0, 8, None);
+    h.submit(io);
+    assert!(
+        h.complete(1, Duration::from_millis(1500)).is_empty(),
+        "the read waits while the controller reconnects"
+    );
+    // The registry's bdev goes (bdev_nvme_detach_controller): only the channel is left.
+    let Host { bdev, mut ch, .. } = h;
+    drop(bdev);
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut out = Vec::new();
+    while out.is_empty() && Instant::now() < until {
+        ch.poll(crate::time::now(), 8, &mut out);
+    }
+    assert_eq!(out.len(), 1, "the waiting read never ended");
+    assert_eq!(
+        out[0].status,
+        IoStatus::Failed {
+            errno: libc::ENODEV
+        }
+    );
+    assert_eq!(ch.inflight(), 0, "the channel can close");
+}
+
 #[test]
 fn bad_attach_parameters_are_refused_and_a_closed_port_fails_the_attach() {
     let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
