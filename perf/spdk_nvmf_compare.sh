@@ -8,8 +8,10 @@
 # says so and exits 2.
 #
 # First SPDK's tools are pointed at tidepoold's target: spdk_nvme_identify and
-# spdk_nvme_discover must succeed and name the subsystem. Then, in rounds, alternating,
-# `spdk_nvme_perf -c 0x2` (core 1) runs 4 KiB randread q16 against each target on core 0,
+# spdk_nvme_discover must succeed and name the subsystem; and tidepool's initiator at SPDK's
+# target: `tidepool-perf -w verify` on a malloc namespace of nvmf_tgt, with no error. Then, in
+# rounds, alternating, `spdk_nvme_perf -c 0x2` and `tidepool-perf --cores 1` (core 1) each run
+# 4 KiB randread q16 against each target on core 0,
 # each serving a null bdev (512-byte blocks, 1 GiB): `tidepoold --cores 0` and
 # `nvmf_tgt -m 0x1 -u` (no PCI scan). Medians, with p99 and every round; the ratio is
 # tidepool / SPDK.
@@ -35,7 +37,7 @@ NQN=nqn.2016-06.io.tidepool:spdk-compare
 TP_PORT=4431
 SPDK_PORT=4432
 
-cargo build --release -p tidepool-tools
+cargo build --release -p tidepool-tools -p tidepool-perf
 TP=./target/release
 RES=$(mktemp -d)
 PIDS=()
@@ -67,6 +69,22 @@ rpc bdev_null_create Null0 1024 512
 rpc nvmf_create_subsystem "$NQN" -a -s SPDK0001
 rpc nvmf_subsystem_add_ns "$NQN" Null0
 rpc nvmf_subsystem_add_listener "$NQN" -t tcp -a 127.0.0.1 -s "$SPDK_PORT"
+VNQN=nqn.2016-06.io.tidepool:spdk-verify
+rpc bdev_malloc_create -b Malloc0 64 512
+rpc nvmf_create_subsystem "$VNQN" -a -s SPDK0002
+rpc nvmf_subsystem_add_ns "$VNQN" Malloc0
+rpc nvmf_subsystem_add_listener "$VNQN" -t tcp -a 127.0.0.1 -s "$SPDK_PORT"
+# attach_config FILE NQN PORT: a tidepool-perf config attaching NQN at PORT as bdev Rn1.
+attach_config() {
+  cat >"$1" <<J
+{"subsystems":[{"subsystem":"bdev","config":[
+  {"method":"bdev_nvme_attach_controller","params":{"name":"R","trtype":"TCP","adrfam":"IPv4",
+   "traddr":"127.0.0.1","trsvcid":"$3","subnqn":"$2"}}]}]}
+J
+}
+attach_config "$RES/tp-tidepool.json" "$NQN" "$TP_PORT"
+attach_config "$RES/tp-spdk.json" "$NQN" "$SPDK_PORT"
+attach_config "$RES/tp-verify.json" "$VNQN" "$SPDK_PORT"
 wait_port "$TP_PORT"
 wait_port "$SPDK_PORT"
 
@@ -82,6 +100,11 @@ timeout --preserve-status -s INT 5 "$BIN/spdk_nvme_discover" $APP_ARGS \
   { cat "$RES/discover.txt"; echo "spdk_nvme_discover failed" >&2; exit 1; }
 grep -q "$NQN" "$RES/discover.txt" || { cat "$RES/discover.txt"; exit 1; }
 echo "== spdk_nvme_identify and spdk_nvme_discover name $NQN on tidepoold's target"
+for size in 4096 131072; do
+  "$TP/tidepool-perf" --cores 1 -c "$RES/tp-verify.json" -w verify -q 8 -o "$size" -t 3 \
+    >"$RES/verify_$size.txt" 2>&1 || { cat "$RES/verify_$size.txt"; echo "tidepool's verify on nvmf_tgt failed" >&2; exit 1; }
+done
+echo "== tidepool-perf -w verify on nvmf_tgt's malloc namespace: no error at 4 KiB and 128 KiB"
 
 for r in $(seq 1 "$ROUNDS"); do
   for target in tidepool spdk; do
@@ -92,11 +115,15 @@ for r in $(seq 1 "$ROUNDS"); do
       -r "$(trid "$port")" >"$RES/${target}_r$r.txt" 2>&1 ||
       { cat "$RES/${target}_r$r.txt"; exit 1; }
     grep '^Total' "$RES/${target}_r$r.txt"
+    echo "== round $r/$ROUNDS: tidepool-perf against $target"
+    "$TP/tidepool-perf" --cores 1 -c "$RES/tp-$target.json" -w randread -q 16 -o 4096 -t "$T" \
+      --json "$RES/tp_${target}_r$r.json" >"$RES/tp_${target}_r$r.txt" 2>&1 ||
+      { cat "$RES/tp_${target}_r$r.txt"; exit 1; }
   done
 done
 
 python3 - "$RES" "$OUT" "$T" "$ROUNDS" <<'PY'
-import os, re, statistics, sys
+import json, os, re, statistics, sys
 res, out, T, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 def run(target, r):
     text = open(f"{res}/{target}_r{r}.txt").read()
@@ -104,11 +131,18 @@ def run(target, r):
     iops = float(total.split(":", 1)[1].split()[0])
     p99 = re.search(r"99\.00000%\s*:\s*([\d.]+)us", text)
     return {"iops": iops, "p99": float(p99.group(1)) if p99 else float("nan")}
+def run_tp(target, r):
+    t = json.load(open(f"{res}/tp_{target}_r{r}.json"))["total"]
+    return {"iops": t["iops"], "p99": t["latency_us"]["p99"]}
 med = statistics.median
-figs = {t: [run(t, r) for r in range(1, rounds + 1)] for t in ("tidepool", "spdk")}
-m = {t: med([x["iops"] for x in figs[t]]) for t in figs}
-cells = [f"{m[t]/1e3:.1f} K (p99 {med([x['p99'] for x in figs[t]]):.0f} us; "
-         + ", ".join(f"{x['iops']/1e3:.1f} K" for x in figs[t]) + ")" for t in ("tidepool", "spdk")]
+def row(label, get):
+    figs = {t: [get(t, r) for r in range(1, rounds + 1)] for t in ("tidepool", "spdk")}
+    m = {t: med([x["iops"] for x in figs[t]]) for t in figs}
+    cells = [f"{m[t]/1e3:.1f} K (p99 {med([x['p99'] for x in figs[t]]):.0f} us; "
+             + ", ".join(f"{x['iops']/1e3:.1f} K" for x in figs[t]) + ")" for t in ("tidepool", "spdk")]
+    return f"| {label} | {cells[0]} | {cells[1]} | {m['tidepool']/m['spdk']:.2f}x |"
+rows = [row("spdk_nvme_perf, 4 KiB randread, q16", run),
+        row("tidepool-perf (tidepool's initiator), 4 KiB randread, q16", run_tp)]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 section = f"""<!-- nvmf-spdk:begin -->
 ## NVMe/TCP target: tidepoold against SPDK's nvmf_tgt, driven by SPDK's initiator (issue 29)
@@ -116,13 +150,15 @@ section = f"""<!-- nvmf-spdk:begin -->
 Produced by `perf/spdk_nvmf_compare.sh SPDK_DIR {T} {rounds}` on one machine ({os.cpu_count()} cores,
 {cpu}), with an SPDK build made for the measurement only (not part of the project).
 `spdk_nvme_identify` and `spdk_nvme_discover` first read tidepoold's target (both must name the
-subsystem). Then `spdk_nvme_perf -c 0x2 -q 16 -o 4096 -w randread -t {T}` (core 1) against each
+subsystem), and tidepool's initiator runs `tidepool-perf -w verify` on a malloc namespace of
+nvmf_tgt at 4 KiB and 128 KiB with no error. Then `spdk_nvme_perf -c 0x2 -q 16 -o 4096 -w randread
+-t {T}` and `tidepool-perf --cores 1 -q 16 -o 4096 -w randread -t {T}` (core 1) against each
 target on core 0 serving a 1 GiB null bdev: `tidepoold --cores 0` and `nvmf_tgt -m 0x1 -u`,
 alternating, {rounds} rounds; medians, with p99 and every round.
 
-| row | tidepoold | SPDK nvmf_tgt | tidepool / SPDK |
+| initiator, row | target: tidepoold | target: SPDK nvmf_tgt | tidepoold / nvmf_tgt |
 | --- | --- | --- | --- |
-| 4 KiB randread, q16 | {cells[0]} | {cells[1]} | {m['tidepool']/m['spdk']:.2f}x |
+""" + "\n".join(rows) + """
 <!-- nvmf-spdk:end -->"""
 sys.path.insert(0, "perf")
 from bench_section import put_section
