@@ -41,7 +41,7 @@ use crate::bdev::{BdevId, Completion, IoOrigin, IoRequest, IoStatus, IoType};
 use crate::nbd::waker::SocketWaker;
 use crate::reactor::{Ctx, Task, TaskId};
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -66,6 +66,22 @@ const READ_CHUNK: usize = 256 << 10;
 /// The input grows by this much when less than `READ_MIN_SPACE` is left to read into.
 const READ_SPACE: usize = 64 << 10;
 const READ_MIN_SPACE: usize = 16 << 10;
+
+/// A piece of what a connection sends.
+enum Outgoing {
+    Bytes(Vec<u8>),
+    /// The first `usize` bytes of a buffer (it goes back to its pool once sent).
+    Data(DmaBuf, usize),
+}
+
+impl Outgoing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::Bytes(b) => b,
+            Outgoing::Data(buf, len) => &buf.as_slice()[..*len],
+        }
+    }
+}
 
 /// Where the connection is in its life.
 enum Phase {
@@ -122,7 +138,11 @@ pub struct TargetConnection {
     /// it grows, so that a read does not clear its buffer first).
     input: Vec<u8>,
     filled: usize,
+    /// What is to be sent, in order: `spliced` (PDU bytes, and read data handed to the socket
+    /// from its DMA buffer, not copied), then `output`, where new bytes go.
+    spliced: VecDeque<Outgoing>,
     output: Vec<u8>,
+    /// Bytes of the first of them already sent.
     sent: usize,
     phase: Phase,
     /// The digests and data alignment negotiated at ICReq time.
@@ -170,6 +190,7 @@ impl TargetConnection {
             live,
             input: Vec::new(),
             filled: 0,
+            spliced: VecDeque::new(),
             output: Vec::new(),
             sent: 0,
             phase: Phase::AwaitIcReq,
@@ -208,30 +229,86 @@ impl TargetConnection {
         n
     }
 
+    /// Writes what the socket takes, with one `writev` per round.
     fn send(&mut self) -> usize {
         let mut n = 0;
-        while self.sent < self.output.len() {
-            match self.stream.write(&self.output[self.sent..]) {
-                Ok(0) => break,
-                Ok(k) => {
-                    self.sent += k;
-                    n += k;
+        loop {
+            let k = {
+                let first = self.sent;
+                let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(self.spliced.len().min(32) + 1);
+                for o in self.spliced.iter().take(32) {
+                    iov.push(IoSlice::new(
+                        &o.bytes()[if iov.is_empty() { first } else { 0 }..],
+                    ));
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.end(&format!("writing: {e}"));
-                    self.output.clear();
-                    self.sent = 0;
+                if iov.len() < 32 && !self.output.is_empty() {
+                    let from = if iov.is_empty() { first } else { 0 };
+                    iov.push(IoSlice::new(&self.output[from..]));
+                }
+                if iov.iter().all(|v| v.is_empty()) {
                     break;
                 }
-            }
+                match self.stream.write_vectored(&iov) {
+                    Ok(0) => break,
+                    Ok(k) => k,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.end(&format!("writing: {e}"));
+                        self.spliced.clear();
+                        self.output.clear();
+                        self.sent = 0;
+                        break;
+                    }
+                }
+            };
+            n += k;
+            self.advance(k);
         }
-        if self.sent == self.output.len() {
+        if self.spliced.is_empty() && self.sent == self.output.len() {
             self.output.clear();
             self.sent = 0;
         }
         n
+    }
+
+    /// Counts `k` bytes as sent: spliced pieces that went are dropped (a buffer goes back to
+    /// its pool then).
+    fn advance(&mut self, mut k: usize) {
+        while k > 0 {
+            let Some(front) = self.spliced.front() else {
+                self.sent += k;
+                return;
+            };
+            let left = front.bytes().len() - self.sent;
+            if k < left {
+                self.sent += k;
+                return;
+            }
+            k -= left;
+            self.spliced.pop_front();
+            self.sent = 0;
+        }
+        if self.spliced.front().is_some_and(|o| o.bytes().is_empty()) {
+            self.spliced.pop_front();
+        }
+    }
+
+    /// Queues `data` of `buf` to be sent from where it lies, after what is queued so far.
+    fn splice(&mut self, buf: DmaBuf, len: usize) {
+        if !self.output.is_empty() {
+            if self.spliced.is_empty() && self.sent > 0 {
+                self.output.drain(..self.sent);
+                self.sent = 0;
+            }
+            self.spliced
+                .push_back(Outgoing::Bytes(std::mem::take(&mut self.output)));
+        }
+        self.spliced.push_back(Outgoing::Data(buf, len));
+    }
+
+    fn has_output(&self) -> bool {
+        !self.spliced.is_empty() || !self.output.is_empty()
     }
 
     fn end(&mut self, why: &str) {
@@ -693,19 +770,26 @@ impl TargetConnection {
         };
         if c.io_type == IoType::Read && c.status == Codes::SUCCESS {
             if let Some(buf) = c.buf.take() {
-                pdu::encode_c2h_data(
+                let len = c.bytes as usize;
+                let ddgst = pdu::encode_c2h_data_head(
                     &mut self.output,
                     c.cid,
                     0,
-                    &buf.as_slice()[..c.bytes as usize],
+                    len,
                     true,
                     false,
                     self.framing,
                 );
+                let crc = ddgst.then(|| crc32c::crc32c(&buf.as_slice()[..len]));
+                self.splice(buf, len);
+                if let Some(crc) = crc {
+                    self.output.extend_from_slice(&crc.to_le_bytes());
+                }
             }
         }
         self.fail(c.cid, c.status);
-        // Its buffer (if any) went back to the pool with `c`: the next capsules may start.
+        // Its buffer (if any) went back to the pool with `c`, or goes once its data is sent
+        // (then `on_poll` starts what waits): the next capsules may start.
         drop(c);
         self.start_waiting(ctx);
     }
@@ -782,6 +866,10 @@ impl Task for TargetConnection {
             work += self.process(ctx);
         }
         work += self.send();
+        if !self.waiting.is_empty() && self.closing.is_none() {
+            // Buffers come back as their data is sent: capsules waiting for one may start.
+            self.start_waiting(ctx);
+        }
         ctx.count_net_bytes(work as u64);
         if self.closing.is_some() && self.inflight == 0 {
             self.send();
@@ -792,7 +880,7 @@ impl Task for TargetConnection {
     }
 
     fn on_park(&mut self, ctx: &mut Ctx) -> bool {
-        let writable = !self.output.is_empty();
+        let writable = self.has_output();
         self.waker
             .arm(self.stream.as_raw_fd(), ctx.reactor_id(), writable)
             .is_ok()

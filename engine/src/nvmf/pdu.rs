@@ -475,21 +475,38 @@ fn encode(
     data: &[u8],
     framing: Framing,
 ) {
+    let ddgst = encode_head(out, pdu_type, extra_flags, header, data.len(), framing);
+    out.extend_from_slice(data);
+    if ddgst {
+        out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    }
+}
+
+/// Writes a PDU up to where its `data_len` bytes of data go (common header, `header`, header
+/// digest, padding); returns whether a data digest must follow the data.
+fn encode_head(
+    out: &mut Vec<u8>,
+    pdu_type: PduType,
+    extra_flags: u8,
+    header: &[u8],
+    data_len: usize,
+    framing: Framing,
+) -> bool {
     let Framing { digests, pdo_align } = framing;
     let hlen = pdu_type.header_bytes();
     debug_assert_eq!(COMMON_BYTES + header.len(), hlen);
     let hdgst = digests.header && pdu_type.digestible();
-    let ddgst = digests.data && pdu_type.digestible() && !data.is_empty();
+    let ddgst = digests.data && pdu_type.digestible() && data_len > 0;
     let header_end = hlen + if hdgst { DIGEST_BYTES } else { 0 };
-    let pdo = if data.is_empty() {
+    let pdo = if data_len == 0 {
         0
     } else {
         header_end.next_multiple_of(pdo_align.max(1))
     };
-    let plen = if data.is_empty() {
+    let plen = if data_len == 0 {
         header_end
     } else {
-        pdo + data.len() + if ddgst { DIGEST_BYTES } else { 0 }
+        pdo + data_len + if ddgst { DIGEST_BYTES } else { 0 }
     };
     let start = out.len();
     let f =
@@ -501,13 +518,10 @@ fn encode(
         let crc = crc32c::crc32c(&out[start..start + hlen]);
         out.extend_from_slice(&crc.to_le_bytes());
     }
-    if !data.is_empty() {
+    if data_len > 0 {
         out.resize(start + pdo, 0);
-        out.extend_from_slice(data);
-        if ddgst {
-            out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-        }
     }
+    ddgst
 }
 
 fn init_header(init: &InitConnection) -> Vec<u8> {
@@ -585,21 +599,39 @@ pub fn encode_c2h_data(
     success: bool,
     framing: Framing,
 ) {
+    let ddgst = encode_c2h_data_head(out, cccid, offset, data.len(), last, success, framing);
+    out.extend_from_slice(data);
+    if ddgst {
+        out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    }
+}
+
+/// C2HData up to its data, for a sender that hands the data to the socket from where it
+/// lies; returns whether the data's digest (CRC-32C, little-endian) must follow it.
+pub fn encode_c2h_data_head(
+    out: &mut Vec<u8>,
+    cccid: u16,
+    offset: u32,
+    data_len: usize,
+    last: bool,
+    success: bool,
+    framing: Framing,
+) -> bool {
     let t = Transfer {
         cccid,
         ttag: 0,
         offset,
-        length: data.len() as u32,
+        length: data_len as u32,
     };
     let f = if last { flags::LAST_PDU } else { 0 } | if success { flags::SUCCESS } else { 0 };
-    encode(
+    encode_head(
         out,
         PduType::C2HData,
         f,
         &transfer_header(&t),
-        data,
+        data_len,
         framing,
-    );
+    )
 }
 
 /// H2CData for `data` (its length is the transfer's).
