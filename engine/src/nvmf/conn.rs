@@ -63,6 +63,8 @@ pub const DATA_BUFFERS: usize = 32;
 const MAX_PDU: u32 = 8 + 64 + 4 + IN_CAPSULE_BYTES + 4 + MAX_H2C_DATA;
 /// Bytes read from the socket per poll.
 const READ_CHUNK: usize = 256 << 10;
+/// Pieces one `writev` takes at most.
+const IOV_MAX_PER_SEND: usize = 32;
 /// The input grows by this much when less than `READ_MIN_SPACE` is left to read into.
 const READ_SPACE: usize = 64 << 10;
 const READ_MIN_SPACE: usize = 16 << 10;
@@ -229,41 +231,46 @@ impl TargetConnection {
         n
     }
 
-    /// Writes what the socket takes, with one `writev` per round.
+    /// Writes what the socket takes: with `write` while only bytes wait, with `writev` (no
+    /// allocation: at most [`IOV_MAX_PER_SEND`] pieces a call) while read data does.
     fn send(&mut self) -> usize {
         let mut n = 0;
         loop {
-            let k = {
-                let first = self.sent;
-                let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(self.spliced.len().min(32) + 1);
-                for o in self.spliced.iter().take(32) {
-                    iov.push(IoSlice::new(
-                        &o.bytes()[if iov.is_empty() { first } else { 0 }..],
-                    ));
-                }
-                if iov.len() < 32 && !self.output.is_empty() {
-                    let from = if iov.is_empty() { first } else { 0 };
-                    iov.push(IoSlice::new(&self.output[from..]));
-                }
-                if iov.iter().all(|v| v.is_empty()) {
+            let result = if self.spliced.is_empty() {
+                if self.sent == self.output.len() {
                     break;
                 }
-                match self.stream.write_vectored(&iov) {
-                    Ok(0) => break,
-                    Ok(k) => k,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        self.end(&format!("writing: {e}"));
-                        self.spliced.clear();
-                        self.output.clear();
-                        self.sent = 0;
-                        break;
-                    }
+                self.stream.write(&self.output[self.sent..])
+            } else {
+                let mut iov = [IoSlice::new(&[]); IOV_MAX_PER_SEND];
+                let mut used = 0;
+                for o in self.spliced.iter().take(IOV_MAX_PER_SEND) {
+                    let from = if used == 0 { self.sent } else { 0 };
+                    iov[used] = IoSlice::new(&o.bytes()[from..]);
+                    used += 1;
                 }
+                if used < IOV_MAX_PER_SEND && !self.output.is_empty() {
+                    iov[used] = IoSlice::new(&self.output);
+                    used += 1;
+                }
+                self.stream.write_vectored(&iov[..used])
             };
-            n += k;
-            self.advance(k);
+            match result {
+                Ok(0) => break,
+                Ok(k) => {
+                    n += k;
+                    self.advance(k);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.end(&format!("writing: {e}"));
+                    self.spliced.clear();
+                    self.output.clear();
+                    self.sent = 0;
+                    break;
+                }
+            }
         }
         if self.spliced.is_empty() && self.sent == self.output.len() {
             self.output.clear();
