@@ -41,7 +41,16 @@ cargo build --release -p tidepool-tools -p tidepool-perf
 TP=./target/release
 RES=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$RES"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null
+  rm -rf "$RES"
+}
+# Both targets live on core 0, and nvmf_tgt polls it flat out even when idle: the target not
+# being measured is stopped (SIGSTOP) for the run, so that each has core 0 to itself.
+only() {
+  if [ "$1" = tidepool ]; then kill -STOP "$SPDK_PID"; kill -CONT "$TP_PID"; else kill -STOP "$TP_PID"; kill -CONT "$SPDK_PID"; fi
+}
 trap cleanup EXIT
 wait_port() { for _ in $(seq 1 1000); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.02; done; echo "nothing on port $1" >&2; exit 1; }
 trid() { echo "trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:$1 subnqn:$NQN"; }
@@ -58,10 +67,12 @@ cat >"$RES/tp.json" <<J
     {"trtype":"tcp","adrfam":"ipv4","traddr":"127.0.0.1","trsvcid":"$TP_PORT"}}}]}]}
 J
 "$TP/tidepoold" --cores 0 -r "$RES/tp.sock" -L warn --json "$RES/tp.json" &
-PIDS+=($!)
+TP_PID=$!
+PIDS+=($TP_PID)
 # shellcheck disable=SC2086
 "$BIN/nvmf_tgt" -m 0x1 -u -r "$RES/spdk.sock" $APP_ARGS >"$RES/nvmf_tgt.log" 2>&1 &
-PIDS+=($!)
+SPDK_PID=$!
+PIDS+=($SPDK_PID)
 for _ in $(seq 1 500); do [ -S "$RES/spdk.sock" ] && break; sleep 0.02; done
 rpc() { python3 "$RPC" -s "$RES/spdk.sock" "$@" >/dev/null; }
 rpc nvmf_create_transport -t TCP
@@ -89,6 +100,7 @@ wait_port "$TP_PORT"
 wait_port "$SPDK_PORT"
 
 # SPDK's tools against tidepoold's target.
+only tidepool
 # shellcheck disable=SC2086
 "$BIN/spdk_nvme_identify" $APP_ARGS -r "$(trid $TP_PORT)" >"$RES/identify.txt" 2>&1 ||
   { cat "$RES/identify.txt"; echo "spdk_nvme_identify failed against tidepoold" >&2; exit 1; }
@@ -100,6 +112,7 @@ timeout --preserve-status -s INT 5 "$BIN/spdk_nvme_discover" $APP_ARGS \
   { cat "$RES/discover.txt"; echo "spdk_nvme_discover failed" >&2; exit 1; }
 grep -q "$NQN" "$RES/discover.txt" || { cat "$RES/discover.txt"; exit 1; }
 echo "== spdk_nvme_identify and spdk_nvme_discover name $NQN on tidepoold's target"
+only spdk
 for size in 4096 131072; do
   "$TP/tidepool-perf" --cores 1 -c "$RES/tp-verify.json" -w verify -q 8 -o "$size" -t 3 \
     >"$RES/verify_$size.txt" 2>&1 || { cat "$RES/verify_$size.txt"; echo "tidepool's verify on nvmf_tgt failed" >&2; exit 1; }
@@ -109,6 +122,7 @@ echo "== tidepool-perf -w verify on nvmf_tgt's malloc namespace: no error at 4 K
 for r in $(seq 1 "$ROUNDS"); do
   for target in tidepool spdk; do
     port=$TP_PORT; [ "$target" = spdk ] && port=$SPDK_PORT
+    only "$target"
     echo "== round $r/$ROUNDS: spdk_nvme_perf against $target"
     # shellcheck disable=SC2086
     "$BIN/spdk_nvme_perf" $APP_ARGS -c 0x2 -q 16 -o 4096 -w randread -t "$T" -L \
@@ -154,7 +168,8 @@ subsystem), and tidepool's initiator runs `tidepool-perf -w verify` on a malloc 
 nvmf_tgt at 4 KiB and 128 KiB with no error. Then `spdk_nvme_perf -c 0x2 -q 16 -o 4096 -w randread
 -t {T}` and `tidepool-perf --cores 1 -q 16 -o 4096 -w randread -t {T}` (core 1) against each
 target on core 0 serving a 1 GiB null bdev: `tidepoold --cores 0` and `nvmf_tgt -m 0x1 -u`,
-alternating, {rounds} rounds; medians, with p99 and every round.
+alternating, the other target stopped (SIGSTOP: nvmf_tgt polls its core even when idle),
+{rounds} rounds; medians, with p99 and every round.
 
 | initiator, row | target: tidepoold | target: SPDK nvmf_tgt | tidepoold / nvmf_tgt |
 | --- | --- | --- | --- |
