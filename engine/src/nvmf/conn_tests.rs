@@ -452,3 +452,62 @@ fn a_controller_whose_host_goes_quiet_past_its_keep_alive_timeout_ends_with_its_
         );
     });
 }
+
+/// Many large reads sent at once to a host that does not read for a while: the socket fills,
+/// so the target's writes of read data (straight from its buffers, with `writev`) stop part
+/// way and go on later, and every payload and data digest must still arrive whole and in
+/// order. More reads than the connection has buffers, too: those wait for buffers that come
+/// back only once their data is sent.
+#[test]
+fn read_data_sent_from_its_buffers_survives_a_full_socket() {
+    let digests = Digests {
+        header: true,
+        data: true,
+    };
+    with_target(move |addr| {
+        let mut a = Host::connect(addr, digests);
+        let cntlid = admin_up(&mut a);
+        let mut q = Host::connect(addr, digests);
+        assert!(q.connect_queue(1, cntlid).status().is_success());
+        const REGION_BLOCKS: u32 = 256; // 128 KiB
+        let regions = (BLOCKS / REGION_BLOCKS as u64) as usize;
+        let bytes = (REGION_BLOCKS * BS) as usize;
+        for r in 0..regions {
+            let data = pattern(r as u8 + 40, bytes);
+            let lba = r as u64 * REGION_BLOCKS as u64;
+            assert!(q.write_after_r2t(lba, &data).status().is_success());
+        }
+        let reads = regions + DATA_BUFFERS + 16;
+        let mut region_of = std::collections::HashMap::new();
+        for i in 0..reads {
+            let r = (i * 7) % regions;
+            let lba = r as u64 * REGION_BLOCKS as u64;
+            let cid = q.send_capsule(Host::rw(nvm::READ, lba, REGION_BLOCKS, bytes as u32), &[]);
+            region_of.insert(cid, r);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut got: std::collections::HashMap<u16, Vec<u8>> = std::collections::HashMap::new();
+        let mut done = 0;
+        while done < reads {
+            match q.pdu() {
+                (Pdu::C2HData { transfer, data, .. }, buf) => {
+                    let d = got.entry(transfer.cccid).or_default();
+                    assert_eq!(transfer.offset as usize, d.len());
+                    d.extend_from_slice(&buf[data]);
+                }
+                (Pdu::CapsuleResp(cqe), _) => {
+                    assert!(cqe.status().is_success(), "{:?}", cqe.status());
+                    let r = region_of[&cqe.cid];
+                    let want = pattern(r as u8 + 40, bytes);
+                    assert!(
+                        got.remove(&cqe.cid).is_some_and(|d| d == want),
+                        "read {} of region {r} came back different",
+                        cqe.cid
+                    );
+                    done += 1;
+                }
+                (p, _) => panic!("{p:?}"),
+            }
+        }
+    });
+}
