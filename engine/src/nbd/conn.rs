@@ -579,11 +579,7 @@ fn nbd_error(status: IoStatus) -> u32 {
 impl Task for Connection {
     fn on_start(&mut self, ctx: &mut Ctx, id: TaskId) {
         self.id = id;
-        ctx.add_poller(id);
-        if let Err(e) =
-            self.waker
-                .register(self.stream.as_raw_fd(), ctx.reactor_id(), ctx.own_inbox())
-        {
+        if let Err(e) = self.waker.start_poller(ctx, id, self.stream.as_raw_fd()) {
             log::warn!("nbd: {}: cannot watch the socket: {e}", self.peer);
         }
     }

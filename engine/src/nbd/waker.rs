@@ -7,7 +7,7 @@
 //! between the connection's last read and the park are not missed, and an unpark that lands
 //! before the park is kept by the thread (see `ring`).
 
-use crate::reactor::{Message, ReactorId};
+use crate::reactor::{Ctx, Message, ReactorId, TaskId};
 use crate::ring::Inbox;
 use std::io;
 use std::os::fd::RawFd;
@@ -41,6 +41,13 @@ impl SocketWaker {
             .spawn(move || runner.run())?;
         *waker.thread.lock().expect("waker lock") = Some(thread);
         Ok(waker)
+    }
+
+    /// Starts a socket's task as a poller on the reactor running it, and watches its socket
+    /// for that reactor (what every socket-serving task does in `Task::on_start`).
+    pub fn start_poller(&self, ctx: &mut Ctx, id: TaskId, fd: RawFd) -> io::Result<()> {
+        ctx.add_poller(id);
+        self.register(fd, ctx.reactor_id(), ctx.own_inbox())
     }
 
     /// Watches `fd` for reactor `reactor`, whose inbox is `inbox`.

@@ -829,11 +829,7 @@ fn nvme_status(s: IoStatus) -> Status {
 impl Task for TargetConnection {
     fn on_start(&mut self, ctx: &mut Ctx, id: TaskId) {
         self.id = id;
-        ctx.add_poller(id);
-        if let Err(e) =
-            self.waker
-                .register(self.stream.as_raw_fd(), ctx.reactor_id(), ctx.own_inbox())
-        {
+        if let Err(e) = self.waker.start_poller(ctx, id, self.stream.as_raw_fd()) {
             log::warn!("nvmf: {}: cannot watch the socket: {e}", self.peer);
         }
     }

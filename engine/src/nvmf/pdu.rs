@@ -248,17 +248,39 @@ pub fn sqe_from_bytes(b: &[u8]) -> SubmissionEntry {
     }
 }
 
-/// Writes a submission entry as its 64 little-endian bytes.
-pub fn sqe_to_bytes(e: &SubmissionEntry, out: &mut Vec<u8>) {
+/// Fills a header on the stack, field by field in little-endian (no allocation per PDU).
+struct HeaderBytes<const N: usize> {
+    bytes: [u8; N],
+    at: usize,
+}
+
+impl<const N: usize> HeaderBytes<N> {
+    fn new() -> Self {
+        HeaderBytes {
+            bytes: [0; N],
+            at: 0,
+        }
+    }
+    fn put(mut self, b: &[u8]) -> Self {
+        self.bytes[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+        self
+    }
+}
+
+/// A submission entry as its 64 little-endian bytes.
+fn sqe_bytes(e: &SubmissionEntry) -> [u8; 64] {
+    let mut h = HeaderBytes::<64>::new();
     for v in [e.cdw0, e.nsid, e.cdw2, e.cdw3] {
-        out.extend_from_slice(&v.to_le_bytes());
+        h = h.put(&v.to_le_bytes());
     }
     for v in [e.mptr, e.prp1, e.prp2] {
-        out.extend_from_slice(&v.to_le_bytes());
+        h = h.put(&v.to_le_bytes());
     }
     for v in [e.cdw10, e.cdw11, e.cdw12, e.cdw13, e.cdw14, e.cdw15] {
-        out.extend_from_slice(&v.to_le_bytes());
+        h = h.put(&v.to_le_bytes());
     }
+    h.bytes
 }
 
 fn cqe_from_bytes(b: &[u8]) -> CompletionEntry {
@@ -272,12 +294,14 @@ fn cqe_from_bytes(b: &[u8]) -> CompletionEntry {
     }
 }
 
-fn cqe_to_bytes(e: &CompletionEntry, out: &mut Vec<u8>) {
-    out.extend_from_slice(&e.dw0.to_le_bytes());
-    out.extend_from_slice(&e.dw1.to_le_bytes());
+fn cqe_bytes(e: &CompletionEntry) -> [u8; 16] {
+    let mut h = HeaderBytes::<16>::new()
+        .put(&e.dw0.to_le_bytes())
+        .put(&e.dw1.to_le_bytes());
     for v in [e.sq_head, e.sq_id, e.cid, e.status] {
-        out.extend_from_slice(&v.to_le_bytes());
+        h = h.put(&v.to_le_bytes());
     }
+    h.bytes
 }
 
 /// Decodes the first PDU of `buf`, refusing one longer than `max_plen` bytes.
@@ -524,14 +548,15 @@ fn encode_head(
     ddgst
 }
 
-fn init_header(init: &InitConnection) -> Vec<u8> {
-    let mut h = Vec::with_capacity(120);
-    h.extend_from_slice(&init.pfv.to_le_bytes());
-    h.push(init.data_alignment);
-    h.push(init.digests.header as u8 | (init.digests.data as u8) << 1);
-    h.extend_from_slice(&init.limit.to_le_bytes());
-    h.resize(120, 0);
-    h
+fn init_header(init: &InitConnection) -> [u8; 120] {
+    HeaderBytes::<120>::new()
+        .put(&init.pfv.to_le_bytes())
+        .put(&[
+            init.data_alignment,
+            init.digests.header as u8 | (init.digests.data as u8) << 1,
+        ])
+        .put(&init.limit.to_le_bytes())
+        .bytes
 }
 
 pub fn encode_ic_req(out: &mut Vec<u8>, init: &InitConnection) {
@@ -559,34 +584,29 @@ pub fn encode_ic_resp(out: &mut Vec<u8>, init: &InitConnection) {
 /// A Terminate Connection Request from the controller (C2H) for a fatal `err`, carrying up to
 /// 128 bytes of the offending PDU's header.
 pub fn encode_c2h_term_req(out: &mut Vec<u8>, fes: Fes, err: &PduError, offending: &[u8]) {
-    let mut h = Vec::with_capacity(16);
-    h.extend_from_slice(&(fes as u16).to_le_bytes());
-    h.extend_from_slice(&err.fei.to_le_bytes());
-    h.resize(16, 0);
+    let h = HeaderBytes::<16>::new()
+        .put(&(fes as u16).to_le_bytes())
+        .put(&err.fei.to_le_bytes())
+        .bytes;
     let data = &offending[..offending.len().min(128)];
     encode(out, PduType::C2HTermReq, 0, &h, data, Framing::PLAIN);
 }
 
 pub fn encode_capsule_cmd(out: &mut Vec<u8>, sqe: &SubmissionEntry, data: &[u8], framing: Framing) {
-    let mut h = Vec::with_capacity(64);
-    sqe_to_bytes(sqe, &mut h);
-    encode(out, PduType::CapsuleCmd, 0, &h, data, framing);
+    encode(out, PduType::CapsuleCmd, 0, &sqe_bytes(sqe), data, framing);
 }
 
 pub fn encode_capsule_resp(out: &mut Vec<u8>, cqe: &CompletionEntry, framing: Framing) {
-    let mut h = Vec::with_capacity(16);
-    cqe_to_bytes(cqe, &mut h);
-    encode(out, PduType::CapsuleResp, 0, &h, &[], framing);
+    encode(out, PduType::CapsuleResp, 0, &cqe_bytes(cqe), &[], framing);
 }
 
-fn transfer_header(t: &Transfer) -> Vec<u8> {
-    let mut h = Vec::with_capacity(16);
-    h.extend_from_slice(&t.cccid.to_le_bytes());
-    h.extend_from_slice(&t.ttag.to_le_bytes());
-    h.extend_from_slice(&t.offset.to_le_bytes());
-    h.extend_from_slice(&t.length.to_le_bytes());
-    h.resize(16, 0);
-    h
+fn transfer_header(t: &Transfer) -> [u8; 16] {
+    HeaderBytes::<16>::new()
+        .put(&t.cccid.to_le_bytes())
+        .put(&t.ttag.to_le_bytes())
+        .put(&t.offset.to_le_bytes())
+        .put(&t.length.to_le_bytes())
+        .bytes
 }
 
 /// C2HData for `data` (its length is the transfer's).

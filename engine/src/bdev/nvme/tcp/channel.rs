@@ -110,7 +110,6 @@ pub struct TcpChannel {
     free_requests: Vec<u32>,
     /// Requests with commands still to send, in order.
     waiting: VecDeque<u32>,
-    held: usize,
     done: DoneQueue,
     /// The generation whose queue this channel saw fail (it waits for the next).
     failed_generation: Option<u64>,
@@ -136,7 +135,6 @@ impl TcpChannel {
             requests: Vec::new(),
             free_requests: Vec::new(),
             waiting: VecDeque::new(),
-            held: 0,
             done: DoneQueue::with_capacity(64),
             failed_generation: None,
             retry_ask_at: 0,
@@ -200,7 +198,6 @@ impl TcpChannel {
     fn finish(&mut self, id: u32, status: IoStatus) {
         let r = self.requests[id as usize].take().expect("a held request");
         self.free_requests.push(id);
-        self.held -= 1;
         let status = if r.status.is_success() {
             status
         } else {
@@ -633,7 +630,6 @@ impl BdevChannel for TcpChannel {
                 self.requests.len() as u32 - 1
             }
         };
-        self.held += 1;
         self.waiting.push_back(id);
         Ok(())
     }
@@ -651,7 +647,8 @@ impl BdevChannel for TcpChannel {
     }
 
     fn inflight(&self) -> usize {
-        self.held + self.done.len()
+        // Requests taken and not yet answered, and those answered and not yet polled.
+        self.requests.len() - self.free_requests.len() + self.done.len()
     }
 }
 
